@@ -1,0 +1,64 @@
+package rpc
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// DefaultCallTimeout bounds an inter-process unary call whose context has no
+// deadline, so that a hung peer can never wedge its caller.
+const DefaultCallTimeout = 30 * time.Second
+
+// reconnect is tuned for peers on the same machine that restart in well under
+// a second: gRPC's default backoff (up to two minutes) would turn a 100ms
+// restart into a long outage.
+var reconnect = backoff.Config{
+	BaseDelay:  20 * time.Millisecond,
+	Multiplier: 1.6,
+	Jitter:     0.2,
+	MaxDelay:   500 * time.Millisecond,
+}
+
+// Dial builds a client for the Unix socket at path. The connection is lazy and
+// re-established by itself when the peer restarts; calls wait for it (up to
+// their deadline) instead of failing at once.
+func Dial(path string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	base := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect, MinConnectTimeout: time.Second}),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(MaxMsgSize),
+			grpc.MaxCallSendMsgSize(MaxMsgSize),
+			grpc.WaitForReady(true),
+		),
+		grpc.WithChainUnaryInterceptor(unaryDeadline(DefaultCallTimeout)),
+	}
+	conn, err := grpc.NewClient("unix://"+abs, append(base, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", path, err)
+	}
+	return conn, nil
+}
+
+func unaryDeadline(d time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}

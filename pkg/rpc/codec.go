@@ -1,0 +1,54 @@
+package rpc
+
+import (
+	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/encoding/proto" // registers the proto codec we fall back to
+	"google.golang.org/grpc/mem"
+)
+
+// Frame is a message whose bytes are carried without decoding. The gateway
+// forwards frames between client and backend so that routing never depends on
+// knowing the message types of the services behind it.
+type Frame struct {
+	data mem.BufferSlice
+}
+
+// Len is the encoded size of the frame.
+func (f *Frame) Len() int { return f.data.Len() }
+
+// FrameCodec passes Frames through untouched and encodes everything else as
+// protobuf. It keeps the name "proto" so peers see an ordinary gRPC call.
+type FrameCodec struct{}
+
+var protoCodec = encoding.GetCodecV2("proto")
+
+func (FrameCodec) Name() string { return "proto" }
+
+func (FrameCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if f, ok := v.(*Frame); ok {
+		// gRPC frees what Marshal returns once written: hand over our
+		// reference, the frame is spent.
+		d := f.data
+		f.data = nil
+		return d, nil
+	}
+	return protoCodec.Marshal(v)
+}
+
+func (FrameCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if f, ok := v.(*Frame); ok {
+		// gRPC frees data after Unmarshal returns: keep our own reference.
+		data.Ref()
+		f.data = data
+		return nil
+	}
+	return protoCodec.Unmarshal(data, v)
+}
+
+// Free releases a frame that was received but will not be sent on.
+func (f *Frame) Free() {
+	if f.data != nil {
+		f.data.Free()
+		f.data = nil
+	}
+}

@@ -1,0 +1,109 @@
+// Package rpc holds the one gRPC server constructor and the one client
+// constructor every Flotilla process uses, so that message limits, tracing,
+// panic recovery and error mapping cannot drift apart between processes.
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+// MaxMsgSize is containerd's limit for sent and received messages (16 MiB).
+// Every server and client in Flotilla uses it, so a message that passes the
+// gateway can never be refused by a backend, and vice versa.
+const MaxMsgSize = 16 << 20
+
+// Server is a gRPC server with its health service.
+type Server struct {
+	*grpc.Server
+	Health *health.Server
+}
+
+// NewServer builds a gRPC server with Flotilla's interceptor chain: panic
+// recovery, error mapping from errdefs sentinels to gRPC codes, OpenTelemetry
+// tracing, and containerd's message limits. Extra options are appended.
+func NewServer(logger *slog.Logger, opts ...grpc.ServerOption) *Server {
+	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		logger.Error("panic in RPC handler", "panic", p, "stack", string(debug.Stack()))
+		return status.Errorf(codes.Internal, "internal error: %v", p)
+	})
+	base := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMsgSize),
+		grpc.MaxSendMsgSize(MaxMsgSize),
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(recover), unaryErrors),
+		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(recover), streamErrors),
+	}
+	s := grpc.NewServer(append(base, opts...)...)
+	h := health.NewServer()
+	healthpb.RegisterHealthServer(s, h)
+	return &Server{Server: s, Health: h}
+}
+
+// Errors maps a handler's error to a gRPC status once, at the API boundary:
+// errdefs sentinels become their codes, context errors become Canceled or
+// DeadlineExceeded, and an error that already is a status passes unchanged.
+func Errors(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return errgrpc.ToGRPC(err)
+}
+
+func unaryErrors(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	resp, err := h(ctx, req)
+	return resp, Errors(err)
+}
+
+func streamErrors(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return Errors(h(srv, ss))
+}
+
+// Listen opens a Unix socket at path for the current user only (0600),
+// replacing a stale socket left by a previous run of the same service.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	// The umask makes the socket 0600 from the moment it exists; a chmod
+	// afterwards would leave a window where it is wider.
+	old := umask(0o177)
+	l, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return l, nil
+}

@@ -1,0 +1,242 @@
+// Package service is the runtime of a Flotilla service process: it reads the
+// environment the supervisor hands over, sets up logging and tracing, serves
+// the service's APIs on its own Unix socket, and answers go-plugin's
+// handshake. A service's main is a call to Run with a constructor.
+package service
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/flotilla-project/flotilla/pkg/handshake"
+	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/pkg/rpc"
+	"github.com/flotilla-project/flotilla/pkg/tracing"
+	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
+)
+
+// Instance is a constructed service, ready to be served.
+type Instance struct {
+	// Type is the introspection plugin type, e.g. "io.containerd.content.v1".
+	Type string
+	// Routes are the gRPC services the gateway should send to this process.
+	Routes       []string
+	Requires     []string
+	Exports      map[string]string
+	Capabilities []string
+	// Register adds the service's APIs to its server.
+	Register func(*grpc.Server)
+	// Close releases the service's resources after the server stopped.
+	Close func(context.Context) error
+}
+
+// Process is what a constructor gets: its environment and logger.
+type Process struct {
+	Env    handshake.Env
+	Logger *slog.Logger
+}
+
+// Dial connects to the socket of a service this one depends on.
+func (p *Process) Dial(dep string) (*grpc.ClientConn, error) {
+	sock, ok := p.Env.Deps[dep]
+	if !ok {
+		return nil, fmt.Errorf("service %s was not given the socket of %s", p.Env.Name, dep)
+	}
+	return rpc.Dial(sock)
+}
+
+// CallTimeout is the deadline for outgoing calls that carry none.
+func (p *Process) CallTimeout() time.Duration {
+	if p.Env.CallTimeoutMS > 0 {
+		return time.Duration(p.Env.CallTimeoutMS) * time.Millisecond
+	}
+	return rpc.DefaultCallTimeout
+}
+
+// Constructor builds a service from its process environment.
+type Constructor func(context.Context, *Process) (*Instance, error)
+
+// Run serves the named service and exits the process when it stops. Started
+// by flotillad, it is configured by the environment; started by hand (for a
+// remote snapshotter, say), by flags: --socket, --root, --state.
+func Run(name string, build Constructor) {
+	if err := run(name, build); err != nil {
+		fmt.Fprintf(os.Stderr, "flotilla-%s: %v\n", name, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func run(name string, build Constructor) error {
+	env, supervised, err := handshake.FromEnviron()
+	if err != nil {
+		return err
+	}
+	if !supervised {
+		env, err = standaloneEnv(name)
+		if err != nil {
+			return err
+		}
+	}
+	// The logger keeps the original stderr: go-plugin later swaps os.Stderr
+	// for a pipe of its own, and log lines should reach flotillad verbatim.
+	logger, err := logging.New(env.Name, env.Log, os.Stderr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	shutdownTracing, err := tracing.Setup(ctx, env.Name)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		_ = shutdownTracing(sctx)
+	}()
+
+	for _, d := range []string{env.Root, env.State} {
+		if d == "" {
+			continue
+		}
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+
+	proc := &Process{Env: env, Logger: logger}
+	inst, err := build(ctx, proc)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", env.Name, err)
+	}
+
+	srv := rpc.NewServer(logger)
+	inst.Register(srv.Server)
+	l, err := rpc.Listen(env.Socket)
+	if err != nil {
+		return err
+	}
+	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(l) }()
+	logger.Info("serving", "socket", env.Socket, "pid", os.Getpid())
+
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	if supervised {
+		// SIGINT reaches every process of the terminal's group on Ctrl-C;
+		// flotillad decides when its services stop, in dependency order.
+		signal.Ignore(syscall.SIGINT)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			plugin.Serve(&plugin.ServeConfig{
+				HandshakeConfig: handshake.Config,
+				Plugins:         handshake.Plugins(&describer{env: env, inst: inst}),
+				GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+					return rpc.NewServer(logger, opts...).Server
+				},
+				Logger: hclog.NewNullLogger(),
+			})
+		}()
+		select {
+		case <-done:
+		case <-stop:
+		case err := <-serveErr:
+			return fmt.Errorf("serve: %w", err)
+		}
+	} else {
+		select {
+		case <-stop:
+		case err := <-serveErr:
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+
+	logger.Info("stopping")
+	srv.Health.Shutdown()
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		srv.Stop()
+	}
+	if inst.Close != nil {
+		cctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c()
+		if err := inst.Close(cctx); err != nil {
+			logger.Error("close", "error", err)
+		}
+	}
+	_ = os.Remove(env.Socket)
+	return nil
+}
+
+func standaloneEnv(name string) (handshake.Env, error) {
+	fs := flag.NewFlagSet("flotilla-"+name, flag.ContinueOnError)
+	socket := fs.String("socket", "", "Unix socket to serve on (required)")
+	root := fs.String("root", "", "persistent data directory (required)")
+	state := fs.String("state", "", "runtime state directory (default: beside the socket)")
+	level := fs.String("log-level", "info", "log level")
+	format := fs.String("log-format", "text", "log format: text or json")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "flotilla-%s is started by flotillad; to run it by hand:\n", name)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return handshake.Env{}, err
+	}
+	if *socket == "" || *root == "" {
+		fs.Usage()
+		return handshake.Env{}, fmt.Errorf("--socket and --root are required when not started by flotillad")
+	}
+	if *state == "" {
+		*state = filepath.Dir(*socket)
+	}
+	return handshake.Env{
+		Name: name, Socket: *socket, Root: *root, State: *state,
+		Log: logging.Options{Level: *level, Format: *format},
+	}, nil
+}
+
+type describer struct {
+	servicepb.UnimplementedServiceServer
+	env  handshake.Env
+	inst *Instance
+}
+
+func (d *describer) Describe(context.Context, *servicepb.DescribeRequest) (*servicepb.DescribeResponse, error) {
+	exports := map[string]string{
+		"pid":    fmt.Sprint(os.Getpid()),
+		"socket": d.env.Socket,
+		"root":   d.env.Root,
+	}
+	for k, v := range d.inst.Exports {
+		exports[k] = v
+	}
+	return &servicepb.DescribeResponse{
+		Name:         d.env.Name,
+		Type:         d.inst.Type,
+		Pid:          int64(os.Getpid()),
+		Socket:       d.env.Socket,
+		Routes:       d.inst.Routes,
+		Requires:     d.inst.Requires,
+		Exports:      exports,
+		Capabilities: d.inst.Capabilities,
+	}, nil
+}

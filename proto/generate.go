@@ -1,0 +1,12 @@
+// Package proto holds Flotilla's own gRPC APIs. The generated code is
+// committed; regenerate it after editing a .proto file with
+//
+//	go generate ./proto
+//
+// which needs protoc (Debian: protobuf-compiler) and the Go plugins:
+//
+//	go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+//	go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+package proto
+
+//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative service/v1/service.proto

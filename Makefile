@@ -1,0 +1,61 @@
+# Flotilla. `make run` builds and starts the daemon; `make test` runs every test.
+GO       ?= go
+BIN      := $(CURDIR)/bin
+SERVICES := content metadata
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -X github.com/flotilla-project/flotilla/gateway/version.Version=$(VERSION) \
+            -X github.com/flotilla-project/flotilla/gateway/version.Revision=$(REVISION)
+# Fuzz targets run briefly in `make test`; `make fuzz FUZZTIME=10m` runs them longer.
+FUZZTIME ?= 10s
+FUZZ     := $(shell grep -rl --include='*_test.go' '^func Fuzz' . 2>/dev/null | xargs -r -n1 dirname | sort -u)
+
+.PHONY: all build run deps test-deps test unit integration lint fuzz bench clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotillad ./cmd/flotillad
+	@for s in $(SERVICES); do \
+		echo $(GO) build -o $(BIN)/flotilla-$$s ./services/$$s/cmd/flotilla-$$s; \
+		$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotilla-$$s ./services/$$s/cmd/flotilla-$$s || exit 1; \
+	done
+
+# Installs what the daemon needs at run time (through apt, only if missing).
+deps:
+	@script/install-deps run
+
+# Installs what the tests drive Flotilla with: Debian's ctr, busybox-static.
+test-deps:
+	@script/install-deps test
+
+run: deps build
+	$(BIN)/flotillad $(ARGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /integration)
+
+integration: build
+	FLOTILLA_BIN=$(BIN) $(GO) test -count=1 -timeout 30m ./integration/...
+
+fuzz:
+	@for d in $(FUZZ); do \
+		for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$d/*_test.go | sed 's/^func //'); do \
+			echo "fuzz $$d $$f ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$d || exit 1; \
+		done; \
+	done
+
+test: deps test-deps lint unit integration fuzz
+
+bench: deps test-deps build
+	$(GO) run ./bench/cmd/flotilla-bench -flotilla $(BIN)
+
+clean:
+	rm -rf $(BIN)

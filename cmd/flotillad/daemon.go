@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/flotilla-project/flotilla/gateway"
+	"github.com/flotilla-project/flotilla/pkg/config"
+	"github.com/flotilla-project/flotilla/pkg/handshake"
+	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/pkg/rpc"
+	"github.com/flotilla-project/flotilla/pkg/tracing"
+	"github.com/flotilla-project/flotilla/supervisor"
+)
+
+// graph is the process graph: every service and what must run before it.
+var graph = []struct {
+	name     string
+	requires []string
+}{
+	{"content", nil},
+	{"metadata", []string{"content"}},
+}
+
+func serve(ctx context.Context, cfg *config.Config) error {
+	logOpts := logging.Options{Level: cfg.Debug.Level, Format: cfg.Debug.Format}
+	logger, err := logging.New("flotillad", logOpts, os.Stderr)
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{cfg.Root, cfg.State} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	unlock, err := lockState(cfg.State)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	shutdownTracing, err := tracing.Setup(ctx, "gateway")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = shutdownTracing(context.Background()) }()
+
+	gwLogger, _ := logging.New("gateway", logOpts, os.Stderr)
+	gw, err := gateway.New(gateway.Options{
+		Logger:    gwLogger,
+		Root:      filepath.Join(cfg.Root, "gateway"),
+		RouteWait: cfg.Timeouts.RouteWait.Duration,
+	})
+	if err != nil {
+		return err
+	}
+	l, err := rpc.Listen(cfg.Address())
+	if err != nil {
+		return err
+	}
+	if err := shareSocket(cfg.Address(), cfg.GRPC.UID, cfg.GRPC.GID); err != nil {
+		return err
+	}
+	go func() {
+		if err := gw.Serve(l); err != nil {
+			logger.Error("gateway stopped", "error", err)
+		}
+	}()
+
+	specs, err := specsFor(cfg, logOpts)
+	if err != nil {
+		gw.Stop()
+		return err
+	}
+	sup, err := supervisor.New(supervisor.Options{
+		Logger:       logger,
+		Output:       os.Stderr,
+		StartTimeout: cfg.Timeouts.ServiceStart.Duration,
+		OnChange: func(s supervisor.Status) {
+			err := gw.SetService(gateway.Service{
+				Name: s.Name, State: string(s.State), Pid: s.Pid,
+				Restarts: s.Restarts, Info: s.Info, Err: s.LastError,
+			})
+			if err != nil {
+				logger.Error("route service", "name", s.Name, "error", err)
+			}
+		},
+	}, specs)
+	if err != nil {
+		gw.Stop()
+		return err
+	}
+	if err := sup.Start(ctx); err != nil {
+		gw.Stop()
+		_ = os.Remove(cfg.Address())
+		return err
+	}
+	gw.Ready()
+	logger.Info("flotillad ready", "address", cfg.Address(), "root", cfg.Root, "state", cfg.State, "pid", os.Getpid())
+
+	<-ctx.Done()
+	logger.Info("stopping")
+	sup.Stop()
+	gw.Stop()
+	_ = os.Remove(cfg.Address())
+	logger.Info("stopped")
+	return nil
+}
+
+func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	socket := func(name string) string { return filepath.Join(cfg.State, name+".sock") }
+	var specs []supervisor.Spec
+	for _, n := range graph {
+		sc := cfg.Services[n.name]
+		if sc.Disabled {
+			continue
+		}
+		path := sc.Path
+		if path == "" {
+			path = filepath.Join(filepath.Dir(self), "flotilla-"+n.name)
+		}
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("service %s: binary: %w", n.name, err)
+		}
+		deps := map[string]string{}
+		for _, r := range n.requires {
+			if cfg.Services[r].Disabled {
+				return nil, fmt.Errorf("service %s requires %s, which is disabled", n.name, r)
+			}
+			deps[r] = socket(r)
+		}
+		specs = append(specs, supervisor.Spec{
+			Name:     n.name,
+			Path:     path,
+			Requires: n.requires,
+			Env: handshake.Env{
+				Name:          n.name,
+				Root:          filepath.Join(cfg.Root, n.name),
+				State:         filepath.Join(cfg.State, n.name),
+				Socket:        socket(n.name),
+				Gateway:       cfg.Address(),
+				Deps:          deps,
+				Log:           logOpts,
+				CallTimeoutMS: cfg.Timeouts.Call.Milliseconds(),
+				Options:       sc.Options,
+			},
+		})
+	}
+	return specs, nil
+}
+
+// lockState makes sure one state directory has one daemon.
+func lockState(state string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(state, "flotillad.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another flotillad is using state directory %s", state)
+	}
+	return func() { f.Close() }, nil
+}
+
+// shareSocket opens the client socket to a group, as containerd's
+// [grpc] uid/gid do.
+func shareSocket(path string, uid, gid int) error {
+	if uid == 0 && gid == 0 {
+		return nil
+	}
+	if err := os.Chown(path, uid, gid); err != nil {
+		return fmt.Errorf("chown %s: %w", path, err)
+	}
+	return os.Chmod(path, 0o660)
+}

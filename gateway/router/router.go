@@ -1,0 +1,273 @@
+// Package router forwards client calls to the service process that owns
+// them. It routes by the gRPC service name of each call and moves messages as
+// undecoded frames in both directions, so it serves unary and every kind of
+// streaming call alike and needs no knowledge of the APIs behind it.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla-project/flotilla/pkg/rpc"
+)
+
+// Router maps gRPC service names to backend processes.
+type Router struct {
+	logger *slog.Logger
+	wait   time.Duration
+
+	mu       sync.RWMutex
+	routes   map[string]*backend // gRPC service name -> backend
+	backends map[string]*backend // service process name -> backend
+
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+type backend struct {
+	name   string
+	socket string
+	conn   *grpc.ClientConn
+}
+
+// New returns a router that holds a call for a backend that is not ready for
+// at most wait before answering Unavailable.
+func New(logger *slog.Logger, wait time.Duration) *Router {
+	return &Router{
+		logger:   logger,
+		wait:     wait,
+		routes:   map[string]*backend{},
+		backends: map[string]*backend{},
+		ready:    make(chan struct{}),
+	}
+}
+
+// Set records that the named process serves routes on socket. A process keeps
+// its socket path across restarts, so the connection is made once and gRPC
+// re-establishes it whenever the process comes back.
+func (r *Router) Set(name, socket string, routes []string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	be, ok := r.backends[name]
+	if !ok || be.socket != socket {
+		conn, err := rpc.Dial(socket)
+		if err != nil {
+			return fmt.Errorf("route to %s: %w", name, err)
+		}
+		if ok {
+			_ = be.conn.Close()
+		}
+		be = &backend{name: name, socket: socket, conn: conn}
+		r.backends[name] = be
+	}
+	for svc, b := range r.routes {
+		if b.name == name {
+			delete(r.routes, svc)
+		}
+	}
+	for _, svc := range routes {
+		if other, taken := r.routes[svc]; taken && other.name != name {
+			return fmt.Errorf("%s and %s both claim %s", other.name, name, svc)
+		}
+		r.routes[svc] = be
+	}
+	return nil
+}
+
+// Ready marks the end of startup: from now on a call for a service nobody
+// serves is Unimplemented at once rather than held until startup completes.
+func (r *Router) Ready() { r.readyOnce.Do(func() { close(r.ready) }) }
+
+// Backend returns the name of the process serving svc.
+func (r *Router) Backend(svc string) (string, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	be, ok := r.routes[svc]
+	if !ok {
+		return "", false
+	}
+	return be.name, true
+}
+
+// Close drops every backend connection.
+func (r *Router) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, be := range r.backends {
+		_ = be.conn.Close()
+	}
+	r.backends = map[string]*backend{}
+	r.routes = map[string]*backend{}
+}
+
+func (r *Router) lookup(ctx context.Context, svc string) (*backend, error) {
+	r.mu.RLock()
+	be, ok := r.routes[svc]
+	r.mu.RUnlock()
+	if ok {
+		return be, nil
+	}
+	select {
+	case <-r.ready:
+		return nil, status.Errorf(codes.Unimplemented, "unknown service %s", svc)
+	default:
+	}
+	t := time.NewTimer(r.wait)
+	defer t.Stop()
+	select {
+	case <-r.ready:
+	case <-t.C:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	r.mu.RLock()
+	be, ok = r.routes[svc]
+	r.mu.RUnlock()
+	if !ok {
+		return nil, status.Errorf(codes.Unimplemented, "unknown service %s", svc)
+	}
+	return be, nil
+}
+
+// ServerOptions are what the gateway's gRPC server needs to hand every call
+// it does not serve itself to the router.
+func (r *Router) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.UnknownServiceHandler(r.handle),
+		grpc.ForceServerCodecV2(rpc.FrameCodec{}),
+	}
+}
+
+var streamDesc = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+func (r *Router) handle(_ any, ss grpc.ServerStream) error {
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return status.Error(codes.Internal, "no method in stream")
+	}
+	svc := serviceOf(method)
+	be, err := r.lookup(ss.Context(), svc)
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	in, _ := metadata.FromIncomingContext(ctx)
+	octx := metadata.NewOutgoingContext(ctx, forwardable(in))
+
+	// Wait for a restarting backend, but only so long: the timer cancels the
+	// call if the stream could not be opened in time.
+	var expired atomic.Bool
+	timer := time.AfterFunc(r.wait, func() { expired.Store(true); cancel() })
+	cs, err := be.conn.NewStream(octx, streamDesc, method, grpc.ForceCodecV2(rpc.FrameCodec{}), grpc.WaitForReady(true))
+	if !timer.Stop() || expired.Load() {
+		return status.Errorf(codes.Unavailable, "service %s (%s) is not available after %s", be.name, svc, r.wait)
+	}
+	if err != nil {
+		return err
+	}
+
+	fromClient := make(chan error, 1)
+	go func() { fromClient <- forwardClient(ss, cs) }()
+	fromBackend := make(chan error, 1)
+	go func() { fromBackend <- forwardBackend(cs, ss) }()
+
+	for {
+		select {
+		case err := <-fromClient:
+			if err != nil {
+				// The client went away or sent garbage: end the backend call.
+				cancel()
+				return status.Convert(err).Err()
+			}
+			fromClient = nil // half-closed; wait for the backend to finish
+		case err := <-fromBackend:
+			ss.SetTrailer(cs.Trailer())
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// forwardClient copies client messages to the backend until the client
+// half-closes (nil) or fails.
+func forwardClient(ss grpc.ServerStream, cs grpc.ClientStream) error {
+	for {
+		f := &rpc.Frame{}
+		if err := ss.RecvMsg(f); err != nil {
+			if errors.Is(err, io.EOF) {
+				return cs.CloseSend()
+			}
+			return err
+		}
+		if err := cs.SendMsg(f); err != nil {
+			f.Free()
+			if errors.Is(err, io.EOF) {
+				// The backend finished the call early; its status comes
+				// through the other direction.
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// forwardBackend copies the backend's header and messages to the client and
+// returns io.EOF when the backend finished cleanly, or its status.
+func forwardBackend(cs grpc.ClientStream, ss grpc.ServerStream) error {
+	md, err := cs.Header()
+	if err == nil && len(md) > 0 {
+		if err := ss.SendHeader(md); err != nil {
+			return err
+		}
+	}
+	for {
+		f := &rpc.Frame{}
+		if err := cs.RecvMsg(f); err != nil {
+			return err
+		}
+		if err := ss.SendMsg(f); err != nil {
+			f.Free()
+			return err
+		}
+	}
+}
+
+func serviceOf(method string) string {
+	method = strings.TrimPrefix(method, "/")
+	if i := strings.LastIndex(method, "/"); i >= 0 {
+		return method[:i]
+	}
+	return method
+}
+
+// forwardable drops the headers gRPC manages per hop and the trace context,
+// which the gateway's own instrumentation re-injects with its span as parent.
+func forwardable(in metadata.MD) metadata.MD {
+	out := metadata.MD{}
+	for k, v := range in {
+		switch {
+		case strings.HasPrefix(k, ":"), strings.HasPrefix(k, "grpc-"),
+			k == "content-type", k == "user-agent", k == "te",
+			k == "traceparent", k == "tracestate", k == "baggage":
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}

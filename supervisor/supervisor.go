@@ -1,0 +1,403 @@
+// Package supervisor starts, watches and restarts Flotilla's service
+// processes with hashicorp/go-plugin. Its view of a service is deliberately
+// narrow: start it, ask it to Describe itself, notice when it exits, start it
+// again. It knows nothing of what a service serves.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/flotilla-project/flotilla/pkg/handshake"
+	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
+)
+
+// Spec describes one service process.
+type Spec struct {
+	Name     string
+	Path     string   // executable
+	Requires []string // services that must be running first
+	Env      handshake.Env
+}
+
+// State of a service process.
+type State string
+
+const (
+	Starting   State = "starting"
+	Running    State = "running"
+	Restarting State = "restarting"
+	Stopped    State = "stopped"
+	Failed     State = "failed"
+)
+
+// Status is a snapshot of one service.
+type Status struct {
+	Name      string
+	State     State
+	Pid       int
+	Restarts  int
+	Since     time.Time // when the current process became ready
+	Info      *servicepb.DescribeResponse
+	LastError string
+}
+
+// Options configure a Supervisor.
+type Options struct {
+	Logger       *slog.Logger
+	Output       io.Writer // service stderr is copied here verbatim
+	StartTimeout time.Duration
+	// OnChange is called (never concurrently for one service) whenever a
+	// service's status changes.
+	OnChange func(Status)
+}
+
+// Supervisor runs a set of services in dependency order.
+type Supervisor struct {
+	opts  Options
+	order []*proc
+
+	mu       sync.Mutex
+	stopping bool
+}
+
+// New checks the dependency graph and returns a supervisor that has not
+// started anything yet.
+func New(opts Options, specs []Spec) (*Supervisor, error) {
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 20 * time.Second
+	}
+	if opts.Output == nil {
+		opts.Output = os.Stderr
+	}
+	order, err := topoSort(specs)
+	if err != nil {
+		return nil, err
+	}
+	s := &Supervisor{opts: opts}
+	for _, sp := range order {
+		s.order = append(s.order, &proc{spec: sp, sup: s, status: Status{Name: sp.Name, State: Stopped}})
+	}
+	return s, nil
+}
+
+func topoSort(specs []Spec) ([]Spec, error) {
+	byName := map[string]Spec{}
+	for _, s := range specs {
+		if _, dup := byName[s.Name]; dup {
+			return nil, fmt.Errorf("service %q configured twice", s.Name)
+		}
+		byName[s.Name] = s
+	}
+	var (
+		out   []Spec
+		state = map[string]int{} // 1 visiting, 2 done
+		visit func(n string, path []string) error
+	)
+	visit = func(n string, path []string) error {
+		switch state[n] {
+		case 1:
+			return fmt.Errorf("dependency cycle: %s", strings.Join(append(path, n), " -> "))
+		case 2:
+			return nil
+		}
+		s, ok := byName[n]
+		if !ok {
+			return fmt.Errorf("service %q requires %q, which is not configured", path[len(path)-1], n)
+		}
+		state[n] = 1
+		for _, r := range s.Requires {
+			if err := visit(r, append(path, n)); err != nil {
+				return err
+			}
+		}
+		state[n] = 2
+		out = append(out, s)
+		return nil
+	}
+	for _, s := range specs {
+		if err := visit(s.Name, nil); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Start brings every service up in dependency order. If one fails, those
+// already started are stopped and the error names the failing service.
+func (s *Supervisor) Start(ctx context.Context) error {
+	for i, p := range s.order {
+		if err := p.start(ctx); err != nil {
+			for j := i - 1; j >= 0; j-- {
+				s.order[j].stop()
+			}
+			return fmt.Errorf("service %s failed to start: %w", p.spec.Name, err)
+		}
+		go p.watch()
+	}
+	return nil
+}
+
+// Stop stops every service in reverse dependency order.
+func (s *Supervisor) Stop() {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	for i := len(s.order) - 1; i >= 0; i-- {
+		s.order[i].stop()
+	}
+}
+
+// Statuses reports every service, in start order.
+func (s *Supervisor) Statuses() []Status {
+	out := make([]Status, 0, len(s.order))
+	for _, p := range s.order {
+		out = append(out, p.snapshot())
+	}
+	return out
+}
+
+func (s *Supervisor) isStopping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping
+}
+
+// proc is one supervised service.
+type proc struct {
+	spec Spec
+	sup  *Supervisor
+
+	mu     sync.Mutex
+	client *plugin.Client
+	status Status
+	tail   *tailWriter
+	exited chan struct{} // closed when the current process has exited
+}
+
+func (p *proc) snapshot() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.status
+}
+
+func (p *proc) setStatus(f func(*Status)) {
+	p.mu.Lock()
+	f(&p.status)
+	st := p.status
+	p.mu.Unlock()
+	if p.sup.opts.OnChange != nil {
+		p.sup.opts.OnChange(st)
+	}
+}
+
+func (p *proc) pidFile() string {
+	return filepath.Join(p.spec.Env.State, p.spec.Name+".pid")
+}
+
+// killStale ends a process a previous flotillad left behind (it was killed
+// without stopping its services), so that two copies never own one state.
+func (p *proc) killStale() {
+	b, err := os.ReadFile(p.pidFile())
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return
+	}
+	want, _ := filepath.EvalSymlinks(p.spec.Path)
+	if filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != filepath.Base(want) {
+		return
+	}
+	p.sup.opts.Logger.Warn("killing stale service process", "name", p.spec.Name, "pid", pid)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 100; i++ {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (p *proc) start(ctx context.Context) error {
+	p.killStale()
+	if err := os.MkdirAll(p.spec.Env.State, 0o711); err != nil {
+		return err
+	}
+	env, err := p.spec.Env.Encode()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(p.spec.Path)
+	cmd.Env = append(os.Environ(), handshake.EnvVar+"="+env)
+	// Each service gets its own process group so that a terminal's Ctrl-C
+	// reaches flotillad alone, which then stops services in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	tail := &tailWriter{w: p.sup.opts.Output}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  handshake.Config,
+		Plugins:          handshake.Plugins(nil),
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           hclog.NewNullLogger(),
+		Stderr:           tail,
+		SyncStderr:       p.sup.opts.Output,
+		SyncStdout:       p.sup.opts.Output,
+		StartTimeout:     p.sup.opts.StartTimeout,
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: p.spec.Env.State},
+	})
+	p.setStatus(func(s *Status) { s.State = Starting; s.LastError = "" })
+	info, err := describe(ctx, client, p.sup.opts.StartTimeout)
+	if err != nil {
+		client.Kill()
+		if last := tail.last(); last != "" {
+			err = fmt.Errorf("%w (last output: %s)", err, last)
+		}
+		p.setStatus(func(s *Status) { s.State = Failed; s.LastError = err.Error() })
+		return err
+	}
+	_ = os.WriteFile(p.pidFile(), []byte(strconv.FormatInt(info.Pid, 10)), 0o600)
+	exited := make(chan struct{})
+	go func() {
+		// go-plugin waits on the child itself and exposes only a poll.
+		for !client.Exited() {
+			time.Sleep(20 * time.Millisecond)
+		}
+		close(exited)
+	}()
+	p.mu.Lock()
+	p.client, p.tail, p.exited = client, tail, exited
+	p.mu.Unlock()
+	p.setStatus(func(s *Status) {
+		s.State, s.Pid, s.Info, s.Since = Running, int(info.Pid), info, time.Now()
+	})
+	p.sup.opts.Logger.Info("service running", "name", p.spec.Name, "pid", info.Pid, "socket", info.Socket)
+	return nil
+}
+
+func describe(ctx context.Context, client *plugin.Client, timeout time.Duration) (*servicepb.DescribeResponse, error) {
+	rpcClient, err := client.Client()
+	if err != nil {
+		return nil, err
+	}
+	raw, err := rpcClient.Dispense(handshake.PluginName)
+	if err != nil {
+		return nil, err
+	}
+	svc, ok := raw.(servicepb.ServiceClient)
+	if !ok {
+		return nil, errors.New("handshake plugin has an unexpected type")
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return svc.Describe(ctx, &servicepb.DescribeRequest{})
+}
+
+// watch restarts the service whenever its process exits, with a backoff that
+// starts at zero (a crash is usually a one-off) and grows while it keeps
+// failing quickly.
+func (p *proc) watch() {
+	var delay time.Duration
+	for {
+		p.mu.Lock()
+		exited := p.exited
+		p.mu.Unlock()
+		<-exited
+		if p.sup.isStopping() {
+			return
+		}
+		st := p.snapshot()
+		if time.Since(st.Since) > 10*time.Second {
+			delay = 0
+		}
+		p.sup.opts.Logger.Error("service exited; restarting", "name", p.spec.Name, "pid", st.Pid, "backoff", delay)
+		p.setStatus(func(s *Status) { s.State = Restarting; s.Restarts++ })
+		for {
+			time.Sleep(delay)
+			if p.sup.isStopping() {
+				return
+			}
+			if delay == 0 {
+				delay = 100 * time.Millisecond
+			} else if delay *= 2; delay > 5*time.Second {
+				delay = 5 * time.Second
+			}
+			err := p.start(context.Background())
+			if err == nil {
+				break
+			}
+			p.sup.opts.Logger.Error("service restart failed", "name", p.spec.Name, "error", err)
+			p.setStatus(func(s *Status) { s.State = Restarting })
+		}
+	}
+}
+
+func (p *proc) stop() {
+	p.mu.Lock()
+	client := p.client
+	p.mu.Unlock()
+	if client == nil {
+		return
+	}
+	// Kill asks the process to shut down gracefully over go-plugin and
+	// force-kills it after a grace period.
+	client.Kill()
+	_ = os.Remove(p.pidFile())
+	p.setStatus(func(s *Status) { s.State = Stopped; s.Pid = 0 })
+	p.sup.opts.Logger.Info("service stopped", "name", p.spec.Name)
+}
+
+// tailWriter copies a service's stderr through and remembers its last line,
+// so a failed start can say why.
+type tailWriter struct {
+	w    io.Writer
+	mu   sync.Mutex
+	line []byte
+	prev string
+}
+
+func (t *tailWriter) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range b {
+		if c != '\n' {
+			t.line = append(t.line, c)
+			continue
+		}
+		// Whole lines only: several services share one output.
+		if len(t.line) > 0 {
+			t.prev = string(t.line)
+		}
+		_, _ = t.w.Write(append(t.line, '\n'))
+		t.line = t.line[:0]
+	}
+	return len(b), nil
+}
+
+func (t *tailWriter) last() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.line) > 0 {
+		return string(t.line)
+	}
+	return t.prev
+}

@@ -147,9 +147,9 @@ func run(name string, build Constructor) error {
 			plugin.Serve(&plugin.ServeConfig{
 				HandshakeConfig: handshake.Config,
 				Plugins:         handshake.Plugins(&describer{env: env, inst: inst}),
-				GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-					return rpc.NewServer(logger, opts...).Server
-				},
+				// go-plugin registers its own health service on this
+				// private handshake server, so it is a plain one.
+				GRPCServer: func(opts []grpc.ServerOption) *grpc.Server { return grpc.NewServer(opts...) },
 				Logger: hclog.NewNullLogger(),
 			})
 		}()

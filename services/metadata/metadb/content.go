@@ -1,0 +1,419 @@
+package metadb
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/filters"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Content is the namespaced content store: records here, bytes in the
+// content service. It implements containerd's content.Store.
+type Content struct{ db *DB }
+
+// Content returns the namespaced content store.
+func (db *DB) Content() *Content { return &Content{db: db} }
+
+var _ content.Store = (*Content)(nil)
+
+// backendRef is the content service's ref for an ingest of a namespace.
+// Namespaces are identifiers, which never contain "/", so refs of different
+// namespaces cannot collide.
+func backendRef(ns, ref string) string { return ns + "/" + ref }
+
+func blobBucket(tx *bolt.Tx, ns string, d digest.Digest) *bolt.Bucket {
+	return bucketPath(nsBucket(tx, ns), bucketContent, bucketBlob, []byte(d))
+}
+
+func readInfo(d digest.Digest, b *bolt.Bucket) content.Info {
+	return content.Info{
+		Digest:    d,
+		Size:      getInt(b, keySize),
+		CreatedAt: getTime(b, keyCreatedAt),
+		UpdatedAt: getTime(b, keyUpdatedAt),
+		Labels:    readMap(b, bucketLabels),
+	}
+}
+
+func (c *Content) Info(ctx context.Context, d digest.Digest) (content.Info, error) {
+	ns, err := namespace(ctx)
+	if err != nil {
+		return content.Info{}, err
+	}
+	var info content.Info
+	err = c.db.bolt.View(func(tx *bolt.Tx) error {
+		b := blobBucket(tx, ns, d)
+		if b == nil {
+			return fmt.Errorf("content %s: %w", d, errdefs.ErrNotFound)
+		}
+		info = readInfo(d, b)
+		return nil
+	})
+	return info, err
+}
+
+func (c *Content) Update(ctx context.Context, info content.Info, paths ...string) (content.Info, error) {
+	ns, err := namespace(ctx)
+	if err != nil {
+		return content.Info{}, err
+	}
+	var out content.Info
+	err = c.db.bolt.Update(func(tx *bolt.Tx) error {
+		b := blobBucket(tx, ns, info.Digest)
+		if b == nil {
+			return fmt.Errorf("content %s: %w", info.Digest, errdefs.ErrNotFound)
+		}
+		cur := readInfo(info.Digest, b)
+		labels, rest := applyLabelPaths(cur.Labels, info.Labels, paths)
+		if len(rest) > 0 {
+			return fmt.Errorf("cannot update %q field on content %s: %w", rest, info.Digest, errdefs.ErrInvalidArgument)
+		}
+		if err := validateLabels(labels); err != nil {
+			return err
+		}
+		cur.Labels = labels
+		cur.UpdatedAt = time.Now().UTC()
+		if err := writeMap(b, bucketLabels, labels); err != nil {
+			return err
+		}
+		if err := putTime(b, keyUpdatedAt, cur.UpdatedAt); err != nil {
+			return err
+		}
+		out = cur
+		return nil
+	})
+	return out, err
+}
+
+func (c *Content) Walk(ctx context.Context, fn content.WalkFunc, fs ...string) error {
+	ns, err := namespace(ctx)
+	if err != nil {
+		return err
+	}
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return fmt.Errorf("content filters %q: %w", fs, errdefs.ErrInvalidArgument)
+	}
+	// Collected first so fn, which may be slow or call back into the
+	// store, runs outside the read transaction.
+	var infos []content.Info
+	err = c.db.bolt.View(func(tx *bolt.Tx) error {
+		bb := bucketPath(nsBucket(tx, ns), bucketContent, bucketBlob)
+		if bb == nil {
+			return nil
+		}
+		return bb.ForEach(func(k, v []byte) error {
+			if v != nil {
+				return nil
+			}
+			info := readInfo(digest.Digest(k), bb.Bucket(k))
+			if filter.Match(content.AdaptInfo(info)) {
+				infos = append(infos, info)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	for _, info := range infos {
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete removes the namespace's record; the bytes go with the next
+// collection if no other namespace holds them.
+func (c *Content) Delete(ctx context.Context, d digest.Digest) error {
+	ns, err := namespace(ctx)
+	if err != nil {
+		return err
+	}
+	err = c.db.bolt.Update(func(tx *bolt.Tx) error {
+		bb := bucketPath(nsBucket(tx, ns), bucketContent, bucketBlob)
+		if bb == nil || bb.Bucket([]byte(d)) == nil {
+			return fmt.Errorf("content %s: %w", d, errdefs.ErrNotFound)
+		}
+		return bb.DeleteBucket([]byte(d))
+	})
+	if err != nil {
+		return err
+	}
+	c.db.dirty(false)
+	return nil
+}
+
+func (c *Content) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	if _, err := c.Info(ctx, desc.Digest); err != nil {
+		return nil, err
+	}
+	return c.db.backend.ReaderAt(ctx, desc)
+}
+
+// Visible reports whether the namespace of ctx holds d; the gRPC façade
+// checks it before streaming bytes straight from the content service.
+func (c *Content) Visible(ctx context.Context, d digest.Digest) error {
+	_, err := c.Info(ctx, d)
+	return err
+}
+
+func (c *Content) ingest(ctx context.Context, ref string) (ns, bref string, err error) {
+	ns, err = namespace(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	err = c.db.bolt.View(func(tx *bolt.Tx) error {
+		b := bucketPath(nsBucket(tx, ns), bucketContent, bucketIngests, []byte(ref))
+		if b == nil {
+			return fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
+		}
+		bref = string(b.Get(keyRef))
+		return nil
+	})
+	return ns, bref, err
+}
+
+func (c *Content) Status(ctx context.Context, ref string) (content.Status, error) {
+	_, bref, err := c.ingest(ctx, ref)
+	if err != nil {
+		return content.Status{}, err
+	}
+	st, err := c.db.backend.Status(ctx, bref)
+	if err != nil {
+		return content.Status{}, err
+	}
+	st.Ref = ref
+	return st, nil
+}
+
+func (c *Content) ListStatuses(ctx context.Context, fs ...string) ([]content.Status, error) {
+	ns, err := namespace(ctx)
+	if err != nil {
+		return nil, err
+	}
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return nil, fmt.Errorf("status filters %q: %w", fs, errdefs.ErrInvalidArgument)
+	}
+	refs := map[string]string{}
+	err = c.db.bolt.View(func(tx *bolt.Tx) error {
+		ib := bucketPath(nsBucket(tx, ns), bucketContent, bucketIngests)
+		if ib == nil {
+			return nil
+		}
+		return ib.ForEach(func(k, v []byte) error {
+			if v == nil {
+				refs[string(ib.Bucket(k).Get(keyRef))] = string(k)
+			}
+			return nil
+		})
+	})
+	if err != nil || len(refs) == 0 {
+		return nil, err
+	}
+	all, err := c.db.backend.ListStatuses(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []content.Status
+	for _, st := range all {
+		ref, ok := refs[st.Ref]
+		if !ok {
+			continue
+		}
+		st.Ref = ref
+		if filter.Match(adaptStatus(st)) {
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+func (c *Content) Abort(ctx context.Context, ref string) error {
+	ns, bref, err := c.ingest(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if err := c.db.backend.Abort(ctx, bref); err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	return c.db.bolt.Update(func(tx *bolt.Tx) error {
+		if ib := bucketPath(nsBucket(tx, ns), bucketContent, bucketIngests); ib != nil && ib.Bucket([]byte(ref)) != nil {
+			return ib.DeleteBucket([]byte(ref))
+		}
+		return nil
+	})
+}
+
+// Writer opens an ingest of the call's namespace. Content already in the
+// namespace is AlreadyExists; content another namespace holds is shared
+// (containerd's default policy): it becomes visible here, and the writer
+// still answers AlreadyExists, so no byte is sent twice.
+func (c *Content) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	var wo content.WriterOpts
+	for _, o := range opts {
+		if err := o(&wo); err != nil {
+			return nil, err
+		}
+	}
+	if wo.Ref == "" {
+		return nil, fmt.Errorf("ref must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	ns, err := namespace(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if wo.Desc.Digest != "" {
+		if err := wo.Desc.Digest.Validate(); err != nil {
+			return nil, fmt.Errorf("expected digest %q: %v: %w", wo.Desc.Digest, err, errdefs.ErrInvalidArgument)
+		}
+	}
+
+	c.db.gcLock.RLock()
+	defer c.db.gcLock.RUnlock()
+	if wo.Desc.Digest != "" {
+		if _, err := c.Info(ctx, wo.Desc.Digest); err == nil {
+			return nil, fmt.Errorf("content %s: %w", wo.Desc.Digest, errdefs.ErrAlreadyExists)
+		}
+		if info, err := c.db.backend.Info(ctx, wo.Desc.Digest); err == nil {
+			if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
+				return recordBlob(ctx, tx, ns, info.Digest, info.Size, nil)
+			}); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("content %s: %w", wo.Desc.Digest, errdefs.ErrAlreadyExists)
+		}
+	}
+
+	bref := backendRef(ns, wo.Ref)
+	if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
+		nb, err := createNSBucket(tx, ns)
+		if err != nil {
+			return err
+		}
+		b, err := createBucketPath(nb, bucketContent, bucketIngests, []byte(wo.Ref))
+		if err != nil {
+			return err
+		}
+		if err := b.Put(keyRef, []byte(bref)); err != nil {
+			return err
+		}
+		return leaseHold(ctx, tx, ns, bucketIngests, []byte(wo.Ref))
+	}); err != nil {
+		return nil, err
+	}
+	w, err := c.db.backend.Writer(ctx, content.WithRef(bref), content.WithDescriptor(wo.Desc))
+	if err != nil {
+		return nil, err
+	}
+	return &writer{Writer: w, c: c, ns: ns, ref: wo.Ref}, nil
+}
+
+// recordBlob makes d visible in ns (keeping labels of an existing record
+// when labels is nil) and lets the call's lease hold it.
+func recordBlob(ctx context.Context, tx *bolt.Tx, ns string, d digest.Digest, size int64, labels map[string]string) error {
+	nb, err := createNSBucket(tx, ns)
+	if err != nil {
+		return err
+	}
+	bb, err := createBucketPath(nb, bucketContent, bucketBlob)
+	if err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	b := bb.Bucket([]byte(d))
+	if b == nil {
+		if b, err = bb.CreateBucket([]byte(d)); err != nil {
+			return err
+		}
+		if err := putTime(b, keyCreatedAt, now); err != nil {
+			return err
+		}
+	}
+	if err := putTime(b, keyUpdatedAt, now); err != nil {
+		return err
+	}
+	if err := putInt(b, keySize, size); err != nil {
+		return err
+	}
+	if labels != nil {
+		if err := writeMap(b, bucketLabels, labels); err != nil {
+			return err
+		}
+	}
+	return leaseHold(ctx, tx, ns, bucketContent, []byte(d))
+}
+
+type writer struct {
+	content.Writer
+	c       *Content
+	ns, ref string
+}
+
+func (w *writer) Status() (content.Status, error) {
+	st, err := w.Writer.Status()
+	st.Ref = w.ref
+	return st, err
+}
+
+// Commit commits in the content service, then records the blob in the
+// namespace, both under the collector's shared lock so a collection cannot
+// see the blob unrecorded and remove it.
+func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	var base content.Info
+	for _, o := range opts {
+		if err := o(&base); err != nil {
+			return err
+		}
+	}
+	if err := validateLabels(base.Labels); err != nil {
+		return err
+	}
+	w.c.db.gcLock.RLock()
+	defer w.c.db.gcLock.RUnlock()
+
+	err := w.Writer.Commit(ctx, size, expected)
+	d := w.Writer.Digest()
+	if err != nil {
+		if !errdefs.IsAlreadyExists(err) || expected == "" {
+			return err
+		}
+		d = expected
+	}
+	info, err := w.c.db.backend.Info(ctx, d)
+	if err != nil {
+		return fmt.Errorf("content %s committed but not found after: %w", d, err)
+	}
+	return w.c.db.bolt.Update(func(tx *bolt.Tx) error {
+		if ib := bucketPath(nsBucket(tx, w.ns), bucketContent, bucketIngests); ib != nil && ib.Bucket([]byte(w.ref)) != nil {
+			if err := ib.DeleteBucket([]byte(w.ref)); err != nil {
+				return err
+			}
+		}
+		if blobBucket(tx, w.ns, d) != nil {
+			return fmt.Errorf("content %s: %w", d, errdefs.ErrAlreadyExists)
+		}
+		labels := base.Labels
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		return recordBlob(ctx, tx, w.ns, d, info.Size, labels)
+	})
+}
+
+func adaptStatus(st content.Status) filters.Adaptor {
+	return filters.AdapterFunc(func(fp []string) (string, bool) {
+		if len(fp) == 1 && fp[0] == "ref" {
+			return st.Ref, true
+		}
+		return "", false
+	})
+}

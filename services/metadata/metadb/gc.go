@@ -1,0 +1,330 @@
+package metadb
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/flotilla-project/flotilla/services/metadata/gc"
+)
+
+// Labels that drive collection, as containerd defines them.
+const (
+	labelGCRoot       = "containerd.io/gc.root"
+	labelGCRefContent = "containerd.io/gc.ref.content"
+	labelGCRefSnap    = "containerd.io/gc.ref.snapshot."
+	labelGCExpire     = "containerd.io/gc.expire"
+	labelGCFlat       = "containerd.io/gc.flat"
+)
+
+// GCStats says what one collection removed.
+type GCStats struct {
+	Blobs, Ingests, Leases int
+	BackendBlobs           int
+	BackendIngests         int
+	Duration               time.Duration
+}
+
+// GarbageCollect removes what no root reaches. Roots are images, leases
+// that have not expired (with what they hold), content labelled
+// containerd.io/gc.root and ingests that have not expired; references follow
+// the containerd.io/gc.ref.* labels. Then blobs and ingests of the content
+// service that no namespace records any more are removed there.
+func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
+	start := time.Now()
+	db.gcLock.Lock()
+	defer db.gcLock.Unlock()
+
+	var (
+		st      GCStats
+		keep    = map[digest.Digest]struct{}{}
+		ingests = map[string]struct{}{}
+	)
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		v1 := tx.Bucket(bucketV1)
+		if v1 == nil {
+			return nil
+		}
+		now := time.Now()
+		roots, err := scanRoots(v1, now)
+		if err != nil {
+			return err
+		}
+		reached, err := gc.Mark(roots, func(n gc.Node, visit func(gc.Node)) error {
+			return references(v1, n, visit)
+		})
+		if err != nil {
+			return err
+		}
+		return v1.ForEach(func(k, v []byte) error {
+			if v != nil {
+				return nil
+			}
+			ns := string(k)
+			nb := v1.Bucket(k)
+			if err := sweepNamespace(nb, ns, reached, now, &st); err != nil {
+				return err
+			}
+			if bb := bucketPath(nb, bucketContent, bucketBlob); bb != nil {
+				_ = bb.ForEach(func(k, _ []byte) error { keep[digest.Digest(k)] = struct{}{}; return nil })
+			}
+			if ib := bucketPath(nb, bucketContent, bucketIngests); ib != nil {
+				_ = ib.ForEach(func(k, v []byte) error {
+					if v == nil {
+						ingests[string(ib.Bucket(k).Get(keyRef))] = struct{}{}
+					}
+					return nil
+				})
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return st, fmt.Errorf("garbage collection of meta.db: %w", err)
+	}
+
+	// The content service's side, after the records are gone: a failure
+	// here leaves bytes for the next run, never a record without bytes.
+	var remove []digest.Digest
+	if err := db.backend.Walk(ctx, func(info content.Info) error {
+		if _, ok := keep[info.Digest]; !ok {
+			remove = append(remove, info.Digest)
+		}
+		return nil
+	}); err != nil {
+		return st, fmt.Errorf("garbage collection: list content: %w", err)
+	}
+	for _, d := range remove {
+		if err := db.backend.Delete(ctx, d); err != nil && !errdefs.IsNotFound(err) {
+			return st, fmt.Errorf("garbage collection: delete %s: %w", d, err)
+		}
+		st.BackendBlobs++
+	}
+	statuses, err := db.backend.ListStatuses(ctx)
+	if err != nil {
+		return st, fmt.Errorf("garbage collection: list ingests: %w", err)
+	}
+	for _, s := range statuses {
+		if _, ok := ingests[s.Ref]; ok {
+			continue
+		}
+		if err := db.backend.Abort(ctx, s.Ref); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsUnavailable(err) {
+			return st, fmt.Errorf("garbage collection: abort ingest %q: %w", s.Ref, err)
+		}
+		st.BackendIngests++
+	}
+	st.Duration = time.Since(start)
+	db.logger.Debug("garbage collection", "blobs", st.Blobs, "ingests", st.Ingests, "leases", st.Leases,
+		"backend_blobs", st.BackendBlobs, "backend_ingests", st.BackendIngests, "duration", st.Duration)
+	return st, nil
+}
+
+func expired(labels *bolt.Bucket, now time.Time) bool {
+	if labels == nil {
+		return false
+	}
+	v := labels.Get([]byte(labelGCExpire))
+	if v == nil {
+		return false
+	}
+	t, err := time.Parse(time.RFC3339, string(v))
+	return err == nil && now.After(t)
+}
+
+func scanRoots(v1 *bolt.Bucket, now time.Time) ([]gc.Node, error) {
+	var roots []gc.Node
+	err := v1.ForEach(func(k, v []byte) error {
+		if v != nil {
+			return nil
+		}
+		ns := string(k)
+		nb := v1.Bucket(k)
+		if ib := nb.Bucket(bucketImages); ib != nil {
+			_ = ib.ForEach(func(k, v []byte) error {
+				if v == nil && !expired(ib.Bucket(k).Bucket(bucketLabels), now) {
+					roots = append(roots, gc.Node{Type: gc.Image, Namespace: ns, Key: string(k)})
+				}
+				return nil
+			})
+		}
+		if lb := nb.Bucket(bucketLeases); lb != nil {
+			_ = lb.ForEach(func(k, v []byte) error {
+				if v != nil {
+					return nil
+				}
+				l := lb.Bucket(k)
+				labels := l.Bucket(bucketLabels)
+				if expired(labels, now) {
+					return nil
+				}
+				flat := labels != nil && labels.Get([]byte(labelGCFlat)) != nil
+				roots = append(roots, gc.Node{Type: gc.Lease, Namespace: ns, Key: string(k)})
+				ct, st := gc.Content, gc.Snapshot
+				if flat {
+					ct, st = gc.ContentFlat, gc.SnapshotFlat
+				}
+				if cb := l.Bucket(bucketContent); cb != nil {
+					_ = cb.ForEach(func(k, _ []byte) error {
+						roots = append(roots, gc.Node{Type: ct, Namespace: ns, Key: string(k)})
+						return nil
+					})
+				}
+				if ib := l.Bucket(bucketIngests); ib != nil {
+					_ = ib.ForEach(func(k, _ []byte) error {
+						roots = append(roots, gc.Node{Type: gc.Ingest, Namespace: ns, Key: string(k)})
+						return nil
+					})
+				}
+				if sb := l.Bucket(bucketSnaps); sb != nil {
+					_ = sb.ForEach(func(sn, v []byte) error {
+						if v == nil {
+							_ = sb.Bucket(sn).ForEach(func(key, _ []byte) error {
+								roots = append(roots, gc.Node{Type: st, Namespace: ns, Key: string(sn) + "/" + string(key)})
+								return nil
+							})
+						}
+						return nil
+					})
+				}
+				return nil
+			})
+		}
+		if bb := bucketPath(nb, bucketContent, bucketBlob); bb != nil {
+			_ = bb.ForEach(func(k, v []byte) error {
+				if v != nil {
+					return nil
+				}
+				if lb := bb.Bucket(k).Bucket(bucketLabels); lb != nil && lb.Get([]byte(labelGCRoot)) != nil && !expired(lb, now) {
+					roots = append(roots, gc.Node{Type: gc.Content, Namespace: ns, Key: string(k)})
+				}
+				return nil
+			})
+		}
+		if ib := bucketPath(nb, bucketContent, bucketIngests); ib != nil {
+			_ = ib.ForEach(func(k, v []byte) error {
+				if v == nil {
+					b := ib.Bucket(k)
+					if ea := b.Get(keyExpireAt); ea != nil && getTime(b, keyExpireAt).After(now) {
+						roots = append(roots, gc.Node{Type: gc.Ingest, Namespace: ns, Key: string(k)})
+					}
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	return roots, err
+}
+
+// references calls visit for every resource n keeps alive.
+func references(v1 *bolt.Bucket, n gc.Node, visit func(gc.Node)) error {
+	nb := v1.Bucket([]byte(n.Namespace))
+	if nb == nil {
+		return nil
+	}
+	switch n.Type {
+	case gc.Image:
+		b := bucketPath(nb, bucketImages, []byte(n.Key))
+		if b == nil {
+			return nil
+		}
+		if tb := b.Bucket(bucketTarget); tb != nil {
+			if d := tb.Get(keyDigest); d != nil {
+				visit(gc.Node{Type: gc.Content, Namespace: n.Namespace, Key: string(d)})
+			}
+		}
+		labelRefs(b.Bucket(bucketLabels), n.Namespace, visit)
+	case gc.Content:
+		if b := bucketPath(nb, bucketContent, bucketBlob, []byte(n.Key)); b != nil {
+			labelRefs(b.Bucket(bucketLabels), n.Namespace, visit)
+		}
+	}
+	return nil
+}
+
+// labelRefs follows containerd.io/gc.ref.content[.|/]* and
+// containerd.io/gc.ref.snapshot.<snapshotter>[/*] labels.
+func labelRefs(labels *bolt.Bucket, ns string, visit func(gc.Node)) {
+	if labels == nil {
+		return
+	}
+	c := labels.Cursor()
+	prefix := []byte("containerd.io/gc.ref.")
+	for k, v := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, v = c.Next() {
+		key := string(k)
+		switch {
+		case key == labelGCRefContent || strings.HasPrefix(key, labelGCRefContent+".") || strings.HasPrefix(key, labelGCRefContent+"/"):
+			visit(gc.Node{Type: gc.Content, Namespace: ns, Key: string(v)})
+		case strings.HasPrefix(key, labelGCRefSnap):
+			sn, _, _ := strings.Cut(strings.TrimPrefix(key, labelGCRefSnap), "/")
+			if sn != "" {
+				visit(gc.Node{Type: gc.Snapshot, Namespace: ns, Key: sn + "/" + string(v)})
+			}
+		}
+	}
+}
+
+func reachedContent(reached map[gc.Node]struct{}, ns, d string) bool {
+	if _, ok := reached[gc.Node{Type: gc.Content, Namespace: ns, Key: d}]; ok {
+		return true
+	}
+	_, ok := reached[gc.Node{Type: gc.ContentFlat, Namespace: ns, Key: d}]
+	return ok
+}
+
+// sweepNamespace deletes the namespace's unreached blobs and ingests and its
+// expired leases.
+func sweepNamespace(nb *bolt.Bucket, ns string, reached map[gc.Node]struct{}, now time.Time, st *GCStats) error {
+	var del [][]byte
+	if bb := bucketPath(nb, bucketContent, bucketBlob); bb != nil {
+		_ = bb.ForEach(func(k, v []byte) error {
+			if v == nil && !reachedContent(reached, ns, string(k)) {
+				del = append(del, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range del {
+			if err := bb.DeleteBucket(k); err != nil {
+				return err
+			}
+			st.Blobs++
+		}
+	}
+	del = del[:0]
+	if ib := bucketPath(nb, bucketContent, bucketIngests); ib != nil {
+		_ = ib.ForEach(func(k, v []byte) error {
+			if _, ok := reached[gc.Node{Type: gc.Ingest, Namespace: ns, Key: string(k)}]; v == nil && !ok {
+				del = append(del, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range del {
+			if err := ib.DeleteBucket(k); err != nil {
+				return err
+			}
+			st.Ingests++
+		}
+	}
+	del = del[:0]
+	if lb := nb.Bucket(bucketLeases); lb != nil {
+		_ = lb.ForEach(func(k, v []byte) error {
+			if v == nil && expired(lb.Bucket(k).Bucket(bucketLabels), now) {
+				del = append(del, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range del {
+			if err := lb.DeleteBucket(k); err != nil {
+				return err
+			}
+			st.Leases++
+		}
+	}
+	return nil
+}

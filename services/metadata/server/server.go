@@ -1,0 +1,31 @@
+// Package server is the metadata service's gRPC face: containerd's
+// namespaced Namespaces, Images, Leases and Content APIs over meta.db, and
+// the publisher that sends their events to the gateway's exchange.
+package server
+
+import (
+	"log/slog"
+
+	"google.golang.org/grpc"
+
+	contentserver "github.com/flotilla-project/flotilla/services/content/server"
+	"github.com/flotilla-project/flotilla/services/metadata/metadb"
+)
+
+// Routes are the gRPC services this process serves for clients.
+var Routes = []string{
+	"containerd.services.namespaces.v1.Namespaces",
+	"containerd.services.images.v1.Images",
+	"containerd.services.leases.v1.Leases",
+	"containerd.services.content.v1.Content",
+}
+
+// Register returns a function that adds every API over db to a server.
+func Register(db *metadb.DB, pub *Publisher, logger *slog.Logger) func(*grpc.Server) {
+	return func(srv *grpc.Server) {
+		(&Namespaces{db: db, pub: pub}).Register(srv)
+		(&Images{db: db, pub: pub}).Register(srv)
+		(&Leases{db: db}).Register(srv)
+		newContent(db, pub, contentserver.New(db.Content(), logger)).Register(srv)
+	}
+}

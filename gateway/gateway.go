@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla-project/flotilla/gateway/events"
 	"github.com/flotilla-project/flotilla/gateway/router"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
@@ -40,6 +41,7 @@ type Gateway struct {
 	logger *slog.Logger
 	router *router.Router
 	server *rpc.Server
+	events *events.Exchange
 
 	mu       sync.RWMutex
 	services map[string]Service

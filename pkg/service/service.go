@@ -150,7 +150,7 @@ func run(name string, build Constructor) error {
 				// go-plugin registers its own health service on this
 				// private handshake server, so it is a plain one.
 				GRPCServer: func(opts []grpc.ServerOption) *grpc.Server { return grpc.NewServer(opts...) },
-				Logger: hclog.NewNullLogger(),
+				Logger:     hclog.NewNullLogger(),
 			})
 		}()
 		select {

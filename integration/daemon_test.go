@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -120,7 +121,13 @@ func TestSigtermStopsServicesAndExitsZero(t *testing.T) {
 		t.Errorf("client socket left behind: %v", err)
 	}
 	out := d.out.String()
-	mi, ci := strings.Index(out, "service stopped name=metadata"), strings.Index(out, "service stopped name=content")
+	stopped := func(name string) int {
+		if loc := regexp.MustCompile(`msg="service stopped".* name=` + name + `\b`).FindStringIndex(out); loc != nil {
+			return loc[0]
+		}
+		return -1
+	}
+	mi, ci := stopped("metadata"), stopped("content")
 	if mi < 0 || ci < 0 || mi > ci {
 		t.Errorf("services not stopped in reverse dependency order (metadata first):\n%s", out)
 	}

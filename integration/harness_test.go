@@ -242,18 +242,31 @@ func (d *daemon) client() *containerd.Client {
 	return c
 }
 
-// servicePid is the pid the supervisor recorded for a service.
+// servicePid is the pid of a service process, as Introspection reports it.
 func (d *daemon) servicePid(name string) int {
 	d.t.Helper()
-	b, err := os.ReadFile(filepath.Join(d.state, name+".pid"))
+	c, err := containerd.New(d.address, containerd.WithTimeout(10*time.Second))
 	if err != nil {
-		d.t.Fatalf("pid of %s: %v", name, err)
+		d.t.Fatalf("containerd client: %v", err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.IntrospectionService().Plugins(ctx, "id=="+name)
 	if err != nil {
-		d.t.Fatal(err)
+		d.t.Fatalf("introspection of %s: %v", name, err)
 	}
-	return pid
+	for _, p := range resp.Plugins {
+		if p.ID == name && p.Type != "io.containerd.grpc.v1" {
+			pid, err := strconv.Atoi(p.Exports["pid"])
+			if err != nil {
+				d.t.Fatalf("pid of %s: exports %v: %v", name, p.Exports, err)
+			}
+			return pid
+		}
+	}
+	d.t.Fatalf("introspection lists no service %s", name)
+	return 0
 }
 
 // waitFor polls cond until it holds or the timeout passes.

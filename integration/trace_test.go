@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	collectorpb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	containerd "github.com/containerd/containerd/v2/client"
 )
@@ -91,6 +92,7 @@ func TestOneClientCallIsOneTraceAcrossProcesses(t *testing.T) {
 	defer tp.Shutdown(context.Background())
 	prop := propagation.TraceContext{}
 	client, err := containerd.New(d.address, containerd.WithDialOpts([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(prop))),
 	}))
 	if err != nil {

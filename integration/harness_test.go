@@ -245,28 +245,41 @@ func (d *daemon) client() *containerd.Client {
 // servicePid is the pid of a service process, as Introspection reports it.
 func (d *daemon) servicePid(name string) int {
 	d.t.Helper()
+	pid, err := d.introspectPid(name)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return pid
+}
+
+// servicePidOrZero is servicePid for polling: 0 when it cannot be read.
+func (d *daemon) servicePidOrZero(name string) int {
+	pid, _ := d.introspectPid(name)
+	return pid
+}
+
+func (d *daemon) introspectPid(name string) (int, error) {
 	c, err := containerd.New(d.address, containerd.WithTimeout(10*time.Second))
 	if err != nil {
-		d.t.Fatalf("containerd client: %v", err)
+		return 0, fmt.Errorf("containerd client: %w", err)
 	}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := c.IntrospectionService().Plugins(ctx, "id=="+name)
 	if err != nil {
-		d.t.Fatalf("introspection of %s: %v", name, err)
+		return 0, fmt.Errorf("introspection of %s: %w", name, err)
 	}
 	for _, p := range resp.Plugins {
 		if p.ID == name && p.Type != "io.containerd.grpc.v1" {
 			pid, err := strconv.Atoi(p.Exports["pid"])
 			if err != nil {
-				d.t.Fatalf("pid of %s: exports %v: %v", name, p.Exports, err)
+				return 0, fmt.Errorf("pid of %s: exports %v: %w", name, p.Exports, err)
 			}
-			return pid
+			return pid, nil
 		}
 	}
-	d.t.Fatalf("introspection lists no service %s", name)
-	return 0
+	return 0, fmt.Errorf("introspection lists no service %s", name)
 }
 
 // waitFor polls cond until it holds or the timeout passes.
@@ -279,4 +292,26 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// ctrStdinMust runs ctr with stdin from r and fails the test on error.
+func (d *daemon) ctrStdinMust(r io.Reader, args ...string) string {
+	d.t.Helper()
+	out, err := d.ctrStdin(r, args...)
+	if err != nil {
+		d.t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// ctrBytes runs ctr and returns its stdout alone, unchanged.
+func (d *daemon) ctrBytes(args ...string) ([]byte, error) {
+	cmd := exec.Command("ctr", append([]string{"--address", d.address}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("ctr %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return out, nil
 }

@@ -85,9 +85,10 @@ func Default() *Config {
 		Services: map[string]Service{
 			"content": {},
 			"metadata": {Options: map[string]any{
-				"gc_schedule":       "1h",
-				"gc_delete_delay":   "0s",
-				"default_namespace": "default",
+				// Collection runs this often, and this long after a
+				// deletion (a burst of deletions costs one run).
+				"gc_schedule":     "10m",
+				"gc_delete_delay": "100ms",
 			}},
 		},
 	}

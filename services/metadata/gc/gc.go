@@ -107,6 +107,23 @@ func (s *Scheduler) Trigger(wait bool) {
 	})
 }
 
+// Every also collects every interval, until the returned stop is called.
+func (s *Scheduler) Every(interval time.Duration) (stop func()) {
+	t := time.NewTicker(interval)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-t.C:
+				s.Trigger(false)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { t.Stop(); close(done) }
+}
+
 // RunNow collects now.
 func (s *Scheduler) RunNow(ctx context.Context) error {
 	s.run.Lock()

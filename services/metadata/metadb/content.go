@@ -242,7 +242,7 @@ func (c *Content) Abort(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.db.backend.Abort(ctx, bref); err != nil && !errdefs.IsNotFound(err) {
+	if err := c.abortBackend(ctx, bref); err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}
 	return c.db.bolt.Update(func(tx *bolt.Tx) error {
@@ -251,6 +251,26 @@ func (c *Content) Abort(ctx context.Context, ref string) error {
 		}
 		return nil
 	})
+}
+
+// abortBackend aborts an ingest in the content service. A writer closed just
+// before (containerd's remote writer closes without waiting) may still hold
+// the ref there for a moment, so a locked ref is retried briefly.
+func (c *Content) abortBackend(ctx context.Context, bref string) error {
+	delay := 2 * time.Millisecond
+	deadline := time.Now().Add(time.Second)
+	for {
+		err := c.db.backend.Abort(ctx, bref)
+		if err == nil || !errdefs.IsUnavailable(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+	}
 }
 
 // Writer opens an ingest of the call's namespace. Content already in the
@@ -383,6 +403,13 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	err := w.Writer.Commit(ctx, size, expected)
 	d := w.Writer.Digest()
 	if err != nil {
+		if errdefs.IsFailedPrecondition(err) {
+			// As in containerd, the ingest stays for the client to fix
+			// and commit again; one no lease protects is collected soon
+			// rather than left on disk until the next scheduled run.
+			w.c.db.dirty(false)
+			return err
+		}
 		if !errdefs.IsAlreadyExists(err) || expected == "" {
 			return err
 		}

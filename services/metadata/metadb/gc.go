@@ -175,6 +175,12 @@ func scanRoots(v1 *bolt.Bucket, now time.Time) ([]gc.Node, error) {
 						return nil
 					})
 				}
+				if ib := l.Bucket(bucketImages); ib != nil {
+					_ = ib.ForEach(func(k, _ []byte) error {
+						roots = append(roots, gc.Node{Type: gc.Image, Namespace: ns, Key: string(k)})
+						return nil
+					})
+				}
 				if ib := l.Bucket(bucketIngests); ib != nil {
 					_ = ib.ForEach(func(k, _ []byte) error {
 						roots = append(roots, gc.Node{Type: gc.Ingest, Namespace: ns, Key: string(k)})

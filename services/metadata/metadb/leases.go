@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/filters"
@@ -18,6 +20,7 @@ import (
 const (
 	ResourceContent   = "content"
 	ResourceIngests   = "ingests"
+	ResourceImages    = "images"
 	resourceSnapshots = "snapshots/"
 )
 
@@ -27,8 +30,8 @@ func (db *DB) CreateLease(ctx context.Context, l leases.Lease) (leases.Lease, er
 	if err != nil {
 		return leases.Lease{}, err
 	}
-	if err := identifiers.Validate(l.ID); err != nil {
-		return leases.Lease{}, fmt.Errorf("lease id %q: %w", l.ID, err)
+	if err := validateLeaseID(l.ID); err != nil {
+		return leases.Lease{}, err
 	}
 	if err := validateLabels(l.Labels); err != nil {
 		return leases.Lease{}, err
@@ -187,6 +190,7 @@ func (db *DB) ListLeaseResources(ctx context.Context, id string) ([]leases.Resou
 		}
 		each(b.Bucket(bucketContent), ResourceContent)
 		each(b.Bucket(bucketIngests), ResourceIngests)
+		each(b.Bucket(bucketImages), ResourceImages)
 		if sb := b.Bucket(bucketSnaps); sb != nil {
 			_ = sb.ForEach(func(k, v []byte) error {
 				if v == nil {
@@ -198,6 +202,23 @@ func (db *DB) ListLeaseResources(ctx context.Context, id string) ([]leases.Resou
 		return nil
 	})
 	return out, err
+}
+
+// maxLeaseID bounds a lease id. containerd asks only that it be non-empty
+// (its own random ids are not identifiers: they may end in "-"), but an id
+// is a bbolt key and is echoed in every listing.
+const maxLeaseID = 256
+
+func validateLeaseID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("lease id must not be empty: %w", errdefs.ErrInvalidArgument)
+	case len(id) > maxLeaseID:
+		return fmt.Errorf("lease id of %d bytes is longer than %d: %w", len(id), maxLeaseID, errdefs.ErrInvalidArgument)
+	case !utf8.ValidString(id) || strings.ContainsFunc(id, unicode.IsControl):
+		return fmt.Errorf("lease id %q: must be printable UTF-8: %w", id, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // resourceKeys is where a lease keeps a resource, validated.
@@ -213,6 +234,8 @@ func resourceKeys(r leases.Resource) ([][]byte, error) {
 		return [][]byte{bucketContent, []byte(r.ID)}, nil
 	case r.Type == ResourceIngests:
 		return [][]byte{bucketIngests, []byte(r.ID)}, nil
+	case r.Type == ResourceImages:
+		return [][]byte{bucketImages, []byte(r.ID)}, nil
 	case strings.HasPrefix(r.Type, resourceSnapshots):
 		sn := strings.TrimPrefix(r.Type, resourceSnapshots)
 		if err := identifiers.Validate(sn); err != nil {

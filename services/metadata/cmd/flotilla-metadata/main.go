@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
@@ -18,12 +19,41 @@ import (
 	"github.com/flotilla-project/flotilla/services/metadata/server"
 )
 
-// gcDelay coalesces a burst of removals (an image and its layers, say) into
-// one collection.
-const gcDelay = 100 * time.Millisecond
+// options are the [services.metadata.options] of flotillad's config, as Go
+// durations.
+type options struct {
+	// GCSchedule is how often collection runs with nothing deleted.
+	GCSchedule string `json:"gc_schedule"`
+	// GCDeleteDelay coalesces a burst of removals (an image and its
+	// layers, say) into one collection.
+	GCDeleteDelay string `json:"gc_delete_delay"`
+}
+
+func duration(name, v string, def time.Duration) (time.Duration, error) {
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("option %s %q: want a duration such as \"10m\"", name, v)
+	}
+	return d, nil
+}
 
 func main() {
 	service.Run("metadata", func(ctx context.Context, p *service.Process) (*service.Instance, error) {
+		var opts options
+		if err := p.Env.DecodeOptions(&opts); err != nil {
+			return nil, err
+		}
+		every, err := duration("gc_schedule", opts.GCSchedule, 10*time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		delay, err := duration("gc_delete_delay", opts.GCDeleteDelay, 100*time.Millisecond)
+		if err != nil {
+			return nil, err
+		}
 		conn, err := p.Dial("content")
 		if err != nil {
 			return nil, err
@@ -36,10 +66,15 @@ func main() {
 		sched := gc.NewScheduler(func(ctx context.Context) error {
 			_, err := db.GarbageCollect(ctx)
 			return err
-		}, gcDelay, p.Logger)
+		}, delay, p.Logger)
 		db.OnDirty(sched.Trigger)
-		// What a crash left half-done is collected soon after start.
+		// What a crash left half-done is collected soon after start, and
+		// leases expire by the clock, so collection also runs on a schedule.
 		sched.Trigger(false)
+		stopTicker := func() {}
+		if every > 0 {
+			stopTicker = sched.Every(every)
+		}
 
 		var events eventsapi.EventsClient
 		if p.Env.Gateway != "" {
@@ -57,6 +92,7 @@ func main() {
 			Requires: []string{"io.containerd.content.v1"},
 			Register: server.Register(db, pub, p.Logger),
 			Close: func(ctx context.Context) error {
+				stopTicker()
 				sched.Close()
 				pub.Close(ctx)
 				err := db.Close()

@@ -1,0 +1,286 @@
+// flotilla-bench measures Flotilla against containerd side by side: both
+// daemons run at once, the same containerd Go client code drives each, and
+// every iteration alternates which daemon goes first, so drift on the
+// machine (page cache, CPU frequency, noisy neighbours) hits both alike.
+// The report is the median of each workload on each daemon and their ratio.
+//
+//	go run ./bench/cmd/flotilla-bench -flotilla bin [-n 5] [-only ingest,read] [-out report.md]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/flotilla-project/flotilla/internal/testimage"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "flotilla-bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	flotilla, containerd string
+	n, calls             int
+	only, daemons, out   string
+	blobMB, importMB     int64
+	tmp, cache           string
+}
+
+func parseFlags(args []string) (flags, error) {
+	var f flags
+	fs := flag.NewFlagSet("flotilla-bench", flag.ContinueOnError)
+	fs.StringVar(&f.flotilla, "flotilla", "bin", "directory holding flotillad and the flotilla-* service binaries")
+	fs.StringVar(&f.containerd, "containerd", "", "containerd "+containerdVersion+" binary (default: build it from the Go module proxy into the cache)")
+	fs.IntVar(&f.n, "n", 5, "timed iterations per workload and daemon (after one untimed warm-up)")
+	fs.IntVar(&f.calls, "calls", 200, "calls per iteration of the latency workloads (namespaces, version)")
+	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, import, namespaces, version); default all")
+	fs.StringVar(&f.daemons, "daemons", "containerd,flotilla", "daemons to measure; one alone gives its medians without ratios")
+	fs.StringVar(&f.out, "out", "", "also write the markdown report to this file")
+	fs.Int64Var(&f.blobMB, "blob-mb", 100, "size of the ingest/read blob in MiB")
+	fs.Int64Var(&f.importMB, "import-random-mb", 0, "add a random layer of this many MiB to the imported image")
+	fs.StringVar(&f.tmp, "tmp", "/tmp", "where the daemons' temporary roots go (both on the same filesystem, for fairness)")
+	fs.StringVar(&f.cache, "cache", defaultCache(), "cache directory for the containerd build")
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if f.n < 1 || f.calls < 1 || f.blobMB < 1 || f.importMB < 0 {
+		return f, errors.New("-n, -calls and -blob-mb must be at least 1, -import-random-mb at least 0")
+	}
+	return f, nil
+}
+
+// defaultCache is bench/.cache in the source tree (gitignored), found from
+// this file's path so that it does not depend on the working directory.
+func defaultCache() string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return filepath.Join("bench", ".cache")
+	}
+	return filepath.Join(filepath.Dir(file), "..", "..", ".cache")
+}
+
+func run(args []string, stdout io.Writer) error {
+	f, err := parseFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	imgOpts := []testimage.Option{testimage.WithName("docker.io/flotilla/bench:import")}
+	if f.importMB > 0 {
+		imgOpts = append(imgOpts, testimage.WithRandomLayer(f.importMB<<20, 1))
+	}
+	img, err := testimage.Busybox(imgOpts...)
+	if err != nil {
+		return err
+	}
+	all := workloads(params{blobSize: f.blobMB << 20, calls: f.calls, importImage: img})
+	selected, err := selectWorkloads(all, f.only)
+	if err != nil {
+		return err
+	}
+
+	meta := reportMeta{date: time.Now(), host: hostInfo(), versions: map[string]string{}, skipped: map[string]string{},
+		n: f.n, calls: f.calls, goVersion: runtime.Version()}
+	var daemons []*daemon
+	defer func() {
+		for _, d := range daemons {
+			d.stop()
+		}
+	}()
+	for _, name := range strings.Split(f.daemons, ",") {
+		var d *daemon
+		var err error
+		switch strings.TrimSpace(name) {
+		case "containerd":
+			var bin string
+			if bin, err = containerdBinary(ctx, f.containerd, f.cache); err == nil {
+				d, err = startContainerd(ctx, bin, f.tmp)
+			}
+		case "flotilla":
+			d, err = startFlotilla(ctx, f.flotilla, f.tmp)
+		default:
+			return fmt.Errorf("unknown daemon %q in -daemons (want containerd and/or flotilla)", name)
+		}
+		if d != nil {
+			daemons = append(daemons, d) // stopped by the defer, started or not
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			fmt.Fprintf(os.Stderr, "skipping %s: %v\n", name, err)
+			meta.skipped[name] = err.Error()
+			continue
+		}
+		meta.versions[d.name] = d.version
+		fmt.Fprintf(os.Stderr, "%s %s ready on %s\n", d.name, d.version, d.address)
+	}
+	var up []*daemon
+	for _, d := range daemons {
+		if _, skipped := meta.skipped[d.name]; !skipped {
+			up = append(up, d)
+		}
+	}
+	if len(up) == 0 {
+		return errors.New("no daemon started; nothing to measure")
+	}
+
+	var results []*result
+	for _, w := range selected {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		results = append(results, runWorkload(ctx, w, up, f.n))
+	}
+
+	var report strings.Builder
+	if err := writeMarkdown(&report, meta, results); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(stdout, report.String()); err != nil {
+		return err
+	}
+	if f.out != "" {
+		if err := os.WriteFile(f.out, []byte(report.String()), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func selectWorkloads(all []workload, only string) ([]workload, error) {
+	if only == "" {
+		return all, nil
+	}
+	var names []string
+	for _, w := range all {
+		names = append(names, w.name)
+	}
+	var out []workload
+	for _, n := range strings.Split(only, ",") {
+		i := slices.Index(names, strings.TrimSpace(n))
+		if i < 0 {
+			return nil, fmt.Errorf("unknown workload %q (have %s)", n, strings.Join(names, ", "))
+		}
+		out = append(out, all[i])
+	}
+	return out, nil
+}
+
+// runWorkload prepares w on every daemon, runs one untimed warm-up each,
+// then n timed iterations, alternating which daemon goes first. A daemon
+// that fails drops out of this workload with its error recorded; the others
+// carry on.
+func runWorkload(ctx context.Context, w workload, daemons []*daemon, n int) *result {
+	r := newResult(w)
+	type live struct {
+		d    *daemon
+		inst instance
+	}
+	var ls []*live
+	for _, d := range daemons {
+		if err := d.alive(); err != nil {
+			r.errs[d.name] = err
+			continue
+		}
+		inst, err := w.prepare(ctx, d)
+		if err != nil {
+			r.errs[d.name] = fmt.Errorf("prepare: %w", err)
+			fmt.Fprintf(os.Stderr, "%s on %s: %v\n", w.name, d.name, r.errs[d.name])
+			continue
+		}
+		ls = append(ls, &live{d: d, inst: inst})
+	}
+	defer func() {
+		for _, l := range ls {
+			cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			if err := l.inst.cleanup(cctx); err != nil {
+				fmt.Fprintf(os.Stderr, "%s on %s: cleanup: %v\n", w.name, l.d.name, err)
+			}
+			cancel()
+		}
+	}()
+
+	sample := func(l *live, iter int, keep bool) {
+		if r.errs[l.d.name] != nil || ctx.Err() != nil {
+			return
+		}
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		ds, err := l.inst.sample(sctx, iter)
+		if err != nil {
+			if aerr := l.d.alive(); aerr != nil {
+				err = fmt.Errorf("%w; %v", err, aerr)
+			}
+			r.errs[l.d.name] = err
+			fmt.Fprintf(os.Stderr, "%s on %s: %v\n", w.name, l.d.name, err)
+			return
+		}
+		if keep {
+			r.samples[l.d.name] = append(r.samples[l.d.name], ds...)
+		}
+	}
+	const warmup = 1 << 30 // an iteration number no timed iteration uses
+	for _, l := range ls {
+		sample(l, warmup, false)
+	}
+	for i := range n {
+		order := slices.Clone(ls)
+		if i%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, l := range order {
+			sample(l, i, true)
+		}
+	}
+	var line []string
+	for _, l := range ls {
+		if m, ok := median(r.samples[l.d.name]); ok && r.errs[l.d.name] == nil {
+			line = append(line, fmt.Sprintf("%s %s %s", l.d.name, formatIn(m, w.unit), unitName(w.unit)))
+		}
+	}
+	fmt.Fprintf(os.Stderr, "%-10s median: %s\n", w.name, strings.Join(line, ", "))
+	return r
+}
+
+func hostInfo() string {
+	var u syscall.Utsname
+	kernel := "?"
+	if err := syscall.Uname(&u); err == nil {
+		kernel = utsString(u.Release[:])
+	}
+	return fmt.Sprintf("%s/%s, %d CPUs, kernel %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), kernel)
+}
+
+func utsString[T int8 | uint8](b []T) string {
+	var s strings.Builder
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s.WriteByte(byte(c))
+	}
+	return s.String()
+}

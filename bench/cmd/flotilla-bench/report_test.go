@@ -1,0 +1,95 @@
+package main
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMedianOfOddAndEvenCounts(t *testing.T) {
+	for _, tc := range []struct {
+		in   []time.Duration
+		want time.Duration
+		ok   bool
+	}{
+		{nil, 0, false},
+		{[]time.Duration{5}, 5, true},
+		{[]time.Duration{9, 1, 5}, 5, true},
+		{[]time.Duration{4, 1, 3, 2}, 2, true}, // (2+3)/2 in integer nanoseconds
+		{[]time.Duration{10, 30}, 20, true},
+	} {
+		got, ok := median(tc.in)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("median(%v) = %v, %v; want %v, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestMedianLeavesSamplesInOrder(t *testing.T) {
+	in := []time.Duration{3, 1, 2}
+	median(in)
+	if in[0] != 3 || in[1] != 1 || in[2] != 2 {
+		t.Fatalf("median reordered its input: %v", in)
+	}
+}
+
+func TestRatioIsFlotillaOverContainerd(t *testing.T) {
+	r := &result{unit: time.Millisecond, samples: map[string][]time.Duration{
+		"containerd": {100 * time.Millisecond},
+		"flotilla":   {150 * time.Millisecond},
+	}, errs: map[string]error{}}
+	if got := r.ratio("flotilla", "containerd"); got != "1.50" {
+		t.Errorf("ratio = %s, want 1.50", got)
+	}
+	r.errs["flotilla"] = errors.New("boom")
+	if got := r.ratio("flotilla", "containerd"); got != "n/a" {
+		t.Errorf("ratio with a failed daemon = %s, want n/a", got)
+	}
+}
+
+func TestReportShowsSkippedDaemonAndErrors(t *testing.T) {
+	r := &result{name: "ingest", what: "w", unit: time.Millisecond, samples: map[string][]time.Duration{
+		"containerd": {12 * time.Millisecond, 14 * time.Millisecond, 13 * time.Millisecond},
+	}, errs: map[string]error{"flotilla": errors.New("prepare: lease\nwith detail")}}
+	var b strings.Builder
+	meta := reportMeta{date: time.Unix(0, 0), host: "h", versions: map[string]string{"containerd": "2.4.2"},
+		skipped: map[string]string{}, n: 3, calls: 10, goVersion: "go"}
+	if err := writeMarkdown(&b, meta, []*result{r}); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"| ingest | ms | 13.0 | error | n/a | 3/0 |", "flotilla failed: prepare: lease with detail"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestFormatKeepsThreeSignificantFigures(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		unit time.Duration
+		want string
+	}{
+		{1234 * time.Millisecond, time.Millisecond, "1234"},
+		{12345 * time.Microsecond, time.Millisecond, "12.3"},
+		{1500 * time.Microsecond, time.Millisecond, "1.50"},
+		{187 * time.Microsecond, time.Microsecond, "187"},
+	} {
+		if got := formatIn(tc.d, tc.unit); got != tc.want {
+			t.Errorf("formatIn(%v, %v) = %s, want %s", tc.d, tc.unit, got, tc.want)
+		}
+	}
+}
+
+func TestUnknownWorkloadIsRejected(t *testing.T) {
+	all := []workload{{name: "ingest"}, {name: "read"}}
+	if _, err := selectWorkloads(all, "ingest,bogus"); err == nil || !strings.Contains(err.Error(), "bogus") {
+		t.Fatalf("err = %v, want one naming the unknown workload", err)
+	}
+	got, err := selectWorkloads(all, "read")
+	if err != nil || len(got) != 1 || got[0].name != "read" {
+		t.Fatalf("selectWorkloads(read) = %v, %v", got, err)
+	}
+}

@@ -17,8 +17,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 )
@@ -150,7 +153,102 @@ func (r *Router) ServerOptions() []grpc.ServerOption {
 	}
 }
 
-var streamDesc = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+// forwardUnary relays a unary call with one Invoke: cheaper than a proxied
+// stream by a goroutine pair and, more to the point, by the separate
+// end-of-stream frame a client-streaming call costs on the backend hop.
+func (r *Router) forwardUnary(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method string) error {
+	req := &rpc.Frame{}
+	if err := ss.RecvMsg(req); err != nil {
+		return err
+	}
+	if err := r.waitReady(ctx, be, svc); err != nil {
+		req.Free()
+		return err
+	}
+	var header, trailer metadata.MD
+	resp := &rpc.Frame{}
+	err := be.conn.Invoke(ctx, method, req, resp, grpc.ForceCodecV2(rpc.FrameCodec{}),
+		grpc.WaitForReady(true), grpc.Header(&header), grpc.Trailer(&trailer))
+	if len(header) > 0 {
+		_ = ss.SetHeader(header)
+	}
+	ss.SetTrailer(trailer)
+	if err != nil {
+		return err
+	}
+	if err := ss.SendMsg(resp); err != nil {
+		resp.Free()
+		return err
+	}
+	return nil
+}
+
+// waitReady holds a call for a backend whose connection is down (its process
+// restarting) for at most the router's wait.
+func (r *Router) waitReady(ctx context.Context, be *backend, svc string) error {
+	st := be.conn.GetState()
+	if st == connectivity.Ready || st == connectivity.Idle {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.wait)
+	defer cancel()
+	be.conn.Connect()
+	for st = be.conn.GetState(); st != connectivity.Ready; st = be.conn.GetState() {
+		if !be.conn.WaitForStateChange(ctx, st) {
+			if ctx.Err() == context.DeadlineExceeded {
+				return status.Errorf(codes.Unavailable, "service %s (%s) is not available after %s", be.name, svc, r.wait)
+			}
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	return nil
+}
+
+// callKind is what a method streams, from the descriptors the gateway's
+// binary registers (containerd's API packages); a method it does not know
+// is proxied as a bidirectional stream, which carries any kind.
+type callKind uint8
+
+const (
+	bidiStream callKind = iota
+	unary
+	serverStream
+	clientStream
+)
+
+func (k callKind) desc() *grpc.StreamDesc {
+	switch k {
+	case serverStream:
+		return &grpc.StreamDesc{ServerStreams: true}
+	case clientStream:
+		return &grpc.StreamDesc{ClientStreams: true}
+	}
+	return &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+}
+
+var kinds sync.Map // method -> callKind
+
+func kindOf(method string) callKind {
+	if k, ok := kinds.Load(method); ok {
+		return k.(callKind)
+	}
+	k := bidiStream
+	name := strings.ReplaceAll(strings.TrimPrefix(method, "/"), "/", ".")
+	if d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name)); err == nil {
+		if md, ok := d.(protoreflect.MethodDescriptor); ok {
+			switch {
+			case !md.IsStreamingClient() && !md.IsStreamingServer():
+				k = unary
+			case md.IsStreamingServer() && !md.IsStreamingClient():
+				k = serverStream
+			case md.IsStreamingClient() && !md.IsStreamingServer():
+				k = clientStream
+			}
+		}
+	}
+	kinds.Store(method, k)
+	return k
+}
 
 func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	method, ok := grpc.MethodFromServerStream(ss)
@@ -168,11 +266,16 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	in, _ := metadata.FromIncomingContext(ctx)
 	octx := metadata.NewOutgoingContext(ctx, forwardable(in))
 
+	kind := kindOf(method)
+	if kind == unary {
+		return r.forwardUnary(octx, ss, be, svc, method)
+	}
+
 	// Wait for a restarting backend, but only so long: the timer cancels the
 	// call if the stream could not be opened in time.
 	var expired atomic.Bool
 	timer := time.AfterFunc(r.wait, func() { expired.Store(true); cancel() })
-	cs, err := be.conn.NewStream(octx, streamDesc, method, grpc.ForceCodecV2(rpc.FrameCodec{}), grpc.WaitForReady(true))
+	cs, err := be.conn.NewStream(octx, kind.desc(), method, grpc.ForceCodecV2(rpc.FrameCodec{}), grpc.WaitForReady(true))
 	if !timer.Stop() || expired.Load() {
 		return status.Errorf(codes.Unavailable, "service %s (%s) is not available after %s", be.name, svc, r.wait)
 	}

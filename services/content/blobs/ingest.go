@@ -77,13 +77,54 @@ func (s *Store) lockRef(w *writer) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if other, ok := s.writers[w.ref]; ok {
-		// How long tells a stuck writer from plain contention.
-		return fmt.Errorf("ref %q locked for %s (since %s): %w", w.ref,
-			time.Since(other.lockedAt).Round(time.Millisecond), other.lockedAt.Format(time.RFC3339), errdefs.ErrUnavailable)
+		return lockedError(other)
 	}
-	w.lockedAt = time.Now()
-	s.writers[w.ref] = w
+	s.holdRef(w)
 	return nil
+}
+
+// holdRef makes w the holder of its ref; s.mu must be held.
+func (s *Store) holdRef(w *writer) {
+	w.lockedAt = time.Now()
+	w.released = make(chan struct{})
+	s.writers[w.ref] = w
+}
+
+// abortWait bounds how long Abort waits for the writer of its ref to close.
+const abortWait = 2 * time.Second
+
+// lockRefForAbort takes the ref like lockRef, but waits up to abortWait for
+// a writer that holds it. A remote client's Close only half-closes its Write
+// stream, and the server closes the writer a moment later, when the client
+// may already have sent its Abort; containerd's local store ignores writers
+// in Abort, so a client may well abort right after closing. A writer still
+// in use after the wait is not pulled from under its client.
+func (s *Store) lockRefForAbort(ctx context.Context, w *writer) error {
+	timer := time.NewTimer(abortWait)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		other, ok := s.writers[w.ref]
+		if !ok {
+			s.holdRef(w)
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-other.released:
+		case <-timer.C:
+			return lockedError(other)
+		case <-ctx.Done():
+			return lockedError(other)
+		}
+	}
+}
+
+func lockedError(holder *writer) error {
+	// How long tells a stuck writer from plain contention.
+	return fmt.Errorf("ref %q locked for %s (since %s): %w", holder.ref,
+		time.Since(holder.lockedAt).Round(time.Millisecond), holder.lockedAt.Format(time.RFC3339), errdefs.ErrUnavailable)
 }
 
 func (s *Store) unlockRef(w *writer) {
@@ -91,6 +132,7 @@ func (s *Store) unlockRef(w *writer) {
 	defer s.mu.Unlock()
 	if s.writers[w.ref] == w {
 		delete(s.writers, w.ref)
+		close(w.released)
 	}
 }
 
@@ -150,14 +192,15 @@ func (s *Store) ListStatuses(ctx context.Context, exprs ...string) ([]content.St
 	return out, nil
 }
 
-// Abort removes an ingest. An ingest with an open writer is not aborted
-// under it: that gives errdefs.ErrUnavailable.
+// Abort removes an ingest. An ingest whose writer stays open (see
+// lockRefForAbort) is not aborted under it: that gives
+// errdefs.ErrUnavailable.
 func (s *Store) Abort(ctx context.Context, ref string) error {
 	if err := ValidateRef(ref); err != nil {
 		return err
 	}
 	w := &writer{s: s, ref: ref}
-	if err := s.lockRef(w); err != nil {
+	if err := s.lockRefForAbort(ctx, w); err != nil {
 		return err
 	}
 	defer s.unlockRef(w)
@@ -234,6 +277,7 @@ type writer struct {
 	ref      string
 	dir      string
 	lockedAt time.Time
+	released chan struct{} // closed when the writer gives up the ref
 
 	f        *os.File // nil once closed or committed
 	digester digest.Digester
@@ -273,7 +317,14 @@ func (w *writer) open(total int64, expected digest.Digest) error {
 	if expected == "" {
 		expected = old.Expected
 	}
-	f, err := os.OpenFile(filepath.Join(w.dir, "data"), os.O_RDWR, 0)
+	data := filepath.Join(w.dir, "data")
+	// Commit makes the data read-only just before moving it into blobs/; a
+	// crash in between leaves it so, and without root it could not be
+	// reopened for writing.
+	if err := os.Chmod(data, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(data, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,10 @@ import (
 // deadline, so that a hung peer can never wedge its caller.
 const DefaultCallTimeout = 30 * time.Second
 
+// WindowSize is the HTTP/2 flow-control window of every Flotilla connection,
+// stream and connection alike (see NewServer).
+const WindowSize = 8 << 20
+
 // reconnect is tuned for peers on the same machine that restart in well under
 // a second: gRPC's default backoff (up to two minutes) would turn a 100ms
 // restart into a long outage.
@@ -37,6 +41,8 @@ func Dial(path string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	base := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
+		grpc.WithInitialWindowSize(WindowSize),
+		grpc.WithInitialConnWindowSize(WindowSize),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect, MinConnectTimeout: time.Second}),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(MaxMsgSize),

@@ -8,7 +8,6 @@ import (
 
 	"google.golang.org/grpc"
 
-	contentserver "github.com/flotilla-project/flotilla/services/content/server"
 	"github.com/flotilla-project/flotilla/services/metadata/metadb"
 )
 
@@ -20,12 +19,13 @@ var Routes = []string{
 	"containerd.services.content.v1.Content",
 }
 
-// Register returns a function that adds every API over db to a server.
-func Register(db *metadb.DB, pub *Publisher, logger *slog.Logger) func(*grpc.Server) {
+// Register returns a function that adds every API over db to a server; raw
+// is the connection to the content service.
+func Register(db *metadb.DB, raw *grpc.ClientConn, pub *Publisher, logger *slog.Logger) func(*grpc.Server) {
 	return func(srv *grpc.Server) {
 		(&Namespaces{db: db, pub: pub}).Register(srv)
 		(&Images{db: db, pub: pub}).Register(srv)
 		(&Leases{db: db}).Register(srv)
-		newContent(db, pub, contentserver.New(db.Content(), logger)).Register(srv)
+		newContent(db, raw, pub, logger).Register(srv)
 	}
 }

@@ -90,7 +90,7 @@ func main() {
 			Type:     "io.containerd.metadata.v1",
 			Routes:   server.Routes,
 			Requires: []string{"io.containerd.content.v1"},
-			Register: server.Register(db, pub, p.Logger),
+			Register: server.Register(db, conn, pub, p.Logger),
 			Close: func(ctx context.Context) error {
 				stopTicker()
 				sched.Close()

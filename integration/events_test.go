@@ -34,10 +34,10 @@ type subscriber struct {
 	n      int
 }
 
-// subscribe subscribes with filters (or to everything) and returns once the
+// subscribeSynced subscribes with filters (or to everything) and returns once the
 // subscription receives events. Subscribe returns before the daemon has
 // registered the stream, so it publishes probes until one comes back.
-func subscribe(t *testing.T, c *containerd.Client, filters ...string) *subscriber {
+func subscribeSynced(t *testing.T, c *containerd.Client, filters ...string) *subscriber {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -74,7 +74,7 @@ func (s *subscriber) fence() []*events.Envelope {
 				seen = append(seen, env)
 				continue
 			}
-			if ev, ok := decode(s.t, env).(*eventstypes.ContentDelete); ok && ev.Digest == probe {
+			if ev, ok := decodeEvent(s.t, env).(*eventstypes.ContentDelete); ok && ev.Digest == probe {
 				return seen
 			}
 		case err := <-s.errs:
@@ -121,10 +121,10 @@ func (s *subscriber) expect(topic, namespace string) any {
 	if env.Timestamp.IsZero() {
 		s.t.Errorf("event %s has no timestamp", topic)
 	}
-	return decode(s.t, env)
+	return decodeEvent(s.t, env)
 }
 
-func decode(t *testing.T, env *events.Envelope) any {
+func decodeEvent(t *testing.T, env *events.Envelope) any {
 	t.Helper()
 	if env.Event == nil {
 		t.Fatalf("event %s has no body", env.Topic)
@@ -139,7 +139,7 @@ func decode(t *testing.T, env *events.Envelope) any {
 func TestEventsOfNamespaceImageAndContentChanges(t *testing.T) {
 	requireTool(t, "ctr", "containerd")
 	d := newDaemon(t).start()
-	sub := subscribe(t, d.client())
+	sub := subscribeSynced(t, d.client())
 	img, archive := imageArchive(t)
 
 	d.mustCtr("namespaces", "create", "x")
@@ -177,7 +177,7 @@ func TestEventFiltersDropWhatTheyDoNotMatch(t *testing.T) {
 	requireTool(t, "ctr", "containerd")
 	d := newDaemon(t).start()
 	c := d.client()
-	sub := subscribe(t, c, `topic=="/images/create",namespace=="x"`)
+	sub := subscribeSynced(t, c, `topic=="/images/create",namespace=="x"`)
 	img, archive := imageArchive(t)
 
 	// Everything here but the import is filtered out: other topics, and the
@@ -185,7 +185,7 @@ func TestEventFiltersDropWhatTheyDoNotMatch(t *testing.T) {
 	// call order, so once x's image event is in, the others have been
 	// through the exchange.
 	d.mustCtr("namespaces", "create", "y")
-	createImage(t, c, "y", img.Name)
+	createBareImage(t, c, "y", img.Name)
 	d.mustCtr("-n", "y", "images", "rm", img.Name)
 	d.mustCtr("-n", "x", "images", "import", "--no-unpack", archive)
 
@@ -193,7 +193,7 @@ func TestEventFiltersDropWhatTheyDoNotMatch(t *testing.T) {
 	if env.Topic != "/images/create" || env.Namespace != "x" {
 		t.Fatalf("first event through the filter is %s in namespace %s, want /images/create in x", env.Topic, env.Namespace)
 	}
-	if ev, ok := decode(t, env).(*eventstypes.ImageCreate); !ok || ev.Name != img.Name {
+	if ev, ok := decodeEvent(t, env).(*eventstypes.ImageCreate); !ok || ev.Name != img.Name {
 		t.Errorf("event is %#v, want ImageCreate of %s", ev, img.Name)
 	}
 	d.mustCtr("-n", "x", "images", "rm", img.Name)
@@ -203,21 +203,21 @@ func TestEventFiltersDropWhatTheyDoNotMatch(t *testing.T) {
 
 	// A filter on an event field (containerd's event.<field>).
 	const wanted = "docker.io/flotilla/wanted:1"
-	named := subscribe(t, c, `topic~="^/images/",event.name=="`+wanted+`"`)
-	createImage(t, c, "x", "docker.io/flotilla/other:1")
-	createImage(t, c, "x", wanted)
+	named := subscribeSynced(t, c, `topic~="^/images/",event.name=="`+wanted+`"`)
+	createBareImage(t, c, "x", "docker.io/flotilla/other:1")
+	createBareImage(t, c, "x", wanted)
 	env = named.next(5 * time.Second)
-	if ev, ok := decode(t, env).(*eventstypes.ImageCreate); !ok || ev.Name != wanted {
-		t.Errorf("event.name filter delivered %s %#v, want ImageCreate of %s", env.Topic, decode(t, env), wanted)
+	if ev, ok := decodeEvent(t, env).(*eventstypes.ImageCreate); !ok || ev.Name != wanted {
+		t.Errorf("event.name filter delivered %s %#v, want ImageCreate of %s", env.Topic, decodeEvent(t, env), wanted)
 	}
 	for _, env := range named.fence() {
-		t.Errorf("the event.name filter let through %s %v", env.Topic, decode(t, env))
+		t.Errorf("the event.name filter let through %s %v", env.Topic, decodeEvent(t, env))
 	}
 }
 
-// createImage records an image whose target need not exist: enough for an
+// createBareImage records an image whose target need not exist: enough for an
 // /images/create event.
-func createImage(t *testing.T, c *containerd.Client, ns, name string) {
+func createBareImage(t *testing.T, c *containerd.Client, ns, name string) {
 	t.Helper()
 	ctx := namespaces.WithNamespace(context.Background(), ns)
 	target := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString(name), Size: 1}
@@ -270,7 +270,7 @@ func TestCtrEventsPrintsNamespaceCreate(t *testing.T) {
 func TestPublishedEventReachesSubscriber(t *testing.T) {
 	d := newDaemon(t).start()
 	c := d.client()
-	sub := subscribe(t, c, `namespace=="pub"`)
+	sub := subscribeSynced(t, c, `namespace=="pub"`)
 	ctx := namespaces.WithNamespace(context.Background(), "pub")
 	want := digest.FromString("published by a client").String()
 	if err := c.EventService().Publish(ctx, "/test/topic", &eventstypes.ContentDelete{Digest: want}); err != nil {
@@ -291,6 +291,6 @@ func TestPublishedEventReachesSubscriber(t *testing.T) {
 		t.Errorf("publish without a namespace: %v, want FailedPrecondition", err)
 	}
 	for _, env := range sub.fence() {
-		t.Errorf("a rejected publish reached the subscriber: %s %v", env.Topic, decode(t, env))
+		t.Errorf("a rejected publish reached the subscriber: %s %v", env.Topic, decodeEvent(t, env))
 	}
 }

@@ -19,28 +19,28 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// labelExpire is containerd's lease (and image) expiry label.
-const labelExpire = "containerd.io/gc.expire"
+// leaseExpireLabel is containerd's lease (and image) expiry label.
+const leaseExpireLabel = "containerd.io/gc.expire"
 
-// blobPath is where the content service keeps the bytes of d.
-func (d *daemon) blobPath(dg digest.Digest) string {
+// blobFile is where the content service keeps the bytes of d.
+func (d *daemon) blobFile(dg digest.Digest) string {
 	return filepath.Join(d.root, "content", "blobs", dg.Algorithm().String(), dg.Encoded())
 }
 
-func (d *daemon) blobOnDisk(dg digest.Digest) bool {
-	_, err := os.Stat(d.blobPath(dg))
+func (d *daemon) hasBlobFile(dg digest.Digest) bool {
+	_, err := os.Stat(d.blobFile(dg))
 	return err == nil
 }
 
-// collections counts the metadata service's completed collections, from its
+// gcRuns counts the metadata service's completed collections, from its
 // debug log.
-func (d *daemon) collections() int {
+func (d *daemon) gcRuns() int {
 	return strings.Count(d.out.String(), `msg="garbage collection" service=metadata`)
 }
 
-// writeBlob writes data through the containerd client in ctx (with its
+// writeTestBlob writes data through the containerd client in ctx (with its
 // namespace and lease) and returns its digest.
-func writeBlob(t *testing.T, c *containerd.Client, ctx context.Context, data string) digest.Digest {
+func writeTestBlob(t *testing.T, c *containerd.Client, ctx context.Context, data string) digest.Digest {
 	t.Helper()
 	desc := ocispec.Descriptor{Digest: digest.FromString(data), Size: int64(len(data))}
 	if err := content.WriteBlob(ctx, c.ContentStore(), "write-"+desc.Digest.Encoded(), strings.NewReader(data), desc); err != nil {
@@ -71,9 +71,9 @@ func TestCtrLeasesCreateListRemove(t *testing.T) {
 	if !strings.Contains(line, "team=ci") {
 		t.Errorf("build-1 is listed without its label team=ci:\n%s", line)
 	}
-	_, expiry, ok := strings.Cut(line, labelExpire+"=")
+	_, expiry, ok := strings.Cut(line, leaseExpireLabel+"=")
 	if !ok {
-		t.Fatalf("build-1 is listed without %s:\n%s", labelExpire, line)
+		t.Fatalf("build-1 is listed without %s:\n%s", leaseExpireLabel, line)
 	}
 	expiry, _, _ = strings.Cut(expiry, ",")
 	at, err := time.Parse(time.RFC3339, strings.TrimSpace(expiry))
@@ -84,7 +84,7 @@ func TestCtrLeasesCreateListRemove(t *testing.T) {
 		t.Errorf("build-1 expires at %s, want an hour after %s", at, before)
 	}
 	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(l, "forever ") && strings.Contains(l, labelExpire) {
+		if strings.HasPrefix(l, "forever ") && strings.Contains(l, leaseExpireLabel) {
 			t.Errorf("a lease created with --expires 0 carries an expiry:\n%s", l)
 		}
 	}
@@ -116,29 +116,29 @@ func TestExpiredLeaseStopsProtectingContent(t *testing.T) {
 	// label sub-second precision so the lease is valid for a known time.
 	expires := time.Now().Add(2500 * time.Millisecond)
 	l, err := c.LeasesService().Create(ctx, leases.WithRandomID(),
-		leases.WithLabel(labelExpire, expires.UTC().Format(time.RFC3339Nano)))
+		leases.WithLabel(leaseExpireLabel, expires.UTC().Format(time.RFC3339Nano)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dg := writeBlob(t, c, leases.WithLease(ctx, l.ID), "held by a lease that expires")
-	if !d.blobOnDisk(dg) {
-		t.Fatalf("committed blob is not at %s", d.blobPath(dg))
+	dg := writeTestBlob(t, c, leases.WithLease(ctx, l.ID), "held by a lease that expires")
+	if !d.hasBlobFile(dg) {
+		t.Fatalf("committed blob is not at %s", d.blobFile(dg))
 	}
 
 	// No deletion triggers a collection here: only the schedule does.
-	n := d.collections()
-	waitFor(t, 3*time.Second, "a scheduled collection", func() bool { return d.collections() > n })
+	n := d.gcRuns()
+	waitFor(t, 3*time.Second, "a scheduled collection", func() bool { return d.gcRuns() > n })
 	if time.Now().After(expires) {
 		t.Fatal("no collection ran while the lease was valid; the test proves nothing")
 	}
 	if _, err := c.ContentStore().Info(ctx, dg); err != nil {
 		t.Fatalf("a collection removed content held by a valid lease: %v", err)
 	}
-	if !d.blobOnDisk(dg) {
+	if !d.hasBlobFile(dg) {
 		t.Fatal("a collection removed the bytes of content held by a valid lease")
 	}
 
-	waitFor(t, 5*time.Second, "the expired lease's blob to leave "+d.blobPath(dg), func() bool { return !d.blobOnDisk(dg) })
+	waitFor(t, 5*time.Second, "the expired lease's blob to leave "+d.blobFile(dg), func() bool { return !d.hasBlobFile(dg) })
 	if _, err := c.ContentStore().Info(ctx, dg); !errdefs.IsNotFound(err) {
 		t.Errorf("content of an expired lease after collection: %v, want NotFound", err)
 	}
@@ -163,11 +163,11 @@ func TestLeaseDeletionTriggersCollection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dg := writeBlob(t, c, leases.WithLease(ctx, l.ID), "collected soon after its lease goes")
+	dg := writeTestBlob(t, c, leases.WithLease(ctx, l.ID), "collected soon after its lease goes")
 	if err := c.LeasesService().Delete(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 3*time.Second, "the blob of a deleted lease to be collected", func() bool { return !d.blobOnDisk(dg) })
+	waitFor(t, 3*time.Second, "the blob of a deleted lease to be collected", func() bool { return !d.hasBlobFile(dg) })
 	if _, err := c.ContentStore().Info(ctx, dg); !errdefs.IsNotFound(err) {
 		t.Errorf("content of a deleted lease after collection: %v, want NotFound", err)
 	}
@@ -186,8 +186,8 @@ func TestLeaseResourcesAndSynchronousDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	shared := writeBlob(t, c, leases.WithLease(ctx, writer.ID), "held by two leases")
-	only := writeBlob(t, c, leases.WithLease(ctx, writer.ID), "held by the writer alone")
+	shared := writeTestBlob(t, c, leases.WithLease(ctx, writer.ID), "held by two leases")
+	only := writeTestBlob(t, c, leases.WithLease(ctx, writer.ID), "held by the writer alone")
 
 	res, err := ls.ListResources(ctx, writer)
 	if err != nil {
@@ -212,13 +212,13 @@ func TestLeaseResourcesAndSynchronousDelete(t *testing.T) {
 	if err := ls.Delete(ctx, writer, leases.SynchronousDelete); err != nil {
 		t.Fatal(err)
 	}
-	if d.blobOnDisk(only) {
-		t.Errorf("blob held only by the deleted lease is still at %s after a synchronous delete", d.blobPath(only))
+	if d.hasBlobFile(only) {
+		t.Errorf("blob held only by the deleted lease is still at %s after a synchronous delete", d.blobFile(only))
 	}
 	if _, err := c.ContentStore().Info(ctx, only); !errdefs.IsNotFound(err) {
 		t.Errorf("content held only by the deleted lease: %v, want NotFound", err)
 	}
-	if _, err := c.ContentStore().Info(ctx, shared); err != nil || !d.blobOnDisk(shared) {
+	if _, err := c.ContentStore().Info(ctx, shared); err != nil || !d.hasBlobFile(shared) {
 		t.Fatalf("content keeper holds was collected with the writer lease: %v", err)
 	}
 
@@ -230,7 +230,7 @@ func TestLeaseResourcesAndSynchronousDelete(t *testing.T) {
 	}
 	// Releasing the last hold makes it garbage; the release schedules a
 	// collection.
-	waitFor(t, 3*time.Second, "released content to be collected", func() bool { return !d.blobOnDisk(shared) })
+	waitFor(t, 3*time.Second, "released content to be collected", func() bool { return !d.hasBlobFile(shared) })
 
 	// Resources of a lease that is not there, and of unknown kinds.
 	missing := leases.Lease{ID: "missing"}
@@ -282,15 +282,28 @@ func TestWriteUnderMissingLeaseFailsNotFound(t *testing.T) {
 	if st, err := c.ContentStore().ListStatuses(ctx); err != nil || len(st) != 0 {
 		t.Errorf("a write under a missing lease left ingests behind: %v %v", st, err)
 	}
+}
 
-	// containerd leases an image only when it may expire; then a missing
-	// lease is NotFound too.
+// containerd leases an image only when it may expire (it carries
+// containerd.io/gc.expire); creating one under a missing lease is NotFound,
+// like a content write.
+func TestExpiringImageUnderMissingLeaseFailsNotFound(t *testing.T) {
+	d := newDaemon(t).start()
+	c := d.client()
+	ctx := namespaces.WithNamespace(context.Background(), "nolease")
+	if _, err := c.LeasesService().Create(ctx, leases.WithID("other")); err != nil {
+		t.Fatal(err)
+	}
+	ctx = leases.WithLease(ctx, "no-such-lease")
 	img := images.Image{
 		Name:   "docker.io/flotilla/leased:1",
-		Labels: map[string]string{labelExpire: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)},
-		Target: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: desc.Digest, Size: desc.Size},
+		Labels: map[string]string{leaseExpireLabel: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)},
+		Target: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("m"), Size: 1},
 	}
 	if _, err := c.ImageService().Create(ctx, img); !errdefs.IsNotFound(err) {
 		t.Errorf("create of an expiring image under a missing lease: %v, want NotFound", err)
+	}
+	if _, err := c.ImageService().Get(ctx, img.Name); !errdefs.IsNotFound(err) {
+		t.Errorf("the image created under a missing lease exists: %v", err)
 	}
 }

@@ -410,10 +410,15 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 			w.c.db.dirty(false)
 			return err
 		}
-		if !errdefs.IsAlreadyExists(err) || expected == "" {
+		if !errdefs.IsAlreadyExists(err) {
 			return err
 		}
-		d = expected
+		// The content service has these bytes already (written by another
+		// namespace): they become this namespace's too, under the digest
+		// asked for or, with none asked for, of what was written.
+		if expected != "" {
+			d = expected
+		}
 	}
 	info, err := w.c.db.backend.Info(ctx, d)
 	if err != nil {

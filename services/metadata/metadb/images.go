@@ -90,7 +90,16 @@ func (db *DB) CreateImage(ctx context.Context, img images.Image) (images.Image, 
 		}
 		img.CreatedAt = time.Now().UTC()
 		img.UpdatedAt = img.CreatedAt
-		return writeImage(b, img)
+		if err := writeImage(b, img); err != nil {
+			return err
+		}
+		// As containerd: an image meant to expire is also held by the
+		// call's lease, so it outlives its expiry while the work that
+		// created it is in progress.
+		if _, ok := img.Labels[labelGCExpire]; ok {
+			return leaseHold(ctx, tx, ns, bucketImages, []byte(img.Name))
+		}
+		return nil
 	})
 	if err != nil {
 		return images.Image{}, err

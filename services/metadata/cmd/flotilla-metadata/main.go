@@ -68,9 +68,10 @@ func main() {
 			return err
 		}, delay, p.Logger)
 		db.OnDirty(sched.Trigger)
-		// What a crash left half-done is collected soon after start, and
-		// leases expire by the clock, so collection also runs on a schedule.
-		sched.Trigger(false)
+		// Leases expire by the clock and a crash can leave an ingest
+		// behind, so collection also runs on a schedule. Not at start: a
+		// restart must not sweep what a client just wrote and has yet to
+		// reference, any more than it would have without the restart.
 		stopTicker := func() {}
 		if every > 0 {
 			stopTicker = sched.Every(every)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/filters"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -245,12 +246,28 @@ func (c *Content) Abort(ctx context.Context, ref string) error {
 	if err := c.abortBackend(ctx, bref); err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}
-	return c.db.bolt.Update(func(tx *bolt.Tx) error {
-		if ib := bucketPath(nsBucket(tx, ns), bucketContent, bucketIngests); ib != nil && ib.Bucket([]byte(ref)) != nil {
-			return ib.DeleteBucket([]byte(ref))
-		}
+	return c.db.bolt.Update(func(tx *bolt.Tx) error { return forgetIngest(tx, ns, ref) })
+}
+
+// forgetIngest removes an ingest's record and its hold by the lease it was
+// opened in.
+func forgetIngest(tx *bolt.Tx, ns, ref string) error {
+	ib := bucketPath(nsBucket(tx, ns), bucketContent, bucketIngests)
+	if ib == nil {
 		return nil
-	})
+	}
+	b := ib.Bucket([]byte(ref))
+	if b == nil {
+		return nil
+	}
+	if lease := b.Get(keyLease); lease != nil {
+		if lb := bucketPath(nsBucket(tx, ns), bucketLeases, lease, bucketIngests); lb != nil {
+			if err := lb.Delete([]byte(ref)); err != nil {
+				return err
+			}
+		}
+	}
+	return ib.DeleteBucket([]byte(ref))
 }
 
 // abortBackend aborts an ingest in the content service. A writer closed just
@@ -300,20 +317,32 @@ func (c *Content) Writer(ctx context.Context, opts ...content.WriterOpt) (conten
 	c.db.gcLock.RLock()
 	defer c.db.gcLock.RUnlock()
 	if wo.Desc.Digest != "" {
-		if _, err := c.Info(ctx, wo.Desc.Digest); err == nil {
+		var held bool
+		if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
+			if blobBucket(tx, ns, wo.Desc.Digest) == nil {
+				return nil
+			}
+			// Already here: the call's lease still gets to hold it, so
+			// that work in progress keeps it even if what referenced it
+			// goes away.
+			held = true
+			return leaseHold(ctx, tx, ns, bucketContent, []byte(wo.Desc.Digest))
+		}); err != nil {
+			return nil, err
+		}
+		if held {
 			return nil, fmt.Errorf("content %s: %w", wo.Desc.Digest, errdefs.ErrAlreadyExists)
 		}
-		if info, err := c.db.backend.Info(ctx, wo.Desc.Digest); err == nil {
-			if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
-				return recordBlob(ctx, tx, ns, info.Digest, info.Size, nil)
-			}); err != nil {
-				return nil, err
-			}
-			return nil, fmt.Errorf("content %s: %w", wo.Desc.Digest, errdefs.ErrAlreadyExists)
+		if info, err := c.db.backend.Info(ctx, wo.Desc.Digest); err == nil && (wo.Desc.Size == 0 || wo.Desc.Size == info.Size) {
+			// Another namespace wrote these bytes: this namespace's
+			// writer has nothing to send, only a record to commit.
+			return &sharedWriter{c: c, ns: ns, ref: wo.Ref, info: info, started: time.Now().UTC()}, nil
 		}
 	}
 
 	bref := backendRef(ns, wo.Ref)
+	lease, leased := leases.FromContext(ctx)
+	leased = leased && lease != ""
 	if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
 		nb, err := createNSBucket(tx, ns)
 		if err != nil {
@@ -326,16 +355,45 @@ func (c *Content) Writer(ctx context.Context, opts ...content.WriterOpt) (conten
 		if err := b.Put(keyRef, []byte(bref)); err != nil {
 			return err
 		}
+		if !leased {
+			// As containerd: an ingest no lease holds is kept a day,
+			// then collected.
+			if b.Get(keyExpireAt) == nil {
+				return putTime(b, keyExpireAt, time.Now().Add(unleasedIngestTTL))
+			}
+			return nil
+		}
+		if err := b.Put(keyLease, []byte(lease)); err != nil {
+			return err
+		}
 		return leaseHold(ctx, tx, ns, bucketIngests, []byte(wo.Ref))
 	}); err != nil {
 		return nil, err
 	}
 	w, err := c.db.backend.Writer(ctx, content.WithRef(bref), content.WithDescriptor(wo.Desc))
 	if err != nil {
+		if errdefs.IsAlreadyExists(err) && wo.Desc.Digest != "" {
+			// Another namespace committed the same bytes since the check
+			// above: they are this namespace's now too.
+			if info, ierr := c.db.backend.Info(ctx, wo.Desc.Digest); ierr == nil {
+				if uerr := c.db.bolt.Update(func(tx *bolt.Tx) error {
+					if err := forgetIngest(tx, ns, wo.Ref); err != nil {
+						return err
+					}
+					return recordBlob(ctx, tx, ns, info.Digest, info.Size, nil)
+				}); uerr != nil {
+					return nil, uerr
+				}
+			}
+		}
 		return nil, err
 	}
-	return &writer{Writer: w, c: c, ns: ns, ref: wo.Ref}, nil
+	return &writer{Writer: w, c: c, ns: ns, ref: wo.Ref, leased: leased}, nil
 }
+
+// unleasedIngestTTL is how long an ingest no lease holds survives
+// collection.
+const unleasedIngestTTL = 24 * time.Hour
 
 // recordBlob makes d visible in ns (keeping labels of an existing record
 // when labels is nil) and lets the call's lease hold it.
@@ -376,6 +434,18 @@ type writer struct {
 	content.Writer
 	c       *Content
 	ns, ref string
+	leased  bool
+}
+
+// drop aborts the ingest and forgets it.
+func (w *writer) drop(ctx context.Context) {
+	w.Writer.Close()
+	if err := w.c.abortBackend(ctx, backendRef(w.ns, w.ref)); err != nil && !errdefs.IsNotFound(err) {
+		w.c.db.logger.Warn("abort of a failed ingest", "ref", w.ref, "namespace", w.ns, "error", err)
+	}
+	if err := w.c.db.bolt.Update(func(tx *bolt.Tx) error { return forgetIngest(tx, w.ns, w.ref) }); err != nil {
+		w.c.db.logger.Warn("forget a failed ingest", "ref", w.ref, "namespace", w.ns, "error", err)
+	}
 }
 
 func (w *writer) Status() (content.Status, error) {
@@ -404,10 +474,13 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	d := w.Writer.Digest()
 	if err != nil {
 		if errdefs.IsFailedPrecondition(err) {
-			// As in containerd, the ingest stays for the client to fix
-			// and commit again; one no lease protects is collected soon
-			// rather than left on disk until the next scheduled run.
-			w.c.db.dirty(false)
+			// The bytes are not what the client declared. In a lease the
+			// ingest stays for the client to fix and commit again, as in
+			// containerd; without one nothing promised to keep it, so bad
+			// input leaves nothing behind (containerd keeps it a day).
+			if !w.leased {
+				w.drop(ctx)
+			}
 			return err
 		}
 		if !errdefs.IsAlreadyExists(err) {
@@ -424,21 +497,115 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	if err != nil {
 		return fmt.Errorf("content %s committed but not found after: %w", d, err)
 	}
-	return w.c.db.bolt.Update(func(tx *bolt.Tx) error {
-		if ib := bucketPath(nsBucket(tx, w.ns), bucketContent, bucketIngests); ib != nil && ib.Bucket([]byte(w.ref)) != nil {
-			if err := ib.DeleteBucket([]byte(w.ref)); err != nil {
-				return err
-			}
+	return w.c.record(ctx, w.ns, w.ref, info, base.Labels)
+}
+
+// record ends an ingest by making its blob the namespace's. A blob the
+// namespace had already is AlreadyExists, once the ingest is forgotten and
+// the call's lease holds the blob.
+func (c *Content) record(ctx context.Context, ns, ref string, info content.Info, labels map[string]string) error {
+	var exists bool
+	err := c.db.bolt.Update(func(tx *bolt.Tx) error {
+		if err := forgetIngest(tx, ns, ref); err != nil {
+			return err
 		}
-		if blobBucket(tx, w.ns, d) != nil {
-			return fmt.Errorf("content %s: %w", d, errdefs.ErrAlreadyExists)
+		if blobBucket(tx, ns, info.Digest) != nil {
+			exists = true
+			return leaseHold(ctx, tx, ns, bucketContent, []byte(info.Digest))
 		}
-		labels := base.Labels
 		if labels == nil {
 			labels = map[string]string{}
 		}
-		return recordBlob(ctx, tx, w.ns, d, info.Size, labels)
+		return recordBlob(ctx, tx, ns, info.Digest, info.Size, labels)
 	})
+	if err == nil && exists {
+		err = fmt.Errorf("content %s: %w", info.Digest, errdefs.ErrAlreadyExists)
+	}
+	return err
+}
+
+// sharedWriter is the writer of bytes the content service already holds for
+// another namespace: it reports them all written, so a client (content.Copy)
+// sends nothing, and its commit only records them here, with the labels the
+// client commits. A client that starts over (Truncate(0)) and sends the bytes
+// anyway has them checked against the known digest instead.
+type sharedWriter struct {
+	c       *Content
+	ns, ref string
+	info    content.Info
+	started time.Time
+
+	rewriting bool
+	written   int64
+	digester  digest.Digester
+}
+
+func (w *sharedWriter) Write(p []byte) (int, error) {
+	if !w.rewriting {
+		return 0, fmt.Errorf("content %s is complete; truncate to write it again: %w", w.info.Digest, errdefs.ErrFailedPrecondition)
+	}
+	w.digester.Hash().Write(p)
+	w.written += int64(len(p))
+	return len(p), nil
+}
+
+func (w *sharedWriter) Close() error { return nil }
+
+func (w *sharedWriter) Digest() digest.Digest {
+	if w.rewriting {
+		return w.digester.Digest()
+	}
+	return w.info.Digest
+}
+
+func (w *sharedWriter) Truncate(size int64) error {
+	if size != 0 {
+		return fmt.Errorf("truncate of shared content %s to %d: %w", w.info.Digest, size, errdefs.ErrInvalidArgument)
+	}
+	w.rewriting, w.written = true, 0
+	w.digester = w.info.Digest.Algorithm().Digester()
+	return nil
+}
+
+func (w *sharedWriter) Status() (content.Status, error) {
+	offset := w.info.Size
+	if w.rewriting {
+		offset = w.written
+	}
+	return content.Status{
+		Ref: w.ref, Offset: offset, Total: w.info.Size, Expected: w.info.Digest,
+		StartedAt: w.started, UpdatedAt: w.started,
+	}, nil
+}
+
+func (w *sharedWriter) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	var base content.Info
+	for _, o := range opts {
+		if err := o(&base); err != nil {
+			return err
+		}
+	}
+	if err := validateLabels(base.Labels); err != nil {
+		return err
+	}
+	if size > 0 && size != w.info.Size {
+		return fmt.Errorf("commit size %d, content %s has %d bytes: %w", size, w.info.Digest, w.info.Size, errdefs.ErrFailedPrecondition)
+	}
+	if w.rewriting && (w.written != w.info.Size || w.digester.Digest() != w.info.Digest) {
+		return fmt.Errorf("rewritten content has %d bytes of digest %s, expected %d of %s: %w",
+			w.written, w.digester.Digest(), w.info.Size, w.info.Digest, errdefs.ErrFailedPrecondition)
+	}
+	if expected != "" && expected != w.info.Digest {
+		return fmt.Errorf("content has digest %s, expected %s: %w", w.info.Digest, expected, errdefs.ErrFailedPrecondition)
+	}
+	w.c.db.gcLock.RLock()
+	defer w.c.db.gcLock.RUnlock()
+	// The bytes may have been collected since the writer opened.
+	info, err := w.c.db.backend.Info(ctx, w.info.Digest)
+	if err != nil {
+		return fmt.Errorf("shared content %s: %w", w.info.Digest, err)
+	}
+	return w.c.record(ctx, w.ns, w.ref, info, base.Labels)
 }
 
 func adaptStatus(st content.Status) filters.Adaptor {

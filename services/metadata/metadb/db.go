@@ -99,10 +99,22 @@ func namespace(ctx context.Context) (string, error) {
 	if !ok || ns == "" {
 		return "", fmt.Errorf("namespace is required: %w", errdefs.ErrFailedPrecondition)
 	}
-	if err := identifiers.Validate(ns); err != nil {
-		return "", fmt.Errorf("namespace %q: %w", ns, err)
+	if err := validateNamespace(ns); err != nil {
+		return "", err
 	}
 	return ns, nil
+}
+
+// validateNamespace applies containerd's identifier rules, and refuses the
+// one name that is a key of meta.db's top bucket rather than a namespace.
+func validateNamespace(ns string) error {
+	if err := identifiers.Validate(ns); err != nil {
+		return fmt.Errorf("namespace %q: %w", ns, err)
+	}
+	if ns == string(keyVersion) {
+		return fmt.Errorf("namespace %q is reserved: %w", ns, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // nsBucket returns the bucket of ns, or nil when it has none.

@@ -2,6 +2,8 @@ package metadb
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,10 +13,11 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
 )
 
-// testImageBlobs writes a manifest that references a config and two layers
-// through containerd's gc.ref.content labels, as the pull path does.
+// testImageBlobs is a manifest that references a config and two layers
+// through containerd's gc.ref.content labels.
 type testImageBlobs struct {
 	manifest, config, layer0, layer1 digest.Digest
 }
@@ -23,17 +26,23 @@ func (b testImageBlobs) all() []digest.Digest {
 	return []digest.Digest{b.manifest, b.config, b.layer0, b.layer1}
 }
 
+// writeTestImageBlobs writes an image's blobs as containerd's pull does:
+// the bytes first, then the manifest's reference labels by Update (which
+// also works when the bytes were already shared from another namespace).
 func writeTestImageBlobs(t *testing.T, ctx context.Context, cs content.Store, seed string) testImageBlobs {
 	t.Helper()
 	var b testImageBlobs
 	b.config = writeBlob(t, ctx, cs, []byte(seed+" config"), nil)
 	b.layer0 = writeBlob(t, ctx, cs, []byte(seed+" layer 0"), nil)
 	b.layer1 = writeBlob(t, ctx, cs, []byte(seed+" layer 1"), nil)
-	b.manifest = writeBlob(t, ctx, cs, []byte(seed+" manifest"), map[string]string{
+	b.manifest = writeBlob(t, ctx, cs, []byte(seed+" manifest"), nil)
+	if _, err := cs.Update(ctx, content.Info{Digest: b.manifest, Labels: map[string]string{
 		"containerd.io/gc.ref.content.config": b.config.String(),
 		"containerd.io/gc.ref.content.l.0":    b.layer0.String(),
 		"containerd.io/gc.ref.content.l.1":    b.layer1.String(),
-	})
+	}}, "labels.containerd.io/gc.ref.content.config", "labels.containerd.io/gc.ref.content.l.0", "labels.containerd.io/gc.ref.content.l.1"); err != nil {
+		t.Fatalf("label the manifest: %v", err)
+	}
 	return b
 }
 
@@ -263,26 +272,45 @@ func TestGCRootLabelKeepsABlobAndWhatItReferences(t *testing.T) {
 	wantGone(t, db, be, "ns", "gc.root label removed", true, root, ref)
 }
 
-func TestGCUnleasedIngestsAreCollectedLeasedOnesKept(t *testing.T) {
+// setIngestExpiry writes expireat of an ingest record, as if it had been
+// opened long ago (past) or with a grace period (future).
+func setIngestExpiry(t *testing.T, db *DB, ns, ref string, at time.Time) {
+	t.Helper()
+	if err := db.Bolt().Update(func(tx *bolt.Tx) error {
+		b := bucketPath(nsBucket(tx, ns), bucketContent, bucketIngests, []byte(ref))
+		if b == nil {
+			return fmt.Errorf("ingest %q of %s is not recorded", ref, ns)
+		}
+		return putTime(b, keyExpireAt, at)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func openIngest(t *testing.T, ctx context.Context, cs content.Store, ref string) {
+	t.Helper()
+	w, err := cs.Writer(ctx, content.WithRef(ref))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("partial")); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+}
+
+func TestGCStaleUnleasedIngestsAreCollectedLeasedOnesKept(t *testing.T) {
 	db, be := newTestDB(t)
 	ctx := nsCtx("ns")
 	cs := db.Content()
 	if _, err := db.CreateLease(ctx, leases.Lease{ID: "l"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range []struct {
-		ctx context.Context
-		ref string
-	}{{ctx, "loose"}, {leaseCtx(ctx, "l"), "leased"}} {
-		wr, err := cs.Writer(w.ctx, content.WithRef(w.ref))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := wr.Write([]byte("partial")); err != nil {
-			t.Fatal(err)
-		}
-		wr.Close()
-	}
+	openIngest(t, ctx, cs, "stale")
+	setIngestExpiry(t, db, "ns", "stale", time.Now().Add(-time.Minute))
+	openIngest(t, ctx, cs, "graced")
+	setIngestExpiry(t, db, "ns", "graced", time.Now().Add(time.Hour))
+	openIngest(t, leaseCtx(ctx, "l"), cs, "leased")
 	// An ingest the backend has but no namespace records (a crashed writer).
 	orphan, err := be.Writer(ctx, content.WithRef("orphan/ref"))
 	if err != nil {
@@ -294,19 +322,21 @@ func TestGCUnleasedIngestsAreCollectedLeasedOnesKept(t *testing.T) {
 	if st.Ingests != 1 || st.BackendIngests != 2 {
 		t.Errorf("stats %+v; want one ingest removed from meta.db, two aborted in the backend", st)
 	}
-	for _, ref := range []string{backendRef("ns", "loose"), "orphan/ref"} {
+	for _, ref := range []string{backendRef("ns", "stale"), "orphan/ref"} {
 		if !be.wasAborted(ref) || be.hasIngest(ref) {
 			t.Errorf("backend ingest %q was not aborted", ref)
 		}
 	}
-	if ingestRecorded(t, db, "ns", "loose") {
-		t.Error("the unleased ingest is still recorded")
+	if ingestRecorded(t, db, "ns", "stale") {
+		t.Error("the expired unleased ingest is still recorded")
 	}
-	if !ingestRecorded(t, db, "ns", "leased") || !be.hasIngest(backendRef("ns", "leased")) {
-		t.Error("the leased ingest was collected")
-	}
-	if st, err := cs.Status(ctx, "leased"); err != nil || st.Offset != int64(len("partial")) {
-		t.Errorf("status of the leased ingest = %+v, %v", st, err)
+	for _, ref := range []string{"leased", "graced"} {
+		if !ingestRecorded(t, db, "ns", ref) || !be.hasIngest(backendRef("ns", ref)) {
+			t.Errorf("the %s ingest was collected", ref)
+		}
+		if st, err := cs.Status(ctx, ref); err != nil || st.Offset != int64(len("partial")) {
+			t.Errorf("status of the %s ingest = %+v, %v", ref, st, err)
+		}
 	}
 
 	if err := db.DeleteLease(ctx, "l", false); err != nil {
@@ -315,6 +345,28 @@ func TestGCUnleasedIngestsAreCollectedLeasedOnesKept(t *testing.T) {
 	collect(t, db)
 	if ingestRecorded(t, db, "ns", "leased") || be.hasIngest(backendRef("ns", "leased")) {
 		t.Error("the ingest survived its lease's deletion and a collection")
+	}
+}
+
+func TestGCKeepsAFreshUnleasedIngest(t *testing.T) {
+	db, _ := newTestDB(t)
+	ctx := nsCtx("ns")
+	cs := db.Content()
+	w, err := cs.Writer(ctx, content.WithRef("uploading"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.Write([]byte("first half ")); err != nil {
+		t.Fatal(err)
+	}
+	collect(t, db)
+	if _, err := w.Write([]byte("second half")); err != nil {
+		t.Fatalf("a collection mid-upload broke the unleased ingest: %v", err)
+	}
+	data := []byte("first half second half")
+	if err := w.Commit(ctx, int64(len(data)), digest.FromBytes(data)); err != nil {
+		t.Fatalf("commit after a collection: %v", err)
 	}
 }
 
@@ -340,5 +392,95 @@ func TestGCOfAnEmptyStore(t *testing.T) {
 	st := collect(t, db)
 	if st.Blobs+st.Ingests+st.Leases+st.BackendBlobs+st.BackendIngests != 0 {
 		t.Errorf("an empty store collected %+v", st)
+	}
+}
+
+func TestGCConcurrentWithWritersNeverLosesRecordedBytes(t *testing.T) {
+	db, be := newTestDB(t)
+	cs := db.Content()
+	const writers, perWriter = 4, 25
+	done := make(chan struct{})
+	gcErr := make(chan error, 1)
+	go func() {
+		defer close(gcErr)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if _, err := db.GarbageCollect(context.Background()); err != nil {
+				gcErr <- err
+				return
+			}
+		}
+	}()
+	for _, ns := range []string{"a", "b"} {
+		if _, err := db.CreateLease(nsCtx(ns), leases.Lease{ID: "writers"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var raced atomic.Int32
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			// Leased, as containerd's clients write: an unleased ingest
+			// may be collected mid-upload (see TestGCKeepsAFreshUnleasedIngest).
+			ctx := leaseCtx(nsCtx([]string{"a", "b"}[w%2]), "writers")
+			for i := range perWriter {
+				// Writers in both namespaces race on the same bytes.
+				data := []byte{byte(i), byte(w / 2)}
+				d := digest.FromBytes(data)
+				err := tryWriteBlob(ctx, cs, "w"+string(rune('0'+w))+"-"+d.Encoded()[:8], data, d, map[string]string{"containerd.io/gc.root": "1"})
+				if err != nil && !errdefs.IsAlreadyExists(err) {
+					errs <- err
+					return
+				}
+				if errdefs.IsAlreadyExists(err) {
+					// Shared or already here: make it a root like the commit
+					// would have.
+					_, err := cs.Update(ctx, content.Info{Digest: d, Labels: map[string]string{"containerd.io/gc.root": "1"}}, "labels.containerd.io/gc.root")
+					if errdefs.IsNotFound(err) {
+						// AlreadyExists yet not visible: the race of
+						// TestContentWriterRacingAnotherNamespacesCommitStillRecordsTheBlob.
+						// Not what this test is about; a second write
+						// takes the shared path and records the blob.
+						raced.Add(1)
+						err = tryWriteBlob(ctx, cs, "retry-"+d.Encoded()[:8], data, d, nil)
+						if errdefs.IsAlreadyExists(err) {
+							_, err = cs.Update(ctx, content.Info{Digest: d, Labels: map[string]string{"containerd.io/gc.root": "1"}}, "labels.containerd.io/gc.root")
+						}
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Errorf("writer: %v", err)
+		}
+	}
+	close(done)
+	if err := <-gcErr; err != nil {
+		t.Fatalf("collection: %v", err)
+	}
+	if n := raced.Load(); n > 0 {
+		t.Logf("%d writes answered AlreadyExists without recording the blob (known bug, see the skipped race test)", n)
+	}
+	collect(t, db)
+	for _, ns := range []string{"a", "b"} {
+		if err := cs.Walk(nsCtx(ns), func(info content.Info) error {
+			if !be.has(info.Digest) {
+				t.Errorf("%s records %s but the backend lost its bytes", ns, info.Digest)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -313,5 +314,28 @@ func TestImageDelete(t *testing.T) {
 	}
 	if !slices.Equal(dirty, []bool{true, false}) {
 		t.Errorf("an async delete told the collector %v, want [true false]", dirty)
+	}
+}
+
+func TestImageMeantToExpireIsHeldByTheCallsLease(t *testing.T) {
+	db, _ := newTestDB(t)
+	ctx := nsCtx("ns")
+	if _, err := db.CreateLease(ctx, leases.Lease{ID: "l"}); err != nil {
+		t.Fatal(err)
+	}
+	lctx := leaseCtx(ctx, "l")
+	expiring := testImage("expiring", digest.FromString("e"))
+	expiring.Labels = map[string]string{"containerd.io/gc.expire": "2000-01-01T00:00:00Z"}
+	if _, err := db.CreateImage(lctx, expiring); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.CreateImage(lctx, testImage("plain", digest.FromString("p"))); err != nil {
+		t.Fatal(err)
+	}
+	if !leaseHolds(t, db, "ns", "l", leases.Resource{ID: "expiring", Type: "images"}) {
+		t.Error("an image with containerd.io/gc.expire created in a lease is not held by it")
+	}
+	if leaseHolds(t, db, "ns", "l", leases.Resource{ID: "plain", Type: "images"}) {
+		t.Error("an image without an expiry was added to the lease")
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
 )
@@ -37,8 +36,8 @@ func (db *DB) ListNamespaces(ctx context.Context) ([]Namespace, error) {
 
 // GetNamespace returns one namespace.
 func (db *DB) GetNamespace(ctx context.Context, name string) (Namespace, error) {
-	if err := identifiers.Validate(name); err != nil {
-		return Namespace{}, fmt.Errorf("namespace %q: %w", name, err)
+	if err := validateNamespace(name); err != nil {
+		return Namespace{}, err
 	}
 	var out Namespace
 	err := db.bolt.View(func(tx *bolt.Tx) error {
@@ -54,8 +53,8 @@ func (db *DB) GetNamespace(ctx context.Context, name string) (Namespace, error) 
 
 // CreateNamespace creates a namespace; it fails if it exists.
 func (db *DB) CreateNamespace(ctx context.Context, ns Namespace) (Namespace, error) {
-	if err := identifiers.Validate(ns.Name); err != nil {
-		return Namespace{}, fmt.Errorf("namespace %q: %w", ns.Name, err)
+	if err := validateNamespace(ns.Name); err != nil {
+		return Namespace{}, err
 	}
 	if err := validateLabels(ns.Labels); err != nil {
 		return Namespace{}, err
@@ -79,8 +78,8 @@ func (db *DB) CreateNamespace(ctx context.Context, ns Namespace) (Namespace, err
 // UpdateNamespace changes a namespace's labels by containerd's field paths
 // ("labels", "labels.<key>"; none means all labels).
 func (db *DB) UpdateNamespace(ctx context.Context, ns Namespace, paths ...string) (Namespace, error) {
-	if err := identifiers.Validate(ns.Name); err != nil {
-		return Namespace{}, fmt.Errorf("namespace %q: %w", ns.Name, err)
+	if err := validateNamespace(ns.Name); err != nil {
+		return Namespace{}, err
 	}
 	var out Namespace
 	err := db.bolt.Update(func(tx *bolt.Tx) error {
@@ -107,8 +106,8 @@ func (db *DB) UpdateNamespace(ctx context.Context, ns Namespace, paths ...string
 // DeleteNamespace removes an empty namespace. One that still holds
 // anything fails with FailedPrecondition naming what it holds.
 func (db *DB) DeleteNamespace(ctx context.Context, name string) error {
-	if err := identifiers.Validate(name); err != nil {
-		return fmt.Errorf("namespace %q: %w", name, err)
+	if err := validateNamespace(name); err != nil {
+		return err
 	}
 	return db.bolt.Update(func(tx *bolt.Tx) error {
 		b := nsBucket(tx, name)

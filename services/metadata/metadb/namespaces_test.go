@@ -268,3 +268,15 @@ func TestCallsWithoutANamespaceAreRefused(t *testing.T) {
 func testImage(name string, d digest.Digest) images.Image {
 	return images.Image{Name: name, Target: ocispec.Descriptor{Digest: d, Size: 10, MediaType: ocispec.MediaTypeImageManifest}}
 }
+
+func TestNamespaceNamedVersionIsUsableOrCleanlyRefused(t *testing.T) {
+	db, _ := newTestDB(t)
+	_, err := db.CreateNamespace(context.Background(), Namespace{Name: "version"})
+	if err != nil && !errdefs.IsInvalidArgument(err) {
+		t.Errorf("create namespace \"version\": %v; want success or InvalidArgument", err)
+	}
+	_, err = db.CreateLease(nsCtx("version"), leases.Lease{ID: "l"})
+	if err != nil && !errdefs.IsInvalidArgument(err) {
+		t.Errorf("create a lease in namespace \"version\": %v; want success or InvalidArgument", err)
+	}
+}

@@ -29,7 +29,8 @@
 //	    │   └── ingests
 //	    │       └── <ref>                  an open ingest of this namespace
 //	    │           ├── ref : string        the content service's ref for it
-//	    │           └── expireat : time     optional
+//	    │           ├── lease : string      the lease it was opened in, if any
+//	    │           └── expireat : time     unleased ingests: collectable after
 //	    └── leases
 //	        └── <id>
 //	            ├── createdat : time
@@ -66,4 +67,5 @@ var (
 	keySize          = []byte("size")
 	keyRef           = []byte("ref")
 	keyExpireAt      = []byte("expireat")
+	keyLease         = []byte("lease")
 )

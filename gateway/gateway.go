@@ -73,7 +73,10 @@ func (g *Gateway) SetService(s Service) error {
 	g.services[s.Name] = s
 	g.mu.Unlock()
 	if s.Info != nil {
-		return g.router.Set(s.Name, s.Info.Socket, s.Info.Routes)
+		if err := g.router.Set(s.Name, s.Info.Socket, s.Info.Routes); err != nil {
+			return err
+		}
+		g.router.SetFast(s.Name, s.Info.Exports["ttrpc"])
 	}
 	return nil
 }

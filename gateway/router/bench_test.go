@@ -29,10 +29,20 @@ func BenchmarkUnary(b *testing.B) {
 	defer os.RemoveAll(dir)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	be := rpc.NewServer(logger)
-	nsapi.RegisterNamespacesServer(be.Server, nsServer{})
+	ts, err := rpc.NewTTRPCServer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	nsapi.RegisterNamespacesServer(rpc.NewRegistrar(logger, be.Server, ts), nsServer{})
 	bl, _ := rpc.Listen(filepath.Join(dir, "b.sock"))
 	go be.Serve(bl)
 	defer be.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := rpc.ServeTTRPC(ctx, ts, filepath.Join(dir, "b.ttrpc")); err != nil {
+		b.Fatal(err)
+	}
+	defer ts.Close()
 
 	r := New(logger, time.Second)
 	defer r.Close()
@@ -44,8 +54,14 @@ func BenchmarkUnary(b *testing.B) {
 	go gw.Serve(gl)
 	defer gw.Stop()
 
-	for _, tc := range []struct{ name, sock string }{{"direct", "b.sock"}, {"router", "g.sock"}} {
+	for _, tc := range []struct {
+		name, sock string
+		fast       bool
+	}{{"direct", "b.sock", false}, {"router-grpc", "g.sock", false}, {"router-ttrpc", "g.sock", true}} {
 		b.Run(tc.name, func(b *testing.B) {
+			if tc.fast {
+				r.SetFast("ns", filepath.Join(dir, "b.ttrpc"))
+			}
 			c, _ := rpc.Dial(filepath.Join(dir, tc.sock))
 			defer c.Close()
 			cl := nsapi.NewNamespacesClient(c)

@@ -43,6 +43,7 @@ type backend struct {
 	name   string
 	socket string
 	conn   *grpc.ClientConn
+	fast   *fastConn
 }
 
 // New returns a router that holds a call for a backend that is not ready for
@@ -71,6 +72,9 @@ func (r *Router) Set(name, socket string, routes []string) error {
 		}
 		if ok {
 			_ = be.conn.Close()
+			if be.fast != nil {
+				be.fast.close()
+			}
 		}
 		be = &backend{name: name, socket: socket, conn: conn}
 		r.backends[name] = be
@@ -110,6 +114,9 @@ func (r *Router) Close() {
 	defer r.mu.Unlock()
 	for _, be := range r.backends {
 		_ = be.conn.Close()
+		if be.fast != nil {
+			be.fast.close()
+		}
 	}
 	r.backends = map[string]*backend{}
 	r.routes = map[string]*backend{}
@@ -159,6 +166,10 @@ func (r *Router) ServerOptions() []grpc.ServerOption {
 func (r *Router) forwardUnary(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method string) error {
 	req := &rpc.Frame{}
 	if err := ss.RecvMsg(req); err != nil {
+		return err
+	}
+	if done, err := r.forwardFast(ctx, ss, be, svc, method, req); done {
+		req.Free()
 		return err
 	}
 	if err := r.waitReady(ctx, be, svc); err != nil {

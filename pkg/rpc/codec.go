@@ -45,6 +45,15 @@ func (FrameCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return protoCodec.Unmarshal(data, v)
 }
 
+// Bytes is the frame's encoded message (copied only if it arrived in
+// pieces).
+func (f *Frame) Bytes() []byte {
+	if len(f.data) == 1 {
+		return f.data[0].ReadOnlyData()
+	}
+	return f.data.Materialize()
+}
+
 // Free releases a frame that was received but will not be sent on.
 func (f *Frame) Free() {
 	if f.data != nil {

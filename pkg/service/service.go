@@ -6,12 +6,14 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,8 +38,9 @@ type Instance struct {
 	Requires     []string
 	Exports      map[string]string
 	Capabilities []string
-	// Register adds the service's APIs to its server.
-	Register func(*grpc.Server)
+	// Register adds the service's APIs to its servers: gRPC for every
+	// client, ttrpc for the gateway's unary calls (see pkg/rpc).
+	Register func(grpc.ServiceRegistrar)
 	// Close releases the service's resources after the server stopped.
 	Close func(context.Context) error
 }
@@ -125,9 +128,17 @@ func run(name string, build Constructor) error {
 	}
 
 	srv := rpc.NewServer(logger)
-	inst.Register(srv.Server)
+	ts, err := rpc.NewTTRPCServer()
+	if err != nil {
+		return err
+	}
+	inst.Register(rpc.NewRegistrar(logger, srv.Server, ts))
 	l, err := rpc.Listen(env.Socket)
 	if err != nil {
+		return err
+	}
+	ttrpcSocket := TTRPCSocket(env.Socket)
+	if _, err := rpc.ServeTTRPC(ctx, ts, ttrpcSocket); err != nil {
 		return err
 	}
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -183,8 +194,15 @@ func run(name string, build Constructor) error {
 			logger.Error("close", "error", err)
 		}
 	}
+	_ = ts.Close()
 	_ = os.Remove(env.Socket)
+	_ = os.Remove(ttrpcSocket)
 	return nil
+}
+
+// TTRPCSocket is where a service serving gRPC on socket serves ttrpc.
+func TTRPCSocket(socket string) string {
+	return strings.TrimSuffix(socket, ".sock") + ".ttrpc.sock"
 }
 
 func standaloneEnv(name string) (handshake.Env, error) {
@@ -194,6 +212,19 @@ func standaloneEnv(name string) (handshake.Env, error) {
 	state := fs.String("state", "", "runtime state directory (default: beside the socket)")
 	level := fs.String("log-level", "info", "log level")
 	format := fs.String("log-format", "text", "log format: text or json")
+	options := map[string]any{}
+	fs.Func("option", "service option key=value, repeatable; a value that parses as JSON (true, 3, [\"a\"]) is taken as such", func(s string) error {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("option %q is not key=value", s)
+		}
+		var parsed any
+		if err := json.Unmarshal([]byte(v), &parsed); err != nil {
+			parsed = v
+		}
+		options[k] = parsed
+		return nil
+	})
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "flotilla-%s is started by flotillad; to run it by hand:\n", name)
 		fs.PrintDefaults()
@@ -210,7 +241,8 @@ func standaloneEnv(name string) (handshake.Env, error) {
 	}
 	return handshake.Env{
 		Name: name, Socket: *socket, Root: *root, State: *state,
-		Log: logging.Options{Level: *level, Format: *format},
+		Log:     logging.Options{Level: *level, Format: *format},
+		Options: options,
 	}, nil
 }
 
@@ -224,6 +256,7 @@ func (d *describer) Describe(context.Context, *servicepb.DescribeRequest) (*serv
 	exports := map[string]string{
 		"pid":    fmt.Sprint(os.Getpid()),
 		"socket": d.env.Socket,
+		"ttrpc":  TTRPCSocket(d.env.Socket),
 		"root":   d.env.Root,
 	}
 	for k, v := range d.inst.Exports {

@@ -53,7 +53,7 @@ func New(store content.Store, logger *slog.Logger) *Service {
 }
 
 // Register adds the Content API to srv.
-func (s *Service) Register(srv *grpc.Server) { api.RegisterContentServer(srv, s) }
+func (s *Service) Register(srv grpc.ServiceRegistrar) { api.RegisterContentServer(srv, s) }
 
 func (s *Service) Info(ctx context.Context, req *api.InfoRequest) (*api.InfoResponse, error) {
 	d, err := blobs.ParseDigest(req.GetDigest())

@@ -73,7 +73,7 @@ func (s *Content) Read(req *api.ReadContentRequest, stream api.Content_ReadServe
 	}
 }
 
-func (s *Content) Register(srv *grpc.Server) { api.RegisterContentServer(srv, s) }
+func (s *Content) Register(srv grpc.ServiceRegistrar) { api.RegisterContentServer(srv, s) }
 
 func (s *Content) Delete(ctx context.Context, req *api.DeleteContentRequest) (*emptypb.Empty, error) {
 	resp, err := s.Service.Delete(ctx, req)

@@ -25,7 +25,7 @@ type Images struct {
 	pub *Publisher
 }
 
-func (s *Images) Register(srv *grpc.Server) { api.RegisterImagesServer(srv, s) }
+func (s *Images) Register(srv grpc.ServiceRegistrar) { api.RegisterImagesServer(srv, s) }
 
 func (s *Images) Get(ctx context.Context, req *api.GetImageRequest) (*api.GetImageResponse, error) {
 	img, err := s.db.GetImage(ctx, req.GetName())

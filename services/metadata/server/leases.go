@@ -20,7 +20,7 @@ type Leases struct {
 	db *metadb.DB
 }
 
-func (s *Leases) Register(srv *grpc.Server) { api.RegisterLeasesServer(srv, s) }
+func (s *Leases) Register(srv grpc.ServiceRegistrar) { api.RegisterLeasesServer(srv, s) }
 
 func (s *Leases) Create(ctx context.Context, req *api.CreateRequest) (*api.CreateResponse, error) {
 	l := leases.Lease{ID: req.GetID(), Labels: req.GetLabels()}

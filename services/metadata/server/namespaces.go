@@ -18,7 +18,7 @@ type Namespaces struct {
 	pub *Publisher
 }
 
-func (s *Namespaces) Register(srv *grpc.Server) { api.RegisterNamespacesServer(srv, s) }
+func (s *Namespaces) Register(srv grpc.ServiceRegistrar) { api.RegisterNamespacesServer(srv, s) }
 
 func (s *Namespaces) Get(ctx context.Context, req *api.GetNamespaceRequest) (*api.GetNamespaceResponse, error) {
 	ns, err := s.db.GetNamespace(ctx, req.GetName())

@@ -21,8 +21,8 @@ var Routes = []string{
 
 // Register returns a function that adds every API over db to a server; raw
 // is the connection to the content service.
-func Register(db *metadb.DB, raw *grpc.ClientConn, pub *Publisher, logger *slog.Logger) func(*grpc.Server) {
-	return func(srv *grpc.Server) {
+func Register(db *metadb.DB, raw *grpc.ClientConn, pub *Publisher, logger *slog.Logger) func(grpc.ServiceRegistrar) {
+	return func(srv grpc.ServiceRegistrar) {
 		(&Namespaces{db: db, pub: pub}).Register(srv)
 		(&Images{db: db, pub: pub}).Register(srv)
 		(&Leases{db: db}).Register(srv)

@@ -1,0 +1,158 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"github.com/flotilla-project/flotilla/pkg/rpc"
+)
+
+// A service's unary methods are also served over ttrpc (see pkg/rpc), which
+// costs the gateway's hop about half what gRPC does. The gateway uses it for
+// unary methods whose message types it links in; anything else, and any
+// call made while the ttrpc socket does not answer (a restarting service),
+// takes the gRPC path, which waits for the service.
+
+// fastConn is a lazily dialled ttrpc client of one service, redialled after
+// the service restarts.
+type fastConn struct {
+	path string
+	mu   sync.Mutex
+	c    *ttrpc.Client
+}
+
+func (f *fastConn) client() (*ttrpc.Client, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.c != nil {
+		return f.c, nil
+	}
+	conn, err := net.DialTimeout("unix", f.path, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	var c *ttrpc.Client
+	c = ttrpc.NewClient(conn, ttrpc.WithOnClose(func() {
+		f.mu.Lock()
+		if f.c == c {
+			f.c = nil
+		}
+		f.mu.Unlock()
+	}))
+	f.c = c
+	return c, nil
+}
+
+func (f *fastConn) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.c != nil {
+		_ = f.c.Close()
+		f.c = nil
+	}
+}
+
+// SetFast records the ttrpc socket of a service set with Set; an empty path
+// turns the fast path off for it.
+func (r *Router) SetFast(name, path string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	be, ok := r.backends[name]
+	if !ok {
+		return
+	}
+	if be.fast != nil && be.fast.path == path {
+		return
+	}
+	if be.fast != nil {
+		be.fast.close()
+		be.fast = nil
+	}
+	if path != "" {
+		be.fast = &fastConn{path: path}
+	}
+}
+
+type messageTypes struct {
+	in, out protoreflect.MessageType
+}
+
+var typesOf sync.Map // method -> *messageTypes (nil: unknown)
+
+func typesFor(method string) *messageTypes {
+	if t, ok := typesOf.Load(method); ok {
+		return t.(*messageTypes)
+	}
+	var mt *messageTypes
+	name := strings.ReplaceAll(strings.TrimPrefix(method, "/"), "/", ".")
+	if d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name)); err == nil {
+		if md, ok := d.(protoreflect.MethodDescriptor); ok {
+			in, err1 := protoregistry.GlobalTypes.FindMessageByName(md.Input().FullName())
+			out, err2 := protoregistry.GlobalTypes.FindMessageByName(md.Output().FullName())
+			if err1 == nil && err2 == nil {
+				mt = &messageTypes{in: in, out: out}
+			}
+		}
+	}
+	typesOf.Store(method, mt)
+	return mt
+}
+
+// forwardFast relays a unary call over ttrpc. It reports false, having
+// sent nothing, when the call should take the gRPC path instead.
+func (r *Router) forwardFast(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method string, req *rpc.Frame) (bool, error) {
+	f := be.fast
+	if f == nil {
+		return false, nil
+	}
+	types := typesFor(method)
+	if types == nil {
+		return false, nil
+	}
+	c, err := f.client()
+	if err != nil {
+		return false, nil
+	}
+	in := types.in.New().Interface()
+	if err := proto.Unmarshal(req.Bytes(), in); err != nil {
+		return true, status.Errorf(codes.InvalidArgument, "decode %s request: %v", method, err)
+	}
+	md := metadata.MD{}
+	if inMD, ok := metadata.FromIncomingContext(ctx); ok {
+		md = forwardable(inMD)
+	}
+	rpc.InjectTrace(ctx, md)
+	cctx := ttrpc.WithMetadata(ctx, ttrpc.MD(md))
+	if _, ok := cctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(cctx, rpc.DefaultCallTimeout)
+		defer cancel()
+	}
+	out := types.out.New().Interface()
+	if err := c.Call(cctx, svc, method[strings.LastIndex(method, "/")+1:], in, out); err != nil {
+		if _, ok := status.FromError(err); ok {
+			return true, err
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return true, status.FromContextError(err).Err()
+		}
+		// The connection broke under the call: whether the service saw it
+		// is unknown, so it is not retried.
+		return true, status.Error(codes.Unavailable, fmt.Sprintf("service %s (%s): %v", be.name, svc, err))
+	}
+	return true, ss.SendMsg(out)
+}

@@ -1,0 +1,65 @@
+// Command flotilla-snapshotter is Flotilla's snapshotter service: containerd's
+// raw (unnamespaced) Snapshots API over one driver under the service root.
+// The gateway routes no client API here; the metadata service serves the
+// namespaced Snapshots API over every snapshotter by name. Because the API is
+// a containerd proxy snapshotter's, containerd can use this process as a
+// proxy_plugins entry too.
+//
+// Options (from flotillad's config, or --option key=value by hand):
+// driver ("overlayfs", the default, or "native") and, for overlayfs,
+// mount_options (a list added to every overlay mount).
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+
+	"github.com/flotilla-project/flotilla/pkg/service"
+	"github.com/flotilla-project/flotilla/services/snapshotter/native"
+	"github.com/flotilla-project/flotilla/services/snapshotter/overlay"
+	"github.com/flotilla-project/flotilla/services/snapshotter/server"
+)
+
+type options struct {
+	Driver       string   `json:"driver"`
+	MountOptions []string `json:"mount_options"`
+}
+
+func main() {
+	service.Run("snapshotter", func(ctx context.Context, p *service.Process) (*service.Instance, error) {
+		opts := options{Driver: "overlayfs"}
+		if err := p.Env.DecodeOptions(&opts); err != nil {
+			return nil, err
+		}
+		exports := map[string]string{"driver": opts.Driver}
+		var sn snapshots.Snapshotter
+		switch opts.Driver {
+		case "overlayfs", "overlay":
+			o, err := overlay.New(p.Env.Root, overlay.Options{MountOptions: opts.MountOptions}, p.Logger)
+			if err != nil {
+				return nil, err
+			}
+			exports["driver"] = "overlayfs"
+			exports["mount_options"] = strings.Join(o.MountOptions(), ",")
+			sn = o
+		case "native":
+			n, err := native.New(p.Env.Root, p.Logger)
+			if err != nil {
+				return nil, err
+			}
+			sn = n
+		default:
+			return nil, fmt.Errorf("snapshotter driver %q: want overlayfs or native: %w", opts.Driver, errdefs.ErrInvalidArgument)
+		}
+		return &service.Instance{
+			Type:     "io.containerd.snapshotter.v1",
+			Exports:  exports,
+			Register: server.New(sn, p.Logger).Register,
+			Close:    func(context.Context) error { return sn.Close() },
+		}, nil
+	})
+}

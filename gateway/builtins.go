@@ -71,6 +71,12 @@ func servicePlugin(s Service) introspection.Plugin {
 		for k, v := range s.Info.Exports {
 			p.Exports[k] = v
 		}
+		// A snapshotter is known to clients by its name (ctr --snapshotter
+		// overlayfs), as in containerd, not by its process's.
+		if name := s.Info.Exports["snapshotter"]; name != "" {
+			p.ID = name
+			p.Exports["service"] = s.Name
+		}
 		if s.Info.Socket != "" {
 			p.Exports["socket"] = s.Info.Socket
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"syscall"
 
 	"github.com/flotilla-project/flotilla/gateway"
@@ -13,10 +14,13 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/tracing"
+	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
 	"github.com/flotilla-project/flotilla/supervisor"
 )
 
 // graph is the process graph: every service and what must run before it.
+// Snapshotter processes (one per configured snapshotter, see snapshotters)
+// come between content and metadata.
 var graph = []struct {
 	name     string
 	requires []string
@@ -24,6 +28,9 @@ var graph = []struct {
 	{"content", nil},
 	{"metadata", []string{"content"}},
 }
+
+// snapshotterService names the process of a snapshotter.
+func snapshotterService(name string) string { return "snapshotter-" + name }
 
 func serve(ctx context.Context, cfg *config.Config) error {
 	logOpts := logging.Options{Level: cfg.Debug.Level, Format: cfg.Debug.Format}
@@ -75,6 +82,12 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		gw.Stop()
 		return err
 	}
+	for _, r := range remoteSnapshotters(cfg) {
+		if err := gw.SetService(r); err != nil {
+			gw.Stop()
+			return err
+		}
+	}
 	sup, err := supervisor.New(supervisor.Options{
 		Logger:       logger,
 		Output:       os.Stderr,
@@ -116,44 +129,130 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 		return nil, err
 	}
 	socket := func(name string) string { return filepath.Join(cfg.State, name+".sock") }
+	binary := func(name, path string) (string, error) {
+		if path == "" {
+			path = filepath.Join(filepath.Dir(self), "flotilla-"+name)
+		}
+		if _, err := os.Stat(path); err != nil {
+			return "", fmt.Errorf("service %s: binary: %w", name, err)
+		}
+		return path, nil
+	}
+	env := func(name string, deps map[string]string, options map[string]any) handshake.Env {
+		return handshake.Env{
+			Name:          name,
+			Root:          filepath.Join(cfg.Root, name),
+			State:         filepath.Join(cfg.State, name),
+			Socket:        socket(name),
+			Gateway:       cfg.Address(),
+			Deps:          deps,
+			Log:           logOpts,
+			CallTimeoutMS: cfg.Timeouts.Call.Milliseconds(),
+			Options:       options,
+		}
+	}
+
+	// Snapshotters: a process each, except remote ones, which metadata
+	// reaches at their address. One local process also serves layer apply
+	// (the Diff API): the default snapshotter's if it is local.
+	local, remote := snapshotterNames(cfg)
+	sockets := map[string]string{}
 	var specs []supervisor.Spec
+	for i, name := range local {
+		sc := cfg.Snapshotters[name]
+		svc := snapshotterService(name)
+		path, err := binary("snapshotter", cfg.Services[svc].Path)
+		if err != nil {
+			return nil, err
+		}
+		opts := map[string]any{"driver": sc.Driver, "name": name}
+		for k, v := range sc.Options {
+			opts[k] = v
+		}
+		if i == 0 {
+			opts["serve_diff"] = true
+		}
+		sockets[name] = socket(svc)
+		specs = append(specs, supervisor.Spec{Name: svc, Path: path, Env: env(svc, nil, opts)})
+	}
+	for _, name := range remote {
+		sockets[name] = cfg.Snapshotters[name].Address
+	}
+
 	for _, n := range graph {
 		sc := cfg.Services[n.name]
 		if sc.Disabled {
 			continue
 		}
-		path := sc.Path
-		if path == "" {
-			path = filepath.Join(filepath.Dir(self), "flotilla-"+n.name)
-		}
-		if _, err := os.Stat(path); err != nil {
-			return nil, fmt.Errorf("service %s: binary: %w", n.name, err)
+		path, err := binary(n.name, sc.Path)
+		if err != nil {
+			return nil, err
 		}
 		deps := map[string]string{}
+		requires := append([]string(nil), n.requires...)
 		for _, r := range n.requires {
 			if cfg.Services[r].Disabled {
 				return nil, fmt.Errorf("service %s requires %s, which is disabled", n.name, r)
 			}
 			deps[r] = socket(r)
 		}
-		specs = append(specs, supervisor.Spec{
-			Name:     n.name,
-			Path:     path,
-			Requires: n.requires,
-			Env: handshake.Env{
-				Name:          n.name,
-				Root:          filepath.Join(cfg.Root, n.name),
-				State:         filepath.Join(cfg.State, n.name),
-				Socket:        socket(n.name),
-				Gateway:       cfg.Address(),
-				Deps:          deps,
-				Log:           logOpts,
-				CallTimeoutMS: cfg.Timeouts.Call.Milliseconds(),
-				Options:       sc.Options,
+		e := env(n.name, deps, sc.Options)
+		if n.name == "metadata" {
+			e.Snapshotters = sockets
+			for _, name := range local {
+				requires = append(requires, snapshotterService(name))
+			}
+		}
+		specs = append(specs, supervisor.Spec{Name: n.name, Path: path, Requires: requires, Env: e})
+	}
+	return specs, nil
+}
+
+// snapshotterNames splits the enabled snapshotters into those Flotilla runs
+// (the default first, then by name) and remote ones (by name).
+func snapshotterNames(cfg *config.Config) (local, remote []string) {
+	for name, sc := range cfg.Snapshotters {
+		switch {
+		case sc.Disabled:
+		case sc.Address != "":
+			remote = append(remote, name)
+		default:
+			local = append(local, name)
+		}
+	}
+	sort.Slice(local, func(i, j int) bool {
+		if (local[i] == config.DefaultSnapshotter) != (local[j] == config.DefaultSnapshotter) {
+			return local[i] == config.DefaultSnapshotter
+		}
+		return local[i] < local[j]
+	})
+	sort.Strings(remote)
+	return local, remote
+}
+
+// remoteSnapshotters describes the snapshotters Flotilla does not run, so
+// that Introspection lists them beside the service processes.
+func remoteSnapshotters(cfg *config.Config) []gateway.Service {
+	_, remote := snapshotterNames(cfg)
+	var out []gateway.Service
+	for _, name := range remote {
+		addr := cfg.Snapshotters[name].Address
+		out = append(out, gateway.Service{
+			Name:  snapshotterService(name),
+			State: "remote",
+			Info: &servicepb.DescribeResponse{
+				Name:   snapshotterService(name),
+				Type:   "io.containerd.snapshotter.v1",
+				Socket: addr,
+				Exports: map[string]string{
+					"snapshotter": name,
+					"address":     addr,
+					"remote":      "true",
+				},
 			},
 		})
 	}
-	return specs, nil
+	return out
 }
 
 // lockState makes sure one state directory has one daemon.

@@ -26,7 +26,28 @@ type Config struct {
 	// Services configures each service process by name. A service missing
 	// here runs with its defaults; `disabled = true` leaves it out.
 	Services map[string]Service `toml:"services"`
+
+	// Snapshotters are the snapshotters clients name (ctr --snapshotter).
+	// Each is a flotilla-snapshotter process of its own, or, with an
+	// address, a process Flotilla does not start: a remote snapshotter
+	// serving containerd's Snapshots API (containerd's proxy_plugins).
+	Snapshotters map[string]Snapshotter `toml:"snapshotters"`
 }
+
+// Snapshotter is one snapshotter by name.
+type Snapshotter struct {
+	Disabled bool `toml:"disabled,omitempty"`
+	// Driver is what a Flotilla snapshotter process runs: overlayfs or native.
+	Driver string `toml:"driver,omitempty" comment:"overlayfs or native; ignored with an address."`
+	// Address is the socket of a remote snapshotter.
+	Address string `toml:"address,omitempty" comment:"Socket of a remote snapshotter Flotilla does not start."`
+	// Options are handed to the process as they are (mount_options, ...).
+	Options map[string]any `toml:"options,omitempty"`
+}
+
+// DefaultSnapshotter is the snapshotter containerd's clients use when they
+// name none.
+const DefaultSnapshotter = "overlayfs"
 
 // GRPC is the client-facing socket.
 type GRPC struct {
@@ -90,6 +111,10 @@ func Default() *Config {
 				"gc_schedule":     "10m",
 				"gc_delete_delay": "100ms",
 			}},
+		},
+		Snapshotters: map[string]Snapshotter{
+			"overlayfs": {Driver: "overlayfs"},
+			"native":    {Driver: "native"},
 		},
 	}
 }

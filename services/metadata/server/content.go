@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	contentserver "github.com/flotilla-project/flotilla/pkg/contentserver"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
-	contentserver "github.com/flotilla-project/flotilla/services/content/server"
 	"github.com/flotilla-project/flotilla/services/metadata/metadb"
 )
 

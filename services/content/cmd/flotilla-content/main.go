@@ -7,9 +7,9 @@ package main
 import (
 	"context"
 
+	"github.com/flotilla-project/flotilla/pkg/contentserver"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/content/blobs"
-	"github.com/flotilla-project/flotilla/services/content/server"
 )
 
 func main() {
@@ -21,7 +21,7 @@ func main() {
 		return &service.Instance{
 			Type:     "io.containerd.content.v1",
 			Exports:  map[string]string{"root": p.Env.Root},
-			Register: server.New(store, p.Logger).Register,
+			Register: contentserver.New(store, p.Logger).Register,
 			Close:    func(context.Context) error { return store.Close() },
 		}, nil
 	})

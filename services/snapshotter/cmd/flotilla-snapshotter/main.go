@@ -7,7 +7,8 @@
 //
 // Options (from flotillad's config, or --option key=value by hand):
 // driver ("overlayfs", the default, or "native") and, for overlayfs,
-// mount_options (a list added to every overlay mount).
+// mount_options (a list added to every overlay mount); name, the name
+// clients know the snapshotter by (Introspection lists it under that id).
 package main
 
 import (
@@ -19,14 +20,16 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/flotilla-project/flotilla/pkg/service"
+	"github.com/flotilla-project/flotilla/pkg/snapshotserver"
 	"github.com/flotilla-project/flotilla/services/snapshotter/native"
 	"github.com/flotilla-project/flotilla/services/snapshotter/overlay"
-	"github.com/flotilla-project/flotilla/services/snapshotter/server"
 )
 
 type options struct {
 	Driver       string   `json:"driver"`
 	MountOptions []string `json:"mount_options"`
+	// Name is the snapshotter's name for clients (flotillad sets it).
+	Name string `json:"name"`
 }
 
 func main() {
@@ -36,6 +39,9 @@ func main() {
 			return nil, err
 		}
 		exports := map[string]string{"driver": opts.Driver}
+		if opts.Name != "" {
+			exports["snapshotter"] = opts.Name
+		}
 		var sn snapshots.Snapshotter
 		switch opts.Driver {
 		case "overlayfs", "overlay":
@@ -58,7 +64,7 @@ func main() {
 		return &service.Instance{
 			Type:     "io.containerd.snapshotter.v1",
 			Exports:  exports,
-			Register: server.New(sn, p.Logger).Register,
+			Register: snapshotserver.New(sn, p.Logger).Register,
 			Close:    func(context.Context) error { return sn.Close() },
 		}, nil
 	})

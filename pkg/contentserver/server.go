@@ -2,7 +2,7 @@
 // (containerd.services.content.v1.Content) over a content.Store. Errors are
 // returned as errdefs sentinels; the process's gRPC server maps them to
 // status codes.
-package server
+package contentserver
 
 import (
 	"context"

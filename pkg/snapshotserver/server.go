@@ -1,12 +1,13 @@
-// Package server serves containerd's raw Snapshots API
-// (containerd.services.snapshots.v1.Snapshots) over one
-// snapshots.Snapshotter, without namespaces: exactly what a containerd proxy
-// snapshotter serves, so that containerd can use this process as a
-// proxy_plugins entry and Flotilla can use any proxy snapshotter in its
-// place. The request's snapshotter name is ignored, as proxy plugins do:
-// this process is one snapshotter. Errors are errdefs sentinels; the
-// process's gRPC server maps them to status codes.
-package server
+// Package snapshotserver serves containerd's Snapshots API
+// (containerd.services.snapshots.v1.Snapshots) over snapshots.Snapshotter
+// implementations. A snapshotter process serves its one snapshotter, raw and
+// without namespaces — exactly what a containerd proxy snapshotter serves,
+// so containerd can use it as a proxy_plugins entry and Flotilla can use any
+// proxy snapshotter in its place; such a server ignores the request's
+// snapshotter name, as proxy plugins do. The metadata service serves the
+// namespaced API, picking the snapshotter by the request's name. Errors are
+// errdefs sentinels; the process's gRPC server maps them to status codes.
+package snapshotserver
 
 import (
 	"context"
@@ -30,19 +31,24 @@ const (
 	listBatchBytes = 1 << 20
 )
 
-// Service is the Snapshots API over one snapshotter.
+// Service is the Snapshots API over snapshotters picked by name.
 type Service struct {
 	api.UnimplementedSnapshotsServer
-	sn     snapshots.Snapshotter
+	pick   func(name string) (snapshots.Snapshotter, error)
 	logger *slog.Logger
 }
 
-// New serves sn.
+// New serves sn, whatever name a request gives.
 func New(sn snapshots.Snapshotter, logger *slog.Logger) *Service {
+	return NewPicking(func(string) (snapshots.Snapshotter, error) { return sn, nil }, logger)
+}
+
+// NewPicking serves the snapshotter pick returns for each request's name.
+func NewPicking(pick func(name string) (snapshots.Snapshotter, error), logger *slog.Logger) *Service {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{sn: sn, logger: logger}
+	return &Service{pick: pick, logger: logger}
 }
 
 // Register adds the Snapshots API to srv.
@@ -56,7 +62,11 @@ func withLabels(labels map[string]string) []snapshots.Opt {
 }
 
 func (s *Service) Prepare(ctx context.Context, req *api.PrepareSnapshotRequest) (*api.PrepareSnapshotResponse, error) {
-	mounts, err := s.sn.Prepare(ctx, req.GetKey(), req.GetParent(), withLabels(req.GetLabels())...)
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := sn.Prepare(ctx, req.GetKey(), req.GetParent(), withLabels(req.GetLabels())...)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +74,11 @@ func (s *Service) Prepare(ctx context.Context, req *api.PrepareSnapshotRequest) 
 }
 
 func (s *Service) View(ctx context.Context, req *api.ViewSnapshotRequest) (*api.ViewSnapshotResponse, error) {
-	mounts, err := s.sn.View(ctx, req.GetKey(), req.GetParent(), withLabels(req.GetLabels())...)
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := sn.View(ctx, req.GetKey(), req.GetParent(), withLabels(req.GetLabels())...)
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +86,11 @@ func (s *Service) View(ctx context.Context, req *api.ViewSnapshotRequest) (*api.
 }
 
 func (s *Service) Mounts(ctx context.Context, req *api.MountsRequest) (*api.MountsResponse, error) {
-	mounts, err := s.sn.Mounts(ctx, req.GetKey())
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := sn.Mounts(ctx, req.GetKey())
 	if err != nil {
 		return nil, err
 	}
@@ -80,25 +98,37 @@ func (s *Service) Mounts(ctx context.Context, req *api.MountsRequest) (*api.Moun
 }
 
 func (s *Service) Commit(ctx context.Context, req *api.CommitSnapshotRequest) (*emptypb.Empty, error) {
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return nil, err
+	}
 	opts := withLabels(req.GetLabels())
 	if req.GetParent() != "" {
 		opts = append(opts, snapshots.WithParent(req.GetParent()))
 	}
-	if err := s.sn.Commit(ctx, req.GetName(), req.GetKey(), opts...); err != nil {
+	if err := sn.Commit(ctx, req.GetName(), req.GetKey(), opts...); err != nil {
 		return nil, err
 	}
 	return &emptypb.Empty{}, nil
 }
 
 func (s *Service) Remove(ctx context.Context, req *api.RemoveSnapshotRequest) (*emptypb.Empty, error) {
-	if err := s.sn.Remove(ctx, req.GetKey()); err != nil {
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return nil, err
+	}
+	if err := sn.Remove(ctx, req.GetKey()); err != nil {
 		return nil, err
 	}
 	return &emptypb.Empty{}, nil
 }
 
 func (s *Service) Stat(ctx context.Context, req *api.StatSnapshotRequest) (*api.StatSnapshotResponse, error) {
-	info, err := s.sn.Stat(ctx, req.GetKey())
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return nil, err
+	}
+	info, err := sn.Stat(ctx, req.GetKey())
 	if err != nil {
 		return nil, err
 	}
@@ -106,10 +136,14 @@ func (s *Service) Stat(ctx context.Context, req *api.StatSnapshotRequest) (*api.
 }
 
 func (s *Service) Update(ctx context.Context, req *api.UpdateSnapshotRequest) (*api.UpdateSnapshotResponse, error) {
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return nil, err
+	}
 	if req.GetInfo() == nil {
 		return nil, fmt.Errorf("update without info: %w", errdefs.ErrInvalidArgument)
 	}
-	info, err := s.sn.Update(ctx, infoFromProto(req.Info), req.GetUpdateMask().GetPaths()...)
+	info, err := sn.Update(ctx, infoFromProto(req.Info), req.GetUpdateMask().GetPaths()...)
 	if err != nil {
 		return nil, err
 	}
@@ -117,6 +151,10 @@ func (s *Service) Update(ctx context.Context, req *api.UpdateSnapshotRequest) (*
 }
 
 func (s *Service) List(req *api.ListSnapshotsRequest, stream api.Snapshots_ListServer) error {
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return err
+	}
 	var (
 		batch []*api.Info
 		size  int
@@ -129,7 +167,7 @@ func (s *Service) List(req *api.ListSnapshotsRequest, stream api.Snapshots_ListS
 		batch, size = nil, 0
 		return err
 	}
-	err := s.sn.Walk(stream.Context(), func(ctx context.Context, info snapshots.Info) error {
+	err = sn.Walk(stream.Context(), func(ctx context.Context, info snapshots.Info) error {
 		pi := infoToProto(info)
 		batch = append(batch, pi)
 		size += proto.Size(pi)
@@ -145,15 +183,23 @@ func (s *Service) List(req *api.ListSnapshotsRequest, stream api.Snapshots_ListS
 }
 
 func (s *Service) Usage(ctx context.Context, req *api.UsageRequest) (*api.UsageResponse, error) {
-	u, err := s.sn.Usage(ctx, req.GetKey())
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return nil, err
+	}
+	u, err := sn.Usage(ctx, req.GetKey())
 	if err != nil {
 		return nil, err
 	}
 	return &api.UsageResponse{Size: u.Size, Inodes: u.Inodes}, nil
 }
 
-func (s *Service) Cleanup(ctx context.Context, _ *api.CleanupRequest) (*emptypb.Empty, error) {
-	c, ok := s.sn.(snapshots.Cleaner)
+func (s *Service) Cleanup(ctx context.Context, req *api.CleanupRequest) (*emptypb.Empty, error) {
+	sn, err := s.pick(req.GetSnapshotter())
+	if err != nil {
+		return nil, err
+	}
+	c, ok := sn.(snapshots.Cleaner)
 	if !ok {
 		return nil, fmt.Errorf("snapshotter has no cleanup: %w", errdefs.ErrNotImplemented)
 	}

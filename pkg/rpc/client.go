@@ -34,6 +34,12 @@ var reconnect = backoff.Config{
 // re-established by itself when the peer restarts; calls wait for it (up to
 // their deadline) instead of failing at once.
 func Dial(path string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return DialTimeout(path, DefaultCallTimeout, opts...)
+}
+
+// DialTimeout is Dial with timeout as the deadline of unary calls that carry
+// none of their own.
+func DialTimeout(path string, timeout time.Duration, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
@@ -49,7 +55,7 @@ func Dial(path string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 			grpc.MaxCallSendMsgSize(MaxMsgSize),
 			grpc.WaitForReady(true),
 		),
-		grpc.WithChainUnaryInterceptor(unaryDeadline(DefaultCallTimeout)),
+		grpc.WithChainUnaryInterceptor(unaryDeadline(timeout)),
 	}
 	conn, err := grpc.NewClient("unix://"+abs, append(base, opts...)...)
 	if err != nil {

@@ -57,7 +57,7 @@ func (p *Process) Dial(dep string) (*grpc.ClientConn, error) {
 	if !ok {
 		return nil, fmt.Errorf("service %s was not given the socket of %s", p.Env.Name, dep)
 	}
-	return rpc.Dial(sock)
+	return rpc.DialTimeout(sock, p.CallTimeout())
 }
 
 // CallTimeout is the deadline for outgoing calls that carry none.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/containerd/v2/pkg/labels"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -29,6 +30,9 @@ type DB struct {
 	// blob between its commit there and its record here: writers that
 	// publish content hold it shared, the collector exclusively.
 	gcLock sync.RWMutex
+
+	snapMu   sync.RWMutex
+	backends map[string]*backend
 
 	// onDirty is told when a removal left something to collect.
 	dirtyMu sync.Mutex
@@ -91,6 +95,15 @@ func (db *DB) dirty(sync bool) {
 	if fn != nil {
 		fn(sync)
 	}
+}
+
+// callBudget bounds a call the collector makes to another process on its
+// own account, so that a hung snapshotter cannot hold a collection.
+const callBudget = 10 * time.Second
+
+func leasesFromContext(ctx context.Context) (string, bool) {
+	id, ok := leases.FromContext(ctx)
+	return id, ok && id != ""
 }
 
 // namespace reads and validates the namespace of a call.

@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
@@ -26,9 +29,13 @@ const (
 // GCStats says what one collection removed.
 type GCStats struct {
 	Blobs, Ingests, Leases int
+	Snapshots              int
 	BackendBlobs           int
 	BackendIngests         int
-	Duration               time.Duration
+	// BackendSnapshots counts the snapshots removed from snapshotters
+	// before the collection returned (sweeps of slow ones go on after).
+	BackendSnapshots int
+	Duration         time.Duration
 }
 
 // GarbageCollect removes what no root reaches. Roots are images, leases
@@ -42,9 +49,10 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 	defer db.gcLock.Unlock()
 
 	var (
-		st      GCStats
-		keep    = map[digest.Digest]struct{}{}
-		ingests = map[string]struct{}{}
+		st       GCStats
+		keep     = map[digest.Digest]struct{}{}
+		ingests  = map[string]struct{}{}
+		snapKeep = map[string]map[string]struct{}{}
 	)
 	err := db.bolt.Update(func(tx *bolt.Tx) error {
 		v1 := tx.Bucket(bucketV1)
@@ -80,6 +88,25 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 						ingests[string(ib.Bucket(k).Get(keyRef))] = struct{}{}
 					}
 					return nil
+				})
+			}
+			if sb := nb.Bucket(bucketSnaps); sb != nil {
+				_ = sb.ForEach(func(sn, v []byte) error {
+					if v != nil {
+						return nil
+					}
+					snb := sb.Bucket(sn)
+					set := snapKeep[string(sn)]
+					if set == nil {
+						set = map[string]struct{}{}
+						snapKeep[string(sn)] = set
+					}
+					return snb.ForEach(func(k, v []byte) error {
+						if v == nil {
+							set[string(snb.Bucket(k).Get(keyName))] = struct{}{}
+						}
+						return nil
+					})
 				})
 			}
 			return nil
@@ -119,8 +146,9 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 		}
 		st.BackendIngests++
 	}
+	st.BackendSnapshots = db.sweepSnapshotters(snapKeep)
 	st.Duration = time.Since(start)
-	db.logger.Debug("garbage collection", "blobs", st.Blobs, "ingests", st.Ingests, "leases", st.Leases,
+	db.logger.Debug("garbage collection", "blobs", st.Blobs, "ingests", st.Ingests, "leases", st.Leases, "snapshots", st.Snapshots, "backend_snapshots", st.BackendSnapshots,
 		"backend_blobs", st.BackendBlobs, "backend_ingests", st.BackendIngests, "duration", st.Duration)
 	return st, nil
 }
@@ -212,6 +240,23 @@ func scanRoots(v1 *bolt.Bucket, now time.Time) ([]gc.Node, error) {
 				return nil
 			})
 		}
+		if sb := nb.Bucket(bucketSnaps); sb != nil {
+			_ = sb.ForEach(func(sn, v []byte) error {
+				if v != nil {
+					return nil
+				}
+				snb := sb.Bucket(sn)
+				return snb.ForEach(func(k, v []byte) error {
+					if v != nil {
+						return nil
+					}
+					if lb := snb.Bucket(k).Bucket(bucketLabels); lb != nil && lb.Get([]byte(labelGCRoot)) != nil && !expired(lb, now) {
+						roots = append(roots, gc.Node{Type: gc.Snapshot, Namespace: ns, Key: snapshotNodeKey(string(sn), string(k))})
+					}
+					return nil
+				})
+			})
+		}
 		if ib := bucketPath(nb, bucketContent, bucketIngests); ib != nil {
 			_ = ib.ForEach(func(k, v []byte) error {
 				if v == nil {
@@ -248,6 +293,20 @@ func references(v1 *bolt.Bucket, n gc.Node, visit func(gc.Node)) error {
 		labelRefs(b.Bucket(bucketLabels), n.Namespace, visit)
 	case gc.Content:
 		if b := bucketPath(nb, bucketContent, bucketBlob, []byte(n.Key)); b != nil {
+			labelRefs(b.Bucket(bucketLabels), n.Namespace, visit)
+		}
+	case gc.Snapshot, gc.SnapshotFlat:
+		sn, key := splitSnapshotNodeKey(n.Key)
+		b := bucketPath(nb, bucketSnaps, []byte(sn), []byte(key))
+		if b == nil {
+			return nil
+		}
+		// A snapshot needs its parent whatever holds it; what its labels
+		// name is kept only on account of a snapshot held in full.
+		if parent := b.Get(keyParent); parent != nil {
+			visit(gc.Node{Type: n.Type, Namespace: n.Namespace, Key: snapshotNodeKey(sn, string(parent))})
+		}
+		if n.Type == gc.Snapshot {
 			labelRefs(b.Bucket(bucketLabels), n.Namespace, visit)
 		}
 	}
@@ -317,6 +376,37 @@ func sweepNamespace(nb *bolt.Bucket, ns string, reached map[gc.Node]struct{}, no
 			st.Ingests++
 		}
 	}
+	if sb := nb.Bucket(bucketSnaps); sb != nil {
+		var sns [][]byte
+		_ = sb.ForEach(func(sn, v []byte) error {
+			if v == nil {
+				sns = append(sns, append([]byte(nil), sn...))
+			}
+			return nil
+		})
+		for _, sn := range sns {
+			snb := sb.Bucket(sn)
+			del = del[:0]
+			_ = snb.ForEach(func(k, v []byte) error {
+				if v != nil {
+					return nil
+				}
+				key := snapshotNodeKey(string(sn), string(k))
+				_, full := reached[gc.Node{Type: gc.Snapshot, Namespace: ns, Key: key}]
+				_, flat := reached[gc.Node{Type: gc.SnapshotFlat, Namespace: ns, Key: key}]
+				if !full && !flat {
+					del = append(del, append([]byte(nil), k...))
+				}
+				return nil
+			})
+			for _, k := range del {
+				if err := deleteSnap(snb, string(k)); err != nil {
+					return err
+				}
+				st.Snapshots++
+			}
+		}
+	}
 	del = del[:0]
 	if lb := nb.Bucket(bucketLeases); lb != nil {
 		_ = lb.ForEach(func(k, v []byte) error {
@@ -333,4 +423,102 @@ func sweepNamespace(nb *bolt.Bucket, ns string, reached map[gc.Node]struct{}, no
 		}
 	}
 	return nil
+}
+
+// sweepWait is how long a collection waits for the snapshotters' sweeps
+// before returning; a slower (or hung) snapshotter's sweep goes on alone.
+const sweepWait = 2 * time.Second
+
+// sweepSnapshotters removes from each snapshotter the snapshots no record
+// names, each snapshotter on its own: a hung one delays nobody else, and
+// since what remains to remove is read from the snapshotter each time,
+// nothing is forgotten when a sweep gives up.
+func (db *DB) sweepSnapshotters(keep map[string]map[string]struct{}) int {
+	db.snapMu.RLock()
+	backends := make([]*backend, 0, len(db.backends))
+	for _, b := range db.backends {
+		backends = append(backends, b)
+	}
+	db.snapMu.RUnlock()
+
+	var removed atomic.Int64
+	var wg sync.WaitGroup
+	for _, b := range backends {
+		if !b.sweeping.CompareAndSwap(false, true) {
+			continue // the previous sweep of this one is still going
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer b.sweeping.Store(false)
+			n, err := db.sweepSnapshotter(b, keep[b.name])
+			removed.Add(int64(n))
+			if err != nil {
+				db.logger.Warn("snapshotter sweep stopped; the next collection resumes it", "snapshotter", b.name, "removed", n, "error", err)
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(sweepWait):
+	}
+	return int(removed.Load())
+}
+
+func (db *DB) sweepSnapshotter(b *backend, keep map[string]struct{}) (int, error) {
+	b.lock.Lock()
+	defer b.lock.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), callBudget)
+	defer cancel()
+	parents := map[string]string{}
+	if err := b.sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		parents[info.Name] = info.Parent
+		return nil
+	}); err != nil {
+		return 0, fmt.Errorf("list snapshots: %w", err)
+	}
+	// Anything a kept snapshot stands on is kept too.
+	drop := map[string]bool{}
+	for k := range parents {
+		drop[k] = true
+	}
+	for k := range keep {
+		for p := k; p != ""; p = parents[p] {
+			if !drop[p] {
+				break
+			}
+			drop[p] = false
+		}
+	}
+	children := map[string]int{}
+	for _, p := range parents {
+		if p != "" {
+			children[p]++
+		}
+	}
+	removed := 0
+	// Children first: remove leaves until none of the dropped is left.
+	for progress := true; progress; {
+		progress = false
+		for k, d := range drop {
+			if !d || children[k] > 0 {
+				continue
+			}
+			rctx, rcancel := context.WithTimeout(context.Background(), callBudget)
+			err := b.sn.Remove(rctx, k)
+			rcancel()
+			if err != nil && !errdefs.IsNotFound(err) {
+				return removed, fmt.Errorf("remove %s: %w", k, err)
+			}
+			drop[k] = false
+			if p := parents[k]; p != "" {
+				children[p]--
+			}
+			removed++
+			progress = true
+		}
+	}
+	return removed, nil
 }

@@ -31,6 +31,15 @@
 //	    │           ├── ref : string        the content service's ref for it
 //	    │           ├── lease : string      the lease it was opened in, if any
 //	    │           └── expireat : time     unleased ingests: collectable after
+//	    ├── snapshots
+//	    │   └── <snapshotter>
+//	    │       └── <key>
+//	    │           ├── name : string      the snapshotter's key for it
+//	    │           ├── parent : string    the parent's key in this namespace
+//	    │           ├── kind : byte        active, view or committed
+//	    │           ├── createdat, updatedat : time
+//	    │           ├── labels/<key> : <value>
+//	    │           └── children/<key> : ""
 //	    └── leases
 //	        └── <id>
 //	            ├── createdat : time
@@ -38,6 +47,10 @@
 //	            ├── content/<digest> : ""
 //	            ├── ingests/<ref> : ""
 //	            └── snapshots/<snapshotter>/<key> : ""
+//
+// Snapshots live in the snapshotter processes, each unnamespaced: a
+// snapshot there is kept while a record here names it, and the collector
+// removes the others, children first.
 //
 // The bytes of content live in the content service, unnamespaced: a blob
 // there is kept while at least one namespace holds a record of it, and the
@@ -68,4 +81,8 @@ var (
 	keyRef           = []byte("ref")
 	keyExpireAt      = []byte("expireat")
 	keyLease         = []byte("lease")
+	keyKind          = []byte("kind")
+	keyParent        = []byte("parent")
+	keyName          = []byte("name")
+	bucketChildren   = []byte("children")
 )

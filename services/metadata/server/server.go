@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/flotilla-project/flotilla/pkg/snapshotserver"
 	"github.com/flotilla-project/flotilla/services/metadata/metadb"
 )
 
@@ -17,6 +18,7 @@ var Routes = []string{
 	"containerd.services.images.v1.Images",
 	"containerd.services.leases.v1.Leases",
 	"containerd.services.content.v1.Content",
+	"containerd.services.snapshots.v1.Snapshots",
 }
 
 // Register returns a function that adds every API over db to a server; raw
@@ -27,5 +29,6 @@ func Register(db *metadb.DB, raw *grpc.ClientConn, pub *Publisher, logger *slog.
 		(&Images{db: db, pub: pub}).Register(srv)
 		(&Leases{db: db}).Register(srv)
 		newContent(db, raw, pub, logger).Register(srv)
+		snapshotserver.NewPicking(pickSnapshotter(db, pub), logger).Register(srv)
 	}
 }

@@ -10,7 +10,11 @@ import (
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/core/content/proxy"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	snproxy "github.com/containerd/containerd/v2/core/snapshots/proxy"
+	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
@@ -58,6 +62,7 @@ func main() {
 		if err != nil {
 			return nil, err
 		}
+		var conns []*grpc.ClientConn
 		db, err := metadb.Open(p.Env.Root, proxy.NewContentStore(contentapi.NewContentClient(conn)), p.Logger)
 		if err != nil {
 			conn.Close()
@@ -76,6 +81,20 @@ func main() {
 		if every > 0 {
 			stopTicker = sched.Every(every)
 		}
+
+		// Snapshotters, local and remote alike, are reached as containerd
+		// reaches a proxy snapshotter; each call carries the configured
+		// deadline, so a hung one fails its callers instead of holding them.
+		sns := map[string]snapshots.Snapshotter{}
+		for name, sock := range p.Env.Snapshotters {
+			sc, err := rpc.DialTimeout(sock, p.CallTimeout())
+			if err != nil {
+				return nil, fmt.Errorf("snapshotter %s: %w", name, err)
+			}
+			conns = append(conns, sc)
+			sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(sc), name)
+		}
+		db.SetSnapshotters(sns)
 
 		var events eventsapi.EventsClient
 		if p.Env.Gateway != "" {
@@ -98,6 +117,9 @@ func main() {
 				pub.Close(ctx)
 				err := db.Close()
 				conn.Close()
+				for _, c := range conns {
+					c.Close()
+				}
 				return err
 			},
 		}, nil

@@ -16,11 +16,16 @@ import (
 	"fmt"
 	"strings"
 
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/containerd/v2/core/content/proxy"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+	"google.golang.org/grpc"
 
+	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/pkg/snapshotserver"
+	"github.com/flotilla-project/flotilla/services/snapshotter/diff"
 	"github.com/flotilla-project/flotilla/services/snapshotter/native"
 	"github.com/flotilla-project/flotilla/services/snapshotter/overlay"
 )
@@ -30,6 +35,9 @@ type options struct {
 	MountOptions []string `json:"mount_options"`
 	// Name is the snapshotter's name for clients (flotillad sets it).
 	Name string `json:"name"`
+	// ServeDiff makes this process serve layer apply and compare (the Diff
+	// API) for clients; flotillad asks one snapshotter process to.
+	ServeDiff bool `json:"serve_diff"`
 }
 
 func main() {
@@ -61,11 +69,34 @@ func main() {
 		default:
 			return nil, fmt.Errorf("snapshotter driver %q: want overlayfs or native: %w", opts.Driver, errdefs.ErrInvalidArgument)
 		}
-		return &service.Instance{
+		inst := &service.Instance{
 			Type:     "io.containerd.snapshotter.v1",
 			Exports:  exports,
 			Register: snapshotserver.New(sn, p.Logger).Register,
 			Close:    func(context.Context) error { return sn.Close() },
-		}, nil
+		}
+		if opts.ServeDiff && p.Env.Gateway != "" {
+			// Layers are read from, and diffs written to, the namespaced
+			// content store, through the gateway, in the caller's
+			// namespace and lease.
+			gw, err := rpc.DialTimeout(p.Env.Gateway, p.CallTimeout())
+			if err != nil {
+				return nil, err
+			}
+			differ := diff.New(proxy.NewContentStore(contentapi.NewContentClient(gw)), p.Logger)
+			snapshots := inst.Register
+			inst.Register = func(srv grpc.ServiceRegistrar) {
+				snapshots(srv)
+				differ.Register(srv)
+			}
+			inst.Routes = []string{"containerd.services.diff.v1.Diff"}
+			inst.Capabilities = []string{"diff"}
+			exports["diff"] = "walking"
+			inst.Close = func(context.Context) error {
+				gw.Close()
+				return sn.Close()
+			}
+		}
+		return inst, nil
 	})
 }

@@ -240,6 +240,14 @@ func scanRoots(v1 *bolt.Bucket, now time.Time) ([]gc.Node, error) {
 				return nil
 			})
 		}
+		if cb := nb.Bucket(bucketContainers); cb != nil {
+			_ = cb.ForEach(func(k, v []byte) error {
+				if v == nil {
+					roots = append(roots, gc.Node{Type: gc.Container, Namespace: ns, Key: string(k)})
+				}
+				return nil
+			})
+		}
 		if sb := nb.Bucket(bucketSnaps); sb != nil {
 			_ = sb.ForEach(func(sn, v []byte) error {
 				if v != nil {
@@ -295,6 +303,15 @@ func references(v1 *bolt.Bucket, n gc.Node, visit func(gc.Node)) error {
 		if b := bucketPath(nb, bucketContent, bucketBlob, []byte(n.Key)); b != nil {
 			labelRefs(b.Bucket(bucketLabels), n.Namespace, visit)
 		}
+	case gc.Container:
+		b := bucketPath(nb, bucketContainers, []byte(n.Key))
+		if b == nil {
+			return nil
+		}
+		if sn, key := b.Get(keySnapshotter), b.Get(keySnapshotKey); sn != nil && key != nil {
+			visit(gc.Node{Type: gc.Snapshot, Namespace: n.Namespace, Key: snapshotNodeKey(string(sn), string(key))})
+		}
+		labelRefs(b.Bucket(bucketLabels), n.Namespace, visit)
 	case gc.Snapshot, gc.SnapshotFlat:
 		sn, key := splitSnapshotNodeKey(n.Key)
 		b := bucketPath(nb, bucketSnaps, []byte(sn), []byte(key))

@@ -40,6 +40,11 @@
 //	    │           ├── createdat, updatedat : time
 //	    │           ├── labels/<key> : <value>
 //	    │           └── children/<key> : ""
+//	    ├── containers
+//	    │   └── <id>
+//	    │       ├── record : proto     the containerd API message
+//	    │       ├── snapshotter, snapshotkey : string   what GC follows
+//	    │       └── labels/<key> : <value>
 //	    └── leases
 //	        └── <id>
 //	            ├── createdat : time
@@ -85,4 +90,7 @@ var (
 	keyParent        = []byte("parent")
 	keyName          = []byte("name")
 	bucketChildren   = []byte("children")
+	keyRecord        = []byte("record")
+	keySnapshotter   = []byte("snapshotter")
+	keySnapshotKey   = []byte("snapshotkey")
 )

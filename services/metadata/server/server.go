@@ -19,6 +19,7 @@ var Routes = []string{
 	"containerd.services.leases.v1.Leases",
 	"containerd.services.content.v1.Content",
 	"containerd.services.snapshots.v1.Snapshots",
+	"containerd.services.containers.v1.Containers",
 }
 
 // Register returns a function that adds every API over db to a server; raw
@@ -28,6 +29,7 @@ func Register(db *metadb.DB, raw *grpc.ClientConn, pub *Publisher, logger *slog.
 		(&Namespaces{db: db, pub: pub}).Register(srv)
 		(&Images{db: db, pub: pub}).Register(srv)
 		(&Leases{db: db}).Register(srv)
+		(&Containers{db: db, pub: pub}).Register(srv)
 		newContent(db, raw, pub, logger).Register(srv)
 		snapshotserver.NewPicking(pickSnapshotter(db, pub), logger).Register(srv)
 	}

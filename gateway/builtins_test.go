@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -10,9 +11,13 @@ import (
 	"time"
 
 	eventsapi "github.com/containerd/containerd/api/events"
+	ttrpcevents "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	"github.com/containerd/containerd/api/types"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/flotilla-project/flotilla/gateway/version"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
@@ -160,5 +165,52 @@ func TestEventsPublishedInsideGatewayReachClients(t *testing.T) {
 		t.Fatal(err)
 	case <-time.After(5 * time.Second):
 		t.Fatal("event not delivered")
+	}
+}
+
+// TestShimEventsOverTTRPCReachSubscribers forwards an envelope the way a
+// runtime v2 shim publishes (ttrpc, to TTRPC_ADDRESS) and expects it at a
+// subscriber of the exchange.
+func TestShimEventsOverTTRPCReachSubscribers(t *testing.T) {
+	dir := t.TempDir()
+	g, err := New(Options{Logger: slog.New(slog.DiscardHandler), Root: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Stop()
+	sock := filepath.Join(dir, "t.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.ServeTTRPC(l)
+
+	sub, err := g.Events().Subscribe(`topic=="/tasks/exit"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpcevents.NewTTRPCEventsClient(ttrpc.NewClient(conn))
+	ev, err := typeurl.MarshalAnyToProto(&eventsapi.TaskExit{ContainerID: "c1", ExitStatus: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Forward(context.Background(), &ttrpcevents.ForwardRequest{Envelope: &types.Envelope{
+		Timestamp: timestamppb.Now(), Namespace: "default", Topic: "/tasks/exit", Event: ev,
+	}}); err != nil {
+		t.Fatalf("forward over ttrpc: %v", err)
+	}
+	select {
+	case env := <-sub.Events():
+		if env.Topic != "/tasks/exit" || env.Namespace != "default" {
+			t.Fatalf("got %s in %s", env.Topic, env.Namespace)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the forwarded event did not reach the subscriber")
 	}
 }

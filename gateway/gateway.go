@@ -11,7 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/ttrpc"
 	"github.com/flotilla-project/flotilla/gateway/events"
+
 	"github.com/flotilla-project/flotilla/gateway/router"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
@@ -45,6 +47,7 @@ type Gateway struct {
 
 	mu       sync.RWMutex
 	services map[string]Service
+	ttrpc    *ttrpc.Server
 }
 
 // New builds the gateway's server and registers the services it hosts.
@@ -107,4 +110,10 @@ func (g *Gateway) Stop() {
 		g.server.Stop()
 	}
 	g.router.Close()
+	g.mu.RLock()
+	t := g.ttrpc
+	g.mu.RUnlock()
+	if t != nil {
+		_ = t.Close()
+	}
 }

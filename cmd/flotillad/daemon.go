@@ -76,6 +76,20 @@ func serve(ctx context.Context, cfg *config.Config) error {
 			logger.Error("gateway stopped", "error", err)
 		}
 	}()
+	tl, err := rpc.Listen(gateway.TTRPCAddress(cfg.Address()))
+	if err != nil {
+		gw.Stop()
+		return err
+	}
+	if err := shareSocket(gateway.TTRPCAddress(cfg.Address()), cfg.GRPC.UID, cfg.GRPC.GID); err != nil {
+		gw.Stop()
+		return err
+	}
+	go func() {
+		if err := gw.ServeTTRPC(tl); err != nil {
+			logger.Error("gateway ttrpc endpoint stopped", "error", err)
+		}
+	}()
 
 	specs, err := specsFor(cfg, logOpts)
 	if err != nil {
@@ -119,6 +133,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	sup.Stop()
 	gw.Stop()
 	_ = os.Remove(cfg.Address())
+	_ = os.Remove(gateway.TTRPCAddress(cfg.Address()))
 	logger.Info("stopped")
 	return nil
 }

@@ -49,10 +49,9 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 	defer db.gcLock.Unlock()
 
 	var (
-		st       GCStats
-		keep     = map[digest.Digest]struct{}{}
-		ingests  = map[string]struct{}{}
-		snapKeep = map[string]map[string]struct{}{}
+		st      GCStats
+		keep    = map[digest.Digest]struct{}{}
+		ingests = map[string]struct{}{}
 	)
 	err := db.bolt.Update(func(tx *bolt.Tx) error {
 		v1 := tx.Bucket(bucketV1)
@@ -88,25 +87,6 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 						ingests[string(ib.Bucket(k).Get(keyRef))] = struct{}{}
 					}
 					return nil
-				})
-			}
-			if sb := nb.Bucket(bucketSnaps); sb != nil {
-				_ = sb.ForEach(func(sn, v []byte) error {
-					if v != nil {
-						return nil
-					}
-					snb := sb.Bucket(sn)
-					set := snapKeep[string(sn)]
-					if set == nil {
-						set = map[string]struct{}{}
-						snapKeep[string(sn)] = set
-					}
-					return snb.ForEach(func(k, v []byte) error {
-						if v == nil {
-							set[string(snb.Bucket(k).Get(keyName))] = struct{}{}
-						}
-						return nil
-					})
 				})
 			}
 			return nil
@@ -146,7 +126,7 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 		}
 		st.BackendIngests++
 	}
-	st.BackendSnapshots = db.sweepSnapshotters(snapKeep)
+	st.BackendSnapshots = db.sweepSnapshotters()
 	st.Duration = time.Since(start)
 	db.logger.Debug("garbage collection", "blobs", st.Blobs, "ingests", st.Ingests, "leases", st.Leases, "snapshots", st.Snapshots, "backend_snapshots", st.BackendSnapshots,
 		"backend_blobs", st.BackendBlobs, "backend_ingests", st.BackendIngests, "duration", st.Duration)
@@ -450,7 +430,7 @@ const sweepWait = 2 * time.Second
 // names, each snapshotter on its own: a hung one delays nobody else, and
 // since what remains to remove is read from the snapshotter each time,
 // nothing is forgotten when a sweep gives up.
-func (db *DB) sweepSnapshotters(keep map[string]map[string]struct{}) int {
+func (db *DB) sweepSnapshotters() int {
 	db.snapMu.RLock()
 	backends := make([]*backend, 0, len(db.backends))
 	for _, b := range db.backends {
@@ -468,7 +448,7 @@ func (db *DB) sweepSnapshotters(keep map[string]map[string]struct{}) int {
 		go func() {
 			defer wg.Done()
 			defer b.sweeping.Store(false)
-			n, err := db.sweepSnapshotter(b, keep[b.name])
+			n, err := db.sweepSnapshotter(b)
 			removed.Add(int64(n))
 			if err != nil {
 				db.logger.Warn("snapshotter sweep stopped; the next collection resumes it", "snapshotter", b.name, "removed", n, "error", err)
@@ -484,9 +464,16 @@ func (db *DB) sweepSnapshotters(keep map[string]map[string]struct{}) int {
 	return int(removed.Load())
 }
 
-func (db *DB) sweepSnapshotter(b *backend, keep map[string]struct{}) (int, error) {
+func (db *DB) sweepSnapshotter(b *backend) (int, error) {
 	b.lock.Lock()
 	defer b.lock.Unlock()
+	// What to keep is read under the lock: a snapshot made or committed
+	// since the collection's transaction is recorded by now, and none can
+	// be made until the sweep ends.
+	keep, err := db.snapshotKeys(b.name)
+	if err != nil {
+		return 0, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), callBudget)
 	defer cancel()
 	parents := map[string]string{}
@@ -538,4 +525,31 @@ func (db *DB) sweepSnapshotter(b *backend, keep map[string]struct{}) (int, error
 		}
 	}
 	return removed, nil
+}
+
+// snapshotKeys is the set of the snapshotter's keys any namespace records.
+func (db *DB) snapshotKeys(sn string) (map[string]struct{}, error) {
+	keep := map[string]struct{}{}
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		v1 := tx.Bucket(bucketV1)
+		if v1 == nil {
+			return nil
+		}
+		return v1.ForEach(func(ns, v []byte) error {
+			if v != nil {
+				return nil
+			}
+			snb := bucketPath(v1.Bucket(ns), bucketSnaps, []byte(sn))
+			if snb == nil {
+				return nil
+			}
+			return snb.ForEach(func(k, v []byte) error {
+				if v == nil {
+					keep[string(snb.Bucket(k).Get(keyName))] = struct{}{}
+				}
+				return nil
+			})
+		})
+	})
+	return keep, err
 }

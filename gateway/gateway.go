@@ -64,6 +64,12 @@ func New(o Options) (*Gateway, error) {
 	if err := g.registerBuiltins(g.server.Server, o); err != nil {
 		return nil, err
 	}
+	g.router.RegisterUnary(g.server.Server, "containerd.services.", map[string]bool{
+		"containerd.services.events.v1.Events":               true,
+		"containerd.services.introspection.v1.Introspection": true,
+		"containerd.services.version.v1.Version":             true,
+		"containerd.services.events.ttrpc.v1.Events":         true,
+	})
 	return g, nil
 }
 

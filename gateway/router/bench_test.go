@@ -50,6 +50,9 @@ func BenchmarkUnary(b *testing.B) {
 		b.Fatal(err)
 	}
 	gw := rpc.NewServer(logger, r.ServerOptions()...)
+	if os.Getenv("ROUTER_BENCH_STREAM") == "" {
+		r.RegisterUnary(gw.Server, "containerd.services.", nil)
+	}
 	gl, _ := rpc.Listen(filepath.Join(dir, "g.sock"))
 	go gw.Serve(gl)
 	defer gw.Stop()

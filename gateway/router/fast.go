@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -112,24 +111,25 @@ func typesFor(method string) *messageTypes {
 	return mt
 }
 
-// forwardFast relays a unary call over ttrpc. It reports false, having
-// sent nothing, when the call should take the gRPC path instead.
-func (r *Router) forwardFast(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method string, req *rpc.Frame) (bool, error) {
+// forwardFast makes a unary call over ttrpc and returns its response. It
+// reports false, having sent nothing, when the call should take the gRPC
+// path instead.
+func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method string, req *rpc.Frame) (any, bool, error) {
 	f := be.fast
 	if f == nil {
-		return false, nil
+		return nil, false, nil
 	}
 	types := typesFor(method)
 	if types == nil {
-		return false, nil
+		return nil, false, nil
 	}
 	c, err := f.client()
 	if err != nil {
-		return false, nil
+		return nil, false, nil
 	}
 	in := types.in.New().Interface()
 	if err := proto.Unmarshal(req.Bytes(), in); err != nil {
-		return true, status.Errorf(codes.InvalidArgument, "decode %s request: %v", method, err)
+		return nil, true, status.Errorf(codes.InvalidArgument, "decode %s request: %v", method, err)
 	}
 	md := metadata.MD{}
 	if inMD, ok := metadata.FromIncomingContext(ctx); ok {
@@ -145,14 +145,14 @@ func (r *Router) forwardFast(ctx context.Context, ss grpc.ServerStream, be *back
 	out := types.out.New().Interface()
 	if err := c.Call(cctx, svc, method[strings.LastIndex(method, "/")+1:], in, out); err != nil {
 		if _, ok := status.FromError(err); ok {
-			return true, err
+			return nil, true, err
 		}
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return true, status.FromContextError(err).Err()
+			return nil, true, status.FromContextError(err).Err()
 		}
 		// The connection broke under the call: whether the service saw it
 		// is unknown, so it is not retried.
-		return true, status.Error(codes.Unavailable, fmt.Sprintf("service %s (%s): %v", be.name, svc, err))
+		return nil, true, status.Error(codes.Unavailable, fmt.Sprintf("service %s (%s): %v", be.name, svc, err))
 	}
-	return true, ss.SendMsg(out)
+	return out, true, nil
 }

@@ -168,18 +168,7 @@ func (r *Router) forwardUnary(ctx context.Context, ss grpc.ServerStream, be *bac
 	if err := ss.RecvMsg(req); err != nil {
 		return err
 	}
-	if done, err := r.forwardFast(ctx, ss, be, svc, method, req); done {
-		req.Free()
-		return err
-	}
-	if err := r.waitReady(ctx, be, svc); err != nil {
-		req.Free()
-		return err
-	}
-	var header, trailer metadata.MD
-	resp := &rpc.Frame{}
-	err := be.conn.Invoke(ctx, method, req, resp, grpc.ForceCodecV2(rpc.FrameCodec{}),
-		grpc.WaitForReady(true), grpc.Header(&header), grpc.Trailer(&trailer))
+	resp, header, trailer, err := r.unaryCall(ctx, be, svc, method, req)
 	if len(header) > 0 {
 		_ = ss.SetHeader(header)
 	}
@@ -188,10 +177,98 @@ func (r *Router) forwardUnary(ctx context.Context, ss grpc.ServerStream, be *bac
 		return err
 	}
 	if err := ss.SendMsg(resp); err != nil {
-		resp.Free()
+		if f, ok := resp.(*rpc.Frame); ok {
+			f.Free()
+		}
 		return err
 	}
 	return nil
+}
+
+// unaryCall makes a unary call to a backend, over ttrpc when it can, and
+// returns the response (a message, or an undecoded frame) and, from gRPC,
+// the backend's header and trailer. ctx carries the outgoing metadata.
+func (r *Router) unaryCall(ctx context.Context, be *backend, svc, method string, req *rpc.Frame) (any, metadata.MD, metadata.MD, error) {
+	defer req.Free()
+	if out, done, err := r.forwardFast(ctx, be, svc, method, req); done {
+		return out, nil, nil, err
+	}
+	if err := r.waitReady(ctx, be, svc); err != nil {
+		return nil, nil, nil, err
+	}
+	var header, trailer metadata.MD
+	resp := &rpc.Frame{}
+	err := be.conn.Invoke(ctx, method, req, resp, grpc.ForceCodecV2(rpc.FrameCodec{}),
+		grpc.WaitForReady(true), grpc.Header(&header), grpc.Trailer(&trailer))
+	return resp, header, trailer, err
+}
+
+// RegisterUnary registers, on the gateway's server, every unary method of
+// the containerd services whose descriptors are linked in (except those in
+// skip, which the gateway serves itself) as a unary handler that routes the
+// call: gRPC serves a unary call with less than a stream costs. Streaming
+// methods still reach the router as unknown methods.
+func (r *Router) RegisterUnary(s *grpc.Server, prefix string, skip map[string]bool) {
+	protoregistry.GlobalFiles.RangeFiles(func(fd protoreflect.FileDescriptor) bool {
+		svcs := fd.Services()
+		for i := 0; i < svcs.Len(); i++ {
+			sd := svcs.Get(i)
+			name := string(sd.FullName())
+			if !strings.HasPrefix(name, prefix) || skip[name] {
+				continue
+			}
+			desc := &grpc.ServiceDesc{ServiceName: name, HandlerType: (*any)(nil), Metadata: fd.Path()}
+			methods := sd.Methods()
+			for j := 0; j < methods.Len(); j++ {
+				md := methods.Get(j)
+				if md.IsStreamingClient() || md.IsStreamingServer() {
+					continue
+				}
+				desc.Methods = append(desc.Methods, grpc.MethodDesc{
+					MethodName: string(md.Name()),
+					Handler:    r.unaryHandler(name, "/"+name+"/"+string(md.Name())),
+				})
+			}
+			if len(desc.Methods) > 0 {
+				s.RegisterService(desc, struct{}{})
+			}
+		}
+		return true
+	})
+}
+
+func (r *Router) unaryHandler(svc, method string) func(any, context.Context, func(any) error, grpc.UnaryServerInterceptor) (any, error) {
+	info := &grpc.UnaryServerInfo{FullMethod: method}
+	return func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		req := &rpc.Frame{}
+		if err := dec(req); err != nil {
+			return nil, err
+		}
+		if interceptor == nil {
+			return r.routeUnary(ctx, svc, method, req)
+		}
+		return interceptor(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			return r.routeUnary(ctx, svc, method, req.(*rpc.Frame))
+		})
+	}
+}
+
+func (r *Router) routeUnary(ctx context.Context, svc, method string, req *rpc.Frame) (any, error) {
+	be, err := r.lookup(ctx, svc)
+	if err != nil {
+		req.Free()
+		return nil, err
+	}
+	in, _ := metadata.FromIncomingContext(ctx)
+	octx := metadata.NewOutgoingContext(ctx, forwardable(in))
+	resp, header, trailer, err := r.unaryCall(octx, be, svc, method, req)
+	if len(header) > 0 {
+		_ = grpc.SetHeader(ctx, header)
+	}
+	if len(trailer) > 0 {
+		_ = grpc.SetTrailer(ctx, trailer)
+	}
+	return resp, err
 }
 
 // waitReady holds a call for a backend whose connection is down (its process

@@ -66,7 +66,7 @@ type Debug struct {
 type Timeouts struct {
 	ServiceStart Duration `toml:"service_start" comment:"How long a service may take to come up before startup fails."`
 	RouteWait    Duration `toml:"route_wait" comment:"How long the gateway holds a call for a service that is restarting."`
-	Call         Duration `toml:"call" comment:"Deadline of an inter-process call that has none of its own."`
+	Call         Duration `toml:"call" comment:"Longest an inter-process call may take (a client's shorter deadline still applies)."`
 }
 
 // Service is one service process.

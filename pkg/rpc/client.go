@@ -12,8 +12,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// DefaultCallTimeout bounds an inter-process unary call whose context has no
-// deadline, so that a hung peer can never wedge its caller.
+// DefaultCallTimeout bounds every inter-process unary call (a shorter
+// deadline of the caller's still applies), so that a hung peer can never
+// wedge its caller.
 const DefaultCallTimeout = 30 * time.Second
 
 // WindowSize is the HTTP/2 flow-control window of every Flotilla connection,
@@ -37,8 +38,7 @@ func Dial(path string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	return DialTimeout(path, DefaultCallTimeout, opts...)
 }
 
-// DialTimeout is Dial with timeout as the deadline of unary calls that carry
-// none of their own.
+// DialTimeout is Dial with timeout as the longest a unary call may take.
 func DialTimeout(path string, timeout time.Duration, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -66,7 +66,10 @@ func DialTimeout(path string, timeout time.Duration, opts ...grpc.DialOption) (*
 
 func unaryDeadline(d time.Duration) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if _, ok := ctx.Deadline(); !ok {
+		// A call between processes never waits longer than d, whatever
+		// the client upstream allowed: a hung service must fail its
+		// callers within the configured time, not the client's.
+		if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > d {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, d)
 			defer cancel()

@@ -37,6 +37,8 @@ type flags struct {
 	n, calls             int
 	only, daemons, out   string
 	blobMB, importMB     int64
+	unpackLayers         int
+	unpackLayerMB        int64
 	tmp, cache           string
 }
 
@@ -46,12 +48,14 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.flotilla, "flotilla", "bin", "directory holding flotillad and the flotilla-* service binaries")
 	fs.StringVar(&f.containerd, "containerd", "", "containerd "+containerdVersion+" binary (default: build it from the Go module proxy into the cache)")
 	fs.IntVar(&f.n, "n", 5, "timed iterations per workload and daemon (after one untimed warm-up)")
-	fs.IntVar(&f.calls, "calls", 200, "calls per iteration of the latency workloads (namespaces, version)")
-	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, import, namespaces, version); default all")
+	fs.IntVar(&f.calls, "calls", 200, "calls per iteration of the latency workloads (namespaces, version) and prepare/commit/remove cycles per iteration of snapshots")
+	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, import, unpack, snapshots, namespaces, version); default all")
 	fs.StringVar(&f.daemons, "daemons", "containerd,flotilla", "daemons to measure; one alone gives its medians without ratios")
 	fs.StringVar(&f.out, "out", "", "also write the markdown report to this file")
 	fs.Int64Var(&f.blobMB, "blob-mb", 100, "size of the ingest/read blob in MiB")
 	fs.Int64Var(&f.importMB, "import-random-mb", 0, "add a random layer of this many MiB to the imported image")
+	fs.IntVar(&f.unpackLayers, "unpack-layers", 5, "random layers in the unpack image (on top of busybox)")
+	fs.Int64Var(&f.unpackLayerMB, "unpack-layer-mb", 20, "size of each random layer of the unpack image in MiB")
 	fs.StringVar(&f.tmp, "tmp", "/tmp", "where the daemons' temporary roots go (both on the same filesystem, for fairness)")
 	fs.StringVar(&f.cache, "cache", defaultCache(), "cache directory for the containerd build")
 	if err := fs.Parse(args); err != nil {
@@ -60,8 +64,8 @@ func parseFlags(args []string) (flags, error) {
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if f.n < 1 || f.calls < 1 || f.blobMB < 1 || f.importMB < 0 {
-		return f, errors.New("-n, -calls and -blob-mb must be at least 1, -import-random-mb at least 0")
+	if f.n < 1 || f.calls < 1 || f.blobMB < 1 || f.importMB < 0 || f.unpackLayers < 1 || f.unpackLayerMB < 1 {
+		return f, errors.New("-n, -calls, -blob-mb, -unpack-layers and -unpack-layer-mb must be at least 1, -import-random-mb at least 0")
 	}
 	return f, nil
 }
@@ -95,7 +99,17 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	all := workloads(params{blobSize: f.blobMB << 20, calls: f.calls, importImage: img})
+	unpackOpts := []testimage.Option{testimage.WithName("docker.io/flotilla/bench:unpack")}
+	for i := range f.unpackLayers {
+		// Distinct seeds: identical layers would be stored and applied once.
+		unpackOpts = append(unpackOpts, testimage.WithRandomLayer(f.unpackLayerMB<<20, int64(unpackSeedBase+i)))
+	}
+	all := workloads(params{
+		blobSize: f.blobMB << 20, calls: f.calls, importImage: img,
+		unpackLayers: f.unpackLayers, unpackLayerSize: f.unpackLayerMB << 20,
+		unpackImage:  lazyImage(unpackOpts...),
+		snapshotBase: lazyImage(testimage.WithName("docker.io/flotilla/bench:snapshot-base")),
+	})
 	selected, err := selectWorkloads(all, f.only)
 	if err != nil {
 		return err
@@ -242,9 +256,8 @@ func runWorkload(ctx context.Context, w workload, daemons []*daemon, n int) *res
 			r.samples[l.d.name] = append(r.samples[l.d.name], ds...)
 		}
 	}
-	const warmup = 1 << 30 // an iteration number no timed iteration uses
 	for _, l := range ls {
-		sample(l, warmup, false)
+		sample(l, warmupIter, false)
 	}
 	for i := range n {
 		order := slices.Clone(ls)

@@ -42,6 +42,13 @@ type params struct {
 	blobSize    int64
 	calls       int
 	importImage *testimage.Image
+	// unpackLayers random layers of unpackLayerSize bytes each, built on
+	// first use by unpackImage; snapshotBase is the busybox image the
+	// snapshots loop prepares on.
+	unpackLayers    int
+	unpackLayerSize int64
+	unpackImage     func() (*testimage.Image, error)
+	snapshotBase    func() (*testimage.Image, error)
 }
 
 func workloads(p params) []workload {
@@ -67,6 +74,32 @@ func workloads(p params) []workload {
 			what:    fmt.Sprintf("Client.Import of a %s KiB OCI archive (%d blobs), no unpack", kib(p.importImage), len(p.importImage.Blobs())),
 			unit:    time.Millisecond,
 			prepare: func(ctx context.Context, d *daemon) (instance, error) { return newImportBench(ctx, d, p.importImage) },
+		},
+		{
+			name: "unpack",
+			what: fmt.Sprintf("Client.Import then Image.Unpack into %s of a busybox image plus %d layers of %d MiB random data each (uncompressed tar; busybox layer gzip), then a synchronous image delete (untimed) so every iteration starts cold",
+				benchSnapshotter, p.unpackLayers, p.unpackLayerSize>>20),
+			unit: time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				img, err := p.unpackImage()
+				if err != nil {
+					return nil, err
+				}
+				return newUnpackBench(ctx, d, img, p.unpackLayers, p.unpackLayerSize)
+			},
+		},
+		{
+			name: "snapshots",
+			what: fmt.Sprintf("%s Prepare (parent: unpacked busybox layer) + Commit + Remove, under a lease; %d cycles per iteration, median per cycle (cycles/s = 10^6 / median)",
+				benchSnapshotter, p.calls),
+			unit: time.Microsecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				img, err := p.snapshotBase()
+				if err != nil {
+					return nil, err
+				}
+				return newSnapshotBench(ctx, d, img, p.calls)
+			},
 		},
 		{
 			name:    "namespaces",

@@ -31,8 +31,9 @@ type DB struct {
 	// publish content hold it shared, the collector exclusively.
 	gcLock sync.RWMutex
 
-	snapMu   sync.RWMutex
-	backends map[string]*backend
+	snapMu      sync.RWMutex
+	backends    map[string]*backend
+	callTimeout time.Duration
 
 	// onDirty is told when a removal left something to collect.
 	dirtyMu sync.Mutex
@@ -54,7 +55,7 @@ func Open(root string, backend content.Store, logger *slog.Logger) (*DB, error) 
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	db := &DB{bolt: b, backend: backend, logger: logger}
+	db := &DB{bolt: b, backend: backend, logger: logger, callTimeout: defaultCallTimeout}
 	if err := b.Update(func(tx *bolt.Tx) error {
 		v1, err := tx.CreateBucketIfNotExists(bucketV1)
 		if err != nil {
@@ -97,9 +98,16 @@ func (db *DB) dirty(sync bool) {
 	}
 }
 
-// callBudget bounds a call the collector makes to another process on its
-// own account, so that a hung snapshotter cannot hold a collection.
-const callBudget = 10 * time.Second
+// defaultCallTimeout bounds a call to another process made on the DB's own
+// account (a collector's sweep) or while holding a snapshotter's lock.
+const defaultCallTimeout = 30 * time.Second
+
+// SetCallTimeout sets the longest a call to another process may take.
+func (db *DB) SetCallTimeout(d time.Duration) {
+	if d > 0 {
+		db.callTimeout = d
+	}
+}
 
 func leasesFromContext(ctx context.Context) (string, bool) {
 	id, ok := leases.FromContext(ctx)

@@ -465,8 +465,13 @@ func (db *DB) sweepSnapshotters() int {
 }
 
 func (db *DB) sweepSnapshotter(b *backend) (int, error) {
-	b.lock.Lock()
-	defer b.lock.Unlock()
+	lctx, lcancel := context.WithTimeout(context.Background(), db.callTimeout)
+	err := b.lock.Acquire(lctx, lockReaders)
+	lcancel()
+	if err != nil {
+		return 0, fmt.Errorf("wait for creators: %w", err)
+	}
+	defer b.lock.Release(lockReaders)
 	// What to keep is read under the lock: a snapshot made or committed
 	// since the collection's transaction is recorded by now, and none can
 	// be made until the sweep ends.
@@ -474,7 +479,7 @@ func (db *DB) sweepSnapshotter(b *backend) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), callBudget)
+	ctx, cancel := context.WithTimeout(context.Background(), db.callTimeout)
 	defer cancel()
 	parents := map[string]string{}
 	if err := b.sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
@@ -510,7 +515,7 @@ func (db *DB) sweepSnapshotter(b *backend) (int, error) {
 			if !d || children[k] > 0 {
 				continue
 			}
-			rctx, rcancel := context.WithTimeout(context.Background(), callBudget)
+			rctx, rcancel := context.WithTimeout(context.Background(), db.callTimeout)
 			err := b.sn.Remove(rctx, k)
 			rcancel()
 			if err != nil && !errdefs.IsNotFound(err) {

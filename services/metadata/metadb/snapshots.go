@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/filters"
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/semaphore"
 )
 
 // labelSnapshotRef names the committed snapshot an unpacker is about to
@@ -28,11 +28,26 @@ type backend struct {
 	// lock keeps the collector's sweep of this snapshotter from removing a
 	// snapshot between its creation there and its record here: creators
 	// hold it shared, the sweep exclusively. One lock per snapshotter, so
-	// a hung snapshotter holds up nobody else.
-	lock sync.RWMutex
+	// a hung snapshotter holds up nobody else; waiting for it honours the
+	// caller's deadline, so it holds up its own callers no longer than
+	// the call timeout either.
+	lock *semaphore.Weighted
 	// sweeping is set while a sweep of this snapshotter runs.
 	sweeping atomic.Bool
 }
+
+// lockReaders is how many creators may hold a snapshotter's lock at once;
+// the sweep takes all of it.
+const lockReaders = 1 << 20
+
+func (b *backend) rlock(ctx context.Context) error {
+	if err := b.lock.Acquire(ctx, 1); err != nil {
+		return fmt.Errorf("snapshotter %s is busy: %w", b.name, err)
+	}
+	return nil
+}
+
+func (b *backend) runlock() { b.lock.Release(1) }
 
 // SetSnapshotters gives the DB the snapshotters it accounts for, by name.
 func (db *DB) SetSnapshotters(m map[string]snapshots.Snapshotter) {
@@ -40,7 +55,7 @@ func (db *DB) SetSnapshotters(m map[string]snapshots.Snapshotter) {
 	defer db.snapMu.Unlock()
 	db.backends = map[string]*backend{}
 	for name, sn := range m {
-		db.backends[name] = &backend{name: name, sn: sn}
+		db.backends[name] = &backend{name: name, sn: sn, lock: semaphore.NewWeighted(lockReaders)}
 	}
 }
 
@@ -231,8 +246,12 @@ func (s *nsSnapshotter) create(ctx context.Context, kind snapshots.Kind, key, pa
 	if err != nil {
 		return nil, err
 	}
-	s.b.lock.RLock()
-	defer s.b.lock.RUnlock()
+	ctx, cancel := context.WithTimeout(ctx, s.db.callTimeout)
+	defer cancel()
+	if err := s.b.rlock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.b.runlock()
 
 	var bparent string
 	if err := s.db.bolt.View(func(tx *bolt.Tx) error {
@@ -303,7 +322,7 @@ func (s *nsSnapshotter) adoptTarget(ctx context.Context, ns, target, parent, bpa
 	exists := fmt.Errorf("target snapshot %q on %s: %w", target, s.b.name, errdefs.ErrAlreadyExists)
 	var found *snapshots.Info
 	filter := fmt.Sprintf("labels.%q==%q,parent==%q", labelSnapshotRef, target, bparent)
-	wctx, cancel := context.WithTimeout(ctx, callBudget)
+	wctx, cancel := context.WithTimeout(ctx, s.db.callTimeout)
 	defer cancel()
 	if err := s.b.sn.Walk(wctx, func(_ context.Context, i snapshots.Info) error {
 		if found == nil && i.Kind == snapshots.KindCommitted {
@@ -411,8 +430,12 @@ func (s *nsSnapshotter) Commit(ctx context.Context, name, key string, opts ...sn
 	if err != nil {
 		return err
 	}
-	s.b.lock.RLock()
-	defer s.b.lock.RUnlock()
+	ctx, cancel := context.WithTimeout(ctx, s.db.callTimeout)
+	defer cancel()
+	if err := s.b.rlock(ctx); err != nil {
+		return err
+	}
+	defer s.b.runlock()
 	if err := s.db.bolt.View(func(tx *bolt.Tx) error {
 		if snapBucket(tx, ns, s.b.name, name) != nil {
 			return fmt.Errorf("snapshot %q on %s: %w", name, s.b.name, errdefs.ErrAlreadyExists)

@@ -95,6 +95,7 @@ func main() {
 			sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(sc), name)
 		}
 		db.SetSnapshotters(sns)
+		db.SetCallTimeout(p.CallTimeout())
 
 		var events eventsapi.EventsClient
 		if p.Env.Gateway != "" {

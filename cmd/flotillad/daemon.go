@@ -184,11 +184,18 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 		for k, v := range sc.Options {
 			opts[k] = v
 		}
-		if i == 0 {
+		var requires []string
+		var deps map[string]string
+		if i == 0 && !cfg.Services["content"].Disabled {
+			// Layer apply reads blobs from the content process directly,
+			// after metadata (through the gateway) has said the caller's
+			// namespace may see them.
 			opts["serve_diff"] = true
+			requires = []string{"content"}
+			deps = map[string]string{"content": socket("content")}
 		}
 		sockets[name] = socket(svc)
-		specs = append(specs, supervisor.Spec{Name: svc, Path: path, Env: env(svc, nil, opts)})
+		specs = append(specs, supervisor.Spec{Name: svc, Path: path, Requires: requires, Env: env(svc, deps, opts)})
 	}
 	for _, name := range remote {
 		sockets[name] = cfg.Snapshotters[name].Address

@@ -16,8 +16,6 @@ import (
 	"fmt"
 	"strings"
 
-	contentapi "github.com/containerd/containerd/api/services/content/v1"
-	"github.com/containerd/containerd/v2/core/content/proxy"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
@@ -83,7 +81,13 @@ func main() {
 			if err != nil {
 				return nil, err
 			}
-			differ := diff.New(proxy.NewContentStore(contentapi.NewContentClient(gw)), p.Logger)
+			var raw *grpc.ClientConn
+			if _, ok := p.Env.Deps["content"]; ok {
+				if raw, err = p.Dial("content"); err != nil {
+					return nil, err
+				}
+			}
+			differ := diff.New(newGatewayContent(gw, raw), p.Logger)
 			snapshots := inst.Register
 			inst.Register = func(srv grpc.ServiceRegistrar) {
 				snapshots(srv)
@@ -94,6 +98,9 @@ func main() {
 			exports["diff"] = "walking"
 			inst.Close = func(context.Context) error {
 				gw.Close()
+				if raw != nil {
+					raw.Close()
+				}
 				return sn.Close()
 			}
 		}

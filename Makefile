@@ -17,9 +17,12 @@ FUZZ     := $(shell grep -rl --include='*_test.go' '^func Fuzz' . 2>/dev/null | 
 
 all: build
 
+# The runtime v2 shim for io.containerd.runc.v2 is containerd's own, built
+# from the containerd module version go.mod pins.
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotillad ./cmd/flotillad
+	$(GO) build -o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 	@for s in $(SERVICES); do \
 		echo $(GO) build -o $(BIN)/flotilla-$$s ./services/$$s/cmd/flotilla-$$s; \
 		$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotilla-$$s ./services/$$s/cmd/flotilla-$$s || exit 1; \

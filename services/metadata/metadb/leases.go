@@ -128,17 +128,7 @@ func (db *DB) AddLeaseResource(ctx context.Context, id string, r leases.Resource
 	if err != nil {
 		return err
 	}
-	return db.bolt.Update(func(tx *bolt.Tx) error {
-		b := bucketPath(nsBucket(tx, ns), bucketLeases, []byte(id))
-		if b == nil {
-			return fmt.Errorf("lease %q: %w", id, errdefs.ErrNotFound)
-		}
-		rb, err := createBucketPath(b, keys[:len(keys)-1]...)
-		if err != nil {
-			return err
-		}
-		return rb.Put(keys[len(keys)-1], nil)
-	})
+	return db.bolt.Update(func(tx *bolt.Tx) error { return hold(tx, ns, id, keys) })
 }
 
 // DeleteLeaseResource releases a resource from a lease.
@@ -254,6 +244,11 @@ func leaseHold(ctx context.Context, tx *bolt.Tx, ns string, keys ...[]byte) erro
 	if !ok || id == "" {
 		return nil
 	}
+	return hold(tx, ns, id, keys)
+}
+
+// hold makes lease id hold the resource at keys.
+func hold(tx *bolt.Tx, ns, id string, keys [][]byte) error {
 	b := bucketPath(nsBucket(tx, ns), bucketLeases, []byte(id))
 	if b == nil {
 		return fmt.Errorf("lease %q: %w", id, errdefs.ErrNotFound)

@@ -61,6 +61,11 @@ type writeSession struct {
 	ref      string
 	total    int64
 	expected digest.Digest
+	// offset is where the ingest stands, once known: asking the writer
+	// for every chunk would cost a round trip per chunk when the writer is
+	// itself remote (the metadata service's is).
+	offset      int64
+	offsetKnown bool
 }
 
 func (s *Service) openSession(ctx context.Context, req *api.WriteContentRequest) (*writeSession, error) {
@@ -123,6 +128,7 @@ func (ws *writeSession) handle(ctx context.Context, req *api.WriteContentRequest
 		if err != nil {
 			return nil, err
 		}
+		ws.offset, ws.offsetKnown = st.Offset, true
 		resp.Offset = st.Offset
 		resp.Total = ws.total
 		if resp.Total == 0 {
@@ -134,11 +140,14 @@ func (ws *writeSession) handle(ctx context.Context, req *api.WriteContentRequest
 		return resp, nil
 
 	case api.WriteAction_WRITE, api.WriteAction_COMMIT:
-		st, err := ws.w.Status()
-		if err != nil {
-			return nil, err
+		if !ws.offsetKnown {
+			st, err := ws.w.Status()
+			if err != nil {
+				return nil, err
+			}
+			ws.offset, ws.offsetKnown = st.Offset, true
 		}
-		offset := st.Offset
+		offset := ws.offset
 		switch {
 		case req.Offset < 0:
 			return nil, fmt.Errorf("ref %q: negative offset %d: %w", ws.ref, req.Offset, errdefs.ErrInvalidArgument)
@@ -162,6 +171,7 @@ func (ws *writeSession) handle(ctx context.Context, req *api.WriteContentRequest
 			}
 			offset += int64(n)
 		}
+		ws.offset = offset
 		if req.Action == api.WriteAction_COMMIT {
 			var opts []content.Opt
 			if req.Labels != nil {

@@ -27,6 +27,7 @@ var graph = []struct {
 }{
 	{"content", nil},
 	{"metadata", []string{"content"}},
+	{"tasks", []string{"metadata"}},
 }
 
 // snapshotterService names the process of a snapshotter.

@@ -136,12 +136,9 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 		md = forwardable(inMD)
 	}
 	rpc.InjectTrace(ctx, md)
+	// The client's deadline, if any, travels with the call; the gateway
+	// adds none (Tasks.Wait may rightly wait for hours).
 	cctx := ttrpc.WithMetadata(ctx, ttrpc.MD(md))
-	if _, ok := cctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		cctx, cancel = context.WithTimeout(cctx, rpc.DefaultCallTimeout)
-		defer cancel()
-	}
 	out := types.out.New().Interface()
 	if err := c.Call(cctx, svc, method[strings.LastIndex(method, "/")+1:], in, out); err != nil {
 		if _, ok := status.FromError(err); ok {

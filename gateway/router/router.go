@@ -66,7 +66,9 @@ func (r *Router) Set(name, socket string, routes []string) error {
 	defer r.mu.Unlock()
 	be, ok := r.backends[name]
 	if !ok || be.socket != socket {
-		conn, err := rpc.Dial(socket)
+		// No deadline of the gateway's own: a call carries its client's
+		// (Tasks.Wait may rightly wait for hours).
+		conn, err := rpc.DialTimeout(socket, 0)
 		if err != nil {
 			return fmt.Errorf("route to %s: %w", name, err)
 		}

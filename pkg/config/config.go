@@ -111,6 +111,7 @@ func Default() *Config {
 				"gc_schedule":     "10m",
 				"gc_delete_delay": "100ms",
 			}},
+			"tasks": {},
 		},
 		Snapshotters: map[string]Snapshotter{
 			"overlayfs": {Driver: "overlayfs"},

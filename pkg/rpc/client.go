@@ -38,7 +38,8 @@ func Dial(path string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	return DialTimeout(path, DefaultCallTimeout, opts...)
 }
 
-// DialTimeout is Dial with timeout as the longest a unary call may take.
+// DialTimeout is Dial with timeout as the longest a unary call may take;
+// zero sets no limit (the gateway relays its clients' own deadlines).
 func DialTimeout(path string, timeout time.Duration, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -55,7 +56,9 @@ func DialTimeout(path string, timeout time.Duration, opts ...grpc.DialOption) (*
 			grpc.MaxCallSendMsgSize(MaxMsgSize),
 			grpc.WaitForReady(true),
 		),
-		grpc.WithChainUnaryInterceptor(unaryDeadline(timeout)),
+	}
+	if timeout > 0 {
+		base = append(base, grpc.WithChainUnaryInterceptor(unaryDeadline(timeout)))
 	}
 	conn, err := grpc.NewClient("unix://"+abs, append(base, opts...)...)
 	if err != nil {

@@ -231,11 +231,29 @@ func (p *proc) killStale() {
 	p.sup.opts.Logger.Warn("killing stale service process", "name", p.spec.Name, "pid", pid)
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	for i := 0; i < 100; i++ {
-		if syscall.Kill(pid, 0) != nil {
+		if !alive(pid) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// alive reports whether pid runs. A killed process whose parent is gone
+// stays a zombie until init reaps it, which a container's init may never
+// do: it counts as gone.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses.
+	if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) {
+		return b[i+2] != 'Z'
+	}
+	return true
 }
 
 func (p *proc) start(ctx context.Context) error {

@@ -290,7 +290,6 @@ func TestBadInputGetsTheRightCodeAndChangesNothing(t *testing.T) {
 		{"namespace with a slash", []string{"namespaces", "create", "a/b"}, "invalid argument"},
 		{"namespace dot-dot", []string{"namespaces", "create", ".."}, "invalid argument"},
 		{"call in a namespace with a slash", []string{"-n", "a/b", "images", "ls"}, "invalid argument"},
-		{"unknown namespace label", []string{"namespaces", "label", "nosuch", "a=b"}, "not found"},
 		{"content of an unknown namespace", []string{"-n", "nosuch", "content", "get", digest.FromString("x").String()}, "not found"},
 	} {
 		out, err := d.ctr(tc.args...)

@@ -5,6 +5,7 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	api "github.com/containerd/containerd/api/services/namespaces/v1"
+	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -20,8 +21,14 @@ type Namespaces struct {
 
 func (s *Namespaces) Register(srv grpc.ServiceRegistrar) { api.RegisterNamespacesServer(srv, s) }
 
+// Get of a namespace nobody wrote in answers it with no labels, as
+// containerd does: clients (dockerd, containerd's own client) read the
+// labels of their default namespace before anything exists in it.
 func (s *Namespaces) Get(ctx context.Context, req *api.GetNamespaceRequest) (*api.GetNamespaceResponse, error) {
 	ns, err := s.db.GetNamespace(ctx, req.GetName())
+	if errdefs.IsNotFound(err) {
+		return &api.GetNamespaceResponse{Namespace: &api.Namespace{Name: req.GetName()}}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +59,15 @@ func (s *Namespaces) Create(ctx context.Context, req *api.CreateNamespaceRequest
 
 func (s *Namespaces) Update(ctx context.Context, req *api.UpdateNamespaceRequest) (*api.UpdateNamespaceResponse, error) {
 	in := req.GetNamespace()
-	ns, err := s.db.UpdateNamespace(ctx, metadb.Namespace{Name: in.GetName(), Labels: in.GetLabels()}, req.GetUpdateMask().GetPaths()...)
+	update := metadb.Namespace{Name: in.GetName(), Labels: in.GetLabels()}
+	ns, err := s.db.UpdateNamespace(ctx, update, req.GetUpdateMask().GetPaths()...)
+	if errdefs.IsNotFound(err) {
+		// As containerd: labelling a namespace makes it.
+		if _, cerr := s.db.CreateNamespace(ctx, metadb.Namespace{Name: update.Name}); cerr != nil && !errdefs.IsAlreadyExists(cerr) {
+			return nil, cerr
+		}
+		ns, err = s.db.UpdateNamespace(ctx, update, req.GetUpdateMask().GetPaths()...)
+	}
 	if err != nil {
 		return nil, err
 	}

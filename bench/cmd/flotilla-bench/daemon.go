@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -33,14 +35,28 @@ type daemon struct {
 	done    chan struct{}
 	exitErr error
 	client  *containerd.Client
+	// shimBinary is the containerd-shim-runc-v2 this daemon must run (the
+	// memory workload checks the running shims against it).
+	shimBinary string
+
+	runImgMu sync.Mutex
+	runImg   containerd.Image // see runImage
 }
 
 // startContainerd runs containerd with a minimal config: its own root, state
 // and socket, and the CRI plugins (which want CNI and more) disabled, since
 // no workload here touches them.
-func startContainerd(ctx context.Context, bin, tmp string) (*daemon, error) {
+//
+// Its runtime v2 shim is shim (containerd-shim-runc-v2 of the same release):
+// containerd looks shims up in PATH before beside its own binary, so the
+// shim's directory goes first in containerd's PATH, ahead of any older shim
+// installed system-wide (Debian's containerd 1.6 puts one in /usr/bin).
+func startContainerd(ctx context.Context, bin, shim, tmp string) (*daemon, error) {
 	d, err := newDaemon("containerd", tmp)
 	if err != nil {
+		return nil, err
+	}
+	if d.shimBinary, err = filepath.Abs(shim); err != nil {
 		return nil, err
 	}
 	d.address = filepath.Join(d.dir, "containerd.sock")
@@ -73,6 +89,7 @@ disabled_plugins = [
 		return nil, err
 	}
 	d.cmd = exec.Command(bin, "--config", cfgPath)
+	d.cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(d.shimBinary)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	return d, d.start(ctx, "")
 }
 
@@ -85,6 +102,10 @@ func startFlotilla(ctx context.Context, binDir, tmp string) (*daemon, error) {
 	}
 	d, err := newDaemon("flotilla", tmp)
 	if err != nil {
+		return nil, err
+	}
+	// flotilla-tasks finds the shim beside its own binary first.
+	if d.shimBinary, err = filepath.Abs(filepath.Join(binDir, "containerd-shim-runc-v2")); err != nil {
 		return nil, err
 	}
 	state := filepath.Join(d.dir, "state")
@@ -173,8 +194,20 @@ func (d *daemon) ready(ctx context.Context, readyLine string) error {
 
 // stop sends SIGTERM, then SIGKILL if the daemon lingers, and removes its
 // directory.
+//
+// Containers outlive both daemons (they belong to their shims), so any
+// container a workload left behind is removed first, and any shim of this
+// daemon still running after it stopped is killed: a bench run leaves no
+// processes behind.
 func (d *daemon) stop() {
 	if d.client != nil {
+		if d.alive() == nil && d.done != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			if err := d.sweepContainers(ctx); err != nil {
+				fmt.Fprintf(os.Stderr, "%s: remove leftover containers: %v\n", d.name, err)
+			}
+			cancel()
+		}
 		d.client.Close()
 	}
 	if d.done != nil {
@@ -186,11 +219,53 @@ func (d *daemon) stop() {
 			_ = d.cmd.Process.Kill()
 			<-d.done
 		}
+		d.killShims()
 	}
 	// containerd may leave mounts under its state; a failed removal is
 	// reported, not fatal.
 	if err := os.RemoveAll(d.dir); err != nil {
 		fmt.Fprintf(os.Stderr, "remove %s: %v\n", d.dir, err)
+	}
+}
+
+// sweepContainers kills and removes every container left in the bench
+// namespace.
+func (d *daemon) sweepContainers(ctx context.Context) error {
+	cs, err := d.client.Containers(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, c := range cs {
+		ct := &container{c: c}
+		if t, err := c.Task(ctx, nil); err == nil {
+			ct.t = t
+			if ct.exitCh, err = t.Wait(ctx); err != nil {
+				ct.exitCh = nil
+			}
+		}
+		errs = append(errs, ct.remove(ctx, true))
+	}
+	if len(cs) > 0 {
+		fmt.Fprintf(os.Stderr, "%s: removed %d leftover containers\n", d.name, len(cs))
+	}
+	return errors.Join(errs...)
+}
+
+// killShims kills the shims of this daemon that are still running after it
+// stopped (the daemon's own temp directory is in their arguments).
+func (d *daemon) killShims() {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !isShim(pid) || !d.ownsShim(pid) {
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "%s: killing leftover shim %d\n", d.name, pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 
@@ -223,14 +298,30 @@ func containerdBinary(ctx context.Context, path, cacheDir string) (string, error
 	if path != "" {
 		return path, nil
 	}
+	return goInstall(ctx, cacheDir, "containerd")
+}
+
+// containerdShimBinary returns the containerd-shim-runc-v2 of
+// containerdVersion that containerd runs containers with: the given path,
+// or one built into the cache directory beside containerd.
+func containerdShimBinary(ctx context.Context, path, cacheDir string) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	return goInstall(ctx, cacheDir, "containerd-shim-runc-v2")
+}
+
+// goInstall builds containerd's command name at containerdVersion into
+// the cache, unless it is there already.
+func goInstall(ctx context.Context, cacheDir, name string) (string, error) {
 	gobin := filepath.Join(cacheDir, "containerd-"+containerdVersion)
-	bin := filepath.Join(gobin, "containerd")
+	bin := filepath.Join(gobin, name)
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}
-	fmt.Fprintf(os.Stderr, "building containerd %s into %s (first run only, a minute or two)\n", containerdVersion, gobin)
+	fmt.Fprintf(os.Stderr, "building %s %s into %s (first run only, a minute or two)\n", name, containerdVersion, gobin)
 	cmd := exec.CommandContext(ctx, "go", "install", "-tags", "no_btrfs no_devmapper no_zfs",
-		"github.com/containerd/containerd/v2/cmd/containerd@"+containerdVersion)
+		"github.com/containerd/containerd/v2/cmd/"+name+"@"+containerdVersion)
 	// `go install pkg@version` builds that module on its own terms; running
 	// it outside the repo and with GOFLAGS cleared keeps our go.mod, vendor
 	// settings or workspace out of it.
@@ -238,10 +329,22 @@ func containerdBinary(ctx context.Context, path, cacheDir string) (string, error
 	cmd.Env = append(os.Environ(), "GOBIN="+gobin, "GOFLAGS=", "GOWORK=off")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("build containerd %s: %w", containerdVersion, err)
+		return "", fmt.Errorf("build %s %s: %w", name, containerdVersion, err)
 	}
 	if _, err := os.Stat(bin); err != nil {
-		return "", errors.New("containerd build produced no binary at " + bin)
+		return "", errors.New("build produced no binary at " + bin)
 	}
 	return bin, nil
+}
+
+// removeNamespaceDirs removes the empty per-namespace directories that
+// runc and containerd leave behind after the bench namespace's last
+// container: its cgroup in every hierarchy and containerd's default runc
+// root. rmdir fails on anything still in use, which is left alone.
+func removeNamespaceDirs() {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", benchNamespace))
+	dirs = append(dirs, filepath.Join("/sys/fs/cgroup", benchNamespace), filepath.Join("/run/containerd/runc", benchNamespace))
+	for _, d := range dirs {
+		_ = syscall.Rmdir(d)
+	}
 }

@@ -34,7 +34,10 @@ func main() {
 
 type flags struct {
 	flotilla, containerd string
+	containerdShim, runc string
 	n, calls             int
+	runs, parallel       int
+	memContainers        int
 	only, daemons, out   string
 	blobMB, importMB     int64
 	unpackLayers         int
@@ -47,9 +50,14 @@ func parseFlags(args []string) (flags, error) {
 	fs := flag.NewFlagSet("flotilla-bench", flag.ContinueOnError)
 	fs.StringVar(&f.flotilla, "flotilla", "bin", "directory holding flotillad and the flotilla-* service binaries")
 	fs.StringVar(&f.containerd, "containerd", "", "containerd "+containerdVersion+" binary (default: build it from the Go module proxy into the cache)")
+	fs.StringVar(&f.containerdShim, "containerd-shim", "", "containerd-shim-runc-v2 "+containerdVersion+" binary for containerd (default: build it into the cache)")
+	fs.StringVar(&f.runc, "runc", "runc", "runc binary of the floor (the shims run the runc in PATH)")
+	fs.IntVar(&f.runs, "runs", 10, "containers run one after another per iteration of run")
+	fs.IntVar(&f.parallel, "parallel", 20, "containers started at once in the parallel run workload")
+	fs.IntVar(&f.memContainers, "memory-containers", 10, "running containers in the second memory figure")
 	fs.IntVar(&f.n, "n", 5, "timed iterations per workload and daemon (after one untimed warm-up)")
 	fs.IntVar(&f.calls, "calls", 200, "calls per iteration of the latency workloads (namespaces, version) and prepare/commit/remove cycles per iteration of snapshots")
-	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, import, unpack, snapshots, namespaces, version); default all")
+	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, import, unpack, snapshots, run, run20, memory, namespaces, version); default all")
 	fs.StringVar(&f.daemons, "daemons", "containerd,flotilla", "daemons to measure; one alone gives its medians without ratios")
 	fs.StringVar(&f.out, "out", "", "also write the markdown report to this file")
 	fs.Int64Var(&f.blobMB, "blob-mb", 100, "size of the ingest/read blob in MiB")
@@ -64,8 +72,9 @@ func parseFlags(args []string) (flags, error) {
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if f.n < 1 || f.calls < 1 || f.blobMB < 1 || f.importMB < 0 || f.unpackLayers < 1 || f.unpackLayerMB < 1 {
-		return f, errors.New("-n, -calls, -blob-mb, -unpack-layers and -unpack-layer-mb must be at least 1, -import-random-mb at least 0")
+	if f.n < 1 || f.calls < 1 || f.blobMB < 1 || f.importMB < 0 || f.unpackLayers < 1 || f.unpackLayerMB < 1 ||
+		f.runs < 1 || f.parallel < 1 || f.memContainers < 1 {
+		return f, errors.New("-n, -calls, -blob-mb, -unpack-layers, -unpack-layer-mb, -runs, -parallel and -memory-containers must be at least 1, -import-random-mb at least 0")
 	}
 	return f, nil
 }
@@ -104,7 +113,12 @@ func run(args []string, stdout io.Writer) error {
 		// Distinct seeds: identical layers would be stored and applied once.
 		unpackOpts = append(unpackOpts, testimage.WithRandomLayer(f.unpackLayerMB<<20, int64(unpackSeedBase+i)))
 	}
+	runImg, err := testimage.Busybox(testimage.WithName(runImageName))
+	if err != nil {
+		return err
+	}
 	all := workloads(params{
+		runImage: runImg, runs: f.runs, parallel: f.parallel, memContainers: f.memContainers, runc: f.runc,
 		blobSize: f.blobMB << 20, calls: f.calls, importImage: img,
 		unpackLayers: f.unpackLayers, unpackLayerSize: f.unpackLayerMB << 20,
 		unpackImage:  lazyImage(unpackOpts...),
@@ -116,21 +130,24 @@ func run(args []string, stdout io.Writer) error {
 	}
 
 	meta := reportMeta{date: time.Now(), host: hostInfo(), versions: map[string]string{}, skipped: map[string]string{},
-		n: f.n, calls: f.calls, goVersion: runtime.Version()}
+		n: f.n, calls: f.calls, runs: f.runs, goVersion: runtime.Version(), shims: map[string]string{}}
 	var daemons []*daemon
 	defer func() {
 		for _, d := range daemons {
 			d.stop()
 		}
+		removeNamespaceDirs()
 	}()
 	for _, name := range strings.Split(f.daemons, ",") {
 		var d *daemon
 		var err error
 		switch strings.TrimSpace(name) {
 		case "containerd":
-			var bin string
+			var bin, shim string
 			if bin, err = containerdBinary(ctx, f.containerd, f.cache); err == nil {
-				d, err = startContainerd(ctx, bin, f.tmp)
+				if shim, err = containerdShimBinary(ctx, f.containerdShim, f.cache); err == nil {
+					d, err = startContainerd(ctx, bin, shim, f.tmp)
+				}
 			}
 		case "flotilla":
 			d, err = startFlotilla(ctx, f.flotilla, f.tmp)
@@ -149,6 +166,7 @@ func run(args []string, stdout io.Writer) error {
 			continue
 		}
 		meta.versions[d.name] = d.version
+		meta.shims[d.name] = d.shimBinary
 		fmt.Fprintf(os.Stderr, "%s %s ready on %s\n", d.name, d.version, d.address)
 	}
 	var up []*daemon
@@ -194,11 +212,21 @@ func selectWorkloads(all []workload, only string) ([]workload, error) {
 	}
 	var out []workload
 	for _, n := range strings.Split(only, ",") {
-		i := slices.Index(names, strings.TrimSpace(n))
-		if i < 0 {
+		n = strings.TrimSpace(n)
+		if i := slices.Index(names, n); i >= 0 {
+			out = append(out, all[i])
+			continue
+		}
+		var group []workload
+		for _, w := range all {
+			if w.group != "" && w.group == n {
+				group = append(group, w)
+			}
+		}
+		if len(group) == 0 {
 			return nil, fmt.Errorf("unknown workload %q (have %s)", n, strings.Join(names, ", "))
 		}
-		out = append(out, all[i])
+		out = append(out, group...)
 	}
 	return out, nil
 }
@@ -226,6 +254,16 @@ func runWorkload(ctx context.Context, w workload, daemons []*daemon, n int) *res
 			continue
 		}
 		ls = append(ls, &live{d: d, inst: inst})
+	}
+	if w.floor != nil && ctx.Err() == nil {
+		// The floor takes turns with the daemons like a third daemon, so
+		// that drift on the machine falls on it too.
+		if inst, err := w.floor(ctx); err != nil {
+			r.errs[floorName] = fmt.Errorf("prepare: %w", err)
+			fmt.Fprintf(os.Stderr, "%s floor: %v\n", w.name, r.errs[floorName])
+		} else {
+			ls = append(ls, &live{d: &daemon{name: floorName}, inst: inst})
+		}
 	}
 	defer func() {
 		for _, l := range ls {

@@ -57,6 +57,8 @@ func unitName(u time.Duration) string {
 		return "ms"
 	case time.Second:
 		return "s"
+	case unitMiB:
+		return "MiB"
 	}
 	return u.String()
 }
@@ -89,34 +91,58 @@ type reportMeta struct {
 	versions  map[string]string
 	skipped   map[string]string
 	n, calls  int
+	runs      int
 	goVersion string
+	shims     map[string]string // daemon -> the shim binary it runs containers with
 }
 
 // writeMarkdown writes the results as a markdown report.
 func writeMarkdown(w io.Writer, meta reportMeta, results []*result) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Flotilla vs containerd %s\n\n", containerdVersion)
-	fmt.Fprintf(&b, "%s, %s, %s. Iterations: %d per workload (latency workloads: %d calls each), daemons alternated A/B.\n\n",
-		meta.date.UTC().Format("2006-01-02 15:04 UTC"), meta.host, meta.goVersion, meta.n, meta.calls)
+	fmt.Fprintf(&b, "%s, %s, %s. Iterations: %d per workload (latency workloads: %d calls each; run: %d containers each), daemons alternated A/B.\n\n",
+		meta.date.UTC().Format("2006-01-02 15:04 UTC"), meta.host, meta.goVersion, meta.n, meta.calls, meta.runs)
 	for _, name := range []string{"containerd", "flotilla"} {
 		if v, ok := meta.versions[name]; ok {
-			fmt.Fprintf(&b, "- %s: version %s\n", name, v)
+			fmt.Fprintf(&b, "- %s: version %s", name, v)
+			if shim := meta.shims[name]; shim != "" {
+				fmt.Fprintf(&b, ", shim %s", shim)
+			}
+			b.WriteString("\n")
 		}
 		if why, ok := meta.skipped[name]; ok {
 			fmt.Fprintf(&b, "- %s: not measured: %s\n", name, firstLine(why))
 		}
 	}
-	b.WriteString("\n| workload | unit | containerd median | flotilla median | flotilla/containerd | samples (c/f) |\n")
-	b.WriteString("|---|---|---:|---:|---:|---|\n")
-	for _, r := range results {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %d/%d |\n", r.name, unitName(r.unit),
-			r.cell("containerd"), r.cell("flotilla"), r.ratio("flotilla", "containerd"),
-			len(r.samples["containerd"]), len(r.samples["flotilla"]))
+	// The floor column only when a workload has one (the container runs).
+	floor := slices.ContainsFunc(results, func(r *result) bool {
+		return len(r.samples[floorName]) > 0 || r.errs[floorName] != nil
+	})
+	b.WriteString("\n| workload | unit | containerd median | flotilla median | flotilla/containerd |")
+	if floor {
+		b.WriteString(" runc floor |")
 	}
-	b.WriteString("\nRatio above 1: Flotilla takes longer than containerd (e.g. 1.30 = 30% slower).\n\n")
+	b.WriteString(" samples (c/f) |\n|---|---|---:|---:|---:|")
+	if floor {
+		b.WriteString("---:|")
+	}
+	b.WriteString("---|\n")
+	for _, r := range results {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |", r.name, unitName(r.unit),
+			r.cell("containerd"), r.cell("flotilla"), r.ratio("flotilla", "containerd"))
+		if floor {
+			fmt.Fprintf(&b, " %s |", r.cell(floorName))
+		}
+		fmt.Fprintf(&b, " %d/%d |\n", len(r.samples["containerd"]), len(r.samples["flotilla"]))
+	}
+	b.WriteString("\nRatio above 1: Flotilla takes longer (e.g. 1.30 = 30% slower), or for MiB rows uses more memory, than containerd.")
+	if floor {
+		b.WriteString(" The runc floor is `runc run` alone on a prepared bundle: no daemon, shim or snapshotter.")
+	}
+	b.WriteString("\n\n")
 	for _, r := range results {
 		fmt.Fprintf(&b, "- **%s**: %s\n", r.name, r.what)
-		for _, name := range []string{"containerd", "flotilla"} {
+		for _, name := range []string{"containerd", "flotilla", floorName} {
 			if err := r.errs[name]; err != nil {
 				fmt.Fprintf(&b, "  - %s failed: %s\n", name, firstLine(err.Error()))
 			}

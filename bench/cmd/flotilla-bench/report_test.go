@@ -93,3 +93,39 @@ func TestUnknownWorkloadIsRejected(t *testing.T) {
 		t.Fatalf("selectWorkloads(read) = %v, %v", got, err)
 	}
 }
+
+func TestGroupNameSelectsEveryWorkloadOfTheGroup(t *testing.T) {
+	all := []workload{{name: "run"}, {name: "memory-idle", group: "memory"}, {name: "memory-10running", group: "memory"}}
+	got, err := selectWorkloads(all, "memory,run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, w := range got {
+		names = append(names, w.name)
+	}
+	if strings.Join(names, ",") != "memory-idle,memory-10running,run" {
+		t.Fatalf("selectWorkloads(memory,run) = %v", names)
+	}
+}
+
+func TestReportShowsFloorColumnAndMiB(t *testing.T) {
+	run := &result{name: "run", what: "w", unit: time.Millisecond, samples: map[string][]time.Duration{
+		"containerd": {80 * time.Millisecond}, "flotilla": {88 * time.Millisecond}, floorName: {24 * time.Millisecond},
+	}, errs: map[string]error{}}
+	mem := &result{name: "memory-idle", what: "w", unit: unitMiB, samples: map[string][]time.Duration{
+		"containerd": {50 << 20}, "flotilla": {75 << 20},
+	}, errs: map[string]error{}}
+	var b strings.Builder
+	meta := reportMeta{date: time.Unix(0, 0), host: "h", versions: map[string]string{}, skipped: map[string]string{},
+		shims: map[string]string{}, n: 1, calls: 1, goVersion: "go"}
+	if err := writeMarkdown(&b, meta, []*result{run, mem}); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"| runc floor |", "| run | ms | 80.0 | 88.0 | 1.10 | 24.0 | 1/1 |", "| memory-idle | MiB | 50.0 | 75.0 | 1.50 | — | 1/1 |"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -28,8 +28,15 @@ import (
 type workload struct {
 	name    string
 	what    string
-	unit    time.Duration // the table's unit: time.Millisecond or time.Microsecond
+	unit    time.Duration // the table's unit: time.Millisecond, time.Microsecond or unitMiB
 	prepare func(ctx context.Context, d *daemon) (instance, error)
+	// group, if set, is a second name -only selects this workload by (the
+	// memory rows are one workload to the user).
+	group string
+	// floor, if set, prepares the same work without any daemon (runc
+	// alone); it is sampled in turn with the daemons and reported beside
+	// them, without a ratio.
+	floor func(ctx context.Context) (instance, error)
 }
 
 // instance is a workload prepared on one daemon.
@@ -49,6 +56,15 @@ type params struct {
 	unpackLayerSize int64
 	unpackImage     func() (*testimage.Image, error)
 	snapshotBase    func() (*testimage.Image, error)
+	// The container workloads: runImage is imported and unpacked once per
+	// daemon; run times runs containers one after another per iteration,
+	// run20 parallel containers at once; memory keeps memContainers
+	// running; runc is the floor's runc binary.
+	runImage      *testimage.Image
+	runs          int
+	parallel      int
+	memContainers int
+	runc          string
 }
 
 func workloads(p params) []workload {
@@ -99,6 +115,45 @@ func workloads(p params) []workload {
 					return nil, err
 				}
 				return newSnapshotBench(ctx, d, img, p.calls)
+			},
+		},
+		{
+			name: "run",
+			what: fmt.Sprintf("`ctr run --rm` of `true`, one container at a time (%d per iteration): NewContainer (WithNewSnapshot on %s, WithNewSpec from the image config), NewTask with no stdio, Wait, Start, exit, task Delete, container Delete with its snapshot; floor: `runc run` of the same spec on a prepared bundle",
+				p.runs, benchSnapshotter),
+			unit: time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newRunBench(ctx, d, p.runImage, p.runs, 0)
+			},
+			floor: func(ctx context.Context) (instance, error) { return newRuncFloor(ctx, p.runc, p.runImage, p.runs, 0) },
+		},
+		{
+			name: fmt.Sprintf("run%d", p.parallel),
+			what: fmt.Sprintf("%d of `run`'s containers started at once, from %d goroutines sharing one client; wall time until the last is deleted; floor: %d `runc run` at once", p.parallel, p.parallel, p.parallel),
+			unit: time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newRunBench(ctx, d, p.runImage, 0, p.parallel)
+			},
+			floor: func(ctx context.Context) (instance, error) {
+				return newRuncFloor(ctx, p.runc, p.runImage, 0, p.parallel)
+			},
+		},
+		{
+			name:  "memory-idle",
+			group: "memory",
+			what:  "total RSS (VmRSS) of the daemon's processes: the daemon, every process below it (Flotilla's services) and its shims; idle, with the run image imported and unpacked",
+			unit:  unitMiB,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newMemoryBench(ctx, d, p.runImage, 0)
+			},
+		},
+		{
+			name:  fmt.Sprintf("memory-%drunning", p.memContainers),
+			group: "memory",
+			what:  fmt.Sprintf("the same total with %d containers running `sleep 300` (one shim each; the containers' own processes not counted), removed afterwards", p.memContainers),
+			unit:  unitMiB,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newMemoryBench(ctx, d, p.runImage, p.memContainers)
 			},
 		},
 		{

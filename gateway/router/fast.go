@@ -86,6 +86,21 @@ func (r *Router) SetFast(name, path string) {
 	}
 }
 
+// maxFastRequest leaves room within ttrpc's 4 MiB message for the request's
+// envelope (service, method, metadata); larger requests go over gRPC.
+const maxFastRequest = 4<<20 - 64<<10
+
+// readOnly says whether a method of containerd's APIs only reads, by its
+// name, so that repeating it is harmless.
+func readOnly(method string) bool {
+	for _, p := range []string{"Get", "List", "Stat", "Info", "Usage", "Mounts", "Status", "Version", "Check"} {
+		if strings.HasPrefix(method, p) {
+			return true
+		}
+	}
+	return false
+}
+
 type messageTypes struct {
 	in, out protoreflect.MessageType
 }
@@ -127,6 +142,13 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 	if err != nil {
 		return nil, false, nil
 	}
+	name := method[strings.LastIndex(method, "/")+1:]
+	// Listings can outgrow ttrpc's 4 MiB, and a ttrpc server that cannot
+	// send a reply drops the connection, with every call on it: they
+	// take the gRPC path.
+	if req.Len() > maxFastRequest || strings.HasPrefix(name, "List") {
+		return nil, false, nil
+	}
 	in := types.in.New().Interface()
 	if err := proto.Unmarshal(req.Bytes(), in); err != nil {
 		return nil, true, status.Errorf(codes.InvalidArgument, "decode %s request: %v", method, err)
@@ -140,15 +162,25 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 	// adds none (Tasks.Wait may rightly wait for hours).
 	cctx := ttrpc.WithMetadata(ctx, ttrpc.MD(md))
 	out := types.out.New().Interface()
-	if err := c.Call(cctx, svc, method[strings.LastIndex(method, "/")+1:], in, out); err != nil {
-		if _, ok := status.FromError(err); ok {
+	if err := c.Call(cctx, svc, name, in, out); err != nil {
+		if st, ok := status.FromError(err); ok {
+			// ttrpc carries at most 4 MiB a message, gRPC 16: a reply too
+			// large for ttrpc is asked for again over gRPC when asking
+			// twice changes nothing.
+			if st.Code() == codes.ResourceExhausted && readOnly(name) {
+				return nil, false, nil
+			}
 			return nil, true, err
 		}
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			return nil, true, status.FromContextError(err).Err()
 		}
-		// The connection broke under the call: whether the service saw it
-		// is unknown, so it is not retried.
+		// The connection broke under the call: a call that only reads is
+		// asked again over gRPC; for any other, whether the service saw
+		// it is unknown, so it is not repeated.
+		if readOnly(name) {
+			return nil, false, nil
+		}
 		return nil, true, status.Error(codes.Unavailable, fmt.Sprintf("service %s (%s): %v", be.name, svc, err))
 	}
 	return out, true, nil

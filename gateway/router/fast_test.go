@@ -2,10 +2,12 @@ package router
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,6 +35,17 @@ func (headerServer) Get(ctx context.Context, req *nsapi.GetNamespaceRequest) (*n
 		Name:   req.Name,
 		Labels: map[string]string{"ns": first(md["containerd-namespace"]), "lease": first(md["containerd-lease"])},
 	}}, nil
+}
+
+// List answers more than a ttrpc message holds.
+func (headerServer) List(context.Context, *nsapi.ListNamespacesRequest) (*nsapi.ListNamespacesResponse, error) {
+	resp := &nsapi.ListNamespacesResponse{}
+	for i := range 6 {
+		resp.Namespaces = append(resp.Namespaces, &nsapi.Namespace{
+			Name: fmt.Sprintf("big-%d", i), Labels: map[string]string{"pad": strings.Repeat("x", 1<<20)},
+		})
+	}
+	return resp, nil
 }
 
 func TestRouterFastPathCarriesHeadersAndCodesAndFallsBackToGRPC(t *testing.T) {
@@ -101,6 +114,14 @@ func TestRouterFastPathCarriesHeadersAndCodesAndFallsBackToGRPC(t *testing.T) {
 	call("over ttrpc")
 	if r.backends["ns"].fast.c == nil {
 		t.Fatal("the call did not take the ttrpc path")
+	}
+	// A reply larger than ttrpc's 4 MiB arrives whole, over gRPC.
+	resp, err := cl.List(context.Background(), &nsapi.ListNamespacesRequest{})
+	if err != nil {
+		t.Fatalf("a 6 MiB reply: %v", err)
+	}
+	if len(resp.Namespaces) != 6 {
+		t.Fatalf("a 6 MiB reply arrived with %d namespaces, want 6", len(resp.Namespaces))
 	}
 
 	// Without the ttrpc socket, calls take the gRPC path.

@@ -459,6 +459,9 @@ func (m *Manager) cleanupDead(ns, id string, b *Bundle, binary string) {
 			exit = resp
 		}
 	}
+	// A shim that died never removed its socket, and its delete action
+	// does not either (containerd leaves it too): nothing may stay behind.
+	removeShimSocket(b)
 	if err := b.Delete(); err != nil {
 		m.logger.Error("remove bundle", "task", id, "namespace", ns, "error", err)
 	}

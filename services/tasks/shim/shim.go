@@ -224,6 +224,21 @@ func load(cfg *Config, b *Bundle, lost func()) (*Shim, error) {
 	return s, nil
 }
 
+// removeShimSocket removes the socket file of a bundle's dead shim.
+func removeShimSocket(b *Bundle) {
+	data, err := os.ReadFile(filepath.Join(b.Path, bootstrapFile))
+	if err != nil {
+		return
+	}
+	params, err := parseStartResponse(data)
+	if err != nil {
+		return
+	}
+	if path, ok := strings.CutPrefix(params.Address, "unix://"); ok {
+		_ = os.Remove(path)
+	}
+}
+
 func readBinaryPath(b *Bundle) (string, error) {
 	data, err := os.ReadFile(filepath.Join(b.Path, binaryPathFile))
 	if err != nil {

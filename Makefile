@@ -1,7 +1,7 @@
 # Flotilla. `make run` builds and starts the daemon; `make test` runs every test.
 GO       ?= go
 BIN      := $(CURDIR)/bin
-SERVICES := content metadata snapshotter tasks
+SERVICES := content metadata snapshotter tasks cri
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X github.com/flotilla-project/flotilla/gateway/version.Version=$(VERSION) \

@@ -2,7 +2,8 @@ package gateway
 
 // The gateway forwards containerd's API without decoding it, but it reads
 // each method's descriptor to relay unary calls as unary (see router): so the
-// descriptors of every API it may route are linked in here.
+// descriptors of every API it may route are linked in here: containerd's and
+// the Kubernetes CRI.
 import (
 	_ "github.com/containerd/containerd/api/services/containers/v1"
 	_ "github.com/containerd/containerd/api/services/content/v1"
@@ -16,4 +17,5 @@ import (
 	_ "github.com/containerd/containerd/api/services/streaming/v1"
 	_ "github.com/containerd/containerd/api/services/tasks/v1"
 	_ "github.com/containerd/containerd/api/services/transfer/v1"
+	_ "k8s.io/cri-api/pkg/apis/runtime/v1"
 )

@@ -28,6 +28,7 @@ var graph = []struct {
 	{"content", nil},
 	{"metadata", []string{"content"}},
 	{"tasks", []string{"metadata"}},
+	{"cri", []string{"tasks"}},
 }
 
 // snapshotterService names the process of a snapshotter.

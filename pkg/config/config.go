@@ -112,6 +112,7 @@ func Default() *Config {
 				"gc_delete_delay": "100ms",
 			}},
 			"tasks": {},
+			"cri":   {},
 		},
 		Snapshotters: map[string]Snapshotter{
 			"overlayfs": {Driver: "overlayfs"},

@@ -1,0 +1,97 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+const (
+	// kubeAPIVersion is the version of the kubelet-runtime API, which the
+	// CRI fixes at 0.1.0.
+	kubeAPIVersion = "0.1.0"
+	runtimeName    = "flotilla"
+	// runtimeAPIVersion is the CRI version served.
+	runtimeAPIVersion = "v1"
+)
+
+// Version reports the daemon's version: the one the gateway reports for
+// the whole daemon, or this binary's own when the gateway cannot tell.
+func (s *Server) Version(ctx context.Context, _ *runtime.VersionRequest) (*runtime.VersionResponse, error) {
+	v, err := s.client.Version(withNamespace(ctx))
+	version := v.Version
+	if err != nil || version == "" {
+		s.logger.Debug("daemon version unknown, reporting this binary's", "error", err)
+		version = buildVersion()
+	}
+	return &runtime.VersionResponse{
+		Version:           kubeAPIVersion,
+		RuntimeName:       runtimeName,
+		RuntimeVersion:    version,
+		RuntimeApiVersion: runtimeAPIVersion,
+	}, nil
+}
+
+func buildVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// Status reports the runtime ready and the network ready once a CNI
+// network configuration exists.
+func (s *Server) Status(_ context.Context, req *runtime.StatusRequest) (*runtime.StatusResponse, error) {
+	networkReady := &runtime.RuntimeCondition{Type: runtime.NetworkReady, Status: true}
+	if ok, err := hasCNIConfig(s.cfg.CNIConfDir); !ok {
+		networkReady.Status = false
+		networkReady.Reason = "NetworkPluginNotReady"
+		networkReady.Message = fmt.Sprintf("Network plugin returns error: cni config not found in %s", s.cfg.CNIConfDir)
+		if err != nil {
+			networkReady.Message = fmt.Sprintf("Network plugin returns error: %v", err)
+		}
+	}
+	resp := &runtime.StatusResponse{Status: &runtime.RuntimeStatus{Conditions: []*runtime.RuntimeCondition{
+		{Type: runtime.RuntimeReady, Status: true},
+		networkReady,
+	}}}
+	if req.GetVerbose() {
+		b, err := json.Marshal(map[string]any{
+			"snapshotter":        s.cfg.Snapshotter,
+			"insecureRegistries": s.cfg.InsecureRegistries,
+			"configPath":         s.cfg.ConfigPath,
+			"cniConfDir":         s.cfg.CNIConfDir,
+		})
+		if err != nil {
+			return nil, err
+		}
+		resp.Info = map[string]string{"config": string(b)}
+	}
+	return resp, nil
+}
+
+// hasCNIConfig reports whether dir holds a network configuration libcni
+// would load (.conf, .conflist or .json).
+func hasCNIConfig(dir string) (bool, error) {
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, e := range entries {
+		switch filepath.Ext(e.Name()) {
+		case ".conf", ".conflist", ".json":
+			if !e.IsDir() {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}

@@ -1,0 +1,96 @@
+// Package server is the Kubernetes CRI v1 (runtime.v1.ImageService and
+// runtime.v1.RuntimeService) served by the cri process. Like containerd's CRI
+// plugin it is a smart client: images, content, snapshots and leases live in
+// the other services, reached through the gateway with the containerd Go
+// client in the "k8s.io" namespace. What this package keeps in memory is
+// derived from those records and rebuilt on demand, so a restart of the
+// process loses nothing.
+package server
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
+	"google.golang.org/grpc"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Namespace is the containerd namespace every CRI object lives in, as in
+// containerd, so that `ctr -n k8s.io` shows what the kubelet sees.
+const Namespace = "k8s.io"
+
+// Config is the service's configuration (its options in flotillad's config).
+type Config struct {
+	// Snapshotter unpacks pulled images (default "overlayfs").
+	Snapshotter string
+	// InsecureRegistries are registry hosts ("host" or "host:port") pulled
+	// from over plain HTTP, or HTTPS without certificate verification.
+	InsecureRegistries []string
+	// ConfigPath is a directory of containerd-format registry host
+	// configurations (<ConfigPath>/<host>/hosts.toml); empty means none.
+	ConfigPath string
+	// ImageFSPath is reported as the mount point of the image filesystem.
+	ImageFSPath string
+	// CNIConfDir is where a CNI network configuration makes the network
+	// ready (default /etc/cni/net.d).
+	CNIConfDir string
+	// MaxConcurrentDownloads bounds the layers one pull fetches at once.
+	MaxConcurrentDownloads int
+}
+
+// Server implements runtime.v1.ImageService and runtime.v1.RuntimeService.
+type Server struct {
+	runtime.UnimplementedImageServiceServer
+	runtime.UnimplementedRuntimeServiceServer
+
+	client   *containerd.Client
+	cfg      Config
+	logger   *slog.Logger
+	platform platforms.MatchComparer
+
+	pulls flightGroup[string]
+
+	// infos caches what an image's manifest says (config digest, size,
+	// config), keyed by the manifest or index digest: content-addressed,
+	// so it never goes stale; entries of deleted images are dropped on
+	// the next full listing.
+	mu    sync.Mutex
+	infos map[digest.Digest]*imageInfo
+}
+
+// New builds the server over a containerd client connected to the gateway.
+func New(client *containerd.Client, cfg Config, logger *slog.Logger) *Server {
+	if cfg.Snapshotter == "" {
+		cfg.Snapshotter = "overlayfs"
+	}
+	if cfg.CNIConfDir == "" {
+		cfg.CNIConfDir = "/etc/cni/net.d"
+	}
+	if cfg.MaxConcurrentDownloads <= 0 {
+		cfg.MaxConcurrentDownloads = 3
+	}
+	return &Server{
+		client:   client,
+		cfg:      cfg,
+		logger:   logger,
+		platform: platforms.Default(),
+		infos:    map[digest.Digest]*imageInfo{},
+	}
+}
+
+// Register adds both CRI services to s.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	runtime.RegisterImageServiceServer(r, s)
+	runtime.RegisterRuntimeServiceServer(r, s)
+}
+
+// withNamespace puts every call in the CRI namespace, whatever namespace
+// header the caller sent.
+func withNamespace(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, Namespace)
+}

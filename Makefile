@@ -44,8 +44,9 @@ lint:
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /integration)
+# Unit tests that run a real shim take it from bin/.
+unit: build
+	FLOTILLA_BIN=$(BIN) $(GO) test -count=1 $$($(GO) list ./... | grep -v /integration)
 
 integration: build
 	FLOTILLA_BIN=$(BIN) $(GO) test -count=1 -timeout 30m ./integration/...

@@ -39,7 +39,7 @@ import (
 )
 
 // These tests run real containers: containerd-shim-runc-v2 (from
-// $FLOTILLA_BIN, the repository's bin/, or PATH) over runc, as root, with
+// $FLOTILLA_BIN or the repository's bin/) over runc, as root, with
 // busybox as the container's only binary. The daemon around the tasks
 // service is played by stubs: a Containers API, and the gateway's event
 // endpoints (ttrpc for shims, gRPC for the tasks service itself).
@@ -70,10 +70,9 @@ func shimBinary(t *testing.T) string {
 			return p
 		}
 	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	t.Skipf("%s not found in $FLOTILLA_BIN, bin/ or PATH: make build", name)
+	// Not PATH: Debian's containerd package puts its 1.6 shim there, which
+	// cannot create tasks for this daemon.
+	t.Skipf("%s not found in $FLOTILLA_BIN or bin/: make build", name)
 	return ""
 }
 

@@ -22,6 +22,7 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotillad ./cmd/flotillad
+	$(GO) build -o $(BIN)/flotilla ./cmd/flotilla
 	$(GO) build -o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 	@for s in $(SERVICES); do \
 		echo $(GO) build -o $(BIN)/flotilla-$$s ./services/$$s/cmd/flotilla-$$s; \

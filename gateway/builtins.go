@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/flotilla-project/flotilla/gateway/admin"
 	"github.com/flotilla-project/flotilla/gateway/events"
 	"github.com/flotilla-project/flotilla/gateway/introspection"
 	"github.com/flotilla-project/flotilla/gateway/version"
@@ -25,6 +26,8 @@ func (g *Gateway) registerBuiltins(s *grpc.Server, o Options) error {
 	g.events = events.NewExchange(o.Logger, 0)
 	events.NewService(g.events).Register(s)
 	version.NewService().Register(s)
+	g.admin = admin.New(o.Logger, g.router)
+	g.admin.Register(s)
 	introspection.New(introspection.Options{
 		Logger:  o.Logger,
 		Root:    o.Root,
@@ -36,6 +39,11 @@ func (g *Gateway) registerBuiltins(s *grpc.Server, o Options) error {
 // Events is the daemon's event exchange, for publishing from inside flotillad
 // (e.g. service lifecycle events).
 func (g *Gateway) Events() *events.Exchange { return g.events }
+
+// SetSupervisor gives Flotilla's admin API (flotilla.admin.v1) the
+// supervisor it reports on and restarts services with; until then it answers
+// Unavailable.
+func (g *Gateway) SetSupervisor(s admin.Supervisor) { g.admin.SetSupervisor(s) }
 
 // plugins lists the gateway's own services, then every service process, as
 // introspection plugins.

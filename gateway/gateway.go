@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"github.com/flotilla-project/flotilla/gateway/admin"
 	"github.com/flotilla-project/flotilla/gateway/events"
 
 	"github.com/flotilla-project/flotilla/gateway/router"
@@ -44,6 +45,7 @@ type Gateway struct {
 	router *router.Router
 	server *rpc.Server
 	events *events.Exchange
+	admin  *admin.Service
 
 	mu       sync.RWMutex
 	services map[string]Service

@@ -1,5 +1,7 @@
-// Package proto holds Flotilla's own gRPC APIs. The generated code is
-// committed; regenerate it after editing a .proto file with
+// Package proto holds Flotilla's own gRPC APIs: service/v1 is the
+// supervisor's handshake with a service process, admin/v1 the operator API
+// flotillad serves on its client socket (the `flotilla` tool's). The
+// generated code is committed; regenerate it after editing a .proto file with
 //
 //	go generate ./proto
 //
@@ -10,3 +12,4 @@
 package proto
 
 //go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative service/v1/service.proto
+//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative admin/v1/admin.proto

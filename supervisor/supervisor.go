@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
@@ -90,7 +91,12 @@ func New(opts Options, specs []Spec) (*Supervisor, error) {
 	}
 	s := &Supervisor{opts: opts}
 	for _, sp := range order {
-		s.order = append(s.order, &proc{spec: sp, sup: s, status: Status{Name: sp.Name, State: Stopped}})
+		s.order = append(s.order, &proc{
+			spec:   sp,
+			sup:    s,
+			status: Status{Name: sp.Name, State: Stopped},
+			logs:   newLogRing(LogLines),
+		})
 	}
 	return s, nil
 }
@@ -171,6 +177,73 @@ func (s *Supervisor) Statuses() []Status {
 	return out
 }
 
+func (s *Supervisor) find(name string) (*proc, error) {
+	for _, p := range s.order {
+		if p.spec.Name == name {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("service %q: %w", name, errdefs.ErrNotFound)
+}
+
+// Restart stops the named service with SIGTERM, kills it if it has not
+// exited after grace, and starts it again at once, as after a crash (so it is
+// described and routed afresh). It returns when the new process is ready, or
+// with the error that kept it from starting (the supervisor keeps trying, as
+// after a crash).
+func (s *Supervisor) Restart(ctx context.Context, name string, grace time.Duration) error {
+	p, err := s.find(name)
+	if err != nil {
+		return err
+	}
+	if s.isStopping() {
+		return fmt.Errorf("restart %s: daemon is stopping: %w", name, errdefs.ErrFailedPrecondition)
+	}
+	p.mu.Lock()
+	client, exited, pid, state := p.client, p.exited, p.status.Pid, p.status.State
+	if client == nil || exited == nil || state != Running || p.restart != nil {
+		p.mu.Unlock()
+		return fmt.Errorf("restart %s: service is %s: %w", name, state, errdefs.ErrFailedPrecondition)
+	}
+	select {
+	case <-exited:
+		p.mu.Unlock()
+		return fmt.Errorf("restart %s: service is already restarting: %w", name, errdefs.ErrFailedPrecondition)
+	default:
+	}
+	done := make(chan error, 1)
+	p.restart = done
+	p.mu.Unlock()
+
+	s.opts.Logger.Info("restarting service on request", "name", name, "pid", pid)
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	t := time.NewTimer(grace)
+	select {
+	case <-exited:
+		t.Stop()
+	case <-t.C:
+		s.opts.Logger.Warn("service did not exit after SIGTERM; killing it", "name", name, "pid", pid, "grace", grace)
+		client.Kill()
+		<-exited
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Logs returns the last n lines (every line kept if n <= 0) the named
+// service's processes wrote, oldest first.
+func (s *Supervisor) Logs(name string, n int) ([]string, error) {
+	p, err := s.find(name)
+	if err != nil {
+		return nil, err
+	}
+	return p.logs.last(n), nil
+}
+
 func (s *Supervisor) isStopping() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -187,6 +260,10 @@ type proc struct {
 	status Status
 	tail   *tailWriter
 	exited chan struct{} // closed when the current process has exited
+	// restart is set by Restart while it stops the process; watch starts
+	// the next one at once and reports how that went on it.
+	restart chan error
+	logs    *logRing // output of every process of this service
 }
 
 func (p *proc) snapshot() Status {
@@ -270,7 +347,7 @@ func (p *proc) start(ctx context.Context) error {
 	// Each service gets its own process group so that a terminal's Ctrl-C
 	// reaches flotillad alone, which then stops services in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	tail := &tailWriter{w: p.sup.opts.Output}
+	tail := &tailWriter{w: p.sup.opts.Output, ring: p.logs}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  handshake.Config,
 		Plugins:          handshake.Plugins(nil),
@@ -278,8 +355,8 @@ func (p *proc) start(ctx context.Context) error {
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           hclog.NewNullLogger(),
 		Stderr:           tail,
-		SyncStderr:       p.sup.opts.Output,
-		SyncStdout:       p.sup.opts.Output,
+		SyncStderr:       &tailWriter{w: p.sup.opts.Output, ring: p.logs},
+		SyncStdout:       &tailWriter{w: p.sup.opts.Output, ring: p.logs},
 		StartTimeout:     p.sup.opts.StartTimeout,
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: p.spec.Env.State},
 	})
@@ -340,18 +417,30 @@ func (p *proc) watch() {
 		exited := p.exited
 		p.mu.Unlock()
 		<-exited
+		p.mu.Lock()
+		requested := p.restart
+		p.restart = nil
+		p.mu.Unlock()
 		if p.sup.isStopping() {
+			if requested != nil {
+				requested <- fmt.Errorf("restart %s: daemon is stopping: %w", p.spec.Name, errdefs.ErrFailedPrecondition)
+			}
 			return
 		}
 		st := p.snapshot()
-		if time.Since(st.Since) > 10*time.Second {
+		if time.Since(st.Since) > 10*time.Second || requested != nil {
 			delay = 0
 		}
-		p.sup.opts.Logger.Error("service exited; restarting", "name", p.spec.Name, "pid", st.Pid, "backoff", delay)
+		if requested == nil {
+			p.sup.opts.Logger.Error("service exited; restarting", "name", p.spec.Name, "pid", st.Pid, "backoff", delay)
+		}
 		p.setStatus(func(s *Status) { s.State = Restarting; s.Restarts++ })
 		for {
 			time.Sleep(delay)
 			if p.sup.isStopping() {
+				if requested != nil {
+					requested <- fmt.Errorf("restart %s: daemon is stopping: %w", p.spec.Name, errdefs.ErrFailedPrecondition)
+				}
 				return
 			}
 			if delay == 0 {
@@ -360,6 +449,10 @@ func (p *proc) watch() {
 				delay = 5 * time.Second
 			}
 			err := p.start(context.Background())
+			if requested != nil {
+				requested <- err
+				requested = nil
+			}
 			if err == nil {
 				break
 			}
@@ -384,10 +477,11 @@ func (p *proc) stop() {
 	p.sup.opts.Logger.Info("service stopped", "name", p.spec.Name)
 }
 
-// tailWriter copies a service's stderr through and remembers its last line,
-// so a failed start can say why.
+// tailWriter copies a service's output through line by line, keeps the lines
+// in ring, and remembers the last one, so a failed start can say why.
 type tailWriter struct {
 	w    io.Writer
+	ring *logRing
 	mu   sync.Mutex
 	line []byte
 	prev string
@@ -404,6 +498,9 @@ func (t *tailWriter) Write(b []byte) (int, error) {
 		// Whole lines only: several services share one output.
 		if len(t.line) > 0 {
 			t.prev = string(t.line)
+			if t.ring != nil {
+				t.ring.add(t.prev)
+			}
 		}
 		_, _ = t.w.Write(append(t.line, '\n'))
 		t.line = t.line[:0]
@@ -418,4 +515,38 @@ func (t *tailWriter) last() string {
 		return string(t.line)
 	}
 	return t.prev
+}
+
+// LogLines is how many lines of output the supervisor keeps per service.
+const LogLines = 1000
+
+// logRing keeps the last lines of a service's output, across its restarts.
+type logRing struct {
+	mu    sync.Mutex
+	lines []string
+	next  int // where the next line goes once lines is full
+}
+
+func newLogRing(size int) *logRing { return &logRing{lines: make([]string, 0, size)} }
+
+func (r *logRing) add(line string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.lines) < cap(r.lines) {
+		r.lines = append(r.lines, line)
+		return
+	}
+	r.lines[r.next] = line
+	r.next = (r.next + 1) % len(r.lines)
+}
+
+// last returns the last n lines (all if n <= 0), oldest first.
+func (r *logRing) last(n int) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	all := append(append([]string(nil), r.lines[r.next:]...), r.lines[:r.next]...)
+	if n > 0 && n < len(all) {
+		all = all[len(all)-n:]
+	}
+	return all
 }

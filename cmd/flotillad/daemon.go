@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/flotilla-project/flotilla/gateway"
+	"github.com/flotilla-project/flotilla/gateway/admin"
 	"github.com/flotilla-project/flotilla/pkg/config"
 	"github.com/flotilla-project/flotilla/pkg/handshake"
 	"github.com/flotilla-project/flotilla/pkg/logging"
@@ -122,6 +123,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		gw.Stop()
 		return err
 	}
+	gw.SetSupervisor(adminSupervisor{sup})
 	if err := sup.Start(ctx); err != nil {
 		gw.Stop()
 		_ = os.Remove(cfg.Address())
@@ -302,4 +304,23 @@ func shareSocket(path string, uid, gid int) error {
 		return fmt.Errorf("chown %s: %w", path, err)
 	}
 	return os.Chmod(path, 0o660)
+}
+
+// adminSupervisor shows the supervisor to the admin API, which knows it only
+// by an interface of its own (Restart and Logs are the supervisor's).
+type adminSupervisor struct{ *supervisor.Supervisor }
+
+func (a adminSupervisor) Processes() []admin.Process {
+	var out []admin.Process
+	for _, s := range a.Statuses() {
+		p := admin.Process{
+			Name: s.Name, State: string(s.State), Pid: s.Pid,
+			Restarts: s.Restarts, Since: s.Since, Err: s.LastError,
+		}
+		if s.Info != nil {
+			p.Socket = s.Info.Socket
+		}
+		out = append(out, p)
+	}
+	return out
 }

@@ -34,6 +34,8 @@ type Router struct {
 	mu       sync.RWMutex
 	routes   map[string]*backend // gRPC service name -> backend
 	backends map[string]*backend // service process name -> backend
+	// holds maps a held process name to a channel closed by Release.
+	holds map[string]chan struct{}
 
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -44,6 +46,9 @@ type backend struct {
 	socket string
 	conn   *grpc.ClientConn
 	fast   *fastConn
+	// inflight counts calls routed to the process and not yet finished, so
+	// a graceful restart can wait for them (Drain).
+	inflight atomic.Int64
 }
 
 // New returns a router that holds a call for a backend that is not ready for
@@ -54,6 +59,7 @@ func New(logger *slog.Logger, wait time.Duration) *Router {
 		wait:     wait,
 		routes:   map[string]*backend{},
 		backends: map[string]*backend{},
+		holds:    map[string]chan struct{}{},
 		ready:    make(chan struct{}),
 	}
 }
@@ -124,33 +130,135 @@ func (r *Router) Close() {
 	r.routes = map[string]*backend{}
 }
 
-func (r *Router) lookup(ctx context.Context, svc string) (*backend, error) {
+// acquire finds the backend serving svc and counts the call in flight on
+// it; the caller ends the call with be.done(). It holds the call, for at most
+// the router's wait in all, while startup is in progress and while the
+// backend is held.
+func (r *Router) acquire(ctx context.Context, svc string) (*backend, error) {
+	var (
+		timer    *time.Timer
+		timedOut bool
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	expiry := func() <-chan time.Time {
+		if timer == nil {
+			timer = time.NewTimer(r.wait)
+		}
+		return timer.C
+	}
+	for {
+		// The hold check and the count happen under one lock, which Hold
+		// takes too: a call either waits or is seen by Drain.
+		r.mu.RLock()
+		be, ok := r.routes[svc]
+		var held chan struct{}
+		if ok {
+			if held = r.holds[be.name]; held == nil {
+				be.inflight.Add(1)
+			}
+		}
+		r.mu.RUnlock()
+		switch {
+		case ok && held == nil:
+			return be, nil
+		case ok:
+			if timedOut {
+				return nil, status.Errorf(codes.Unavailable, "service %s (%s) is restarting and not available after %s", be.name, svc, r.wait)
+			}
+			select {
+			case <-held:
+			case <-expiry():
+				timedOut = true
+			case <-ctx.Done():
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+			continue
+		}
+		select {
+		case <-r.ready:
+			return nil, status.Errorf(codes.Unimplemented, "unknown service %s", svc)
+		default:
+		}
+		if timedOut {
+			return nil, status.Errorf(codes.Unimplemented, "unknown service %s", svc)
+		}
+		select {
+		case <-r.ready:
+		case <-expiry():
+			timedOut = true
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
+func (be *backend) done() { be.inflight.Add(-1) }
+
+// Hold makes new calls to the named process wait (each for at most the
+// router's wait) until Release; calls already in flight go on. Holding a
+// held process changes nothing.
+func (r *Router) Hold(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.holds[name] == nil {
+		r.holds[name] = make(chan struct{})
+	}
+}
+
+// Release lets the calls held for the named process through. The process
+// has usually just restarted: its connections are made afresh rather than
+// after whatever reconnect backoff they have reached.
+func (r *Router) Release(name string) {
+	r.mu.Lock()
+	held := r.holds[name]
+	delete(r.holds, name)
+	be := r.backends[name]
+	r.mu.Unlock()
+	if be != nil {
+		be.conn.ResetConnectBackoff()
+		if be.fast != nil {
+			be.fast.close()
+		}
+	}
+	if held != nil {
+		close(held)
+	}
+}
+
+// InFlight is the number of calls routed to the named process that have not
+// finished.
+func (r *Router) InFlight(name string) int64 {
 	r.mu.RLock()
-	be, ok := r.routes[svc]
+	be := r.backends[name]
 	r.mu.RUnlock()
-	if ok {
-		return be, nil
+	if be == nil {
+		return 0
 	}
-	select {
-	case <-r.ready:
-		return nil, status.Errorf(codes.Unimplemented, "unknown service %s", svc)
-	default:
-	}
-	t := time.NewTimer(r.wait)
+	return be.inflight.Load()
+}
+
+// Drain waits until no call to the named process is in flight, or until ctx
+// ends, when it reports how many still are.
+func (r *Router) Drain(ctx context.Context, name string) error {
+	// A drain is rare and short, so polling is simpler than waking on
+	// every call's end.
+	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
-	select {
-	case <-r.ready:
-	case <-t.C:
-	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+	for {
+		n := r.InFlight(name)
+		if n <= 0 {
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("%d call(s) to %s still in flight: %w", n, name, ctx.Err())
+		}
 	}
-	r.mu.RLock()
-	be, ok = r.routes[svc]
-	r.mu.RUnlock()
-	if !ok {
-		return nil, status.Errorf(codes.Unimplemented, "unknown service %s", svc)
-	}
-	return be, nil
 }
 
 // ServerOptions are what the gateway's gRPC server needs to hand every call
@@ -256,11 +364,12 @@ func (r *Router) unaryHandler(svc, method string) func(any, context.Context, fun
 }
 
 func (r *Router) routeUnary(ctx context.Context, svc, method string, req *rpc.Frame) (any, error) {
-	be, err := r.lookup(ctx, svc)
+	be, err := r.acquire(ctx, svc)
 	if err != nil {
 		req.Free()
 		return nil, err
 	}
+	defer be.done()
 	in, _ := metadata.FromIncomingContext(ctx)
 	octx := metadata.NewOutgoingContext(ctx, forwardable(in))
 	resp, header, trailer, err := r.unaryCall(octx, be, svc, method, req)
@@ -346,10 +455,11 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 		return status.Error(codes.Internal, "no method in stream")
 	}
 	svc := serviceOf(method)
-	be, err := r.lookup(ss.Context(), svc)
+	be, err := r.acquire(ss.Context(), svc)
 	if err != nil {
 		return err
 	}
+	defer be.done()
 
 	ctx, cancel := context.WithCancel(ss.Context())
 	defer cancel()

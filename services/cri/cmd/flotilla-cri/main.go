@@ -80,7 +80,7 @@ func main() {
 			Type:     "io.containerd.grpc.v1",
 			Routes:   []string{"runtime.v1.ImageService", "runtime.v1.RuntimeService"},
 			Requires: []string{"io.containerd.metadata.v1", "io.containerd.runtime.v2.task"},
-			Exports:  map[string]string{"snapshotter": opts.Snapshotter, "namespace": server.Namespace},
+			Exports:  map[string]string{"default_snapshotter": opts.Snapshotter, "namespace": server.Namespace},
 			Register: srv.Register,
 			Close:    func(context.Context) error { return client.Close() },
 		}, nil

@@ -306,10 +306,24 @@ func (r *Router) unaryCall(ctx context.Context, be *backend, svc, method string,
 	if err := r.waitReady(ctx, be, svc); err != nil {
 		return nil, nil, nil, err
 	}
+	// A call that only reads is made again when its service went away
+	// under it (a restart): the client sees latency, not an error.
+	var again []byte
+	if readOnly(method[strings.LastIndex(method, "/")+1:]) {
+		again = append([]byte(nil), req.Bytes()...)
+	}
 	var header, trailer metadata.MD
 	resp := &rpc.Frame{}
 	err := be.conn.Invoke(ctx, method, req, resp, grpc.ForceCodecV2(rpc.FrameCodec{}),
 		grpc.WaitForReady(true), grpc.Header(&header), grpc.Trailer(&trailer))
+	if err != nil && again != nil && status.Code(err) == codes.Unavailable && ctx.Err() == nil {
+		if werr := r.waitReady(ctx, be, svc); werr == nil {
+			header, trailer = nil, nil
+			resp = &rpc.Frame{}
+			err = be.conn.Invoke(ctx, method, rpc.NewFrame(again), resp, grpc.ForceCodecV2(rpc.FrameCodec{}),
+				grpc.WaitForReady(true), grpc.Header(&header), grpc.Trailer(&trailer))
+		}
+	}
 	return resp, header, trailer, err
 }
 

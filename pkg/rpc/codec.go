@@ -13,6 +13,11 @@ type Frame struct {
 	data mem.BufferSlice
 }
 
+// NewFrame is a frame of an encoded message.
+func NewFrame(b []byte) *Frame {
+	return &Frame{data: mem.BufferSlice{mem.SliceBuffer(b)}}
+}
+
 // Len is the encoded size of the frame.
 func (f *Frame) Len() int { return f.data.Len() }
 

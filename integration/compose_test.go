@@ -91,78 +91,6 @@ exec %s "$@"
 	return p
 }
 
-// startOwnDockerd starts Debian's dockerd with its own data and exec roots
-// and its own containerd (the compose graph runs on Docker, not on a
-// Flotilla), without touching the host's bridges or iptables. It returns
-// once the API answers, and the address of its containerd, whose shims name
-// it. Its cleanup stops dockerd and unmounts what it left.
-func startOwnDockerd(t *testing.T) (*dockerDaemon, string) {
-	t.Helper()
-	dockerd := requireTool(t, "dockerd", "docker.io")
-	requireTool(t, "containerd", "containerd")
-	cli := dockerCLI(t)
-	// Unix socket paths must stay short: keep the directory near /tmp.
-	dir, err := os.MkdirTemp("", "dk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := filepath.Join(dir, "daemon.json")
-	if err := os.WriteFile(cfg, []byte("{}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	dd := &dockerDaemon{
-		t:    t,
-		dir:  dir,
-		host: "unix://" + filepath.Join(dir, "d.sock"),
-		cli:  cli,
-		out:  &syncBuffer{},
-		done: make(chan struct{}),
-	}
-	containerdAddress := filepath.Join(dir, "exec", "containerd", "containerd.sock")
-	args := []string{
-		"--config-file", cfg,
-		"--data-root", filepath.Join(dir, "root"),
-		"--exec-root", filepath.Join(dir, "exec"),
-		"--pidfile", filepath.Join(dir, "dockerd.pid"),
-		"-H", dd.host,
-		"--iptables=false", "--ip-masq=false", "--bridge=none",
-	}
-	if missing := missingCapabilities(t); len(missing) > 0 {
-		t.Logf("this host's capability bounding set lacks %v, which Docker's privileged containers ask for: dockerd runs runc through a wrapper that drops them", missing)
-		args = append(args,
-			"--add-runtime", "runc-caps="+capStrippingRuntime(t, dir, missing),
-			"--default-runtime", "runc-caps")
-	}
-	dd.cmd = exec.Command(dockerd, args...)
-	dd.cmd.Stdout, dd.cmd.Stderr = dd.out, dd.out
-	if err := dd.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { dd.exitErr = dd.cmd.Wait(); close(dd.done) }()
-	t.Cleanup(func() {
-		dd.stop(containerdAddress)
-		if t.Failed() {
-			t.Logf("dockerd output:\n%s", dd.lastLines(200))
-		}
-		_ = os.RemoveAll(dir)
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := dd.docker("version", "--format", "{{.Server.Version}}"); err == nil {
-			return dd, containerdAddress
-		}
-		select {
-		case <-dd.done:
-			t.Fatalf("dockerd exited before its API answered: %v: %s", dd.exitErr, dd.lastLines(20))
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dockerd API did not answer within 60s")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // composeProject is the repository's docker-compose.yml brought up on a
 // test's dockerd, with its state and root in a temp directory.
 type composeProject struct {
@@ -263,7 +191,9 @@ func TestComposeRunsTheGraphAndAContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dd, containerdAddress := startOwnDockerd(t)
+	// The compose graph runs on Docker with its own containerd, not on a
+	// Flotilla.
+	dd := startDockerd(t, dockerdOptions{stripMissingCaps: true})
 	buildImage(t, dd, repo, "flotilla:local")
 
 	dir, err := os.MkdirTemp("", "dc")
@@ -345,6 +275,6 @@ func TestComposeRunsTheGraphAndAContainer(t *testing.T) {
 		t.Errorf("mounts left under the compose directories after docker-compose down: %v", m)
 	}
 	waitFor(t, 10*time.Second, "no process left naming the compose directories, and no shim of dockerd's containerd", func() bool {
-		return len(processesMentioning(dir)) == 0 && len(shimsOf(containerdAddress)) == 0
+		return len(processesMentioning(dir)) == 0 && len(shimsOf(dd.containerd)) == 0
 	})
 }

@@ -22,14 +22,17 @@ const dockerImage = "flotilla/busybox:docker"
 // dockerDaemon is Debian's dockerd, started by a test on its own data and
 // exec roots, with Flotilla as its containerd.
 type dockerDaemon struct {
-	t       testing.TB
-	dir     string
-	host    string // -H value for the docker CLI
-	cli     string // the docker CLI that matches dockerd
-	cmd     *exec.Cmd
-	out     *syncBuffer
-	done    chan struct{}
-	exitErr error
+	t    testing.TB
+	dir  string
+	host string // -H value for the docker CLI
+	cli  string // the docker CLI that matches dockerd
+	// containerd is the address of the containerd dockerd uses, which the
+	// command lines of its shims name.
+	containerd string
+	cmd        *exec.Cmd
+	out        *syncBuffer
+	done       chan struct{}
+	exitErr    error
 }
 
 // dockerCLI is the docker client of Debian's docker.io package. It is looked
@@ -44,12 +47,28 @@ func dockerCLI(t testing.TB) string {
 	return requireTool(t, "docker", "docker.io")
 }
 
-// startDockerd starts dockerd with --containerd pointing at the gateway
-// socket and returns once its API answers. Its cleanup stops it, kills any
-// shim it left behind and unmounts everything under its roots.
-func startDockerd(t testing.TB, d *daemon) *dockerDaemon {
+// dockerdOptions is what differs between the tests' dockerds.
+type dockerdOptions struct {
+	// containerd is the socket of the containerd dockerd uses: Flotilla's
+	// gateway, for Docker on Flotilla. Empty, dockerd starts its own
+	// containerd under its exec root.
+	containerd string
+	// stripMissingCaps runs runc through a wrapper that drops the
+	// capabilities this host's bounding set lacks (see capStrippingRuntime),
+	// for privileged containers.
+	stripMissingCaps bool
+}
+
+// startDockerd starts Debian's dockerd on its own data and exec roots,
+// without touching the host's bridges or iptables, and returns once its API
+// answers. Its cleanup stops it, kills any shim it left behind and unmounts
+// everything under its roots.
+func startDockerd(t testing.TB, o dockerdOptions) *dockerDaemon {
 	t.Helper()
 	dockerd := requireTool(t, "dockerd", "docker.io")
+	if o.containerd == "" {
+		requireTool(t, "containerd", "containerd")
+	}
 	cli := dockerCLI(t)
 	// Unix socket paths must stay short: keep the directory near /tmp.
 	dir, err := os.MkdirTemp("", "dk")
@@ -63,33 +82,49 @@ func startDockerd(t testing.TB, d *daemon) *dockerDaemon {
 		t.Fatal(err)
 	}
 	dd := &dockerDaemon{
-		t:    t,
-		dir:  dir,
-		host: "unix://" + filepath.Join(dir, "d.sock"),
-		cli:  cli,
-		out:  &syncBuffer{},
-		done: make(chan struct{}),
+		t:          t,
+		dir:        dir,
+		host:       "unix://" + filepath.Join(dir, "d.sock"),
+		cli:        cli,
+		containerd: o.containerd,
+		out:        &syncBuffer{},
+		done:       make(chan struct{}),
 	}
-	dd.cmd = exec.Command(dockerd,
+	args := []string{
 		"--config-file", cfg,
 		"--data-root", filepath.Join(dir, "root"),
 		"--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "dockerd.pid"),
 		"-H", dd.host,
-		"--containerd", d.address,
-		"--containerd-namespace", "moby",
-		"--containerd-plugins-namespace", "plugins.moby",
-		// No networking: the containers run with --network none, and the
-		// test must not touch the host's bridges or iptables.
+		// No default bridge: a test must not touch the host's bridges or
+		// iptables.
 		"--iptables=false", "--ip-masq=false", "--bridge=none",
-	)
+	}
+	if o.containerd != "" {
+		args = append(args,
+			"--containerd", o.containerd,
+			"--containerd-namespace", "moby",
+			"--containerd-plugins-namespace", "plugins.moby")
+	} else {
+		// Where dockerd puts the containerd it starts itself.
+		dd.containerd = filepath.Join(dir, "exec", "containerd", "containerd.sock")
+	}
+	if o.stripMissingCaps {
+		if missing := missingCapabilities(t); len(missing) > 0 {
+			t.Logf("this host's capability bounding set lacks %v, which Docker's privileged containers ask for: dockerd runs runc through a wrapper that drops them", missing)
+			args = append(args,
+				"--add-runtime", "runc-caps="+capStrippingRuntime(t, dir, missing),
+				"--default-runtime", "runc-caps")
+		}
+	}
+	dd.cmd = exec.Command(dockerd, args...)
 	dd.cmd.Stdout, dd.cmd.Stderr = dd.out, dd.out
 	if err := dd.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { dd.exitErr = dd.cmd.Wait(); close(dd.done) }()
 	t.Cleanup(func() {
-		dd.stop(d.address)
+		dd.stop()
 		if t.Failed() {
 			t.Logf("dockerd output (without grpc's connection log):\n%s", dd.lastLines(200))
 		}
@@ -103,7 +138,7 @@ func startDockerd(t testing.TB, d *daemon) *dockerDaemon {
 		}
 		select {
 		case <-dd.done:
-			t.Fatalf("dockerd exited before its API answered: %v: %s", dd.exitErr, dd.lastLines(1))
+			t.Fatalf("dockerd exited before its API answered: %v: %s", dd.exitErr, dd.lastLines(20))
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -128,9 +163,9 @@ func (dd *dockerDaemon) lastLines(n int) string {
 }
 
 // stop ends dockerd (SIGTERM, which also stops its containers, then
-// SIGKILL), then whatever was left: shims Flotilla started for it and mounts
-// under dockerd's roots.
-func (dd *dockerDaemon) stop(flotilla string) {
+// SIGKILL), then whatever was left: shims started for it and mounts under
+// dockerd's roots.
+func (dd *dockerDaemon) stop() {
 	select {
 	case <-dd.done:
 	default:
@@ -143,7 +178,7 @@ func (dd *dockerDaemon) stop(flotilla string) {
 			<-dd.done
 		}
 	}
-	for _, pid := range shimsOf(flotilla) {
+	for _, pid := range shimsOf(dd.containerd) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	unmountUnder(dd.dir)
@@ -249,7 +284,7 @@ func TestDockerRunsContainersOnFlotilla(t *testing.T) {
 	requireTool(t, "dockerd", "docker.io")
 	requireTool(t, "ctr", "containerd")
 	d := newDaemon(t).start()
-	dd := startDockerd(t, d)
+	dd := startDockerd(t, dockerdOptions{containerd: d.address})
 
 	archive := dockerSaveArchive(t, dockerImage)
 	if out := dd.mustDocker("load", "-i", archive); !strings.Contains(out, "Loaded image: "+dockerImage) {

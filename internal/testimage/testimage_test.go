@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/flotilla-project/flotilla/internal/memstore"
 	"github.com/flotilla-project/flotilla/internal/testimage"
 )
 
@@ -278,7 +279,7 @@ func TestContainerdImporterAcceptsArchive(t *testing.T) {
 	}
 	img := build(t, opts...)
 	ctx := context.Background()
-	store := newMemStore()
+	store := memstore.New()
 	r, err := img.Archive()
 	if err != nil {
 		t.Fatal(err)
@@ -309,7 +310,7 @@ func TestContainerdImporterAcceptsArchive(t *testing.T) {
 
 	// Client.Import names images from the manifest annotations in the
 	// index; check they survived the import.
-	b, ok := store.blobs[desc.Digest]
+	b, ok := store.Bytes(desc.Digest)
 	if !ok {
 		t.Fatal("index.json was not stored")
 	}

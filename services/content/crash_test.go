@@ -25,15 +25,6 @@ import (
 // does to it: no deferred Close, no final status write. They do not lose the
 // page cache, so they check the ordering of the store's steps, not fsync.
 
-// kill ends the process at once, as a crash would.
-func (p *process) kill(t testing.TB) {
-	t.Helper()
-	if err := p.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	_ = p.cmd.Wait() // "signal: killed", which is the point
-}
-
 func TestCommittedBlobSurvivesSIGKILL(t *testing.T) {
 	ctx := context.Background()
 	root := filepath.Join(t.TempDir(), "content")
@@ -42,7 +33,7 @@ func TestCommittedBlobSurvivesSIGKILL(t *testing.T) {
 	labels := map[string]string{"containerd.io/gc.root": "yes"}
 
 	p := start(t, root)
-	conn, cs := dial(t, p.socket)
+	conn, cs := dial(t, p.Socket)
 	w, err := content.OpenWriter(ctx, cs, content.WithRef("committed"), content.WithDescriptor(desc))
 	if err != nil {
 		t.Fatal(err)
@@ -53,12 +44,12 @@ func TestCommittedBlobSurvivesSIGKILL(t *testing.T) {
 	if err := w.Commit(ctx, desc.Size, desc.Digest, content.WithLabels(labels)); err != nil {
 		t.Fatal(err)
 	}
-	p.kill(t)
+	p.Kill()
 	conn.Close()
 
 	p = start(t, root)
-	defer p.stop()
-	conn, cs = dial(t, p.socket)
+	defer p.Stop()
+	conn, cs = dial(t, p.Socket)
 	defer conn.Close()
 	info, err := cs.Info(ctx, desc.Digest)
 	if err != nil {
@@ -88,7 +79,7 @@ func TestIngestInterruptedBySIGKILLIsResumable(t *testing.T) {
 	written := len(blob) / 3
 
 	p := start(t, root)
-	conn, cs := dial(t, p.socket)
+	conn, cs := dial(t, p.Socket)
 	w, err := content.OpenWriter(ctx, cs, content.WithRef("resume"), content.WithDescriptor(desc))
 	if err != nil {
 		t.Fatal(err)
@@ -99,12 +90,12 @@ func TestIngestInterruptedBySIGKILLIsResumable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p.kill(t) // the writer was never closed
+	p.Kill() // the writer was never closed
 	conn.Close()
 
 	p = start(t, root)
-	defer p.stop()
-	conn, cs = dial(t, p.socket)
+	defer p.Stop()
+	conn, cs = dial(t, p.Socket)
 	defer conn.Close()
 	st, err := cs.Status(ctx, "resume")
 	if err != nil {
@@ -148,7 +139,7 @@ func TestIngestInterruptedBySIGKILLIsAbortable(t *testing.T) {
 	desc := ocispec.Descriptor{Digest: digest.FromBytes(blob), Size: int64(len(blob))}
 
 	p := start(t, root)
-	conn, cs := dial(t, p.socket)
+	conn, cs := dial(t, p.Socket)
 	w, err := content.OpenWriter(ctx, cs, content.WithRef("abort"), content.WithDescriptor(desc))
 	if err != nil {
 		t.Fatal(err)
@@ -156,12 +147,12 @@ func TestIngestInterruptedBySIGKILLIsAbortable(t *testing.T) {
 	if _, err := w.Write(blob[:len(blob)/2]); err != nil {
 		t.Fatal(err)
 	}
-	p.kill(t)
+	p.Kill()
 	conn.Close()
 
 	p = start(t, root)
-	defer p.stop()
-	conn, cs = dial(t, p.socket)
+	defer p.Stop()
+	conn, cs = dial(t, p.Socket)
 	defer conn.Close()
 	if err := cs.Abort(ctx, "abort"); err != nil {
 		t.Fatalf("aborting the ingest interrupted by SIGKILL: %v", err)
@@ -190,7 +181,7 @@ func TestSIGKILLDuringCommitsPublishesOnlyWholeBlobs(t *testing.T) {
 
 	for round := range 4 {
 		p := start(t, root)
-		conn, cs := dial(t, p.socket)
+		conn, cs := dial(t, p.Socket)
 		ctx, cancel := context.WithCancel(context.Background())
 		var (
 			mu sync.Mutex
@@ -222,7 +213,7 @@ func TestSIGKILLDuringCommitsPublishesOnlyWholeBlobs(t *testing.T) {
 		// Long enough for commits to be under way, short enough to catch
 		// most of them in the middle.
 		time.Sleep(time.Duration(150+rng.IntN(300)) * time.Millisecond)
-		p.kill(t)
+		p.Kill()
 		cancel()
 		wg.Wait()
 		conn.Close()
@@ -233,8 +224,8 @@ func TestSIGKILLDuringCommitsPublishesOnlyWholeBlobs(t *testing.T) {
 
 	ctx := context.Background()
 	p := start(t, root)
-	defer p.stop()
-	conn, cs := dial(t, p.socket)
+	defer p.Stop()
+	conn, cs := dial(t, p.Socket)
 	defer conn.Close()
 	for d, blob := range committed {
 		got, err := content.ReadBlob(ctx, cs, ocispec.Descriptor{Digest: d})

@@ -3,11 +3,9 @@ package content_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,89 +17,24 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 
+	"github.com/flotilla-project/flotilla/internal/standalone"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 )
 
-// binary is flotilla-content, built once for every test here.
-var binary string
+// bin is flotilla-content, built once for every test here.
+var bin = &standalone.Binary{Name: "content"}
 
-func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
-}
+func TestMain(m *testing.M) { os.Exit(bin.Main(m)) }
 
-func runMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "fcbin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	binary = filepath.Join(dir, "flotilla-content")
-	build := exec.Command("go", "build", "-o", binary, "./cmd/flotilla-content")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building flotilla-content failed:", err)
-		return 1
-	}
-	return m.Run()
-}
-
-// process is a flotilla-content started by hand, as a remote content store
-// would be.
-type process struct {
-	cmd    *exec.Cmd
-	socket string
-	out    *bytes.Buffer
-}
-
-// start runs flotilla-content on root. The socket lives in a short temp
-// directory: Unix socket paths are limited to ~100 bytes.
-func start(t testing.TB, root string) *process {
+// start runs flotilla-content on root, as a remote content store would be
+// run, and fails the test if it does not come up.
+func start(t testing.TB, root string) *standalone.Process {
 	t.Helper()
-	sockDir, err := os.MkdirTemp("", "fc")
+	p, err := bin.Start(t, root)
 	if err != nil {
 		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	p := &process{socket: filepath.Join(sockDir, "c.sock"), out: &bytes.Buffer{}}
-	p.cmd = exec.Command(binary, "--socket", p.socket, "--root", root, "--log-level", "warn")
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(p.socket); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			p.stop()
-			t.Fatalf("flotilla-content did not create %s within 10s; output:\n%s", p.socket, p.out)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	return p
-}
-
-// stop ends the process as flotillad would, and reports how it exited.
-func (p *process) stop() error {
-	if p.cmd.ProcessState != nil {
-		return nil
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("flotilla-content exited with %v; output:\n%s", err, p.out)
-		}
-		return nil
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-done
-		return fmt.Errorf("flotilla-content did not stop within 15s of SIGTERM; output:\n%s", p.out)
-	}
 }
 
 func dial(t testing.TB, socket string) (*grpc.ClientConn, content.Store) {
@@ -118,15 +51,15 @@ func dial(t testing.TB, socket string) (*grpc.ClientConn, content.Store) {
 func TestContainerdContentSuite(t *testing.T) {
 	testsuite.ContentSuite(t, "flotilla", func(ctx context.Context, root string) (context.Context, content.Store, func() error, error) {
 		p := start(t, filepath.Join(root, "content"))
-		conn, err := rpc.Dial(p.socket)
+		conn, err := rpc.Dial(p.Socket)
 		if err != nil {
-			p.stop()
+			p.Stop()
 			return nil, nil, nil, err
 		}
 		cs := proxy.NewContentStore(contentapi.NewContentClient(conn))
 		return ctx, cs, func() error {
 			conn.Close()
-			return p.stop()
+			return p.Stop()
 		}, nil
 	})
 }
@@ -142,7 +75,7 @@ func TestIngestSurvivesRestart(t *testing.T) {
 	half := len(blob) / 2
 
 	p := start(t, root)
-	conn, cs := dial(t, p.socket)
+	conn, cs := dial(t, p.Socket)
 	w, err := content.OpenWriter(ctx, cs, content.WithRef("restart"), content.WithDescriptor(desc))
 	if err != nil {
 		t.Fatal(err)
@@ -156,13 +89,13 @@ func TestIngestSurvivesRestart(t *testing.T) {
 	}
 	w.Close()
 	conn.Close()
-	if err := p.stop(); err != nil {
+	if err := p.Stop(); err != nil {
 		t.Fatal(err)
 	}
 
 	p = start(t, root)
-	defer p.stop()
-	conn, cs = dial(t, p.socket)
+	defer p.Stop()
+	conn, cs = dial(t, p.Socket)
 	defer conn.Close()
 	st, err := cs.Status(ctx, "restart")
 	if err != nil {
@@ -202,7 +135,7 @@ func TestIngestSurvivesRestart(t *testing.T) {
 func TestSecondProcessOnSameRootFails(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "content")
 	p := start(t, root)
-	defer p.stop()
+	defer p.Stop()
 
 	sockDir, err := os.MkdirTemp("", "fc")
 	if err != nil {
@@ -211,7 +144,7 @@ func TestSecondProcessOnSameRootFails(t *testing.T) {
 	defer os.RemoveAll(sockDir)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, binary, "--socket", filepath.Join(sockDir, "c.sock"), "--root", root).CombinedOutput()
+	out, err := exec.CommandContext(ctx, bin.Path, "--socket", filepath.Join(sockDir, "c.sock"), "--root", root).CombinedOutput()
 	if err == nil {
 		t.Fatalf("a second flotilla-content on the same root started; output:\n%s", out)
 	}

@@ -72,11 +72,11 @@ func TestActiveSnapshotSurvivesSIGKILLAndCommits(t *testing.T) {
 			}
 			writeInto(t, mounts, "top", "written before the crash")
 
-			p.kill()
+			p.Kill()
 			conn.Close()
 
 			p = startT(t, driver, root)
-			defer p.stop()
+			defer p.Stop()
 			conn, sn = client(t, p)
 			defer conn.Close()
 
@@ -125,7 +125,7 @@ func TestRemoveOfParentFailsPrecondition(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
 	p := startT(t, "overlayfs", filepath.Join(t.TempDir(), "overlayfs"))
-	defer p.stop()
+	defer p.Stop()
 	conn, sn := client(t, p)
 	defer conn.Close()
 	if _, err := sn.Prepare(ctx, "a", ""); err != nil {
@@ -155,7 +155,7 @@ func TestOverlayMountsHaveContainerdShape(t *testing.T) {
 	ctx := context.Background()
 	root := filepath.Join(t.TempDir(), "overlayfs")
 	p := startT(t, "overlayfs", root)
-	defer p.stop()
+	defer p.Stop()
 	conn, sn := client(t, p)
 	defer conn.Close()
 	fsdir := func(id string) string { return filepath.Join(root, "snapshots", id, "fs") }

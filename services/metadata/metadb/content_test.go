@@ -54,7 +54,7 @@ func TestContentWrittenInOneNamespaceIsInvisibleInAnother(t *testing.T) {
 	if got, err := readAll(t, a, cs, d); err != nil || !bytes.Equal(got, data) {
 		t.Errorf("read in a = %q, %v", got, err)
 	}
-	if !be.has(d) {
+	if !be.Has(d) {
 		t.Fatal("the bytes are not in the backend")
 	}
 
@@ -120,7 +120,7 @@ func TestContentSharedWritingKnownBytesMakesThemVisible(t *testing.T) {
 	if got, err := readAll(t, a, cs, d); err != nil || !bytes.Equal(got, data) {
 		t.Errorf("after b's delete and a collection, read in a = %q, %v", got, err)
 	}
-	if !be.has(d) {
+	if !be.Has(d) {
 		t.Error("the collection removed bytes a still holds")
 	}
 }
@@ -349,10 +349,10 @@ func TestContentIngestsAreScopedPerNamespace(t *testing.T) {
 	if err := cs.Abort(b, "same-ref"); err != nil {
 		t.Fatal(err)
 	}
-	if !be.wasAborted(backendRef("b", "same-ref")) {
+	if !be.WasAborted(backendRef("b", "same-ref")) {
 		t.Error("abort in b did not abort b's ingest in the backend")
 	}
-	if be.wasAborted(backendRef("a", "same-ref")) || !be.hasIngest(backendRef("a", "same-ref")) {
+	if be.WasAborted(backendRef("a", "same-ref")) || !be.HasIngest(backendRef("a", "same-ref")) {
 		t.Error("abort in b touched a's ingest")
 	}
 	if _, err := cs.Status(a, "same-ref"); err != nil {
@@ -496,7 +496,7 @@ func TestContentCommitWithAMissingLeaseIsNotFound(t *testing.T) {
 	if _, err := db.GarbageCollect(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if be.has(digest.FromBytes(data)) {
+	if be.Has(digest.FromBytes(data)) {
 		t.Error("the unrecorded bytes of a refused commit survived a collection")
 	}
 }
@@ -563,7 +563,7 @@ func TestContentWriterRacingAnotherNamespacesCommitStillRecordsTheBlob(t *testin
 	d := digest.FromBytes(data)
 	// Another namespace's commit lands between this writer's checks and
 	// its backend Writer call.
-	be.beforeWriter = func(string) { be.put(data) }
+	be.BeforeWriter(func(string) { be.Put(data) })
 	err := tryWriteBlob(nsCtx("b"), cs, "racer", data, d, nil)
 	wantErr(t, "write", err, errdefs.IsAlreadyExists, "AlreadyExists")
 	if _, err := cs.Info(nsCtx("b"), d); err != nil {

@@ -9,17 +9,19 @@ import (
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/flotilla-project/flotilla/internal/memstore"
 )
 
 func TestOpenTwiceOnTheSameRootFails(t *testing.T) {
 	root := t.TempDir()
 	logger := slog.New(slog.DiscardHandler)
-	db, err := Open(root, newMemStore(), logger)
+	db, err := Open(root, memstore.New(), logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	second, err := Open(root, newMemStore(), logger)
+	second, err := Open(root, memstore.New(), logger)
 	if err == nil {
 		second.Close()
 		t.Fatal("a second Open on the same root succeeded; two metadata services would share meta.db")
@@ -32,7 +34,7 @@ func TestOpenTwiceOnTheSameRootFails(t *testing.T) {
 func TestOpenKeepsRecordsAcrossRestarts(t *testing.T) {
 	root := t.TempDir()
 	logger := slog.New(slog.DiscardHandler)
-	db, err := Open(root, newMemStore(), logger)
+	db, err := Open(root, memstore.New(), logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +44,7 @@ func TestOpenKeepsRecordsAcrossRestarts(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err = Open(root, newMemStore(), logger)
+	db, err = Open(root, memstore.New(), logger)
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
@@ -56,7 +58,7 @@ func TestOpenKeepsRecordsAcrossRestarts(t *testing.T) {
 func TestOpenRefusesAnotherSchemaVersion(t *testing.T) {
 	root := t.TempDir()
 	logger := slog.New(slog.DiscardHandler)
-	db, err := Open(root, newMemStore(), logger)
+	db, err := Open(root, memstore.New(), logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +69,7 @@ func TestOpenRefusesAnotherSchemaVersion(t *testing.T) {
 	}
 	db.Close()
 
-	db, err = Open(root, newMemStore(), logger)
+	db, err = Open(root, memstore.New(), logger)
 	if err == nil {
 		db.Close()
 		t.Fatal("Open accepted a meta.db of a newer schema version")
@@ -77,7 +79,7 @@ func TestOpenRefusesAnotherSchemaVersion(t *testing.T) {
 	}
 	// The refused Open released the file: a later one gets the same answer,
 	// not a lock timeout.
-	_, err = Open(root, newMemStore(), logger)
+	_, err = Open(root, memstore.New(), logger)
 	if err == nil || strings.Contains(err.Error(), "another process") {
 		t.Errorf("Open after a refused Open: %v; want the schema error again", err)
 	}

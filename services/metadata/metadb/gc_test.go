@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/flotilla-project/flotilla/internal/memstore"
 )
 
 // testImageBlobs is a manifest that references a config and two layers
@@ -57,13 +59,13 @@ func collect(t *testing.T, db *DB) GCStats {
 
 // wantKept checks that ns still records every digest and the backend still
 // has their bytes.
-func wantKept(t *testing.T, db *DB, be *memStore, ns, why string, ds ...digest.Digest) {
+func wantKept(t *testing.T, db *DB, be *memstore.Store, ns, why string, ds ...digest.Digest) {
 	t.Helper()
 	for _, d := range ds {
 		if _, err := db.Content().Info(nsCtx(ns), d); err != nil {
 			t.Errorf("%s: %s lost its record of %s: %v", why, ns, d, err)
 		}
-		if !be.has(d) {
+		if !be.Has(d) {
 			t.Errorf("%s: the backend lost %s", why, d)
 		}
 	}
@@ -71,13 +73,13 @@ func wantKept(t *testing.T, db *DB, be *memStore, ns, why string, ds ...digest.D
 
 // wantGone checks that ns no longer records any of the digests and, when
 // backendToo, that the backend no longer has their bytes.
-func wantGone(t *testing.T, db *DB, be *memStore, ns, why string, backendToo bool, ds ...digest.Digest) {
+func wantGone(t *testing.T, db *DB, be *memstore.Store, ns, why string, backendToo bool, ds ...digest.Digest) {
 	t.Helper()
 	for _, d := range ds {
 		if _, err := db.Content().Info(nsCtx(ns), d); !errdefs.IsNotFound(err) {
 			t.Errorf("%s: %s still records %s (info: %v)", why, ns, d, err)
 		}
-		if backendToo && be.has(d) {
+		if backendToo && be.Has(d) {
 			t.Errorf("%s: the backend still has %s", why, d)
 		}
 	}
@@ -323,7 +325,7 @@ func TestGCStaleUnleasedIngestsAreCollectedLeasedOnesKept(t *testing.T) {
 		t.Errorf("stats %+v; want one ingest removed from meta.db, two aborted in the backend", st)
 	}
 	for _, ref := range []string{backendRef("ns", "stale"), "orphan/ref"} {
-		if !be.wasAborted(ref) || be.hasIngest(ref) {
+		if !be.WasAborted(ref) || be.HasIngest(ref) {
 			t.Errorf("backend ingest %q was not aborted", ref)
 		}
 	}
@@ -331,7 +333,7 @@ func TestGCStaleUnleasedIngestsAreCollectedLeasedOnesKept(t *testing.T) {
 		t.Error("the expired unleased ingest is still recorded")
 	}
 	for _, ref := range []string{"leased", "graced"} {
-		if !ingestRecorded(t, db, "ns", ref) || !be.hasIngest(backendRef("ns", ref)) {
+		if !ingestRecorded(t, db, "ns", ref) || !be.HasIngest(backendRef("ns", ref)) {
 			t.Errorf("the %s ingest was collected", ref)
 		}
 		if st, err := cs.Status(ctx, ref); err != nil || st.Offset != int64(len("partial")) {
@@ -343,7 +345,7 @@ func TestGCStaleUnleasedIngestsAreCollectedLeasedOnesKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	collect(t, db)
-	if ingestRecorded(t, db, "ns", "leased") || be.hasIngest(backendRef("ns", "leased")) {
+	if ingestRecorded(t, db, "ns", "leased") || be.HasIngest(backendRef("ns", "leased")) {
 		t.Error("the ingest survived its lease's deletion and a collection")
 	}
 }
@@ -374,12 +376,12 @@ func TestGCRemovesBackendBlobsNoNamespaceRecords(t *testing.T) {
 	db, be := newTestDB(t)
 	ctx := nsCtx("ns")
 	kept := writeBlob(t, ctx, db.Content(), []byte("kept"), map[string]string{"containerd.io/gc.root": "1"})
-	stray := be.put([]byte("written straight to the content service"))
+	stray := be.Put([]byte("written straight to the content service"))
 	st := collect(t, db)
-	if be.has(stray) {
+	if be.Has(stray) {
 		t.Error("a backend blob no namespace records survived a collection")
 	}
-	if !be.has(kept) {
+	if !be.Has(kept) {
 		t.Error("a recorded root blob was removed from the backend")
 	}
 	if st.BackendBlobs != 1 || st.Blobs != 0 {
@@ -475,7 +477,7 @@ func TestGCConcurrentWithWritersNeverLosesRecordedBytes(t *testing.T) {
 	collect(t, db)
 	for _, ns := range []string{"a", "b"} {
 		if err := cs.Walk(nsCtx(ns), func(info content.Info) error {
-			if !be.has(info.Digest) {
+			if !be.Has(info.Digest) {
 				t.Errorf("%s records %s but the backend lost its bytes", ns, info.Digest)
 			}
 			return nil

@@ -271,7 +271,7 @@ func (d *daemon) introspectPid(name string) (int, error) {
 		return 0, fmt.Errorf("introspection of %s: %w", name, err)
 	}
 	for _, p := range resp.Plugins {
-		if p.ID == name && p.Type != "io.containerd.grpc.v1" {
+		if p.ID == name && p.Exports["socket"] != "" {
 			pid, err := strconv.Atoi(p.Exports["pid"])
 			if err != nil {
 				return 0, fmt.Errorf("pid of %s: exports %v: %w", name, p.Exports, err)

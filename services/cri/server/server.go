@@ -41,6 +41,20 @@ type Config struct {
 	CNIConfDir string
 	// MaxConcurrentDownloads bounds the layers one pull fetches at once.
 	MaxConcurrentDownloads int
+	// SandboxImage runs every pod's sandbox (pause) container (default
+	// registry.k8s.io/pause:3.10); pulled when missing.
+	SandboxImage string
+	// CNIBinDirs are searched for CNI plugins (default /opt/cni/bin and
+	// Debian's /usr/lib/cni).
+	CNIBinDirs []string
+	// StateDir holds what lives as long as the machine runs: network
+	// namespaces (netns/), per-sandbox files (sandboxes/), stdio FIFOs
+	// (io/) and libcni's cache (cni/).
+	StateDir string
+	// RestrictOOMScoreAdj clamps a requested oom_score_adj to the
+	// daemon's own, as containerd's restrict_oom_score_adj; it is on
+	// anyway when the process lacks CAP_SYS_RESOURCE.
+	RestrictOOMScoreAdj bool
 }
 
 // Server implements runtime.v1.ImageService and runtime.v1.RuntimeService.
@@ -61,6 +75,8 @@ type Server struct {
 	// the next full listing.
 	mu    sync.Mutex
 	infos map[digest.Digest]*imageInfo
+
+	pods podState
 }
 
 // New builds the server over a containerd client connected to the gateway.
@@ -74,12 +90,14 @@ func New(client *containerd.Client, cfg Config, logger *slog.Logger) *Server {
 	if cfg.MaxConcurrentDownloads <= 0 {
 		cfg.MaxConcurrentDownloads = 3
 	}
+	cfg = withPodDefaults(cfg)
 	return &Server{
 		client:   client,
 		cfg:      cfg,
 		logger:   logger,
 		platform: platforms.Default(),
 		infos:    map[digest.Digest]*imageInfo{},
+		pods:     newPodState(),
 	}
 }
 

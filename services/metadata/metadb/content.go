@@ -2,7 +2,9 @@ package metadb
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -451,7 +453,22 @@ func (w *writer) drop(ctx context.Context) {
 func (w *writer) Status() (content.Status, error) {
 	st, err := w.Writer.Status()
 	st.Ref = w.ref
-	return st, err
+	return st, backendErr(err)
+}
+
+func (w *writer) Write(p []byte) (int, error) {
+	n, err := w.Writer.Write(p)
+	return n, backendErr(err)
+}
+
+// backendErr says what a broken stream to the content service means: the
+// service went away (a restart), which containerd's proxy writer reports as
+// a bare EOF that would reach clients as Unknown.
+func backendErr(err error) error {
+	if err != nil && errors.Is(err, io.EOF) {
+		return fmt.Errorf("content service: %v: %w", err, errdefs.ErrUnavailable)
+	}
+	return err
 }
 
 // Commit commits in the content service, then records the blob in the
@@ -470,7 +487,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	w.c.db.gcLock.RLock()
 	defer w.c.db.gcLock.RUnlock()
 
-	err := w.Writer.Commit(ctx, size, expected)
+	err := backendErr(w.Writer.Commit(ctx, size, expected))
 	d := w.Writer.Digest()
 	if err != nil {
 		if errdefs.IsFailedPrecondition(err) {

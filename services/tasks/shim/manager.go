@@ -533,6 +533,7 @@ func (m *Manager) loadTask(ctx context.Context, b *Bundle) {
 		// The tasks process died while creating this task; nobody was
 		// told it exists.
 		logger.Info("removing bundle of a task that was never created")
+		stopOrphanShim(&m.cfg, b)
 		if binary != "" {
 			if _, err := runDelete(ctx, &m.cfg, b, binary); err != nil {
 				logger.Warn("shim delete", "error", err)
@@ -569,6 +570,16 @@ func (m *Manager) loadTask(ctx context.Context, b *Bundle) {
 		if err := s.Shutdown(lctx); err != nil {
 			logger.Warn("shut down shim", "error", err)
 		}
+		// The shim's delete action removes what runc may have made
+		// for a create it never finished.
+		if binary != "" {
+			dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+			if _, err := runDelete(dctx, &m.cfg, b, binary); err != nil {
+				logger.Warn("shim delete", "error", err)
+			}
+			dcancel()
+		}
+		removeShimSocket(b)
 		if err := b.Delete(); err != nil {
 			logger.Error("remove bundle", "error", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -222,6 +224,46 @@ func load(cfg *Config, b *Bundle, lost func()) (*Shim, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// stopOrphanShim ends a shim started for a bundle whose start never
+// completed (the tasks process died before it recorded the shim's address):
+// it is found by its arguments, killed, and its socket, at the address the
+// runc shim derives from the daemon's address, namespace and id, removed.
+func stopOrphanShim(cfg *Config, b *Bundle) {
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") {
+			continue
+		}
+		if argValue(args, "-id") == b.ID && argValue(args, "-namespace") == b.Namespace && argValue(args, "-address") == cfg.Address {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	root := cfg.SocketDir
+	if root == "" {
+		root = "/run/containerd/s"
+	}
+	sum := sha256.Sum256([]byte(filepath.Join(cfg.Address, b.Namespace, b.ID)))
+	_ = os.Remove(filepath.Join(root, fmt.Sprintf("%x", sum)))
+}
+
+func argValue(args []string, flag string) string {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			return args[i+1]
+		}
+	}
+	return ""
 }
 
 // removeShimSocket removes the socket file of a bundle's dead shim.

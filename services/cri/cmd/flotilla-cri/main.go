@@ -10,7 +10,9 @@
 // (<config_path>/<host>/hosts.toml: mirrors, certificates); image_fs_path,
 // the image filesystem ImageFsInfo reports (default the snapshotter's
 // root beside this service's); cni_conf_dir (default /etc/cni/net.d);
-// max_concurrent_downloads (default 3); gateway, the gateway socket when
+// max_concurrent_downloads (default 3); sandbox_image (default
+// registry.k8s.io/pause:3.10); cni_bin_dirs (default /opt/cni/bin and
+// /usr/lib/cni); restrict_oom_score_adj; gateway, the gateway socket when
 // started by hand (flotillad tells it otherwise).
 package main
 
@@ -33,6 +35,9 @@ type options struct {
 	ImageFSPath            string   `json:"image_fs_path"`
 	CNIConfDir             string   `json:"cni_conf_dir"`
 	MaxConcurrentDownloads int      `json:"max_concurrent_downloads"`
+	SandboxImage           string   `json:"sandbox_image"`
+	CNIBinDirs             []string `json:"cni_bin_dirs"`
+	RestrictOOMScoreAdj    bool     `json:"restrict_oom_score_adj"`
 	Gateway                string   `json:"gateway"`
 }
 
@@ -75,14 +80,25 @@ func main() {
 			ImageFSPath:            opts.ImageFSPath,
 			CNIConfDir:             opts.CNIConfDir,
 			MaxConcurrentDownloads: opts.MaxConcurrentDownloads,
+			SandboxImage:           opts.SandboxImage,
+			CNIBinDirs:             opts.CNIBinDirs,
+			StateDir:               p.Env.State,
+			RestrictOOMScoreAdj:    opts.RestrictOOMScoreAdj,
 		}, p.Logger)
+		// Pods and containers started before a restart get their exit
+		// watchers and log writers back; it needs the gateway, so it
+		// runs beside serving rather than before it.
+		go srv.Recover(context.WithoutCancel(ctx))
 		return &service.Instance{
 			Type:     "io.containerd.grpc.v1",
 			Routes:   []string{"runtime.v1.ImageService", "runtime.v1.RuntimeService"},
 			Requires: []string{"io.containerd.metadata.v1", "io.containerd.runtime.v2.task"},
 			Exports:  map[string]string{"default_snapshotter": opts.Snapshotter, "namespace": server.Namespace},
 			Register: srv.Register,
-			Close:    func(context.Context) error { return client.Close() },
+			Close: func(context.Context) error {
+				srv.Close()
+				return client.Close()
+			},
 		}, nil
 	})
 }

@@ -1,0 +1,757 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/moby/sys/signal"
+	"github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// CreateContainer creates a container in a pod: the image's config merged
+// with the request, in the pause container's network, IPC and UTS
+// namespaces, with the pod's hostname, hosts and resolv.conf files.
+func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContainerRequest) (_ *runtime.CreateContainerResponse, retErr error) {
+	ctx = withNamespace(ctx)
+	cfg := req.GetConfig()
+	md := cfg.GetMetadata()
+	if md.GetName() == "" {
+		return nil, fmt.Errorf("container metadata needs a name: %w", errdefs.ErrInvalidArgument)
+	}
+	sb, err := s.getSandbox(ctx, req.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	ready, pausePid := s.sandboxReady(ctx, sb.ID)
+	if !ready {
+		return nil, fmt.Errorf("sandbox %s is not ready: %w", sb.ID, errdefs.ErrFailedPrecondition)
+	}
+	sbMD := sb.config.GetMetadata()
+	name := strings.Join([]string{md.GetName(), sbMD.GetName(), sbMD.GetNamespace(), sbMD.GetUid(), strconv.Itoa(int(md.GetAttempt()))}, "_")
+	release, err := s.reserveName(ctx, kindContainer, name)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	img, err := s.resolve(ctx, cfg.GetImage().GetImage())
+	if err != nil {
+		return nil, fmt.Errorf("image of container %s: %w", md.GetName(), err)
+	}
+	ci, err := s.containerdImage(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	cfgBytes, err := proto.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	id := newID()
+	m := &containerMeta{
+		ID: id, Name: name, SandboxID: sb.ID, Config: cfgBytes,
+		ImageID: img.info.id, ImageRef: imageRef(img),
+		StopSignal: img.info.spec.Config.StopSignal,
+		CreatedAt:  nanos(time.Now()), config: cfg,
+	}
+	if dir, p := sb.config.GetLogDirectory(), cfg.GetLogPath(); dir != "" && p != "" {
+		m.LogPath = filepath.Join(dir, p)
+	}
+
+	specOpts, err := s.containerSpec(sb, pausePid, img, ci, cfg, id)
+	if err != nil {
+		return nil, err
+	}
+	ext, err := encodeExtension(containerExtension, m)
+	if err != nil {
+		return nil, err
+	}
+	labels := map[string]string{}
+	for k, v := range cfg.GetLabels() {
+		labels[k] = v
+	}
+	labels[kindLabel] = kindContainer
+	labels[sandboxIDLabel] = sb.ID
+	if _, err := s.client.NewContainer(ctx, id,
+		containerd.WithSnapshotter(s.cfg.Snapshotter),
+		containerd.WithNewSnapshot(id, ci),
+		containerd.WithImageName(ci.Name()),
+		containerd.WithRuntime(runtimeType, nil),
+		containerd.WithNewSpec(specOpts...),
+		containerd.WithContainerLabels(labels),
+		withExtension(containerExtension, ext),
+	); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", md.GetName(), err)
+	}
+	return &runtime.CreateContainerResponse{ContainerId: id}, nil
+}
+
+// imageRef is the reference ContainerStatus reports: the repo digest the
+// image was pulled by, else its ID.
+func imageRef(img *criImage) string {
+	_, digests := img.repoTagsAndDigests()
+	if len(digests) > 0 {
+		return digests[0]
+	}
+	return img.info.id
+}
+
+// containerArgs merges the image's entrypoint and command with the
+// request's, as Kubernetes defines: command replaces the entrypoint (and
+// drops the image's command), args replace the command.
+func containerArgs(cfg *runtime.ContainerConfig, entrypoint, cmd []string) []string {
+	command, args := cfg.GetCommand(), cfg.GetArgs()
+	if len(command) == 0 {
+		command = entrypoint
+		if len(args) == 0 {
+			args = cmd
+		}
+	}
+	return append(append([]string(nil), command...), args...)
+}
+
+func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, ci containerd.Image, cfg *runtime.ContainerConfig, id string) ([]oci.SpecOpts, error) {
+	args := containerArgs(cfg, img.info.spec.Config.Entrypoint, img.info.spec.Config.Cmd)
+	if len(args) == 0 {
+		return nil, fmt.Errorf("container %s has no command: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
+	}
+	sbMD := sb.config.GetMetadata()
+	annotations := map[string]string{}
+	for k, v := range cfg.GetAnnotations() {
+		annotations[k] = v
+	}
+	for k, v := range map[string]string{
+		annContainerType:    containerTypeWorkload,
+		annContainerName:    cfg.GetMetadata().GetName(),
+		annSandboxID:        sb.ID,
+		annSandboxName:      sbMD.GetName(),
+		annSandboxNamespace: sbMD.GetNamespace(),
+		annSandboxUID:       sbMD.GetUid(),
+		annImageName:        cfg.GetImage().GetImage(),
+	} {
+		annotations[k] = v
+	}
+	var env []string
+	for _, kv := range cfg.GetEnvs() {
+		env = append(env, kv.GetKey()+"="+string(kv.GetValue()))
+	}
+	opts := []oci.SpecOpts{
+		oci.WithImageConfig(ci),
+		oci.WithProcessArgs(args...),
+		oci.WithEnv(env),
+		oci.WithAnnotations(annotations),
+		oci.WithCgroup(cgroupsPath(sb.config.GetLinux().GetCgroupParent(), id)),
+	}
+	if cfg.GetWorkingDir() != "" {
+		opts = append(opts, oci.WithProcessCwd(cfg.GetWorkingDir()))
+	}
+	if cfg.GetTty() {
+		opts = append(opts, oci.WithTTY)
+	}
+
+	// Namespaces: the pod's network (by path, so that it outlives the
+	// pause process), IPC and UTS joined through the pause process, PID
+	// per container unless the pod or node one is asked for.
+	pause := func(ns string) string { return fmt.Sprintf("/proc/%d/ns/%s", pausePid, ns) }
+	if hostNetwork(sb.config) {
+		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
+	} else {
+		opts = append(opts,
+			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: sb.NetNS}),
+			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.UTSNamespace, Path: pause("uts")}))
+	}
+	sbNS := sb.config.GetLinux().GetSecurityContext().GetNamespaceOptions()
+	if sbNS.GetIpc() == runtime.NamespaceMode_NODE {
+		opts = append(opts, oci.WithHostNamespace(specs.IPCNamespace))
+	} else {
+		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.IPCNamespace, Path: pause("ipc")}))
+	}
+	switch cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid() {
+	case runtime.NamespaceMode_NODE:
+		opts = append(opts, oci.WithHostNamespace(specs.PIDNamespace))
+	case runtime.NamespaceMode_POD:
+		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.PIDNamespace, Path: pause("pid")}))
+	}
+
+	mounts, err := s.containerMounts(sb, cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, oci.WithMounts(mounts))
+
+	sc := cfg.GetLinux().GetSecurityContext()
+	if sc.GetPrivileged() {
+		opts = append(opts, oci.WithPrivileged, oci.WithAllDevicesAllowed, oci.WithHostDevices,
+			oci.WithMaskedPaths(nil), oci.WithReadonlyPaths(nil))
+	} else {
+		if add := capNames(sc.GetCapabilities().GetAddCapabilities()); len(add) > 0 {
+			opts = append(opts, oci.WithAddedCapabilities(add))
+		}
+		if drop := capNames(sc.GetCapabilities().GetDropCapabilities()); len(drop) > 0 {
+			opts = append(opts, oci.WithDroppedCapabilities(drop))
+		}
+	}
+	if sc.GetReadonlyRootfs() {
+		opts = append(opts, oci.WithRootFSReadonly())
+	}
+	if sc.GetNoNewPrivs() {
+		opts = append(opts, oci.WithNoNewPrivileges)
+	}
+	if u := sc.GetRunAsUser(); u != nil {
+		opts = append(opts, oci.WithUserID(uint32(u.GetValue())))
+	}
+	if g := sc.GetRunAsGroup(); g != nil {
+		opts = append(opts, withGID(uint32(g.GetValue())))
+	}
+	if groups := sc.GetSupplementalGroups(); len(groups) > 0 {
+		opts = append(opts, withAdditionalGIDs(groups))
+	}
+	if r := cfg.GetLinux().GetResources(); r != nil {
+		opts = append(opts, withResources(r))
+		if r.GetOomScoreAdj() != 0 {
+			opts = append(opts, s.withOOMScoreAdj(int(r.GetOomScoreAdj())))
+		}
+	}
+	return opts, nil
+}
+
+// capNames turns the CRI's capability names ("NET_ADMIN", or "ALL")
+// into the OCI spec's ("CAP_NET_ADMIN").
+func capNames(in []string) []string {
+	var out []string
+	for _, c := range in {
+		c = strings.ToUpper(c)
+		if c != "ALL" && !strings.HasPrefix(c, "CAP_") {
+			c = "CAP_" + c
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func withGID(gid uint32) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		s.Process.User.GID = gid
+		return nil
+	}
+}
+
+func withAdditionalGIDs(groups []int64) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		for _, g := range groups {
+			s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, uint32(g))
+		}
+		return nil
+	}
+}
+
+func withResources(r *runtime.LinuxContainerResources) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		if s.Linux.Resources == nil {
+			s.Linux.Resources = &specs.LinuxResources{}
+		}
+		res := s.Linux.Resources
+		if res.CPU == nil {
+			res.CPU = &specs.LinuxCPU{}
+		}
+		if v := r.GetCpuShares(); v != 0 {
+			shares := uint64(v)
+			res.CPU.Shares = &shares
+		}
+		if v := r.GetCpuQuota(); v != 0 {
+			res.CPU.Quota = &v
+		}
+		if v := r.GetCpuPeriod(); v != 0 {
+			period := uint64(v)
+			res.CPU.Period = &period
+		}
+		res.CPU.Cpus, res.CPU.Mems = r.GetCpusetCpus(), r.GetCpusetMems()
+		if v := r.GetMemoryLimitInBytes(); v != 0 {
+			if res.Memory == nil {
+				res.Memory = &specs.LinuxMemory{}
+			}
+			res.Memory.Limit = &v
+		}
+		return nil
+	}
+}
+
+// containerMounts are the pod's files (unless the request mounts its own
+// over them) and the request's mounts.
+func (s *Server) containerMounts(sb *sandboxMeta, cfg *runtime.ContainerConfig) ([]specs.Mount, error) {
+	taken := map[string]bool{}
+	var out []specs.Mount
+	for _, m := range cfg.GetMounts() {
+		if m.GetContainerPath() == "" || m.GetHostPath() == "" {
+			return nil, fmt.Errorf("mount needs a host and a container path: %w", errdefs.ErrInvalidArgument)
+		}
+		src := m.GetHostPath()
+		// A missing host path is created as a directory, as the
+		// kubelet's runtimes do.
+		if _, err := os.Stat(src); os.IsNotExist(err) {
+			if err := os.MkdirAll(src, 0o755); err != nil {
+				return nil, fmt.Errorf("create mount source %s: %w", src, err)
+			}
+		}
+		opts := []string{"rbind"}
+		switch m.GetPropagation() {
+		case runtime.MountPropagation_PROPAGATION_BIDIRECTIONAL:
+			opts = append(opts, "rshared")
+		case runtime.MountPropagation_PROPAGATION_HOST_TO_CONTAINER:
+			opts = append(opts, "rslave")
+		default:
+			opts = append(opts, "rprivate")
+		}
+		if m.GetReadonly() {
+			opts = append(opts, "ro")
+		} else {
+			opts = append(opts, "rw")
+		}
+		out = append(out, specs.Mount{Destination: m.GetContainerPath(), Source: src, Type: "bind", Options: opts})
+		taken[filepath.Clean(m.GetContainerPath())] = true
+	}
+	dir := s.sandboxDir(sb.ID)
+	for _, f := range []string{"hostname", "hosts", "resolv.conf"} {
+		dst := "/etc/" + f
+		if taken[dst] {
+			continue
+		}
+		opt := "rw"
+		if cfg.GetLinux().GetSecurityContext().GetReadonlyRootfs() {
+			opt = "ro"
+		}
+		out = append(out, specs.Mount{Destination: dst, Source: filepath.Join(dir, f), Type: "bind", Options: []string{"rbind", "rprivate", opt}})
+	}
+	return out, nil
+}
+
+// StartContainer starts a created container, its stdout and stderr
+// written to its log file.
+func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainerRequest) (*runtime.StartContainerResponse, error) {
+	ctx = withNamespace(ctx)
+	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	unlock := s.pods.lock(m.ID)
+	defer unlock()
+	if m.StartedAt != 0 || m.FinishedAt != 0 {
+		return nil, fmt.Errorf("container %s was started before: %w", m.ID, errdefs.ErrFailedPrecondition)
+	}
+	if ok, _ := s.sandboxReady(ctx, m.SandboxID); !ok {
+		return nil, fmt.Errorf("sandbox %s of container %s is not ready: %w", m.SandboxID, m.ID, errdefs.ErrFailedPrecondition)
+	}
+	lg, err := newContainerLog(m.LogPath)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*runtime.StartContainerResponse, error) {
+		lg.Close()
+		// As containerd: a container that failed to start is exited,
+		// with the reason recorded.
+		m.StartedAt, m.FinishedAt = nanos(time.Now()), nanos(time.Now())
+		m.ExitCode, m.Reason, m.Message = 128, "StartError", err.Error()
+		if serr := s.saveContainer(context.WithoutCancel(ctx), m); serr != nil {
+			s.logger.Warn("record start failure", "container", m.ID, "error", serr)
+		}
+		return nil, err
+	}
+	c, err := s.client.LoadContainer(ctx, m.ID)
+	if err != nil {
+		return fail(err)
+	}
+	stdout, stderr := lg.writers()
+	task, err := c.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, stdout, stderr), cio.WithFIFODir(s.fifoDir())))
+	if err != nil {
+		return fail(fmt.Errorf("create task of container %s: %w", m.ID, err))
+	}
+	exitC, err := task.Wait(s.pods.ctx)
+	if err != nil {
+		_, _ = task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
+		return fail(fmt.Errorf("wait for container %s: %w", m.ID, err))
+	}
+	if err := task.Start(ctx); err != nil {
+		_, _ = task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
+		return fail(fmt.Errorf("start container %s: %w", m.ID, err))
+	}
+	m.StartedAt = nanos(time.Now())
+	if err := s.saveContainer(ctx, m); err != nil {
+		return nil, err
+	}
+	s.watchExit(m.ID, task, exitC, lg)
+	return &runtime.StartContainerResponse{}, nil
+}
+
+// watchExit records a container's exit once its task ends: exit code and
+// time into its record, then the task (and shim) deleted and the log
+// closed. Each started container has one watcher; the returned channel
+// closes when it is done.
+func (s *Server) watchExit(id string, task containerd.Task, exitC <-chan containerd.ExitStatus, lg *containerLog) chan struct{} {
+	s.pods.mu.Lock()
+	if done, ok := s.pods.exits[id]; ok {
+		s.pods.mu.Unlock()
+		return done
+	}
+	done := make(chan struct{})
+	s.pods.exits[id] = done
+	s.pods.mu.Unlock()
+	go func() {
+		defer close(done)
+		st := <-exitC
+		if st.Error() != nil {
+			// The process is stopping; the next one's Recover
+			// watches again.
+			s.logger.Debug("stopped watching container", "container", id, "error", st.Error())
+			s.pods.mu.Lock()
+			delete(s.pods.exits, id)
+			s.pods.mu.Unlock()
+			return
+		}
+		ctx := s.pods.ctx
+		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+			s.logger.Warn("delete task of exited container", "container", id, "error", err)
+		}
+		lg.Close()
+		s.recordExit(ctx, id, int32(st.ExitCode()), st.ExitTime())
+	}()
+	return done
+}
+
+func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.Time) {
+	m, _, err := s.getContainer(ctx, id)
+	if err != nil {
+		s.logger.Debug("exited container has no record", "container", id, "error", err)
+		return
+	}
+	if m.FinishedAt != 0 {
+		return
+	}
+	if at.IsZero() {
+		at = time.Now()
+	}
+	m.FinishedAt, m.ExitCode = nanos(at), code
+	m.Reason = "Completed"
+	if code != 0 {
+		m.Reason = "Error"
+	}
+	if err := s.saveContainer(ctx, m); err != nil {
+		s.logger.Warn("record container exit", "container", id, "error", err)
+	}
+}
+
+// ensureWatcher returns the exit watcher of a started container, starting
+// one (without log, unless lg is given) when this process has none: after
+// a restart.
+func (s *Server) ensureWatcher(ctx context.Context, id string, lg *containerLog) (chan struct{}, error) {
+	s.pods.mu.Lock()
+	done, ok := s.pods.exits[id]
+	s.pods.mu.Unlock()
+	if ok {
+		return done, nil
+	}
+	c, err := s.client.LoadContainer(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var attach cio.Attach
+	if lg != nil {
+		stdout, stderr := lg.writers()
+		attach = cio.NewAttach(cio.WithStreams(nil, stdout, stderr))
+	}
+	task, err := c.Task(ctx, attach)
+	if err != nil && attach != nil {
+		s.logger.Warn("reattach container log, logs stop here", "container", id, "error", err)
+		lg.Close()
+		lg = nil
+		task, err = c.Task(ctx, nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	exitC, err := task.Wait(s.pods.ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.watchExit(id, task, exitC, lg), nil
+}
+
+// StopContainer stops a running container: its stop signal (the image's,
+// else SIGTERM), then SIGKILL once the timeout passes. Stopping a stopped
+// container succeeds.
+func (s *Server) StopContainer(ctx context.Context, req *runtime.StopContainerRequest) (*runtime.StopContainerResponse, error) {
+	ctx = withNamespace(ctx)
+	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.stopContainer(ctx, m.ID, time.Duration(req.GetTimeout())*time.Second); err != nil {
+		return nil, err
+	}
+	return &runtime.StopContainerResponse{}, nil
+}
+
+func (s *Server) stopContainer(ctx context.Context, id string, timeout time.Duration) error {
+	unlock := s.pods.lock(id)
+	defer unlock()
+	m, _, err := s.getContainer(ctx, id)
+	if err != nil {
+		return err
+	}
+	if m.StartedAt == 0 || m.FinishedAt != 0 {
+		return nil
+	}
+	p, err := s.taskState(ctx, id)
+	if errdefs.IsNotFound(err) {
+		// Exited and deleted, but the exit not recorded: the process
+		// died in between.
+		s.recordExit(ctx, id, 255, time.Time{})
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	done, err := s.ensureWatcher(ctx, id, nil)
+	if err != nil {
+		return err
+	}
+	if p.GetStatus() != tasktypes.Status_STOPPED && timeout > 0 {
+		sig := syscall.SIGTERM
+		if m.StopSignal != "" {
+			if parsed, err := signal.ParseSignal(m.StopSignal); err == nil {
+				sig = parsed
+			}
+		}
+		if err := s.kill(ctx, id, sig); err != nil {
+			return err
+		}
+		select {
+		case <-done:
+			return nil
+		case <-time.After(timeout):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if p.GetStatus() != tasktypes.Status_STOPPED {
+		if err := s.kill(ctx, id, syscall.SIGKILL); err != nil {
+			return err
+		}
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wait for container %s to exit: %w", id, ctx.Err())
+	}
+}
+
+func (s *Server) kill(ctx context.Context, id string, sig syscall.Signal) error {
+	c, err := s.client.LoadContainer(ctx, id)
+	if err != nil {
+		return err
+	}
+	task, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := task.Kill(ctx, sig, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("signal %d to container %s: %w", sig, id, err)
+	}
+	return nil
+}
+
+// RemoveContainer removes a container, stopping it first if it runs; its
+// log file stays (the kubelet owns it). Removing an unknown container
+// succeeds.
+func (s *Server) RemoveContainer(ctx context.Context, req *runtime.RemoveContainerRequest) (*runtime.RemoveContainerResponse, error) {
+	ctx = withNamespace(ctx)
+	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	if errdefs.IsNotFound(err) {
+		return &runtime.RemoveContainerResponse{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := s.removeContainer(ctx, m.ID); err != nil {
+		return nil, err
+	}
+	return &runtime.RemoveContainerResponse{}, nil
+}
+
+func (s *Server) removeContainer(ctx context.Context, id string) error {
+	if err := s.stopContainer(ctx, id, 0); err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	unlock := s.pods.lock(id)
+	defer unlock()
+	if err := s.deleteTask(ctx, id); err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	c, err := s.client.LoadContainer(ctx, id)
+	if err == nil {
+		err = c.Delete(ctx, containerd.WithSnapshotCleanup)
+	}
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("remove container %s: %w", id, err)
+	}
+	s.pods.forget(id)
+	return nil
+}
+
+// containerState is a container's state and, once exited, how it ended.
+func (s *Server) containerState(ctx context.Context, m *containerMeta) (runtime.ContainerState, int32, int64) {
+	switch {
+	case m.FinishedAt != 0:
+		return runtime.ContainerState_CONTAINER_EXITED, m.ExitCode, m.FinishedAt
+	case m.StartedAt == 0:
+		return runtime.ContainerState_CONTAINER_CREATED, 0, 0
+	}
+	p, err := s.taskState(ctx, m.ID)
+	if err != nil {
+		return runtime.ContainerState_CONTAINER_UNKNOWN, 0, 0
+	}
+	if p.GetStatus() == tasktypes.Status_STOPPED {
+		// Exited; the watcher records it shortly.
+		return runtime.ContainerState_CONTAINER_EXITED, int32(p.GetExitStatus()), p.GetExitedAt().AsTime().UnixNano()
+	}
+	return runtime.ContainerState_CONTAINER_RUNNING, 0, 0
+}
+
+// ContainerStatus describes a container.
+func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStatusRequest) (*runtime.ContainerStatusResponse, error) {
+	ctx = withNamespace(ctx)
+	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	state, code, finished := s.containerState(ctx, m)
+	st := &runtime.ContainerStatus{
+		Id:          m.ID,
+		Metadata:    m.config.GetMetadata(),
+		State:       state,
+		CreatedAt:   m.CreatedAt,
+		StartedAt:   m.StartedAt,
+		FinishedAt:  finished,
+		ExitCode:    code,
+		Image:       m.config.GetImage(),
+		ImageRef:    m.ImageRef,
+		ImageId:     m.ImageID,
+		Labels:      m.config.GetLabels(),
+		Annotations: m.config.GetAnnotations(),
+		Mounts:      m.config.GetMounts(),
+		LogPath:     m.LogPath,
+	}
+	if state == runtime.ContainerState_CONTAINER_EXITED {
+		st.Reason, st.Message = m.Reason, m.Message
+	}
+	return &runtime.ContainerStatusResponse{Status: st}, nil
+}
+
+// ListContainers lists containers, narrowed by ID (or prefix), sandbox,
+// state and label selector.
+func (s *Server) ListContainers(ctx context.Context, req *runtime.ListContainersRequest) (*runtime.ListContainersResponse, error) {
+	ctx = withNamespace(ctx)
+	recs, err := s.listKind(ctx, kindContainer)
+	if err != nil {
+		return nil, err
+	}
+	f := req.GetFilter()
+	var out []*runtime.Container
+	for _, c := range recs {
+		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) {
+			continue
+		}
+		m, err := decodeContainer(c)
+		if err != nil {
+			s.logger.Warn("unreadable container record", "id", c.ID, "error", err)
+			continue
+		}
+		if f.GetPodSandboxId() != "" && !strings.HasPrefix(m.SandboxID, f.GetPodSandboxId()) {
+			continue
+		}
+		if !matchLabels(m.config.GetLabels(), f.GetLabelSelector()) {
+			continue
+		}
+		state, _, _ := s.containerState(ctx, m)
+		if f.GetState() != nil && f.GetState().GetState() != state {
+			continue
+		}
+		out = append(out, &runtime.Container{
+			Id:           m.ID,
+			PodSandboxId: m.SandboxID,
+			Metadata:     m.config.GetMetadata(),
+			Image:        m.config.GetImage(),
+			ImageRef:     m.ImageRef,
+			ImageId:      m.ImageID,
+			State:        state,
+			CreatedAt:    m.CreatedAt,
+			Labels:       m.config.GetLabels(),
+			Annotations:  m.config.GetAnnotations(),
+		})
+	}
+	return &runtime.ListContainersResponse{Containers: out}, nil
+}
+
+// Recover gives the containers running when this process started their
+// exit watchers and log writers back. It retries until the gateway
+// answers, for at most a minute.
+func (s *Server) Recover(ctx context.Context) {
+	ctx = withNamespace(ctx)
+	var recs []containers.Container
+	var err error
+	for i := 0; i < 60; i++ {
+		if recs, err = s.listKind(ctx, kindContainer); err == nil {
+			break
+		}
+		select {
+		case <-time.After(time.Second):
+		case <-s.pods.ctx.Done():
+			return
+		}
+	}
+	if err != nil {
+		s.logger.Error("recover containers", "error", err)
+		return
+	}
+	for _, c := range recs {
+		m, err := decodeContainer(c)
+		if err != nil || m.StartedAt == 0 || m.FinishedAt != 0 {
+			continue
+		}
+		if _, err := s.taskState(ctx, m.ID); errdefs.IsNotFound(err) {
+			s.recordExit(ctx, m.ID, 255, time.Time{})
+			continue
+		}
+		lg, err := newContainerLog(m.LogPath)
+		if err != nil {
+			s.logger.Warn("reopen container log", "container", m.ID, "error", err)
+			lg = nil
+		}
+		if _, err := s.ensureWatcher(ctx, m.ID, lg); err != nil {
+			s.logger.Warn("watch recovered container", "container", m.ID, "error", err)
+		}
+	}
+	s.logger.Debug("recovered containers", "count", len(recs))
+}
+
+// Close stops the exit watchers; the containers run on.
+func (s *Server) Close() { s.pods.cancel() }

@@ -1,0 +1,612 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/typeurl/v2"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// runtimeType is the runtime v2 shim every pod runs on. Runtime handlers
+// other than the default are not mapped yet.
+const runtimeType = "io.containerd.runc.v2"
+
+// sandboxOOMScoreAdj keeps the pause container alive under memory
+// pressure, as containerd's CRI does.
+const sandboxOOMScoreAdj = -998
+
+// Annotations containerd's CRI puts in the OCI spec; runtimes and hooks
+// read them.
+const (
+	annContainerType      = "io.kubernetes.cri.container-type"
+	annSandboxID          = "io.kubernetes.cri.sandbox-id"
+	annSandboxName        = "io.kubernetes.cri.sandbox-name"
+	annSandboxNamespace   = "io.kubernetes.cri.sandbox-namespace"
+	annSandboxUID         = "io.kubernetes.cri.sandbox-uid"
+	annSandboxLogDir      = "io.kubernetes.cri.sandbox-log-directory"
+	annContainerName      = "io.kubernetes.cri.container-name"
+	annImageName          = "io.kubernetes.cri.image-name"
+	containerTypeSandbox  = "sandbox"
+	containerTypeWorkload = "container"
+)
+
+func withExtension(key string, a *anypb.Any) containerd.NewContainerOpts {
+	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+		if c.Extensions == nil {
+			c.Extensions = map[string]typeurl.Any{}
+		}
+		c.Extensions[key] = a
+		return nil
+	}
+}
+
+func hostNetwork(cfg *runtime.PodSandboxConfig) bool {
+	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtime.NamespaceMode_NODE
+}
+
+// ensureImage finds an image by reference, pulling it when missing (the
+// sandbox image is not the kubelet's to pull).
+func (s *Server) ensureImage(ctx context.Context, ref string) (containerd.Image, *criImage, error) {
+	img, err := s.resolve(ctx, ref)
+	if errdefs.IsNotFound(err) {
+		named, perr := reference.ParseDockerRef(ref)
+		if perr != nil {
+			return nil, nil, fmt.Errorf("image reference %q: %v: %w", ref, perr, errdefs.ErrInvalidArgument)
+		}
+		if _, _, err = s.pulls.Do(ctx, pullKey(named.String(), nil), func(ctx context.Context) (string, error) {
+			return s.pull(ctx, named, nil)
+		}); err != nil {
+			return nil, nil, err
+		}
+		img, err = s.resolve(ctx, ref)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	ci, err := s.containerdImage(ctx, img)
+	return ci, img, err
+}
+
+// containerdImage is the client's view of a CRI image, by its ID record
+// when it has one (every image the CRI pulled does).
+func (s *Server) containerdImage(ctx context.Context, img *criImage) (containerd.Image, error) {
+	name := img.refs[0]
+	for _, r := range img.refs {
+		if r == img.info.id {
+			name = r
+		}
+	}
+	ci, err := s.client.GetImage(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	return ci, nil
+}
+
+// RunPodSandbox creates and starts a pod sandbox: its network namespace
+// set up by CNI, its hostname, hosts and resolv.conf files, and the pause
+// container holding its namespaces.
+func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRequest) (_ *runtime.RunPodSandboxResponse, retErr error) {
+	ctx = withNamespace(ctx)
+	cfg := req.GetConfig()
+	md := cfg.GetMetadata()
+	if md.GetName() == "" || md.GetNamespace() == "" || md.GetUid() == "" {
+		return nil, fmt.Errorf("sandbox metadata needs name, namespace and uid: %w", errdefs.ErrInvalidArgument)
+	}
+	if h := req.GetRuntimeHandler(); h != "" && h != "runc" {
+		return nil, fmt.Errorf("runtime handler %q: only the default (runc) is configured: %w", h, errdefs.ErrNotFound)
+	}
+	name := strings.Join([]string{md.GetName(), md.GetNamespace(), md.GetUid(), strconv.Itoa(int(md.GetAttempt()))}, "_")
+	release, err := s.reserveName(ctx, kindSandbox, name)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	pause, _, err := s.ensureImage(ctx, s.cfg.SandboxImage)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox image %s: %w", s.cfg.SandboxImage, err)
+	}
+	cfgBytes, err := proto.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	id := newID()
+	m := &sandboxMeta{ID: id, Name: name, Config: cfgBytes, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: nanos(time.Now()), config: cfg}
+
+	// Undo what was done, in reverse, when a later step fails; the
+	// kubelet retries with a new attempt.
+	var undo []func()
+	defer func() {
+		if retErr != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	cleanupCtx := context.WithoutCancel(ctx)
+
+	if !hostNetwork(cfg) {
+		m.NetNS, err = newNetNS(s.netnsDir(), "cni-"+id[:32])
+		if err != nil {
+			return nil, err
+		}
+		undo = append(undo, func() { _ = removeNetNS(m.NetNS) })
+		ips, err := s.setupPodNetwork(ctx, id, m.NetNS, cfg)
+		undo = append(undo, func() {
+			if err := s.teardownPodNetwork(cleanupCtx, id, m.NetNS, cfg); err != nil {
+				s.logger.Warn("undo pod network", "sandbox", id, "error", err)
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+		m.IP, m.AdditionalIPs = ips[0], ips[1:]
+	}
+
+	dir := s.sandboxDir(id)
+	undo = append(undo, func() { _ = os.RemoveAll(dir) })
+	hostname, err := writeSandboxFiles(dir, cfg)
+	if err != nil {
+		return nil, err
+	}
+
+	specOpts := []oci.SpecOpts{
+		oci.WithImageConfig(pause),
+		oci.WithAnnotations(map[string]string{
+			annContainerType:    containerTypeSandbox,
+			annSandboxID:        id,
+			annSandboxName:      md.GetName(),
+			annSandboxNamespace: md.GetNamespace(),
+			annSandboxUID:       md.GetUid(),
+			annSandboxLogDir:    cfg.GetLogDirectory(),
+		}),
+		oci.WithCgroup(cgroupsPath(cfg.GetLinux().GetCgroupParent(), id)),
+		s.withOOMScoreAdj(sandboxOOMScoreAdj),
+	}
+	if hostNetwork(cfg) {
+		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
+	} else {
+		specOpts = append(specOpts,
+			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: m.NetNS}),
+			oci.WithHostname(hostname))
+	}
+	nsOpts := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
+	if nsOpts.GetPid() == runtime.NamespaceMode_NODE {
+		specOpts = append(specOpts, oci.WithHostNamespace(specs.PIDNamespace))
+	}
+	if nsOpts.GetIpc() == runtime.NamespaceMode_NODE {
+		specOpts = append(specOpts, oci.WithHostNamespace(specs.IPCNamespace))
+	}
+	if sysctls := cfg.GetLinux().GetSysctls(); len(sysctls) > 0 {
+		specOpts = append(specOpts, withSysctls(sysctls))
+	}
+
+	ext, err := encodeExtension(sandboxExtension, m)
+	if err != nil {
+		return nil, err
+	}
+	labels := map[string]string{}
+	for k, v := range cfg.GetLabels() {
+		labels[k] = v
+	}
+	labels[kindLabel] = kindSandbox
+	c, err := s.client.NewContainer(ctx, id,
+		containerd.WithSnapshotter(s.cfg.Snapshotter),
+		containerd.WithNewSnapshot(id, pause),
+		containerd.WithImageName(pause.Name()),
+		containerd.WithRuntime(runtimeType, nil),
+		containerd.WithNewSpec(specOpts...),
+		containerd.WithContainerLabels(labels),
+		withExtension(sandboxExtension, ext),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox container: %w", err)
+	}
+	undo = append(undo, func() {
+		if err := c.Delete(cleanupCtx, containerd.WithSnapshotCleanup); err != nil {
+			s.logger.Warn("undo sandbox container", "sandbox", id, "error", err)
+		}
+	})
+	task, err := c.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		return nil, fmt.Errorf("create sandbox task: %w", err)
+	}
+	undo = append(undo, func() { _, _ = task.Delete(cleanupCtx, containerd.WithProcessKill) })
+	if err := task.Start(ctx); err != nil {
+		return nil, fmt.Errorf("start sandbox task: %w", err)
+	}
+	s.logger.Debug("sandbox running", "sandbox", id, "name", name, "ip", m.IP)
+	return &runtime.RunPodSandboxResponse{PodSandboxId: id}, nil
+}
+
+// reserveName fails with AlreadyExists when an object of kind already has
+// name; the reservation ends when release is called, by which time the
+// record exists (or creation failed).
+func (s *Server) reserveName(ctx context.Context, kind, name string) (release func(), err error) {
+	s.pods.mu.Lock()
+	if s.pods.reserved[name] {
+		s.pods.mu.Unlock()
+		return nil, fmt.Errorf("%s name %q is being created: %w", kind, name, errdefs.ErrAlreadyExists)
+	}
+	s.pods.reserved[name] = true
+	s.pods.mu.Unlock()
+	release = func() {
+		s.pods.mu.Lock()
+		delete(s.pods.reserved, name)
+		s.pods.mu.Unlock()
+	}
+	all, err := s.listKind(ctx, kind)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	for _, c := range all {
+		var other string
+		if kind == kindSandbox {
+			if m, err := decodeSandbox(c); err == nil {
+				other = m.Name
+			}
+		} else if m, err := decodeContainer(c); err == nil {
+			other = m.Name
+		}
+		if other == name {
+			release()
+			return nil, fmt.Errorf("%s name %q is reserved for %s: %w", kind, name, c.ID, errdefs.ErrAlreadyExists)
+		}
+	}
+	return release, nil
+}
+
+// writeSandboxFiles writes the hostname, hosts and resolv.conf files the
+// pod's containers mount, and returns the hostname.
+func writeSandboxFiles(dir string, cfg *runtime.PodSandboxConfig) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create sandbox directory: %w", err)
+	}
+	hostname := cfg.GetHostname()
+	if hostname == "" || hostNetwork(cfg) {
+		h, err := os.Hostname()
+		if err != nil {
+			return "", err
+		}
+		if hostname == "" {
+			hostname = h
+		}
+	}
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+	if hostNetwork(cfg) {
+		if b, err := os.ReadFile("/etc/hosts"); err == nil {
+			hosts = string(b)
+		}
+	}
+	var resolv string
+	if dns := cfg.GetDnsConfig(); dns != nil && (len(dns.GetServers()) > 0 || len(dns.GetSearches()) > 0 || len(dns.GetOptions()) > 0) {
+		var b strings.Builder
+		if len(dns.GetSearches()) > 0 {
+			fmt.Fprintf(&b, "search %s\n", strings.Join(dns.GetSearches(), " "))
+		}
+		for _, ns := range dns.GetServers() {
+			fmt.Fprintf(&b, "nameserver %s\n", ns)
+		}
+		if len(dns.GetOptions()) > 0 {
+			fmt.Fprintf(&b, "options %s\n", strings.Join(dns.GetOptions(), " "))
+		}
+		resolv = b.String()
+	} else if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+		resolv = string(b)
+	}
+	for name, content := range map[string]string{"hostname": hostname + "\n", "hosts": hosts, "resolv.conf": resolv} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			return "", fmt.Errorf("write sandbox %s: %w", name, err)
+		}
+	}
+	return hostname, nil
+}
+
+// cgroupsPath puts a container under the pod's cgroup parent (cgroupfs
+// driver; the systemd driver's "slice:prefix:name" form is not done yet).
+func cgroupsPath(parent, id string) string {
+	if parent == "" {
+		return filepath.Join("/", Namespace, id)
+	}
+	return filepath.Join(parent, id)
+}
+
+func withSysctls(sysctls map[string]string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		if s.Linux.Sysctl == nil {
+			s.Linux.Sysctl = map[string]string{}
+		}
+		for k, v := range sysctls {
+			s.Linux.Sysctl[k] = v
+		}
+		return nil
+	}
+}
+
+// withOOMScoreAdj sets a process's oom_score_adj, raised to the daemon's
+// own when lowering it is not allowed: without CAP_SYS_RESOURCE runc
+// fails to set a value below the current one.
+func (s *Server) withOOMScoreAdj(adj int) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, spec *oci.Spec) error {
+		if s.cfg.RestrictOOMScoreAdj || !hasCapSysResource() {
+			if own, err := ownOOMScoreAdj(); err == nil && adj < own {
+				adj = own
+			}
+		}
+		if spec.Process == nil {
+			spec.Process = &specs.Process{}
+		}
+		spec.Process.OOMScoreAdj = &adj
+		return nil
+	}
+}
+
+func ownOOMScoreAdj() (int, error) {
+	b, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// hasCapSysResource reads the effective capability set of this process.
+func hasCapSysResource() bool {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			const capSysResource = 24
+			return err == nil && caps&(1<<capSysResource) != 0
+		}
+	}
+	return false
+}
+
+// taskState asks the tasks service about an object's task: its status
+// (UNKNOWN with NotFound when it has none), pid and exit.
+func (s *Server) taskState(ctx context.Context, id string) (*tasktypes.Process, error) {
+	resp, err := s.client.TaskService().Get(ctx, &tasksapi.GetRequest{ContainerID: id})
+	if err != nil {
+		return nil, fmt.Errorf("task of %s: %w", id, errgrpc.ToNative(err))
+	}
+	return resp.GetProcess(), nil
+}
+
+func (s *Server) sandboxReady(ctx context.Context, id string) (bool, uint32) {
+	p, err := s.taskState(ctx, id)
+	if err != nil {
+		return false, 0
+	}
+	return p.GetStatus() == tasktypes.Status_RUNNING, p.GetPid()
+}
+
+// StopPodSandbox stops the pod's containers and its pause container and
+// tears its network down (CNI DEL once, recorded on the sandbox so that a
+// restarted cri process does not repeat it). The record stays.
+func (s *Server) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandboxRequest) (*runtime.StopPodSandboxResponse, error) {
+	ctx = withNamespace(ctx)
+	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.stopSandbox(ctx, m); err != nil {
+		return nil, err
+	}
+	return &runtime.StopPodSandboxResponse{}, nil
+}
+
+func (s *Server) stopSandbox(ctx context.Context, m *sandboxMeta) error {
+	cs, err := s.sandboxContainers(ctx, m.ID)
+	if err != nil {
+		return err
+	}
+	for _, c := range cs {
+		if err := s.stopContainer(ctx, c.ID, 0); err != nil {
+			return fmt.Errorf("stop container %s of sandbox %s: %w", c.ID, m.ID, err)
+		}
+	}
+	unlock := s.pods.lock(m.ID)
+	defer unlock()
+	if err := s.deleteTask(ctx, m.ID); err != nil {
+		return fmt.Errorf("stop sandbox %s: %w", m.ID, err)
+	}
+	if m.NetNS != "" && !m.NetworkTornDown {
+		if err := s.teardownPodNetwork(ctx, m.ID, m.NetNS, m.config); err != nil {
+			return fmt.Errorf("tear down network of sandbox %s: %w", m.ID, err)
+		}
+		m.NetworkTornDown = true
+		if err := s.saveSandbox(ctx, m); err != nil {
+			return err
+		}
+	}
+	// The namespace has no use once the network is gone, as in
+	// containerd; the path stays recorded for the status.
+	if err := removeNetNS(m.NetNS); err != nil {
+		return err
+	}
+	return nil
+}
+
+// deleteTask kills an object's task, if it has one, and deletes it.
+func (s *Server) deleteTask(ctx context.Context, id string) error {
+	c, err := s.client.LoadContainer(ctx, id)
+	if err != nil {
+		return err
+	}
+	task, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete task of %s: %w", id, err)
+	}
+	return nil
+}
+
+func (s *Server) sandboxContainers(ctx context.Context, sandboxID string) ([]containers.Container, error) {
+	cs, err := s.client.ContainerService().List(ctx,
+		fmt.Sprintf(`labels."%s"==%s,labels."%s"==%s`, kindLabel, kindContainer, sandboxIDLabel, sandboxID))
+	if err != nil {
+		return nil, fmt.Errorf("containers of sandbox %s: %w", sandboxID, err)
+	}
+	return cs, nil
+}
+
+// RemovePodSandbox stops the pod if it runs and removes its containers,
+// network namespace, files and records. Removing an unknown pod succeeds.
+func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSandboxRequest) (*runtime.RemovePodSandboxResponse, error) {
+	ctx = withNamespace(ctx)
+	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
+	if errdefs.IsNotFound(err) {
+		return &runtime.RemovePodSandboxResponse{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := s.stopSandbox(ctx, m); err != nil {
+		return nil, err
+	}
+	cs, err := s.sandboxContainers(ctx, m.ID)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range cs {
+		if err := s.removeContainer(ctx, c.ID); err != nil {
+			return nil, fmt.Errorf("remove container %s of sandbox %s: %w", c.ID, m.ID, err)
+		}
+	}
+	unlock := s.pods.lock(m.ID)
+	defer unlock()
+	if err := os.RemoveAll(s.sandboxDir(m.ID)); err != nil {
+		return nil, fmt.Errorf("remove sandbox directory: %w", err)
+	}
+	c, err := s.client.LoadContainer(ctx, m.ID)
+	if err == nil {
+		err = c.Delete(ctx, containerd.WithSnapshotCleanup)
+	}
+	if err != nil && !errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("remove sandbox %s: %w", m.ID, err)
+	}
+	s.pods.forget(m.ID)
+	return &runtime.RemovePodSandboxResponse{}, nil
+}
+
+func (s *Server) sandboxState(ctx context.Context, m *sandboxMeta) runtime.PodSandboxState {
+	if ok, _ := s.sandboxReady(ctx, m.ID); ok {
+		return runtime.PodSandboxState_SANDBOX_READY
+	}
+	return runtime.PodSandboxState_SANDBOX_NOTREADY
+}
+
+// PodSandboxStatus describes a pod: state from its pause task, network
+// from the CNI result recorded at creation.
+func (s *Server) PodSandboxStatus(ctx context.Context, req *runtime.PodSandboxStatusRequest) (*runtime.PodSandboxStatusResponse, error) {
+	ctx = withNamespace(ctx)
+	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	st := &runtime.PodSandboxStatus{
+		Id:             m.ID,
+		Metadata:       m.config.GetMetadata(),
+		State:          s.sandboxState(ctx, m),
+		CreatedAt:      m.CreatedAt,
+		Labels:         m.config.GetLabels(),
+		Annotations:    m.config.GetAnnotations(),
+		RuntimeHandler: m.RuntimeHandler,
+		Linux: &runtime.LinuxPodSandboxStatus{Namespaces: &runtime.Namespace{
+			Options: m.config.GetLinux().GetSecurityContext().GetNamespaceOptions(),
+		}},
+	}
+	if m.IP != "" {
+		st.Network = &runtime.PodSandboxNetworkStatus{Ip: m.IP}
+		for _, ip := range m.AdditionalIPs {
+			st.Network.AdditionalIps = append(st.Network.AdditionalIps, &runtime.PodIP{Ip: ip})
+		}
+	}
+	resp := &runtime.PodSandboxStatusResponse{Status: st}
+	if req.GetVerbose() {
+		resp.Info = map[string]string{"info": fmt.Sprintf(`{"netNamespacePath":%q,"networkTornDown":%v}`, m.NetNS, m.NetworkTornDown)}
+	}
+	return resp, nil
+}
+
+// ListPodSandbox lists the pods, narrowed by ID (or ID prefix), state and
+// label selector.
+func (s *Server) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandboxRequest) (*runtime.ListPodSandboxResponse, error) {
+	ctx = withNamespace(ctx)
+	recs, err := s.listKind(ctx, kindSandbox)
+	if err != nil {
+		return nil, err
+	}
+	f := req.GetFilter()
+	var out []*runtime.PodSandbox
+	for _, c := range recs {
+		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) {
+			continue
+		}
+		m, err := decodeSandbox(c)
+		if err != nil {
+			s.logger.Warn("unreadable sandbox record", "id", c.ID, "error", err)
+			continue
+		}
+		if !matchLabels(m.config.GetLabels(), f.GetLabelSelector()) {
+			continue
+		}
+		state := s.sandboxState(ctx, m)
+		if f.GetState() != nil && f.GetState().GetState() != state {
+			continue
+		}
+		out = append(out, &runtime.PodSandbox{
+			Id:             m.ID,
+			Metadata:       m.config.GetMetadata(),
+			State:          state,
+			CreatedAt:      m.CreatedAt,
+			Labels:         m.config.GetLabels(),
+			Annotations:    m.config.GetAnnotations(),
+			RuntimeHandler: m.RuntimeHandler,
+		})
+	}
+	return &runtime.ListPodSandboxResponse{Items: out}, nil
+}
+
+func matchLabels(labels, selector map[string]string) bool {
+	for k, v := range selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}

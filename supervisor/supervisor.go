@@ -24,6 +24,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 
 	"github.com/flotilla-project/flotilla/pkg/handshake"
+	"github.com/flotilla-project/flotilla/pkg/service"
 	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
 )
 
@@ -143,11 +144,12 @@ func topoSort(specs []Spec) ([]Spec, error) {
 	return out, nil
 }
 
-// Start brings every service up in dependency order. If one fails, those
-// already started are stopped and the error names the failing service.
+// Start brings every service up in dependency order, taking over the
+// processes a previous flotillad left running where it can. If one fails,
+// those already started are stopped and the error names the failing service.
 func (s *Supervisor) Start(ctx context.Context) error {
 	for i, p := range s.order {
-		if err := p.start(ctx); err != nil {
+		if err := p.startOrReattach(ctx); err != nil {
 			for j := i - 1; j >= 0; j-- {
 				s.order[j].stop()
 			}
@@ -165,6 +167,18 @@ func (s *Supervisor) Stop() {
 	s.mu.Unlock()
 	for i := len(s.order) - 1; i >= 0; i-- {
 		s.order[i].stop()
+	}
+}
+
+// Detach stops supervising without stopping the services: they keep
+// running, and the next flotillad on the same state directory reattaches to
+// them (see reattach.go). For upgrading flotillad itself.
+func (s *Supervisor) Detach() {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	for i := len(s.order) - 1; i >= 0; i-- {
+		s.order[i].detach()
 	}
 }
 
@@ -241,6 +255,13 @@ func (s *Supervisor) Logs(name string, n int) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.mu.Lock()
+	follow := p.follow
+	p.mu.Unlock()
+	if follow != nil {
+		// Up to the moment, not to the follower's last poll.
+		follow.drain()
+	}
 	return p.logs.last(n), nil
 }
 
@@ -259,6 +280,7 @@ type proc struct {
 	client *plugin.Client
 	status Status
 	tail   *tailWriter
+	follow *logFollower
 	exited chan struct{} // closed when the current process has exited
 	// restart is set by Restart while it stops the process; watch starts
 	// the next one at once and reports how that went on it.
@@ -286,8 +308,8 @@ func (p *proc) pidFile() string {
 	return filepath.Join(p.spec.Env.State, p.spec.Name+".pid")
 }
 
-// killStale ends a process a previous flotillad left behind (it was killed
-// without stopping its services), so that two copies never own one state.
+// killStale ends a process a previous flotillad left behind that could not
+// be reattached, so that two copies never own one state.
 func (p *proc) killStale() {
 	b, err := os.ReadFile(p.pidFile())
 	if err != nil {
@@ -333,8 +355,23 @@ func alive(pid int) bool {
 	return true
 }
 
+// startOrReattach takes over the process a previous flotillad left
+// running, if there is a sound one, and starts the service otherwise.
+func (p *proc) startOrReattach(ctx context.Context) error {
+	err := p.reattach(ctx)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, errNoRecord) {
+		p.sup.opts.Logger.Warn("cannot reattach to the service process left running; starting it afresh", "name", p.spec.Name, "error", err)
+	}
+	return p.start(ctx)
+}
+
 func (p *proc) start(ctx context.Context) error {
 	p.killStale()
+	_ = os.Remove(p.reattachPath())
+	p.removePluginSockets()
 	if err := os.MkdirAll(p.spec.Env.State, 0o711); err != nil {
 		return err
 	}
@@ -342,11 +379,22 @@ func (p *proc) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	follow, err := followLog(p.logPath(), true, p.sup.opts.Output, p.logs)
+	if err != nil {
+		return err
+	}
 	cmd := exec.Command(p.spec.Path)
-	cmd.Env = append(os.Environ(), handshake.EnvVar+"="+env)
+	cmd.Env = append(os.Environ(), handshake.EnvVar+"="+env, service.LogFileEnv+"="+p.logPath(),
+		// go-plugin's socket goes beside the reattach record that names
+		// it rather than into /tmp, where a cleaner could take it away
+		// from a service that runs for months.
+		plugin.EnvUnixSocketDir+"="+p.spec.Env.State)
 	// Each service gets its own process group so that a terminal's Ctrl-C
-	// reaches flotillad alone, which then stops services in order.
+	// reaches flotillad alone, which then stops services in order; and so
+	// that services outlive a flotillad that is killed or upgraded.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Until a service has pointed its stderr at its log file (and for a
+	// binary that never does), its stderr is go-plugin's pipe.
 	tail := &tailWriter{w: p.sup.opts.Output, ring: p.logs}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  handshake.Config,
@@ -358,35 +406,54 @@ func (p *proc) start(ctx context.Context) error {
 		SyncStderr:       &tailWriter{w: p.sup.opts.Output, ring: p.logs},
 		SyncStdout:       &tailWriter{w: p.sup.opts.Output, ring: p.logs},
 		StartTimeout:     p.sup.opts.StartTimeout,
-		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: p.spec.Env.State},
 	})
 	p.setStatus(func(s *Status) { s.State = Starting; s.LastError = "" })
 	info, err := describe(ctx, client, p.sup.opts.StartTimeout)
 	if err != nil {
 		client.Kill()
-		if last := tail.last(); last != "" {
+		follow.close()
+		last := follow.w.last()
+		if last == "" {
+			last = tail.last()
+		}
+		if last != "" {
 			err = fmt.Errorf("%w (last output: %s)", err, last)
 		}
 		p.setStatus(func(s *Status) { s.State = Failed; s.LastError = err.Error() })
 		return err
 	}
 	_ = os.WriteFile(p.pidFile(), []byte(strconv.FormatInt(info.Pid, 10)), 0o600)
+	since := time.Now()
+	if err := p.saveReattach(client, int(info.Pid), since, p.snapshot().Restarts); err != nil {
+		// The service runs; only a later flotillad cannot take it over.
+		p.sup.opts.Logger.Warn("cannot record how to reattach to the service", "name", p.spec.Name, "error", err)
+	}
+	p.attach(client, info, follow, tail, since)
+	p.sup.opts.Logger.Info("service running", "name", p.spec.Name, "pid", info.Pid, "socket", info.Socket)
+	return nil
+}
+
+// attach makes client's process the service's current one and watches for
+// its exit.
+func (p *proc) attach(client *plugin.Client, info *servicepb.DescribeResponse, follow *logFollower, tail *tailWriter, since time.Time) {
+	// What the process said while starting comes before "running".
+	follow.drain()
 	exited := make(chan struct{})
 	go func() {
-		// go-plugin waits on the child itself and exposes only a poll.
+		// go-plugin waits on the process itself and exposes only a poll.
 		for !client.Exited() {
 			time.Sleep(20 * time.Millisecond)
 		}
+		// Its last words (a panic, say) belong to this process's log.
+		follow.close()
 		close(exited)
 	}()
 	p.mu.Lock()
-	p.client, p.tail, p.exited = client, tail, exited
+	p.client, p.tail, p.follow, p.exited = client, tail, follow, exited
 	p.mu.Unlock()
 	p.setStatus(func(s *Status) {
-		s.State, s.Pid, s.Info, s.Since = Running, int(info.Pid), info, time.Now()
+		s.State, s.Pid, s.Info, s.Since = Running, int(info.Pid), info, since
 	})
-	p.sup.opts.Logger.Info("service running", "name", p.spec.Name, "pid", info.Pid, "socket", info.Socket)
-	return nil
 }
 
 func describe(ctx context.Context, client *plugin.Client, timeout time.Duration) (*servicepb.DescribeResponse, error) {
@@ -464,7 +531,7 @@ func (p *proc) watch() {
 
 func (p *proc) stop() {
 	p.mu.Lock()
-	client := p.client
+	client, follow := p.client, p.follow
 	p.mu.Unlock()
 	if client == nil {
 		return
@@ -472,9 +539,33 @@ func (p *proc) stop() {
 	// Kill asks the process to shut down gracefully over go-plugin and
 	// force-kills it after a grace period.
 	client.Kill()
+	follow.close()
+	p.mu.Lock()
+	p.client = nil
+	p.mu.Unlock()
 	_ = os.Remove(p.pidFile())
+	_ = os.Remove(p.reattachPath())
+	p.removePluginSockets()
 	p.setStatus(func(s *Status) { s.State = Stopped; s.Pid = 0 })
 	p.sup.opts.Logger.Info("service stopped", "name", p.spec.Name)
+}
+
+// detach lets go of the process, leaving it running for the next flotillad.
+func (p *proc) detach() {
+	p.mu.Lock()
+	client, follow := p.client, p.follow
+	pid := p.status.Pid
+	p.mu.Unlock()
+	if client == nil {
+		return
+	}
+	// Forgotten, so that a Stop after this cannot end what now belongs to
+	// the next flotillad.
+	p.mu.Lock()
+	p.client = nil
+	p.mu.Unlock()
+	follow.close()
+	p.sup.opts.Logger.Info("service left running", "name", p.spec.Name, "pid", pid)
 }
 
 // tailWriter copies a service's output through line by line, keeps the lines

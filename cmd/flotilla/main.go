@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -28,6 +29,9 @@ commands:
   services                     list the service processes
   restart [--drain 10s] <name> restart a service; clients see latency, not errors
   logs [-n 100] <name>         print the last lines a service wrote
+  trace [--state <dir>] last | <trace id> | ls
+                               draw a client call across processes as a
+                               waterfall (needs [trace] file = true)
 
 The address defaults to $FLOTILLA_ADDRESS, else ` + defaultAddress + `.
 `
@@ -57,6 +61,11 @@ func run(args []string, out io.Writer) error {
 		return errors.New("no command")
 	}
 	cmd, args := fs.Arg(0), fs.Args()[1:]
+	if cmd == "trace" {
+		// Span files are read where the daemon writes them, with no call
+		// to it: the state directory is the socket's by default.
+		return traceCmd(args, filepath.Dir(*address), out)
+	}
 
 	conn, err := rpc.Dial(*address)
 	if err != nil {

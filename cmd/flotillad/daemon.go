@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"syscall"
@@ -13,6 +14,7 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/config"
 	"github.com/flotilla-project/flotilla/pkg/handshake"
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/pkg/metrics"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/tracing"
 	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
@@ -51,7 +53,20 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	defer unlock()
+	// SIGUSR2 asks flotillad to exit leaving its services running, for the
+	// next flotillad (an upgraded one, say) to reattach to; SIGTERM and
+	// SIGINT stop them. Caught from here on: by default it would kill us.
+	upgrade := make(chan os.Signal, 1)
+	signal.Notify(upgrade, syscall.SIGUSR2)
+	defer signal.Stop(upgrade)
 
+	if cfg.Trace.File {
+		// Services inherit the environment, so one variable turns span
+		// files on in every process.
+		if err := os.Setenv(tracing.DirEnv, filepath.Join(cfg.State, "traces")); err != nil {
+			return err
+		}
+	}
 	shutdownTracing, err := tracing.Setup(ctx, "gateway")
 	if err != nil {
 		return err
@@ -124,6 +139,14 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	gw.SetSupervisor(adminSupervisor{sup})
+	if cfg.Metrics.Address != "" {
+		stopMetrics, err := metrics.NewDaemon(logger, metricsProcesses(sup)).ListenAndServe(cfg.Metrics.Address)
+		if err != nil {
+			gw.Stop()
+			return err
+		}
+		defer stopMetrics()
+	}
 	if err := sup.Start(ctx); err != nil {
 		gw.Stop()
 		_ = os.Remove(cfg.Address())
@@ -132,7 +155,17 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	gw.Ready()
 	logger.Info("flotillad ready", "address", cfg.Address(), "root", cfg.Root, "state", cfg.State, "pid", os.Getpid())
 
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-upgrade:
+		logger.Info("exiting; services keep running for the next flotillad")
+		sup.Detach()
+		gw.Stop()
+		_ = os.Remove(cfg.Address())
+		_ = os.Remove(gateway.TTRPCAddress(cfg.Address()))
+		logger.Info("stopped")
+		return nil
+	}
 	logger.Info("stopping")
 	sup.Stop()
 	gw.Stop()
@@ -323,4 +356,19 @@ func (a adminSupervisor) Processes() []admin.Process {
 		out = append(out, p)
 	}
 	return out
+}
+
+// metricsProcesses shows the supervisor's services to the metrics endpoint.
+func metricsProcesses(sup *supervisor.Supervisor) func() []metrics.Process {
+	return func() []metrics.Process {
+		var out []metrics.Process
+		for _, s := range sup.Statuses() {
+			p := metrics.Process{Name: s.Name, State: string(s.State), Pid: s.Pid, Restarts: s.Restarts}
+			if s.Info != nil {
+				p.Socket = s.Info.Exports["metrics"]
+			}
+			out = append(out, p)
+		}
+		return out
+	}
 }

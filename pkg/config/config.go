@@ -22,6 +22,8 @@ type Config struct {
 	GRPC     GRPC     `toml:"grpc"`
 	Debug    Debug    `toml:"debug"`
 	Timeouts Timeouts `toml:"timeouts"`
+	Metrics  Metrics  `toml:"metrics"`
+	Trace    Trace    `toml:"trace"`
 
 	// Services configures each service process by name. A service missing
 	// here runs with its defaults; `disabled = true` leaves it out.
@@ -67,6 +69,16 @@ type Timeouts struct {
 	ServiceStart Duration `toml:"service_start" comment:"How long a service may take to come up before startup fails."`
 	RouteWait    Duration `toml:"route_wait" comment:"How long the gateway holds a call for a service that is restarting."`
 	Call         Duration `toml:"call" comment:"Longest an inter-process call may take (a client's shorter deadline still applies)."`
+}
+
+// Metrics is the Prometheus endpoint.
+type Metrics struct {
+	Address string `toml:"address" comment:"TCP address of /metrics (e.g. \"127.0.0.1:9464\"); empty serves none."`
+}
+
+// Trace selects where spans go besides OTLP (OTEL_EXPORTER_OTLP_ENDPOINT).
+type Trace struct {
+	File bool `toml:"file" comment:"Every process also writes its spans to <state>/traces/<service>.jsonl, for flotilla trace."`
 }
 
 // Service is one service process.

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/flotilla-project/flotilla/pkg/metrics"
 )
 
 // DefaultCallTimeout bounds every inter-process unary call (a shorter
@@ -48,6 +50,8 @@ func DialTimeout(path string, timeout time.Duration, opts ...grpc.DialOption) (*
 	base := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
+		grpc.WithChainUnaryInterceptor(metrics.Client.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(metrics.Client.StreamClientInterceptor()),
 		grpc.WithInitialWindowSize(WindowSize),
 		grpc.WithInitialConnWindowSize(WindowSize),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect, MinConnectTimeout: time.Second}),

@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/flotilla-project/flotilla/pkg/metrics"
 )
 
 // MaxMsgSize is containerd's limit for sent and received messages (16 MiB).
@@ -34,9 +36,10 @@ type Server struct {
 	Health *health.Server
 }
 
-// NewServer builds a gRPC server with Flotilla's interceptor chain: panic
-// recovery, error mapping from errdefs sentinels to gRPC codes, OpenTelemetry
-// tracing, and containerd's message limits. Extra options are appended.
+// NewServer builds a gRPC server with Flotilla's interceptor chain:
+// Prometheus metrics, panic recovery, error mapping from errdefs sentinels to
+// gRPC codes, OpenTelemetry tracing, and containerd's message limits. Extra
+// options are appended.
 func NewServer(logger *slog.Logger, opts ...grpc.ServerOption) *Server {
 	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		logger.Error("panic in RPC handler", "panic", p, "stack", string(debug.Stack()))
@@ -54,8 +57,10 @@ func NewServer(logger *slog.Logger, opts ...grpc.ServerOption) *Server {
 		// Frames let a handler relay a backend's messages without decoding
 		// them; every other message is plain protobuf.
 		grpc.ForceServerCodecV2(FrameCodec{}),
-		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(recover), unaryErrors),
-		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(recover), streamErrors),
+		// Metrics come first so that they count the code the client
+		// gets, after recovery and error mapping.
+		grpc.ChainUnaryInterceptor(metrics.Server.UnaryServerInterceptor(), recovery.UnaryServerInterceptor(recover), unaryErrors),
+		grpc.ChainStreamInterceptor(metrics.Server.StreamServerInterceptor(), recovery.StreamServerInterceptor(recover), streamErrors),
 	}
 	s := grpc.NewServer(append(base, opts...)...)
 	h := health.NewServer()

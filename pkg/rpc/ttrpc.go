@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/flotilla-project/flotilla/pkg/metrics"
 )
 
 // The gateway's hop to a service is the one every routed call pays twice
@@ -57,16 +59,21 @@ func (r *Registrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
 	r.TTRPC.RegisterService(desc.ServiceName, &ttrpc.ServiceDesc{Methods: methods})
 }
 
-// unaryChain is the recovery and error mapping of NewServer's chain.
+// unaryChain is the metrics, recovery and error mapping of NewServer's
+// chain. A call that came over ttrpc is counted with the gRPC ones
+// (grpc_type "unary"): to whoever reads the metrics it is the same RPC.
 func unaryChain(logger *slog.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
-		defer func() {
-			if p := recover(); p != nil {
-				logger.Error("panic in RPC handler", "panic", p, "stack", string(debug.Stack()))
-				err = status.Errorf(codes.Internal, "internal error: %v", p)
-			}
-		}()
-		return unaryErrors(ctx, req, info, h)
+	count := metrics.Server.UnaryServerInterceptor()
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		return count(ctx, req, info, func(ctx context.Context, req any) (resp any, err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					logger.Error("panic in RPC handler", "panic", p, "stack", string(debug.Stack()))
+					err = status.Errorf(codes.Internal, "internal error: %v", p)
+				}
+			}()
+			return unaryErrors(ctx, req, info, h)
+		})
 	}
 }
 

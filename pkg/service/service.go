@@ -24,6 +24,7 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/handshake"
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/pkg/metrics"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/tracing"
 	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
@@ -82,10 +83,29 @@ func Run(name string, build Constructor) {
 	os.Exit(0)
 }
 
+// LogFileEnv names the file a supervised service writes its stderr to
+// instead of the pipe it was started with. The supervisor follows the file;
+// a pipe would break when flotillad exits, while the service must keep
+// running (and logging) for the next flotillad to reattach to it.
+const LogFileEnv = "FLOTILLA_SERVICE_LOG"
+
 func run(name string, build Constructor) error {
 	env, supervised, err := handshake.FromEnviron()
 	if err != nil {
 		return err
+	}
+	if supervised {
+		// stdout stays go-plugin's handshake pipe to the flotillad that
+		// started this process. Once that flotillad is gone, a write to it
+		// must fail with EPIPE rather than kill the service with SIGPIPE
+		// (Go's default for fds 1 and 2). Notify, not Ignore: an ignored
+		// signal would stay ignored in every process this one starts.
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+		if p := os.Getenv(LogFileEnv); p != "" {
+			if err := redirectStderr(p); err != nil {
+				fmt.Fprintf(os.Stderr, "flotilla-%s: keeping stderr: %v\n", name, err)
+			}
+		}
 	}
 	if !supervised {
 		env, err = standaloneEnv(name)
@@ -141,6 +161,23 @@ func run(name string, build Constructor) error {
 	if _, err := rpc.ServeTTRPC(ctx, ts, ttrpcSocket); err != nil {
 		return err
 	}
+	// Metrics are served beside the state the service owns; flotillad
+	// finds the socket in the exports and scrapes it. A service without a
+	// state directory (never under flotillad) serves none.
+	metricsSocket := ""
+	if env.State != "" {
+		ml, err := rpc.Listen(filepath.Join(env.State, metrics.SocketName))
+		if err != nil {
+			return err
+		}
+		defer ml.Close()
+		metricsSocket = ml.Addr().String()
+		go func() {
+			if err := metrics.Serve(ml); err != nil {
+				logger.Error("metrics endpoint stopped", "error", err)
+			}
+		}()
+	}
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(l) }()
@@ -157,7 +194,7 @@ func run(name string, build Constructor) error {
 			defer close(done)
 			plugin.Serve(&plugin.ServeConfig{
 				HandshakeConfig: handshake.Config,
-				Plugins:         handshake.Plugins(&describer{env: env, inst: inst}),
+				Plugins:         handshake.Plugins(&describer{env: env, inst: inst, metrics: metricsSocket}),
 				// go-plugin registers its own health service on this
 				// private handshake server, so it is a plain one.
 				GRPCServer: func(opts []grpc.ServerOption) *grpc.Server { return grpc.NewServer(opts...) },
@@ -198,6 +235,17 @@ func run(name string, build Constructor) error {
 	_ = os.Remove(env.Socket)
 	_ = os.Remove(ttrpcSocket)
 	return nil
+}
+
+// redirectStderr points fd 2 at path, so that the logger, panics and the
+// runtime's own crash reports all land there.
+func redirectStderr(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return syscall.Dup3(int(f.Fd()), 2, 0)
 }
 
 // TTRPCSocket is where a service serving gRPC on socket serves ttrpc.
@@ -248,8 +296,9 @@ func standaloneEnv(name string) (handshake.Env, error) {
 
 type describer struct {
 	servicepb.UnimplementedServiceServer
-	env  handshake.Env
-	inst *Instance
+	env     handshake.Env
+	inst    *Instance
+	metrics string // socket of the metrics endpoint, if any
 }
 
 func (d *describer) Describe(context.Context, *servicepb.DescribeRequest) (*servicepb.DescribeResponse, error) {
@@ -258,6 +307,9 @@ func (d *describer) Describe(context.Context, *servicepb.DescribeRequest) (*serv
 		"socket": d.env.Socket,
 		"ttrpc":  TTRPCSocket(d.env.Socket),
 		"root":   d.env.Root,
+	}
+	if d.metrics != "" {
+		exports["metrics"] = d.metrics
 	}
 	for k, v := range d.inst.Exports {
 		exports[k] = v

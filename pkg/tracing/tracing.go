@@ -1,7 +1,9 @@
 // Package tracing sets up OpenTelemetry for one Flotilla process. Spans are
-// exported with OTLP only when the standard OTEL_EXPORTER_OTLP_* variables ask
-// for it; otherwise no SDK is installed and instrumentation costs next to
-// nothing, while trace context is still propagated across every hop.
+// exported with OTLP when the standard OTEL_EXPORTER_OTLP_* variables ask for
+// it, and written to a span file in the state directory when flotillad's
+// config asks for that (see DirEnv); otherwise no SDK is installed and
+// instrumentation costs next to nothing, while trace context is still
+// propagated across every hop.
 package tracing
 
 import (
@@ -9,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
@@ -28,13 +31,46 @@ func Enabled() bool {
 	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 }
 
-// Setup installs the propagator and, when enabled, an OTLP exporter for the
-// named service. The returned function flushes and stops the exporter.
+// Setup installs the propagator and, when enabled, the exporters of the
+// named service: OTLP when the OTEL_EXPORTER_OTLP_* variables ask for it, a
+// span file in $FLOTILLA_TRACE_DIR when that is set, or both. The returned
+// function flushes and stops them.
 func Setup(ctx context.Context, service string) (func(context.Context) error, error) {
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
-	if !Enabled() {
+	dir := os.Getenv(DirEnv)
+	if !Enabled() && dir == "" {
 		return func(context.Context) error { return nil }, nil
 	}
+	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
+		semconv.ServiceName(ServiceName(service)),
+		semconv.ProcessPID(os.Getpid()),
+	))
+	if err != nil {
+		return nil, err
+	}
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	if Enabled() {
+		exp, err := otlpExporter(ctx)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, sdktrace.WithBatcher(exp))
+	}
+	if dir != "" {
+		exp, err := newFileExporter(dir, service)
+		if err != nil {
+			return nil, err
+		}
+		// A short delay: `flotilla trace last` right after a call should
+		// find it, and the file costs one write per batch either way.
+		opts = append(opts, sdktrace.WithBatcher(exp, sdktrace.WithBatchTimeout(200*time.Millisecond)))
+	}
+	tp := sdktrace.NewTracerProvider(opts...)
+	otel.SetTracerProvider(tp)
+	return tp.Shutdown, nil
+}
+
+func otlpExporter(ctx context.Context) (*otlptrace.Exporter, error) {
 	var (
 		exp *otlptrace.Exporter
 		err error
@@ -54,14 +90,5 @@ func Setup(ctx context.Context, service string) (func(context.Context) error, er
 	if err != nil {
 		return nil, fmt.Errorf("create OTLP exporter: %w", err)
 	}
-	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
-		semconv.ServiceName(ServiceName(service)),
-		semconv.ProcessPID(os.Getpid()),
-	))
-	if err != nil {
-		return nil, err
-	}
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
-	otel.SetTracerProvider(tp)
-	return tp.Shutdown, nil
+	return exp, nil
 }

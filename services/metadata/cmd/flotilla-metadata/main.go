@@ -16,6 +16,7 @@ import (
 	snproxy "github.com/containerd/containerd/v2/core/snapshots/proxy"
 	"google.golang.org/grpc"
 
+	"github.com/flotilla-project/flotilla/pkg/metrics"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/metadata/gc"
@@ -68,8 +69,13 @@ func main() {
 			conn.Close()
 			return nil, err
 		}
+		gcMetrics := metrics.NewGC()
 		sched := gc.NewScheduler(func(ctx context.Context) error {
-			_, err := db.GarbageCollect(ctx)
+			st, err := db.GarbageCollect(ctx)
+			gcMetrics.Record(st.Duration, err, map[string]int{
+				"blobs": st.Blobs, "ingests": st.Ingests, "leases": st.Leases, "snapshots": st.Snapshots,
+				"backend_blobs": st.BackendBlobs, "backend_ingests": st.BackendIngests, "backend_snapshots": st.BackendSnapshots,
+			})
 			return err
 		}, delay, p.Logger)
 		db.OnDirty(sched.Trigger)

@@ -23,6 +23,7 @@ import (
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 
+	"github.com/flotilla-project/flotilla/pkg/metrics"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/tasks/server"
@@ -86,6 +87,13 @@ func main() {
 			closeGW()
 			return nil, err
 		}
+		metrics.GaugeFunc("tasks", "Tasks the tasks service holds (created, running or stopped and not yet deleted).", func() float64 {
+			n := 0
+			for _, ns := range shims.Namespaces() {
+				n += len(shims.List(ns))
+			}
+			return float64(n)
+		})
 		return &service.Instance{
 			Type:     "io.containerd.runtime.v2.task",
 			Routes:   []string{"containerd.services.tasks.v1.Tasks"},

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
@@ -45,6 +46,17 @@ func duration(name, v string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
+// hybrid makes unary calls to a Flotilla service over its ttrpc socket when
+// it has one; a remote snapshotter (any containerd proxy snapshotter) has
+// none and is reached over gRPC alone.
+func hybrid(conn *grpc.ClientConn, sock string, timeout time.Duration) grpc.ClientConnInterface {
+	fast := service.TTRPCSocket(sock)
+	if _, err := os.Stat(fast); err != nil {
+		return conn
+	}
+	return rpc.NewHybridConn(conn, fast, timeout)
+}
+
 func main() {
 	service.Run("metadata", func(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		var opts options
@@ -64,7 +76,7 @@ func main() {
 			return nil, err
 		}
 		var conns []*grpc.ClientConn
-		db, err := metadb.Open(p.Env.Root, proxy.NewContentStore(contentapi.NewContentClient(conn)), p.Logger)
+		db, err := metadb.Open(p.Env.Root, proxy.NewContentStore(contentapi.NewContentClient(hybrid(conn, p.Env.Deps["content"], p.CallTimeout()))), p.Logger)
 		if err != nil {
 			conn.Close()
 			return nil, err
@@ -98,7 +110,7 @@ func main() {
 				return nil, fmt.Errorf("snapshotter %s: %w", name, err)
 			}
 			conns = append(conns, sc)
-			sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(sc), name)
+			sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(hybrid(sc, sock, p.CallTimeout())), name)
 		}
 		db.SetSnapshotters(sns)
 		db.SetCallTimeout(p.CallTimeout())

@@ -86,21 +86,6 @@ func (r *Router) SetFast(name, path string) {
 	}
 }
 
-// maxFastRequest leaves room within ttrpc's 4 MiB message for the request's
-// envelope (service, method, metadata); larger requests go over gRPC.
-const maxFastRequest = 4<<20 - 64<<10
-
-// readOnly says whether a method of containerd's APIs only reads, by its
-// name, so that repeating it is harmless.
-func readOnly(method string) bool {
-	for _, p := range []string{"Get", "List", "Stat", "Info", "Usage", "Mounts", "Status", "Version", "Check"} {
-		if strings.HasPrefix(method, p) {
-			return true
-		}
-	}
-	return false
-}
-
 type messageTypes struct {
 	in, out protoreflect.MessageType
 }
@@ -143,10 +128,9 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 		return nil, false, nil
 	}
 	name := method[strings.LastIndex(method, "/")+1:]
-	// Listings can outgrow ttrpc's 4 MiB, and a ttrpc server that cannot
-	// send a reply drops the connection, with every call on it: they
-	// take the gRPC path.
-	if req.Len() > maxFastRequest || strings.HasPrefix(name, "List") {
+	// A request ttrpc cannot carry takes the gRPC path; so does a read
+	// whose reply is too large for it (the service refuses to send it).
+	if req.Len() > rpc.MaxTTRPCRequest {
 		return nil, false, nil
 	}
 	in := types.in.New().Interface()
@@ -167,7 +151,7 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 			// ttrpc carries at most 4 MiB a message, gRPC 16: a reply too
 			// large for ttrpc is asked for again over gRPC when asking
 			// twice changes nothing.
-			if st.Code() == codes.ResourceExhausted && readOnly(name) {
+			if st.Code() == codes.ResourceExhausted && rpc.ReadOnly(name) {
 				return nil, false, nil
 			}
 			return nil, true, err
@@ -178,7 +162,7 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 		// The connection broke under the call: a call that only reads is
 		// asked again over gRPC; for any other, whether the service saw
 		// it is unknown, so it is not repeated.
-		if readOnly(name) {
+		if rpc.ReadOnly(name) {
 			return nil, false, nil
 		}
 		return nil, true, status.Error(codes.Unavailable, fmt.Sprintf("service %s (%s): %v", be.name, svc, err))

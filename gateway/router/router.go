@@ -309,7 +309,7 @@ func (r *Router) unaryCall(ctx context.Context, be *backend, svc, method string,
 	// A call that only reads is made again when its service went away
 	// under it (a restart): the client sees latency, not an error.
 	var again []byte
-	if readOnly(method[strings.LastIndex(method, "/")+1:]) {
+	if rpc.ReadOnly(method[strings.LastIndex(method, "/")+1:]) {
 		again = append([]byte(nil), req.Bytes()...)
 	}
 	var header, trailer metadata.MD

@@ -78,16 +78,20 @@ func ReadOnly(method string) bool {
 	return false
 }
 
-// MaxTTRPCRequest leaves room within ttrpc's 4 MiB message for a request's
-// envelope (service, method, metadata).
-const MaxTTRPCRequest = 4<<20 - 64<<10
+// MaxTTRPCRequest and MaxTTRPCReply leave room within ttrpc's 4 MiB message
+// for the envelope (service, method, metadata, status).
+const (
+	MaxTTRPCRequest = 4<<20 - 64<<10
+	MaxTTRPCReply   = 4<<20 - 64<<10
+)
 
 // HybridConn is a client connection to a Flotilla service that makes unary
 // calls over the service's ttrpc socket (about half the cost of a gRPC call
 // between processes) and streams over gRPC. Generated gRPC clients take it
 // as they take a grpc.ClientConn. A call that ttrpc cannot carry — a
-// listing, which may outgrow its 4 MiB messages, or any call while the
-// ttrpc socket does not answer — goes over gRPC.
+// request or reply over its 4 MiB (the service refuses such a reply, and a
+// read is asked again), or any call while the ttrpc socket does not
+// answer — goes over gRPC.
 type HybridConn struct {
 	grpc    *grpc.ClientConn
 	fast    *TTRPCConn
@@ -106,9 +110,6 @@ var _ grpc.ClientConnInterface = (*HybridConn)(nil)
 func (h *HybridConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	name := method[strings.LastIndex(method, "/")+1:]
 	svc := strings.TrimPrefix(method[:strings.LastIndex(method, "/")], "/")
-	if strings.HasPrefix(name, "List") {
-		return h.grpc.Invoke(ctx, method, args, reply, opts...)
-	}
 	if m, ok := args.(proto.Message); ok && proto.Size(m) > MaxTTRPCRequest {
 		return h.grpc.Invoke(ctx, method, args, reply, opts...)
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla-project/flotilla/pkg/metrics"
 )
@@ -53,7 +54,14 @@ func (r *Registrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
 	for _, m := range desc.Methods {
 		h := m.Handler
 		methods[m.MethodName] = func(ctx context.Context, unmarshal func(any) error) (any, error) {
-			return h(impl, ctx, unmarshal, r.interceptor)
+			resp, err := h(impl, ctx, unmarshal, r.interceptor)
+			// A reply ttrpc cannot carry is refused here, before ttrpc
+			// would drop the whole connection over it; the caller asks
+			// again over gRPC.
+			if m, ok := resp.(proto.Message); ok && err == nil && proto.Size(m) > MaxTTRPCReply {
+				return nil, status.Errorf(codes.ResourceExhausted, "reply of %d bytes is larger than ttrpc carries", proto.Size(m))
+			}
+			return resp, err
 		}
 	}
 	r.TTRPC.RegisterService(desc.ServiceName, &ttrpc.ServiceDesc{Methods: methods})

@@ -130,7 +130,7 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 	name := method[strings.LastIndex(method, "/")+1:]
 	// A request ttrpc cannot carry takes the gRPC path; so does a read
 	// whose reply is too large for it (the service refuses to send it).
-	if req.Len() > rpc.MaxTTRPCRequest {
+	if !rpc.TTRPCCarries(name, req.Len()) {
 		return nil, false, nil
 	}
 	in := types.in.New().Interface()
@@ -147,6 +147,11 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 	cctx := ttrpc.WithMetadata(ctx, ttrpc.MD(md))
 	out := types.out.New().Interface()
 	if err := c.Call(cctx, svc, name, in, out); err != nil {
+		if rpc.TTRPCRefused(err) {
+			// ttrpc would not send it (its metadata made it too
+			// large): nothing reached the service.
+			return nil, false, nil
+		}
 		if st, ok := status.FromError(err); ok {
 			// ttrpc carries at most 4 MiB a message, gRPC 16: a reply too
 			// large for ttrpc is asked for again over gRPC when asking

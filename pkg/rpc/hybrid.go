@@ -80,10 +80,36 @@ func ReadOnly(method string) bool {
 
 // MaxTTRPCRequest and MaxTTRPCReply leave room within ttrpc's 4 MiB message
 // for the envelope (service, method, metadata, status).
+//
+// MaxTTRPCChange bounds the request of a call that changes something. Such a
+// call cannot be made again over gRPC when the service finds its reply too
+// large for ttrpc, because the change is made by then; its reply is mostly
+// its request echoed with a little added (timestamps, ids), so this margin
+// keeps a committed change from being reported as refused.
 const (
 	MaxTTRPCRequest = 4<<20 - 64<<10
 	MaxTTRPCReply   = 4<<20 - 64<<10
+	MaxTTRPCChange  = MaxTTRPCReply - 64<<10
 )
+
+// TTRPCCarries says whether a request of size bytes to the method named
+// (without its service) is small enough to go over ttrpc; a larger one goes
+// over gRPC, which takes up to MaxMsgSize.
+func TTRPCCarries(name string, size int) bool {
+	if ReadOnly(name) {
+		return size <= MaxTTRPCRequest
+	}
+	return size <= MaxTTRPCChange
+}
+
+// TTRPCRefused says whether err is ttrpc's client refusing to send a message
+// over ttrpc's limit (a request within MaxTTRPCRequest can still exceed it
+// with large metadata). Nothing reached the service, so the call can be
+// made over gRPC whatever it does.
+func TTRPCRefused(err error) bool {
+	var over *ttrpc.OversizedMessageErr
+	return errors.As(err, &over)
+}
 
 // HybridConn is a client connection to a Flotilla service that makes unary
 // calls over the service's ttrpc socket (about half the cost of a gRPC call
@@ -110,7 +136,7 @@ var _ grpc.ClientConnInterface = (*HybridConn)(nil)
 func (h *HybridConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	name := method[strings.LastIndex(method, "/")+1:]
 	svc := strings.TrimPrefix(method[:strings.LastIndex(method, "/")], "/")
-	if m, ok := args.(proto.Message); ok && proto.Size(m) > MaxTTRPCRequest {
+	if m, ok := args.(proto.Message); ok && !TTRPCCarries(name, proto.Size(m)) {
 		return h.grpc.Invoke(ctx, method, args, reply, opts...)
 	}
 	c, err := h.fast.Client()
@@ -135,6 +161,9 @@ func (h *HybridConn) Invoke(ctx context.Context, method string, args, reply any,
 		})
 	if err == nil {
 		return nil
+	}
+	if TTRPCRefused(err) {
+		return h.grpc.Invoke(ctx, method, args, reply, opts...)
 	}
 	if st, ok := status.FromError(err); ok {
 		if st.Code() == codes.ResourceExhausted && ReadOnly(name) {

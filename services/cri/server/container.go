@@ -410,6 +410,9 @@ func (s *Server) watchExit(id string, task containerd.Task, exitC <-chan contain
 	}
 	done := make(chan struct{})
 	s.pods.exits[id] = done
+	if lg != nil {
+		s.pods.logs[id] = lg
+	}
 	s.pods.mu.Unlock()
 	go func() {
 		defer close(done)
@@ -420,6 +423,7 @@ func (s *Server) watchExit(id string, task containerd.Task, exitC <-chan contain
 			s.logger.Debug("stopped watching container", "container", id, "error", st.Error())
 			s.pods.mu.Lock()
 			delete(s.pods.exits, id)
+			delete(s.pods.logs, id)
 			s.pods.mu.Unlock()
 			return
 		}
@@ -427,6 +431,9 @@ func (s *Server) watchExit(id string, task containerd.Task, exitC <-chan contain
 		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 			s.logger.Warn("delete task of exited container", "container", id, "error", err)
 		}
+		s.pods.mu.Lock()
+		delete(s.pods.logs, id)
+		s.pods.mu.Unlock()
 		lg.Close()
 		s.recordExit(ctx, id, int32(st.ExitCode()), st.ExitTime())
 	}()

@@ -24,8 +24,9 @@ const maxLogLine = 16 * 1024
 // the cri process restarts nothing is read, and the container blocks once
 // the FIFO's buffer is full.
 type criLog struct {
-	mu sync.Mutex
-	f  *os.File
+	mu   sync.Mutex
+	path string
+	f    *os.File
 }
 
 func openCRILog(path string) (*criLog, error) {
@@ -36,7 +37,7 @@ func openCRILog(path string) (*criLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open container log: %w", err)
 	}
-	return &criLog{f: f}, nil
+	return &criLog{path: path, f: f}, nil
 }
 
 func (l *criLog) entry(stream string, tag byte, line []byte) {
@@ -131,4 +132,19 @@ func (c *containerLog) Close() {
 	c.stdout.flush()
 	c.stderr.flush()
 	_ = c.file.Close()
+}
+
+// reopen closes the log file and opens its path again, so that a file
+// renamed away (log rotation) stops growing and new lines land in a new
+// file at the path.
+func (l *criLog) reopen() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("reopen container log %s: %w", l.path, err)
+	}
+	_ = l.f.Close()
+	l.f = f
+	return nil
 }

@@ -228,6 +228,9 @@ type podState struct {
 	// exits holds, per started container, a channel closed once its exit
 	// has been recorded and its task deleted.
 	exits map[string]chan struct{}
+	// logs holds the log writer of each container whose output this
+	// process writes, for ReopenContainerLog.
+	logs map[string]*containerLog
 	// reserved are the names of sandboxes and containers being
 	// created: names are unique, and the record appears only at the
 	// end of a create.
@@ -242,6 +245,7 @@ func newPodState() podState {
 	return podState{
 		locks:    map[string]*sync.Mutex{},
 		exits:    map[string]chan struct{}{},
+		logs:     map[string]*containerLog{},
 		reserved: map[string]bool{},
 		ctx:      ctx,
 		cancel:   cancel,
@@ -265,7 +269,9 @@ func (p *podState) forget(id string) {
 	p.mu.Lock()
 	delete(p.locks, id)
 	delete(p.exits, id)
+	delete(p.logs, id)
 	p.mu.Unlock()
+	rates.forget(id)
 }
 
 func nanos(t time.Time) int64 { return t.UnixNano() }

@@ -1,0 +1,574 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"go.opentelemetry.io/otel/trace/noop"
+	internalapi "k8s.io/cri-api/pkg/apis"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	remote "k8s.io/cri-client/pkg"
+
+	"github.com/flotilla-project/flotilla/internal/testimage"
+)
+
+// The stats test's own CNI bridge, subnet and cgroup parent, apart from
+// the pod lifecycle test's.
+const (
+	statsBridge       = "flcristat0"
+	statsSubnet       = "10.199.78.0/24"
+	statsGateway      = "10.199.78.1"
+	statsCgroupParent = "/flotilla-cri-stats-test"
+)
+
+// TestCRIStatsResourcesLogsAndEventsThroughGateway drives, with the
+// kubelet's CRI client on the gateway socket, what a kubelet does to a
+// running pod besides its lifecycle: it watches container events, reads
+// container and pod stats (CPU, memory, writable layer, network), changes
+// a container's memory limit, rotates its log, and asks for the runtime
+// config.
+func TestCRIStatsResourcesLogsAndEventsThroughGateway(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "docker-registry", "docker-registry")
+	for _, p := range []string{"bridge", "host-local", "loopback"} {
+		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
+			t.Skipf("CNI plugin %s not in /usr/lib/cni: install Debian's containernetworking-plugins", p)
+		}
+	}
+	if _, err := testimage.BusyboxPath(); err != nil {
+		t.Skip(err)
+	}
+	bb, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := statsStartRegistry(t)
+	busyboxRef := reg.push(t, bb, nil, "flotilla/busybox", "stats")
+	pauseRef := reg.push(t, bb, func(c *ocispec.ImageConfig) {
+		c.Entrypoint, c.Cmd = []string{"/bin/sleep", "2147483647"}, nil
+	}, "flotilla/pause", "stats")
+
+	work := t.TempDir()
+	cniDir := filepath.Join(work, "cni")
+	logDir := filepath.Join(work, "logs")
+	statsWriteNetwork(t, cniDir, filepath.Join(work, "ipam"))
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "link", "del", statsBridge).Run()
+		statsRemoveCgroup(statsCgroupParent)
+	})
+
+	d := newDaemon(t, withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\n", pauseRef, cniDir))).start()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rt, images := statsCRIClients(t, d)
+
+	// The runtime config: cgroupfs, and a pod CIDR is accepted.
+	rc, err := rt.RuntimeConfig(ctx)
+	if err != nil {
+		t.Fatalf("RuntimeConfig: %v", err)
+	}
+	if got := rc.GetLinux().GetCgroupDriver(); got != runtimeapi.CgroupDriver_CGROUPFS {
+		t.Errorf("RuntimeConfig cgroup driver %v, want CGROUPFS", got)
+	}
+	if err := rt.UpdateRuntimeConfig(ctx, &runtimeapi.RuntimeConfig{NetworkConfig: &runtimeapi.NetworkConfig{PodCidr: statsSubnet}}); err != nil {
+		t.Errorf("UpdateRuntimeConfig with a pod CIDR: %v", err)
+	}
+
+	// Container events, from before the pod exists; the stream's header
+	// says its subscription is live.
+	events := statsWatchEvents(ctx, t, rt)
+
+	for _, ref := range []string{pauseRef, busyboxRef} {
+		if _, err := images.PullImage(ctx, &runtimeapi.ImageSpec{Image: ref}, nil, nil); err != nil {
+			t.Fatalf("PullImage %s: %v", ref, err)
+		}
+	}
+	podCfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "stats", Namespace: "default", Uid: "uid-stats-1"},
+		Hostname:     "stats-host",
+		LogDirectory: logDir,
+		Labels:       map[string]string{"app": "stats"},
+		Linux:        &runtimeapi.LinuxPodSandboxConfig{CgroupParent: statsCgroupParent},
+	}
+	podID, err := rt.RunPodSandbox(ctx, podCfg, "")
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := rt.RemovePodSandbox(ctx, podID); err != nil {
+			t.Logf("cleanup: RemovePodSandbox: %v", err)
+		}
+	})
+
+	// The container fills 2 MiB of its writable layer, then burns a
+	// little CPU and logs a tick five times a second.
+	ctrCfg := &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "busy"},
+		Image:    &runtimeapi.ImageSpec{Image: busyboxRef},
+		Command: []string{"sh", "-c", `dd if=/dev/zero of=/fill bs=1024 count=2048 2>/dev/null; n=0
+while true; do n=$((n+1)); echo tick $n; i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 0.2; done`},
+		LogPath: "busy/0.log",
+		Labels:  map[string]string{"tier": "stats"},
+	}
+	ctrID, err := rt.CreateContainer(ctx, podID, ctrCfg, podCfg)
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	if err := rt.StartContainer(ctx, ctrID); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	logPath := filepath.Join(logDir, "busy/0.log")
+	tick := regexp.MustCompile(`(?m)^\d{4}-\d\d-\d\dT\S+Z stdout F tick \d+$`)
+	waitFor(t, 30*time.Second, "tick lines in "+logPath, func() bool {
+		b, _ := os.ReadFile(logPath)
+		return tick.Match(b)
+	})
+
+	events.expect(t, podID, runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+	ev := events.expect(t, ctrID, runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
+	if ev.GetPodSandboxStatus().GetId() != podID || len(ev.GetContainersStatuses()) != 1 || ev.GetContainersStatuses()[0].GetId() != ctrID {
+		t.Errorf("the container's STARTED event does not carry its pod's status: pod %v, containers %v", ev.GetPodSandboxStatus(), ev.GetContainersStatuses())
+	}
+
+	t.Run("container stats are non-zero", func(t *testing.T) {
+		var st *runtimeapi.ContainerStats
+		waitFor(t, 20*time.Second, "ContainerStats with CPU time, working set and the 2 MiB writable layer", func() bool {
+			st, err = rt.ContainerStats(ctx, ctrID)
+			return err == nil && st.GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0 &&
+				st.GetMemory().GetWorkingSetBytes().GetValue() > 0 &&
+				st.GetWritableLayer().GetUsedBytes().GetValue() >= 2<<20
+		})
+		if st.GetAttributes().GetId() != ctrID || st.GetAttributes().GetMetadata().GetName() != "busy" || st.GetAttributes().GetLabels()["tier"] != "stats" {
+			t.Errorf("ContainerStats attributes: %v", st.GetAttributes())
+		}
+		// Nano-cores need two samples.
+		waitFor(t, 20*time.Second, "ContainerStats with a CPU rate (usageNanoCores)", func() bool {
+			st, err = rt.ContainerStats(ctx, ctrID)
+			return err == nil && st.GetCpu().GetUsageNanoCores().GetValue() > 0
+		})
+		t.Logf("container: cpu %dns (%d nanocores), working set %d, writable layer %d bytes",
+			st.GetCpu().GetUsageCoreNanoSeconds().GetValue(), st.GetCpu().GetUsageNanoCores().GetValue(),
+			st.GetMemory().GetWorkingSetBytes().GetValue(), st.GetWritableLayer().GetUsedBytes().GetValue())
+
+		list, err := rt.ListContainerStats(ctx, &runtimeapi.ContainerStatsFilter{PodSandboxId: podID})
+		if err != nil || len(list) != 1 || list[0].GetAttributes().GetId() != ctrID || list[0].GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 {
+			t.Errorf("ListContainerStats of the pod: %v, %v; want the running container's", list, err)
+		}
+		if list, err := rt.ListContainerStats(ctx, &runtimeapi.ContainerStatsFilter{LabelSelector: map[string]string{"tier": "other"}}); err != nil || len(list) != 0 {
+			t.Errorf("ListContainerStats tier=other: %v, %v; want none", list, err)
+		}
+	})
+
+	t.Run("pod stats are non-zero", func(t *testing.T) {
+		// Traffic on the pod's interface: a connection to the bridge
+		// (refused, which is fine: the packets count).
+		_, _, _ = rt.ExecSync(ctx, ctrID, []string{"wget", "-T", "2", "-q", "-O", "/dev/null", "http://" + statsGateway + ":9/"}, 10*time.Second)
+		var st *runtimeapi.PodSandboxStats
+		waitFor(t, 20*time.Second, "PodSandboxStats with CPU, memory and eth0 traffic", func() bool {
+			st, err = rt.PodSandboxStats(ctx, podID)
+			l := st.GetLinux()
+			return err == nil && l.GetCpu().GetUsageCoreNanoSeconds().GetValue() > 0 &&
+				l.GetMemory().GetWorkingSetBytes().GetValue() > 0 &&
+				l.GetNetwork().GetDefaultInterface().GetName() == "eth0" &&
+				l.GetNetwork().GetDefaultInterface().GetTxBytes().GetValue() > 0
+		})
+		l := st.GetLinux()
+		if st.GetAttributes().GetId() != podID || len(l.GetContainers()) != 1 || l.GetContainers()[0].GetAttributes().GetId() != ctrID {
+			t.Errorf("PodSandboxStats attributes %v, containers %v", st.GetAttributes(), l.GetContainers())
+		}
+		if l.GetProcess().GetProcessCount().GetValue() < 2 {
+			t.Errorf("pod process count %d, want the pause and the container's shell at least", l.GetProcess().GetProcessCount().GetValue())
+		}
+		t.Logf("pod: cpu %dns, working set %d, eth0 rx %d tx %d, processes %d",
+			l.GetCpu().GetUsageCoreNanoSeconds().GetValue(), l.GetMemory().GetWorkingSetBytes().GetValue(),
+			l.GetNetwork().GetDefaultInterface().GetRxBytes().GetValue(), l.GetNetwork().GetDefaultInterface().GetTxBytes().GetValue(),
+			l.GetProcess().GetProcessCount().GetValue())
+		list, err := rt.ListPodSandboxStats(ctx, &runtimeapi.PodSandboxStatsFilter{LabelSelector: map[string]string{"app": "stats"}})
+		if err != nil || len(list) != 1 || list[0].GetAttributes().GetId() != podID || list[0].GetLinux().GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 {
+			t.Errorf("ListPodSandboxStats app=stats: %v, %v; want the pod's", list, err)
+		}
+	})
+
+	t.Run("memory limit update reaches the cgroup", func(t *testing.T) {
+		const limit = 96 << 20
+		if err := rt.UpdateContainerResources(ctx, ctrID, &runtimeapi.ContainerResources{Linux: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: limit}}); err != nil {
+			t.Fatalf("UpdateContainerResources: %v", err)
+		}
+		file := statsMemoryLimitFile(t, statsTaskPid(t, d, ctrID))
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(b)); got != strconv.Itoa(limit) {
+			t.Fatalf("%s after UpdateContainerResources: %s, want %d", file, got, limit)
+		}
+		st, err := rt.ContainerStats(ctx, ctrID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if avail := st.GetMemory().GetAvailableBytes(); avail == nil || avail.GetValue() == 0 || avail.GetValue() > limit {
+			t.Errorf("available memory after the update: %v, want under the %d limit", avail, limit)
+		}
+		// The record holds it too: a spec read back has the limit.
+		kctx := namespaces.WithNamespace(ctx, "k8s.io")
+		c, err := d.client().LoadContainer(kctx, ctrID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec, err := c.Spec(kctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := spec.Linux.Resources.Memory; m == nil || m.Limit == nil || *m.Limit != limit {
+			t.Errorf("the container's spec after the update has memory %+v", m)
+		}
+	})
+
+	t.Run("reopened log goes to a new file", func(t *testing.T) {
+		rotated := logPath + ".1"
+		if err := os.Rename(logPath, rotated); err != nil {
+			t.Fatal(err)
+		}
+		if err := rt.ReopenContainerLog(ctx, ctrID); err != nil {
+			t.Fatalf("ReopenContainerLog: %v", err)
+		}
+		waitFor(t, 10*time.Second, "tick lines in a new "+logPath, func() bool {
+			b, _ := os.ReadFile(logPath)
+			return tick.Match(b)
+		})
+		before, _ := os.ReadFile(rotated)
+		time.Sleep(time.Second)
+		after, _ := os.ReadFile(rotated)
+		if !bytes.Equal(before, after) {
+			t.Errorf("the rotated log still grows after ReopenContainerLog")
+		}
+	})
+
+	if err := rt.StopContainer(ctx, ctrID, 2); err != nil {
+		t.Fatalf("StopContainer: %v", err)
+	}
+	ev = events.expect(t, ctrID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
+	if cs := ev.GetContainersStatuses(); len(cs) != 1 || cs[0].GetState() != runtimeapi.ContainerState_CONTAINER_EXITED {
+		t.Errorf("the STOPPED event's container status: %v, want EXITED", cs)
+	}
+	if err := rt.RemoveContainer(ctx, ctrID); err != nil {
+		t.Fatalf("RemoveContainer: %v", err)
+	}
+	events.expect(t, ctrID, runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT)
+	if err := rt.RemovePodSandbox(ctx, podID); err != nil {
+		t.Fatalf("RemovePodSandbox: %v", err)
+	}
+	events.expect(t, podID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT, runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT)
+}
+
+// statsEvents collects a GetContainerEvents stream.
+type statsEvents struct {
+	mu   sync.Mutex
+	got  []*runtimeapi.ContainerEventResponse
+	errs error
+}
+
+func statsWatchEvents(ctx context.Context, t *testing.T, rt internalapi.RuntimeService) *statsEvents {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	e := &statsEvents{}
+	ch := make(chan *runtimeapi.ContainerEventResponse, 64)
+	established := make(chan error, 1)
+	go func() {
+		err := rt.GetContainerEvents(ctx, ch, func(s runtimeapi.RuntimeService_GetContainerEventsClient) {
+			_, err := s.Header()
+			established <- err
+		})
+		select {
+		case established <- err:
+		default:
+		}
+		e.mu.Lock()
+		e.errs = err
+		e.mu.Unlock()
+	}()
+	go func() {
+		for {
+			select {
+			case ev := <-ch:
+				e.mu.Lock()
+				e.got = append(e.got, ev)
+				e.mu.Unlock()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-established:
+		if err != nil {
+			t.Fatalf("GetContainerEvents: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("GetContainerEvents: no stream header within 30s")
+	}
+	return e
+}
+
+// expect waits for the events of id, in order (others may come between),
+// and returns the last.
+func (e *statsEvents) expect(t *testing.T, id string, types ...runtimeapi.ContainerEventType) *runtimeapi.ContainerEventResponse {
+	t.Helper()
+	var last *runtimeapi.ContainerEventResponse
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		e.mu.Lock()
+		var seen []string
+		want := 0
+		for _, ev := range e.got {
+			if ev.GetContainerId() != id {
+				continue
+			}
+			seen = append(seen, ev.GetContainerEventType().String())
+			if want < len(types) && ev.GetContainerEventType() == types[want] {
+				want++
+				last = ev
+			}
+		}
+		streamErr := e.errs
+		e.mu.Unlock()
+		if want == len(types) {
+			return last
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events of %s: saw %v, want %v in order (stream error: %v)", id[:12], seen, types, streamErr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// statsMemoryLimitFile is the memory limit file of a process's cgroup:
+// memory.limit_in_bytes in the v1 memory hierarchy when the host mounts
+// one (runc uses it then), else memory.max in the unified hierarchy.
+func statsMemoryLimitFile(t *testing.T, pid uint32) string {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var unified string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		parts := strings.SplitN(sc.Text(), ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(parts[1], ",") {
+			if c == "memory" {
+				return filepath.Join("/sys/fs/cgroup/memory", parts[2], "memory.limit_in_bytes")
+			}
+		}
+		if parts[0] == "0" {
+			unified = parts[2]
+		}
+	}
+	return filepath.Join("/sys/fs/cgroup", unified, "memory.max")
+}
+
+// statsRemoveCgroup removes a (by then empty) cgroup from the unified
+// hierarchy and from every v1 hierarchy.
+func statsRemoveCgroup(path string) {
+	_ = os.Remove(filepath.Join("/sys/fs/cgroup", path))
+	entries, _ := os.ReadDir("/sys/fs/cgroup")
+	for _, e := range entries {
+		_ = os.Remove(filepath.Join("/sys/fs/cgroup", e.Name(), path))
+	}
+}
+
+func statsCRIClients(t *testing.T, d *daemon) (internalapi.RuntimeService, internalapi.ImageManagerService) {
+	t.Helper()
+	ctx := context.Background()
+	rt, err := remote.NewRemoteRuntimeService(ctx, "unix://"+d.address, 2*time.Minute, noop.NewTracerProvider(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.NewRemoteImageService(ctx, "unix://"+d.address, 2*time.Minute, noop.NewTracerProvider(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt, img
+}
+
+func statsTaskPid(t *testing.T, d *daemon, id string) uint32 {
+	t.Helper()
+	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	c, err := d.client().LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := c.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return task.Pid()
+}
+
+func statsWriteNetwork(t *testing.T, dir, ipamDir string) {
+	t.Helper()
+	conf := fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "flotilla-stats-test",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": %q,
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": %q,
+        "ranges": [[{"subnet": %q, "gateway": %q}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}`, statsBridge, ipamDir, statsSubnet, statsGateway)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "10-flotilla-stats.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// statsRegistry is Debian's docker-registry on 127.0.0.1.
+type statsRegistry struct{ host string }
+
+func statsStartRegistry(t *testing.T) *statsRegistry {
+	t.Helper()
+	bin := requireTool(t, "docker-registry", "docker-registry")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := l.Addr().String()
+	_ = l.Close()
+	dir := t.TempDir()
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), host)
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := &syncBuffer{}
+	cmd := exec.Command(bin, "serve", cfgPath)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("docker-registry output:\n%s", out.String())
+		}
+	})
+	waitFor(t, 30*time.Second, "docker-registry answering", func() bool {
+		resp, err := http.Get("http://" + host + "/v2/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return &statsRegistry{host: host}
+}
+
+// push uploads img's layers and its config (changed by edit, when given)
+// with a new manifest as repo:tag, and returns the reference.
+func (r *statsRegistry) push(t *testing.T, img *testimage.Image, edit func(*ocispec.ImageConfig), repo, tag string) string {
+	t.Helper()
+	cfgBlob, _ := img.Blob(img.Config.Digest)
+	var cfg ocispec.Image
+	if err := json.Unmarshal(cfgBlob, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(&cfg.Config)
+	}
+	cfgBlob, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfgBlob), Size: int64(len(cfgBlob))}
+	mf, err := json.Marshal(ocispec.Manifest{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageManifest,
+		Config:    cfgDesc,
+		Layers:    img.Layers,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + r.host + "/v2/" + repo
+	blobs := map[digest.Digest][]byte{cfgDesc.Digest: cfgBlob}
+	for _, l := range img.Layers {
+		blobs[l.Digest], _ = img.Blob(l.Digest)
+	}
+	for dg, blob := range blobs {
+		resp, err := http.Post(base+"/blobs/uploads/", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("start blob upload: %s", resp.Status)
+		}
+		loc, err := url.Parse(resp.Header.Get("Location"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := (&url.URL{Scheme: "http", Host: r.host}).ResolveReference(loc)
+		q := u.Query()
+		q.Set("digest", dg.String())
+		u.RawQuery = q.Encode()
+		req, _ := http.NewRequest(http.MethodPut, u.String(), bytes.NewReader(blob))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("upload blob %s: %s", dg, resp.Status)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPut, base+"/manifests/"+tag, bytes.NewReader(mf))
+	req.Header.Set("Content-Type", ocispec.MediaTypeImageManifest)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("put manifest: %s", resp.Status)
+	}
+	return r.host + "/" + repo + ":" + tag
+}

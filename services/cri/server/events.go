@@ -1,0 +1,226 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/emptypb"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// eventsReadyTopic carries the probe a GetContainerEvents stream publishes
+// to learn that its subscription to the gateway's exchange is live: the
+// exchange sends no header, and an event published before the
+// subscription exists is not seen.
+const eventsReadyTopic = "/cri/events-ready"
+
+// eventFilters select, in the CRI namespace, the lifecycle events that
+// become CRI container events, and the readiness probe.
+var eventFilters = []string{
+	fmt.Sprintf(`namespace==%q,topic~="^/(containers/(create|delete)|tasks/(start|exit))$"`, Namespace),
+	fmt.Sprintf(`namespace==%q,topic==%q`, Namespace, eventsReadyTopic),
+}
+
+// GetContainerEvents streams CRI container events (created, started,
+// stopped, deleted) of sandboxes and containers, translated from the
+// metadata and task events of the gateway's exchange, each with the
+// status of the pod and its containers at the time it is sent. The
+// stream's header is sent once the subscription is live: a client that
+// waits for it sees every event after.
+func (s *Server) GetContainerEvents(_ *runtime.GetEventsRequest, srv runtime.RuntimeService_GetContainerEventsServer) error {
+	ctx, cancel := context.WithCancel(withNamespace(srv.Context()))
+	defer cancel()
+	conn, ok := s.client.Conn().(grpc.ClientConnInterface)
+	if !ok {
+		return fmt.Errorf("gateway connection of type %T: %w", s.client.Conn(), errdefs.ErrNotImplemented)
+	}
+	stream, err := eventsapi.NewEventsClient(conn).Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: eventFilters})
+	if err != nil {
+		return fmt.Errorf("subscribe to events: %w", errgrpc.ToNative(err))
+	}
+	envs := make(chan *types.Envelope, 128)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			env, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case envs <- env:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	// Objects this stream knows: ID -> sandbox ID (a sandbox's own ID
+	// for a sandbox), so that a delete, whose record is gone, still
+	// names its pod.
+	known := map[string]string{}
+	if err := s.learnObjects(ctx, known); err != nil {
+		return err
+	}
+
+	var pending []*types.Envelope
+	if err := s.awaitSubscription(ctx, envs, errc, &pending); err != nil {
+		return err
+	}
+	if err := srv.SendHeader(metadata.Pairs("flotilla-cri-events", "subscribed")); err != nil {
+		return err
+	}
+	send := func(env *types.Envelope) error {
+		ev := s.containerEvent(ctx, env, known)
+		if ev == nil {
+			return nil
+		}
+		return srv.Send(ev)
+	}
+	for _, env := range pending {
+		if err := send(env); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case env := <-envs:
+			if err := send(env); err != nil {
+				return err
+			}
+		case err := <-errc:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("event subscription ended: %w", errgrpc.ToNative(err))
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (s *Server) learnObjects(ctx context.Context, known map[string]string) error {
+	sbs, err := s.listKind(ctx, kindSandbox)
+	if err != nil {
+		return err
+	}
+	for _, c := range sbs {
+		known[c.ID] = c.ID
+	}
+	ctrs, err := s.listKind(ctx, kindContainer)
+	if err != nil {
+		return err
+	}
+	for _, c := range ctrs {
+		known[c.ID] = c.Labels[sandboxIDLabel]
+	}
+	return nil
+}
+
+// awaitSubscription publishes probes until one comes back through the
+// subscription (any stream's probe will do: it proves this subscription
+// receives), keeping the events that arrive meanwhile. After a few
+// seconds it gives up waiting and goes on: the stream works, only its
+// start is not exact.
+func (s *Server) awaitSubscription(ctx context.Context, envs <-chan *types.Envelope, errc <-chan error, pending *[]*types.Envelope) error {
+	deadline := time.After(5 * time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	publish := func() {
+		if err := s.client.EventService().Publish(ctx, eventsReadyTopic, &emptypb.Empty{}); err != nil {
+			s.logger.Debug("publish events probe", "error", err)
+		}
+	}
+	publish()
+	for {
+		select {
+		case env := <-envs:
+			if env.GetTopic() == eventsReadyTopic {
+				return nil
+			}
+			*pending = append(*pending, env)
+		case <-tick.C:
+			publish()
+		case <-deadline:
+			s.logger.Warn("event subscription not confirmed, streaming anyway")
+			return nil
+		case err := <-errc:
+			return fmt.Errorf("event subscription ended: %w", errgrpc.ToNative(err))
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// containerEvent translates an exchange envelope into a CRI event, or nil
+// when it is about no CRI object (or is a probe, or an exec's exit).
+func (s *Server) containerEvent(ctx context.Context, env *types.Envelope, known map[string]string) *runtime.ContainerEventResponse {
+	if env.GetTopic() == eventsReadyTopic {
+		return nil
+	}
+	v, err := typeurl.UnmarshalAny(env.GetEvent())
+	if err != nil {
+		s.logger.Debug("undecodable event", "topic", env.GetTopic(), "error", err)
+		return nil
+	}
+	var id string
+	var kind runtime.ContainerEventType
+	switch e := v.(type) {
+	case *eventstypes.ContainerCreate:
+		id, kind = e.ID, runtime.ContainerEventType_CONTAINER_CREATED_EVENT
+		c, err := s.client.ContainerService().Get(ctx, id)
+		if err != nil {
+			return nil // created and gone already, or not readable
+		}
+		switch c.Labels[kindLabel] {
+		case kindSandbox:
+			known[id] = id
+		case kindContainer:
+			known[id] = c.Labels[sandboxIDLabel]
+		default:
+			return nil
+		}
+	case *eventstypes.TaskStart:
+		id, kind = e.ContainerID, runtime.ContainerEventType_CONTAINER_STARTED_EVENT
+	case *eventstypes.TaskExit:
+		if e.ID != e.ContainerID {
+			return nil // an exec ended, not the container
+		}
+		id, kind = e.ContainerID, runtime.ContainerEventType_CONTAINER_STOPPED_EVENT
+	case *eventstypes.ContainerDelete:
+		id, kind = e.ID, runtime.ContainerEventType_CONTAINER_DELETED_EVENT
+	default:
+		return nil
+	}
+	sandboxID, ok := known[id]
+	if !ok {
+		return nil
+	}
+	if kind == runtime.ContainerEventType_CONTAINER_DELETED_EVENT {
+		delete(known, id)
+	}
+	ev := &runtime.ContainerEventResponse{ContainerId: id, ContainerEventType: kind, CreatedAt: time.Now().UnixNano()}
+	if ts := env.GetTimestamp(); ts != nil {
+		ev.CreatedAt = ts.AsTime().UnixNano()
+	}
+	if st, err := s.PodSandboxStatus(ctx, &runtime.PodSandboxStatusRequest{PodSandboxId: sandboxID}); err == nil {
+		ev.PodSandboxStatus = st.GetStatus()
+	}
+	if cs, err := s.sandboxContainers(ctx, sandboxID); err == nil {
+		for _, c := range cs {
+			if st, err := s.ContainerStatus(ctx, &runtime.ContainerStatusRequest{ContainerId: c.ID}); err == nil {
+				ev.ContainersStatuses = append(ev.ContainersStatuses, st.GetStatus())
+			}
+		}
+	}
+	return ev
+}

@@ -1,0 +1,142 @@
+package server
+
+import (
+	"context"
+	"fmt"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// RuntimeConfig reports the cgroup driver: cgroupfs, the only one the cri
+// service builds cgroup paths for.
+func (s *Server) RuntimeConfig(context.Context, *runtime.RuntimeConfigRequest) (*runtime.RuntimeConfigResponse, error) {
+	return &runtime.RuntimeConfigResponse{Linux: &runtime.LinuxRuntimeConfiguration{
+		CgroupDriver: runtime.CgroupDriver_CGROUPFS,
+	}}, nil
+}
+
+// UpdateRuntimeConfig accepts the node's pod CIDR. The CNI configuration
+// on disk decides pod addresses, so there is nothing to change.
+func (s *Server) UpdateRuntimeConfig(_ context.Context, req *runtime.UpdateRuntimeConfigRequest) (*runtime.UpdateRuntimeConfigResponse, error) {
+	if cidr := req.GetRuntimeConfig().GetNetworkConfig().GetPodCidr(); cidr != "" {
+		s.logger.Debug("pod CIDR from the kubelet, CNI configuration decides", "cidr", cidr)
+	}
+	return &runtime.UpdateRuntimeConfigResponse{}, nil
+}
+
+// UpdateContainerResources changes a container's CPU and memory
+// resources: in its running task's cgroup (runc update through the shim),
+// then in its spec and record, so that a later start, status or restart
+// of the cri process sees the new values.
+func (s *Server) UpdateContainerResources(ctx context.Context, req *runtime.UpdateContainerResourcesRequest) (*runtime.UpdateContainerResourcesResponse, error) {
+	ctx = withNamespace(ctx)
+	if req.GetLinux() == nil {
+		return &runtime.UpdateContainerResourcesResponse{}, nil
+	}
+	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	unlock := s.pods.lock(m.ID)
+	defer unlock()
+	// Again under the lock: a start or exit may have rewritten it.
+	m, _, err = s.getContainer(ctx, m.ID)
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.client.LoadContainer(ctx, m.ID)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := c.Spec(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("spec of container %s: %w", m.ID, err)
+	}
+	r := req.GetLinux()
+	for _, opt := range []oci.SpecOpts{withResources(r), withMoreResources(r)} {
+		if err := opt(ctx, nil, nil, spec); err != nil {
+			return nil, err
+		}
+	}
+	if state, _, _ := s.containerState(ctx, m); state == runtime.ContainerState_CONTAINER_RUNNING {
+		task, err := c.Task(ctx, nil)
+		if err != nil {
+			return nil, fmt.Errorf("task of container %s: %w", m.ID, err)
+		}
+		if err := task.Update(ctx, containerd.WithResources(spec.Linux.Resources)); err != nil {
+			return nil, fmt.Errorf("update resources of container %s: %w", m.ID, err)
+		}
+	}
+	specAny, err := typeurl.MarshalAnyToProto(spec)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.client.ContainerService().Update(ctx, containers.Container{ID: m.ID, Spec: specAny}, "spec"); err != nil {
+		return nil, fmt.Errorf("record spec of container %s: %w", m.ID, err)
+	}
+	cfg := proto.Clone(m.config).(*runtime.ContainerConfig)
+	if cfg.Linux == nil {
+		cfg.Linux = &runtime.LinuxContainerConfig{}
+	}
+	cfg.Linux.Resources = r
+	if m.Config, err = proto.Marshal(cfg); err != nil {
+		return nil, err
+	}
+	m.config = cfg
+	if err := s.saveContainer(ctx, m); err != nil {
+		return nil, err
+	}
+	return &runtime.UpdateContainerResourcesResponse{}, nil
+}
+
+// withMoreResources sets what withResources leaves out and only an update
+// asks for in practice: swap and cgroup v2 unified keys.
+func withMoreResources(r *runtime.LinuxContainerResources) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		res := s.Linux.Resources
+		if v := r.GetMemorySwapLimitInBytes(); v != 0 {
+			if res.Memory == nil {
+				res.Memory = &specs.LinuxMemory{}
+			}
+			res.Memory.Swap = &v
+		}
+		if len(r.GetUnified()) > 0 {
+			res.Unified = map[string]string{}
+			for k, v := range r.GetUnified() {
+				res.Unified[k] = v
+			}
+		}
+		return nil
+	}
+}
+
+// ReopenContainerLog closes a running container's log file and opens its
+// path again: the kubelet renames the file to rotate it, then asks for
+// this so that new lines go to a new file.
+func (s *Server) ReopenContainerLog(ctx context.Context, req *runtime.ReopenContainerLogRequest) (*runtime.ReopenContainerLogResponse, error) {
+	ctx = withNamespace(ctx)
+	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if state, _, _ := s.containerState(ctx, m); state != runtime.ContainerState_CONTAINER_RUNNING {
+		return nil, fmt.Errorf("container %s is not running: %w", m.ID, errdefs.ErrFailedPrecondition)
+	}
+	s.pods.mu.Lock()
+	lg := s.pods.logs[m.ID]
+	s.pods.mu.Unlock()
+	if lg == nil || lg.file == nil {
+		return nil, fmt.Errorf("container %s has no log this process writes: %w", m.ID, errdefs.ErrFailedPrecondition)
+	}
+	if err := lg.file.reopen(); err != nil {
+		return nil, err
+	}
+	return &runtime.ReopenContainerLogResponse{}, nil
+}

@@ -99,6 +99,12 @@ func TTRPCCarries(name string, size int) bool {
 	if ReadOnly(name) {
 		return size <= MaxTTRPCRequest
 	}
+	// An update's reply is the whole updated object, however small the
+	// request (a field mask): its size is not known before the change is
+	// made, and a change cannot be asked for again, so updates take gRPC.
+	if strings.HasPrefix(name, "Update") {
+		return false
+	}
 	return size <= MaxTTRPCChange
 }
 

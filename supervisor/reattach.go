@@ -37,7 +37,8 @@ import (
 //	                                   restarted, not reattached
 //	  "protocol": "grpc", "protocol_version": 1,
 //	  "network": "unix", "addr": "<service state>/plugin…",  go-plugin's socket
-//	  "since": "…", "restarts": 0      carried over for `flotilla services`
+//	  "since": "…", "restarts": 0,     carried over for `flotilla services`
+//	  "oom_kills": 0, "last_exit": "…"
 //	}
 //
 // The file is written once a started process has described itself and
@@ -55,6 +56,8 @@ type reattachRecord struct {
 	Addr            string    `json:"addr"`
 	Since           time.Time `json:"since"`
 	Restarts        int       `json:"restarts"`
+	OOMKills        int       `json:"oom_kills,omitempty"`
+	LastExit        string    `json:"last_exit,omitempty"`
 }
 
 // errNoRecord means there is nothing to reattach to: the normal case after a
@@ -81,7 +84,7 @@ func (p *proc) envHash() (string, error) {
 }
 
 // saveReattach records how to take over the process client runs.
-func (p *proc) saveReattach(client *plugin.Client, pid int, since time.Time, restarts int) error {
+func (p *proc) saveReattach(client *plugin.Client, pid int, since time.Time, st Status) error {
 	rc := client.ReattachConfig()
 	if rc == nil || rc.Addr == nil {
 		return errors.New("go-plugin has no reattach configuration for the process")
@@ -108,7 +111,9 @@ func (p *proc) saveReattach(client *plugin.Client, pid int, since time.Time, res
 		Network:         rc.Addr.Network(),
 		Addr:            rc.Addr.String(),
 		Since:           since,
-		Restarts:        restarts,
+		Restarts:        st.Restarts,
+		OOMKills:        st.OOMKills,
+		LastExit:        st.LastExit,
 	}
 	b, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
@@ -233,8 +238,16 @@ func (p *proc) reattach(ctx context.Context) error {
 		follow.close()
 		return fmt.Errorf("describe: %w", err)
 	}
+	// The process keeps (or, started by a flotillad without cgroups, gets)
+	// its cgroup, with the limits the configuration sets now.
+	if cg := p.cgroup(); cg != nil {
+		if err := cg.attach(rec.Pid); err != nil {
+			p.sup.opts.Logger.Error("reattached service stays outside its cgroup", "name", p.spec.Name, "error", err)
+		}
+	}
 	p.mu.Lock()
 	p.status.Restarts = rec.Restarts
+	p.status.OOMKills, p.status.LastExit = rec.OOMKills, rec.LastExit
 	p.mu.Unlock()
 	p.attach(client, info, follow, nil, rec.Since)
 	p.sup.opts.Logger.Info("service reattached", "name", p.spec.Name, "pid", info.Pid, "socket", info.Socket, "since", rec.Since.Format(time.RFC3339))

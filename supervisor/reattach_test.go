@@ -34,11 +34,28 @@ func TestMain(m *testing.M) {
 					p.Logger.Info("poked")
 				}
 			}()
+			// SIGUSR1 makes it use far more memory than cgroup_test.go's
+			// limit, as a runaway service would.
+			usr1 := make(chan os.Signal, 1)
+			signal.Notify(usr1, syscall.SIGUSR1)
+			go func() {
+				<-usr1
+				for {
+					b := make([]byte, 16<<20)
+					for i := 0; i < len(b); i += 4096 {
+						b[i] = 1
+					}
+					hog = append(hog, b)
+				}
+			}()
 			return &service.Instance{Type: "io.flotilla.test.v1", Register: func(grpc.ServiceRegistrar) {}}, nil
 		})
 	}
 	os.Exit(m.Run())
 }
+
+// hog keeps what a fake service allocated on SIGUSR1 alive.
+var hog [][]byte
 
 type lockedBuffer struct {
 	mu  sync.Mutex

@@ -34,6 +34,7 @@ type Spec struct {
 	Path     string   // executable
 	Requires []string // services that must be running first
 	Env      handshake.Env
+	Limits   Limits // applied to the service's cgroup, if cgroups are in use
 }
 
 // State of a service process.
@@ -56,6 +57,15 @@ type Status struct {
 	Since     time.Time // when the current process became ready
 	Info      *servicepb.DescribeResponse
 	LastError string
+	// OOMKills counts the processes the kernel killed for exceeding the
+	// service's memory limit.
+	OOMKills int
+	// LastExit says why the previous process ended: "oom-killed",
+	// "exited" (a crash, a kill) or "restarted" (on request); "" if none did.
+	LastExit string
+	// Cgroup is the service's cgroup directory, "" without cgroups.
+	Cgroup string
+	Limits Limits
 }
 
 // Options configure a Supervisor.
@@ -66,6 +76,9 @@ type Options struct {
 	// OnChange is called (never concurrently for one service) whenever a
 	// service's status changes.
 	OnChange func(Status)
+	// Cgroups, if set, gives each service a cgroup of its own with the
+	// limits of its Spec (see NewCgroups).
+	Cgroups *Cgroups
 }
 
 // Supervisor runs a set of services in dependency order.
@@ -95,7 +108,7 @@ func New(opts Options, specs []Spec) (*Supervisor, error) {
 		s.order = append(s.order, &proc{
 			spec:   sp,
 			sup:    s,
-			status: Status{Name: sp.Name, State: Stopped},
+			status: Status{Name: sp.Name, State: Stopped, Limits: sp.Limits},
 			logs:   newLogRing(LogLines),
 		})
 	}
@@ -168,6 +181,7 @@ func (s *Supervisor) Stop() {
 	for i := len(s.order) - 1; i >= 0; i-- {
 		s.order[i].stop()
 	}
+	s.opts.Cgroups.cleanup()
 }
 
 // Detach stops supervising without stopping the services: they keep
@@ -286,6 +300,10 @@ type proc struct {
 	// the next one at once and reports how that went on it.
 	restart chan error
 	logs    *logRing // output of every process of this service
+	// cg is the service's cgroup (nil without); oomBase its OOM kill
+	// count when the current process started.
+	cg      *serviceCgroup
+	oomBase uint64
 }
 
 func (p *proc) snapshot() Status {
@@ -393,6 +411,16 @@ func (p *proc) start(ctx context.Context) error {
 	// reaches flotillad alone, which then stops services in order; and so
 	// that services outlive a flotillad that is killed or upgraded.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cg := p.cgroup()
+	closeCgroup, err := cg.wrap(cmd)
+	if err != nil {
+		follow.close()
+		return err
+	}
+	defer closeCgroup()
+	if env := cg.detachEnv(); env != "" {
+		cmd.Env = append(cmd.Env, DetachCgroupsEnv+"="+env)
+	}
 	// Until a service has pointed its stderr at its log file (and for a
 	// binary that never does), its stderr is go-plugin's pipe.
 	tail := &tailWriter{w: p.sup.opts.Output, ring: p.logs}
@@ -424,7 +452,7 @@ func (p *proc) start(ctx context.Context) error {
 	}
 	_ = os.WriteFile(p.pidFile(), []byte(strconv.FormatInt(info.Pid, 10)), 0o600)
 	since := time.Now()
-	if err := p.saveReattach(client, int(info.Pid), since, p.snapshot().Restarts); err != nil {
+	if err := p.saveReattach(client, int(info.Pid), since, p.snapshot()); err != nil {
 		// The service runs; only a later flotillad cannot take it over.
 		p.sup.opts.Logger.Warn("cannot record how to reattach to the service", "name", p.spec.Name, "error", err)
 	}
@@ -454,6 +482,40 @@ func (p *proc) attach(client *plugin.Client, info *servicepb.DescribeResponse, f
 	p.setStatus(func(s *Status) {
 		s.State, s.Pid, s.Info, s.Since = Running, int(info.Pid), info, since
 	})
+}
+
+// cgroup makes (or finds) the service's cgroup with its configured limits
+// and notes its OOM kill count, to tell an OOM kill from a crash when the
+// process exits. Without one the service runs unlimited.
+func (p *proc) cgroup() *serviceCgroup {
+	cg, err := p.sup.opts.Cgroups.service(p.spec.Name, p.spec.Limits)
+	if err != nil {
+		p.sup.opts.Logger.Error("service runs without its cgroup limits", "name", p.spec.Name, "error", err)
+		cg = nil
+	}
+	p.mu.Lock()
+	p.cg, p.oomBase = cg, cg.oomKills()
+	p.status.Cgroup = cg.Path()
+	p.mu.Unlock()
+	return cg
+}
+
+// exitReason tells why the service's process ended: an OOM kill shows as a
+// new kill in its cgroup's count.
+func (p *proc) exitReason(requested bool) string {
+	p.mu.Lock()
+	cg, base := p.cg, p.oomBase
+	p.mu.Unlock()
+	if n := cg.oomKills(); n > base {
+		p.mu.Lock()
+		p.oomBase = n
+		p.mu.Unlock()
+		return "oom-killed"
+	}
+	if requested {
+		return "restarted"
+	}
+	return "exited"
 }
 
 func describe(ctx context.Context, client *plugin.Client, timeout time.Duration) (*servicepb.DescribeResponse, error) {
@@ -498,10 +560,23 @@ func (p *proc) watch() {
 		if time.Since(st.Since) > 10*time.Second || requested != nil {
 			delay = 0
 		}
-		if requested == nil {
+		reason := p.exitReason(requested != nil)
+		switch {
+		case reason == "oom-killed":
+			// A limit hit is a crash like any other; it restarts the same.
+			p.sup.opts.Logger.Error("service "+p.spec.Name+" was killed for exceeding its memory limit; restarting",
+				"name", p.spec.Name, "pid", st.Pid, "memory_limit", p.spec.Limits.MemoryMax, "backoff", delay)
+		case requested == nil:
 			p.sup.opts.Logger.Error("service exited; restarting", "name", p.spec.Name, "pid", st.Pid, "backoff", delay)
 		}
-		p.setStatus(func(s *Status) { s.State = Restarting; s.Restarts++ })
+		p.setStatus(func(s *Status) {
+			s.State = Restarting
+			s.Restarts++
+			s.LastExit = reason
+			if reason == "oom-killed" {
+				s.OOMKills++
+			}
+		})
 		for {
 			time.Sleep(delay)
 			if p.sup.isStopping() {
@@ -542,7 +617,9 @@ func (p *proc) stop() {
 	follow.close()
 	p.mu.Lock()
 	p.client = nil
+	cg := p.cg
 	p.mu.Unlock()
+	cg.remove()
 	_ = os.Remove(p.pidFile())
 	_ = os.Remove(p.reattachPath())
 	p.removePluginSockets()

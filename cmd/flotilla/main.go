@@ -139,7 +139,8 @@ func services(c adminpb.AdminClient, args []string, out io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tPID\tRESTARTS\tUPTIME\tMEMORY\tSOCKET\tERROR")
+	// Single-word columns first: scripts split rows on blanks.
+	fmt.Fprintln(tw, "NAME\tSTATE\tPID\tRESTARTS\tOOM-KILLS\tLAST-EXIT\tUPTIME\tMEMORY\tSOCKET\tERROR")
 	for _, s := range resp.GetServices() {
 		uptime, pid, mem := "-", "-", "-"
 		if s.GetPid() > 0 {
@@ -151,8 +152,11 @@ func services(c adminpb.AdminClient, args []string, out io.Writer) error {
 		if s.GetRssBytes() > 0 {
 			mem = bytesString(s.GetRssBytes())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", s.GetName(), s.GetState(), pid,
-			s.GetRestarts(), uptime, mem, orDash(s.GetSocket()), s.GetError())
+		if l := s.GetMemoryLimitBytes(); l > 0 {
+			mem += " (max " + bytesString(l) + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", s.GetName(), s.GetState(), pid,
+			s.GetRestarts(), s.GetOomKills(), orDash(s.GetLastExit()), uptime, mem, orDash(s.GetSocket()), s.GetError())
 	}
 	return tw.Flush()
 }

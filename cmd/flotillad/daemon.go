@@ -124,6 +124,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		Logger:       logger,
 		Output:       os.Stderr,
 		StartTimeout: cfg.Timeouts.ServiceStart.Duration,
+		Cgroups:      supervisor.NewCgroups(logger, supervisor.CgroupName(cfg.State)),
 		OnChange: func(s supervisor.Status) {
 			err := gw.SetService(gateway.Service{
 				Name: s.Name, State: string(s.State), Pid: s.Pid,
@@ -232,7 +233,7 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			deps = map[string]string{"content": socket("content")}
 		}
 		sockets[name] = socket(svc)
-		specs = append(specs, supervisor.Spec{Name: svc, Path: path, Requires: requires, Env: env(svc, deps, opts)})
+		specs = append(specs, supervisor.Spec{Name: svc, Path: path, Requires: requires, Env: env(svc, deps, opts), Limits: limits(cfg, svc)})
 	}
 	for _, name := range remote {
 		sockets[name] = cfg.Snapshotters[name].Address
@@ -262,9 +263,15 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 				requires = append(requires, snapshotterService(name))
 			}
 		}
-		specs = append(specs, supervisor.Spec{Name: n.name, Path: path, Requires: requires, Env: e})
+		specs = append(specs, supervisor.Spec{Name: n.name, Path: path, Requires: requires, Env: e, Limits: limits(cfg, n.name)})
 	}
 	return specs, nil
+}
+
+// limits are a service's cgroup limits (config.Load checked them).
+func limits(cfg *config.Config, name string) supervisor.Limits {
+	mem, cpus, _ := cfg.Services[name].Limits()
+	return supervisor.Limits{MemoryMax: mem, CPUMax: cpus}
 }
 
 // snapshotterNames splits the enabled snapshotters into those Flotilla runs
@@ -349,6 +356,8 @@ func (a adminSupervisor) Processes() []admin.Process {
 		p := admin.Process{
 			Name: s.Name, State: string(s.State), Pid: s.Pid,
 			Restarts: s.Restarts, Since: s.Since, Err: s.LastError,
+			OOMKills: s.OOMKills, LastExit: s.LastExit, Cgroup: s.Cgroup,
+			MemoryLimit: s.Limits.MemoryMax, CPULimit: s.Limits.CPUMax,
 		}
 		if s.Info != nil {
 			p.Socket = s.Info.Socket

@@ -35,6 +35,16 @@ type Process struct {
 	Restarts int
 	Since    time.Time // when the current process became ready
 	Err      string
+	// OOMKills counts the kernel's kills for exceeding MemoryLimit;
+	// LastExit says why the previous process ended ("oom-killed",
+	// "exited", "restarted"), "" if none did.
+	OOMKills int
+	LastExit string
+	// Cgroup is the process's cgroup ("" without); MemoryLimit (bytes)
+	// and CPULimit (CPUs) its limits, 0 for none.
+	Cgroup      string
+	MemoryLimit int64
+	CPULimit    float64
 }
 
 // Supervisor is what the admin API needs of flotillad's supervisor.
@@ -116,6 +126,13 @@ func status(p Process, now time.Time) *adminpb.ServiceStatus {
 		State:    p.State,
 		Restarts: int64(p.Restarts),
 		Error:    p.Err,
+		OomKills: int64(p.OOMKills),
+		LastExit: p.LastExit,
+		Cgroup:   p.Cgroup,
+		CpuLimit: p.CPULimit,
+	}
+	if p.MemoryLimit > 0 {
+		st.MemoryLimitBytes = uint64(p.MemoryLimit)
 	}
 	if p.Pid > 0 {
 		st.RssBytes = rss(p.Pid)

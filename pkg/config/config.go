@@ -6,8 +6,11 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
@@ -81,12 +84,59 @@ type Trace struct {
 	File bool `toml:"file" comment:"Every process also writes its spans to <state>/traces/<service>.jsonl, for flotilla trace."`
 }
 
-// Service is one service process.
+// Service is one service process. A snapshotter's process is the service
+// snapshotter-<name> ([services.snapshotter-overlayfs]), for its path and
+// limits.
 type Service struct {
 	Disabled bool   `toml:"disabled,omitempty"`
 	Path     string `toml:"path,omitempty" comment:"Binary; empty means flotilla-<name> beside flotillad."`
+	// MemoryLimit and CPULimit bound the service's cgroup (see Limits).
+	MemoryLimit string `toml:"memory_limit,omitempty" comment:"Most memory the process may use (\"256MiB\"); past it the kernel kills it and it is restarted. Empty: no limit."`
+	CPULimit    string `toml:"cpu_limit,omitempty" comment:"CPUs the process may use (\"0.5\" is half of one). Empty: no limit."`
 	// Options is handed to the service as it is; each service documents its own.
 	Options map[string]any `toml:"options,omitempty"`
+}
+
+// Limits parses MemoryLimit (bytes) and CPULimit (CPUs); 0 means no limit.
+func (s Service) Limits() (memory int64, cpus float64, err error) {
+	if memory, err = ParseBytes(s.MemoryLimit); err != nil {
+		return 0, 0, fmt.Errorf("memory_limit: %w", err)
+	}
+	if s.CPULimit != "" {
+		cpus, err = strconv.ParseFloat(strings.TrimSpace(s.CPULimit), 64)
+		if err != nil || cpus <= 0 || math.IsInf(cpus, 0) || math.IsNaN(cpus) {
+			return 0, 0, fmt.Errorf("cpu_limit %q: want a positive number of CPUs such as \"0.5\"", s.CPULimit)
+		}
+	}
+	return memory, cpus, nil
+}
+
+// byteUnits are the suffixes ParseBytes knows. K, M, G and T are binary, as
+// docker's and Kubernetes' Ki, Mi... are; KB, MB... are decimal.
+var byteUnits = map[string]int64{
+	"": 1, "B": 1,
+	"K": 1 << 10, "KI": 1 << 10, "KIB": 1 << 10, "KB": 1e3,
+	"M": 1 << 20, "MI": 1 << 20, "MIB": 1 << 20, "MB": 1e6,
+	"G": 1 << 30, "GI": 1 << 30, "GIB": 1 << 30, "GB": 1e9,
+	"T": 1 << 40, "TI": 1 << 40, "TIB": 1 << 40, "TB": 1e12,
+}
+
+// ParseBytes parses a size such as "256MiB", "1.5G" or "1048576"; "" is 0.
+func ParseBytes(v string) (int64, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, nil
+	}
+	i := strings.IndexFunc(v, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	if i < 0 {
+		i = len(v)
+	}
+	unit, ok := byteUnits[strings.ToUpper(strings.TrimSpace(v[i:]))]
+	n, err := strconv.ParseFloat(v[:i], 64)
+	if !ok || err != nil || n <= 0 || n*float64(unit) >= math.MaxInt64 {
+		return 0, fmt.Errorf("size %q: want a positive size such as \"256MiB\"", v)
+	}
+	return int64(n * float64(unit)), nil
 }
 
 // Duration is a time.Duration written as "10s" in TOML.
@@ -147,6 +197,11 @@ func Load(path string) (*Config, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {
 		return nil, fmt.Errorf("parse config %s: %w", path, err)
+	}
+	for name, s := range c.Services {
+		if _, _, err := s.Limits(); err != nil {
+			return nil, fmt.Errorf("config %s: [services.%s] %w", path, name, err)
+		}
 	}
 	return c, nil
 }

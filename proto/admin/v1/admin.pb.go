@@ -126,9 +126,22 @@ type ServiceStatus struct {
 	// Resident memory of the process (VmRSS); 0 when unknown.
 	RssBytes uint64 `protobuf:"varint,8,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
 	// The last start error, if any.
-	Error         string `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error string `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	// How many processes of the service the kernel killed for exceeding its
+	// memory limit (each is restarted, as after a crash, and counted in
+	// restarts too).
+	OomKills int64 `protobuf:"varint,10,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	// Why the previous process ended: "oom-killed", "exited" (a crash or a
+	// kill) or "restarted" (on request); empty if none has.
+	LastExit string `protobuf:"bytes,11,opt,name=last_exit,json=lastExit,proto3" json:"last_exit,omitempty"`
+	// The cgroup the process runs in (its memory hierarchy's directory on
+	// cgroup v1); empty when services run without cgroups.
+	Cgroup string `protobuf:"bytes,12,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	// The configured limits of that cgroup; 0 means none.
+	MemoryLimitBytes uint64  `protobuf:"varint,13,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	CpuLimit         float64 `protobuf:"fixed64,14,opt,name=cpu_limit,json=cpuLimit,proto3" json:"cpu_limit,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ServiceStatus) Reset() {
@@ -222,6 +235,41 @@ func (x *ServiceStatus) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *ServiceStatus) GetOomKills() int64 {
+	if x != nil {
+		return x.OomKills
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetLastExit() string {
+	if x != nil {
+		return x.LastExit
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetCgroup() string {
+	if x != nil {
+		return x.Cgroup
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetMemoryLimitBytes() uint64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetCpuLimit() float64 {
+	if x != nil {
+		return x.CpuLimit
+	}
+	return 0
 }
 
 type RestartRequest struct {
@@ -445,7 +493,7 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x14admin/v1/admin.proto\x12\x11flotilla.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n" +
 	"\x0fServicesRequest\"P\n" +
 	"\x10ServicesResponse\x12<\n" +
-	"\bservices\x18\x01 \x03(\v2 .flotilla.admin.v1.ServiceStatusR\bservices\"\xa0\x02\n" +
+	"\bservices\x18\x01 \x03(\v2 .flotilla.admin.v1.ServiceStatusR\bservices\"\xbd\x03\n" +
 	"\rServiceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x03R\x03pid\x12\x16\n" +
@@ -456,7 +504,13 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"started_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x121\n" +
 	"\x06uptime\x18\a \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x12\x1b\n" +
 	"\trss_bytes\x18\b \x01(\x04R\brssBytes\x12\x14\n" +
-	"\x05error\x18\t \x01(\tR\x05error\"d\n" +
+	"\x05error\x18\t \x01(\tR\x05error\x12\x1b\n" +
+	"\toom_kills\x18\n" +
+	" \x01(\x03R\boomKills\x12\x1b\n" +
+	"\tlast_exit\x18\v \x01(\tR\blastExit\x12\x16\n" +
+	"\x06cgroup\x18\f \x01(\tR\x06cgroup\x12,\n" +
+	"\x12memory_limit_bytes\x18\r \x01(\x04R\x10memoryLimitBytes\x12\x1b\n" +
+	"\tcpu_limit\x18\x0e \x01(\x01R\bcpuLimit\"d\n" +
 	"\x0eRestartRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\rdrain_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\fdrainTimeout\"\xa5\x01\n" +

@@ -178,6 +178,7 @@ func start(ctx context.Context, cfg *Config, b *Bundle, binary string, opts *any
 	if err := cmd.Run(); err != nil {
 		return nil, shimError(ctx, binary, "start", stderr.Bytes(), err)
 	}
+	detachShims()
 	if err := writeFileAtomic(filepath.Join(b.Path, binaryPathFile), []byte(binary), 0o600); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 type GC struct {
 	runs     *prometheus.CounterVec
 	removed  *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
 	duration prometheus.Histogram
 }
 
@@ -18,6 +19,7 @@ func NewGC() *GC {
 	g := &GC{
 		runs:    CounterVec("gc_runs_total", "Garbage collections run, by result (ok or error).", "result"),
 		removed: CounterVec("gc_removed_total", "Items garbage collection removed, by kind (blobs, ingests, leases, snapshots, backend_blobs, ...).", "kind"),
+		bytes:   CounterVec("gc_reclaimed_bytes_total", "Bytes of content garbage collection removed from the content service.", "store"),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "gc_duration_seconds",
 			Help:    "How long a garbage collection held meta.db.",
@@ -31,9 +33,10 @@ func NewGC() *GC {
 	return g
 }
 
-// Record counts one collection: what it removed, by kind, and how long it
-// took.
-func (g *GC) Record(took time.Duration, err error, removed map[string]int) {
+// Record counts one collection: what it removed, by kind, the bytes of
+// content it reclaimed, and how long it took.
+func (g *GC) Record(took time.Duration, err error, removed map[string]int, reclaimed int64) {
+	g.bytes.WithLabelValues("content").Add(float64(reclaimed))
 	if err != nil {
 		g.runs.WithLabelValues("error").Inc()
 	} else {

@@ -32,6 +32,9 @@ type GCStats struct {
 	Snapshots              int
 	BackendBlobs           int
 	BackendIngests         int
+	// BytesReclaimed is the size of the blobs removed from the content
+	// service.
+	BytesReclaimed int64
 	// BackendSnapshots counts the snapshots removed from snapshotters
 	// before the collection returned (sweeps of slow ones go on after).
 	BackendSnapshots int
@@ -98,20 +101,21 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 
 	// The content service's side, after the records are gone: a failure
 	// here leaves bytes for the next run, never a record without bytes.
-	var remove []digest.Digest
+	var remove []content.Info
 	if err := db.backend.Walk(ctx, func(info content.Info) error {
 		if _, ok := keep[info.Digest]; !ok {
-			remove = append(remove, info.Digest)
+			remove = append(remove, info)
 		}
 		return nil
 	}); err != nil {
 		return st, fmt.Errorf("garbage collection: list content: %w", err)
 	}
-	for _, d := range remove {
-		if err := db.backend.Delete(ctx, d); err != nil && !errdefs.IsNotFound(err) {
-			return st, fmt.Errorf("garbage collection: delete %s: %w", d, err)
+	for _, info := range remove {
+		if err := db.backend.Delete(ctx, info.Digest); err != nil && !errdefs.IsNotFound(err) {
+			return st, fmt.Errorf("garbage collection: delete %s: %w", info.Digest, err)
 		}
 		st.BackendBlobs++
+		st.BytesReclaimed += info.Size
 	}
 	statuses, err := db.backend.ListStatuses(ctx)
 	if err != nil {

@@ -486,3 +486,13 @@ func TestGCConcurrentWithWritersNeverLosesRecordedBytes(t *testing.T) {
 		}
 	}
 }
+
+func TestGCCountsTheBytesItReclaims(t *testing.T) {
+	db, _ := newTestDB(t)
+	ctx := nsCtx("ns")
+	writeBlob(t, ctx, db.Content(), []byte("twelve bytes"), nil)
+	writeBlob(t, ctx, db.Content(), []byte("and seventeen too"), nil)
+	if st := collect(t, db); st.BytesReclaimed != 12+17 || st.BackendBlobs != 2 {
+		t.Fatalf("collecting two unreferenced blobs reclaimed %d bytes in %d blobs, want 29 in 2", st.BytesReclaimed, st.BackendBlobs)
+	}
+}

@@ -87,7 +87,7 @@ func main() {
 			gcMetrics.Record(st.Duration, err, map[string]int{
 				"blobs": st.Blobs, "ingests": st.Ingests, "leases": st.Leases, "snapshots": st.Snapshots,
 				"backend_blobs": st.BackendBlobs, "backend_ingests": st.BackendIngests, "backend_snapshots": st.BackendSnapshots,
-			})
+			}, st.BytesReclaimed)
 			return err
 		}, delay, p.Logger)
 		db.OnDirty(sched.Trigger)

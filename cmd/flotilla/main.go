@@ -1,6 +1,7 @@
 // flotilla is the operator's tool for a running flotillad: it lists the
 // service processes, restarts one gracefully, and shows a service's output,
-// through Flotilla's admin API on the daemon's client socket.
+// through Flotilla's admin API on the daemon's client socket; it pulls and
+// imports images with per-layer progress through containerd's API there.
 package main
 
 import (
@@ -32,6 +33,11 @@ commands:
   trace [--state <dir>] last | <trace id> | ls
                                draw a client call across processes as a
                                waterfall (needs [trace] file = true)
+  pull [--namespace default] [--snapshotter overlayfs] [--plain-http] <ref>
+                               pull and unpack an image, with per-layer progress
+  import [--namespace default] [--snapshotter overlayfs] [--no-unpack] <archive.tar>
+                               import and unpack an image archive, with
+                               per-layer progress
 
 The address defaults to $FLOTILLA_ADDRESS, else ` + defaultAddress + `.
 `
@@ -65,6 +71,13 @@ func run(args []string, out io.Writer) error {
 		// Span files are read where the daemon writes them, with no call
 		// to it: the state directory is the socket's by default.
 		return traceCmd(args, filepath.Dir(*address), out)
+	}
+	// Pull and import are containerd client calls, not admin ones.
+	switch cmd {
+	case "pull":
+		return pullCmd(*address, args, out)
+	case "import":
+		return importCmd(*address, args, out)
 	}
 
 	conn, err := rpc.Dial(*address)

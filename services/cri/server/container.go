@@ -376,8 +376,13 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	if err != nil {
 		return fail(err)
 	}
+	lg.attach = s.newAttachPoint(m)
 	stdout, stderr := lg.writers()
-	task, err := c.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, stdout, stderr), cio.WithFIFODir(s.fifoDir())))
+	ioOpts := []cio.Opt{cio.WithStreams(lg.stdin(), stdout, stderr), cio.WithFIFODir(s.fifoDir())}
+	if m.config.GetTty() {
+		ioOpts = append(ioOpts, cio.WithTerminal)
+	}
+	task, err := c.NewTask(ctx, cio.NewCreator(ioOpts...))
 	if err != nil {
 		return fail(fmt.Errorf("create task of container %s: %w", m.ID, err))
 	}
@@ -479,7 +484,7 @@ func (s *Server) ensureWatcher(ctx context.Context, id string, lg *containerLog)
 	var attach cio.Attach
 	if lg != nil {
 		stdout, stderr := lg.writers()
-		attach = cio.NewAttach(cio.WithStreams(nil, stdout, stderr))
+		attach = cio.NewAttach(cio.WithStreams(lg.stdin(), stdout, stderr))
 	}
 	task, err := c.Task(ctx, attach)
 	if err != nil && attach != nil {
@@ -752,6 +757,8 @@ func (s *Server) Recover(ctx context.Context) {
 		if err != nil {
 			s.logger.Warn("reopen container log", "container", m.ID, "error", err)
 			lg = nil
+		} else {
+			lg.attach = s.newAttachPoint(m)
 		}
 		if _, err := s.ensureWatcher(ctx, m.ID, lg); err != nil {
 			s.logger.Warn("watch recovered container", "container", m.ID, "error", err)
@@ -760,5 +767,9 @@ func (s *Server) Recover(ctx context.Context) {
 	s.logger.Debug("recovered containers", "count", len(recs))
 }
 
-// Close stops the exit watchers; the containers run on.
-func (s *Server) Close() { s.pods.cancel() }
+// Close stops the exit watchers and the streaming server; the containers
+// run on.
+func (s *Server) Close() {
+	s.pods.cancel()
+	s.stopStreaming()
+}

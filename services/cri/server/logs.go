@@ -101,10 +101,12 @@ func (s *logStream) flush() {
 }
 
 // containerLog is the log of one running container: its file and the two
-// stream writers.
+// stream writers, and the attach point that shares the output with
+// attached clients (nil when none).
 type containerLog struct {
 	file           *criLog
 	stdout, stderr *logStream
+	attach         *attachPoint
 }
 
 func newContainerLog(path string) (*containerLog, error) {
@@ -120,13 +122,20 @@ func newContainerLog(path string) (*containerLog, error) {
 
 func (c *containerLog) writers() (io.Writer, io.Writer) {
 	if c.file == nil {
-		return io.Discard, io.Discard
+		return c.attach.tee(io.Discard, io.Discard)
 	}
-	return c.stdout, c.stderr
+	return c.attach.tee(c.stdout, c.stderr)
 }
 
+// stdin is the container's stdin as attach feeds it (nil: none).
+func (c *containerLog) stdin() io.Reader { return c.attach.stdin() }
+
 func (c *containerLog) Close() {
-	if c == nil || c.file == nil {
+	if c == nil {
+		return
+	}
+	c.attach.close()
+	if c.file == nil {
 		return
 	}
 	c.stdout.flush()

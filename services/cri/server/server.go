@@ -77,6 +77,10 @@ type Server struct {
 	infos map[digest.Digest]*imageInfo
 
 	pods podState
+
+	// streams is the streaming server (Exec, Attach, PortForward) and
+	// the containers' attach points; see streaming.go.
+	streams streamState
 }
 
 // New builds the server over a containerd client connected to the gateway.

@@ -12,8 +12,10 @@
 // root beside this service's); cni_conf_dir (default /etc/cni/net.d);
 // max_concurrent_downloads (default 3); sandbox_image (default
 // registry.k8s.io/pause:3.10); cni_bin_dirs (default /opt/cni/bin and
-// /usr/lib/cni); restrict_oom_score_adj; gateway, the gateway socket when
-// started by hand (flotillad tells it otherwise).
+// /usr/lib/cni); restrict_oom_score_adj; stream_server_address and
+// stream_server_port, where the Exec/Attach/PortForward streaming server
+// listens (default 127.0.0.1, port "0": a free one); gateway, the gateway
+// socket when started by hand (flotillad tells it otherwise).
 package main
 
 import (
@@ -38,6 +40,8 @@ type options struct {
 	SandboxImage           string   `json:"sandbox_image"`
 	CNIBinDirs             []string `json:"cni_bin_dirs"`
 	RestrictOOMScoreAdj    bool     `json:"restrict_oom_score_adj"`
+	StreamServerAddress    string   `json:"stream_server_address"`
+	StreamServerPort       string   `json:"stream_server_port"`
 	Gateway                string   `json:"gateway"`
 }
 
@@ -85,6 +89,11 @@ func main() {
 			StateDir:               p.Env.State,
 			RestrictOOMScoreAdj:    opts.RestrictOOMScoreAdj,
 		}, p.Logger)
+		if err := srv.StartStreaming(opts.StreamServerAddress, opts.StreamServerPort); err != nil {
+			srv.Close()
+			client.Close()
+			return nil, err
+		}
 		// Pods and containers started before a restart get their exit
 		// watchers and log writers back; it needs the gateway, so it
 		// runs beside serving rather than before it.

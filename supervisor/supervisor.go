@@ -163,7 +163,9 @@ func topoSort(specs []Spec) ([]Spec, error) {
 func (s *Supervisor) Start(ctx context.Context) error {
 	for i, p := range s.order {
 		if err := p.startOrReattach(ctx); err != nil {
-			for j := i - 1; j >= 0; j-- {
+			// The failed one too: its process may be running already
+			// (say, flotillad was told to stop during its handshake).
+			for j := i; j >= 0; j-- {
 				s.order[j].stop()
 			}
 			return fmt.Errorf("service %s failed to start: %w", p.spec.Name, err)
@@ -591,6 +593,16 @@ func (p *proc) watch() {
 				delay = 5 * time.Second
 			}
 			err := p.start(context.Background())
+			if err == nil && p.sup.isStopping() {
+				// The daemon began stopping while this restart ran, and
+				// its Stop may have passed this service already: the
+				// process just started must not outlive it.
+				p.stop()
+				if requested != nil {
+					requested <- fmt.Errorf("restart %s: daemon is stopping: %w", p.spec.Name, errdefs.ErrFailedPrecondition)
+				}
+				return
+			}
 			if requested != nil {
 				requested <- err
 				requested = nil

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
@@ -26,45 +24,6 @@ import (
 // call made while the ttrpc socket does not answer (a restarting service),
 // takes the gRPC path, which waits for the service.
 
-// fastConn is a lazily dialled ttrpc client of one service, redialled after
-// the service restarts.
-type fastConn struct {
-	path string
-	mu   sync.Mutex
-	c    *ttrpc.Client
-}
-
-func (f *fastConn) client() (*ttrpc.Client, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.c != nil {
-		return f.c, nil
-	}
-	conn, err := net.DialTimeout("unix", f.path, time.Second)
-	if err != nil {
-		return nil, err
-	}
-	var c *ttrpc.Client
-	c = ttrpc.NewClient(conn, ttrpc.WithOnClose(func() {
-		f.mu.Lock()
-		if f.c == c {
-			f.c = nil
-		}
-		f.mu.Unlock()
-	}))
-	f.c = c
-	return c, nil
-}
-
-func (f *fastConn) close() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.c != nil {
-		_ = f.c.Close()
-		f.c = nil
-	}
-}
-
 // SetFast records the ttrpc socket of a service set with Set; an empty path
 // turns the fast path off for it.
 func (r *Router) SetFast(name, path string) {
@@ -74,15 +33,15 @@ func (r *Router) SetFast(name, path string) {
 	if !ok {
 		return
 	}
-	if be.fast != nil && be.fast.path == path {
+	if be.fast != nil && be.fast.Path() == path {
 		return
 	}
 	if be.fast != nil {
-		be.fast.close()
+		be.fast.Close()
 		be.fast = nil
 	}
 	if path != "" {
-		be.fast = &fastConn{path: path}
+		be.fast = rpc.NewTTRPCConn(path)
 	}
 }
 
@@ -123,7 +82,7 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 	if types == nil {
 		return nil, false, nil
 	}
-	c, err := f.client()
+	c, err := f.Client()
 	if err != nil {
 		return nil, false, nil
 	}

@@ -112,7 +112,7 @@ func TestRouterFastPathCarriesHeadersAndCodesAndFallsBackToGRPC(t *testing.T) {
 		}
 	}
 	call("over ttrpc")
-	if r.backends["ns"].fast.c == nil {
+	if !r.backends["ns"].fast.Connected() {
 		t.Fatal("the call did not take the ttrpc path")
 	}
 	// A reply larger than ttrpc's 4 MiB arrives whole, over gRPC.

@@ -45,7 +45,7 @@ type backend struct {
 	name   string
 	socket string
 	conn   *grpc.ClientConn
-	fast   *fastConn
+	fast   *rpc.TTRPCConn
 	// inflight counts calls routed to the process and not yet finished, so
 	// a graceful restart can wait for them (Drain).
 	inflight atomic.Int64
@@ -81,7 +81,7 @@ func (r *Router) Set(name, socket string, routes []string) error {
 		if ok {
 			_ = be.conn.Close()
 			if be.fast != nil {
-				be.fast.close()
+				be.fast.Close()
 			}
 		}
 		be = &backend{name: name, socket: socket, conn: conn}
@@ -123,7 +123,7 @@ func (r *Router) Close() {
 	for _, be := range r.backends {
 		_ = be.conn.Close()
 		if be.fast != nil {
-			be.fast.close()
+			be.fast.Close()
 		}
 	}
 	r.backends = map[string]*backend{}
@@ -221,7 +221,7 @@ func (r *Router) Release(name string) {
 	if be != nil {
 		be.conn.ResetConnectBackoff()
 		if be.fast != nil {
-			be.fast.close()
+			be.fast.Close()
 		}
 	}
 	if held != nil {

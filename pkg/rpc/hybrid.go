@@ -57,6 +57,13 @@ func (f *TTRPCConn) Client() (*ttrpc.Client, error) {
 	return c, nil
 }
 
+// Connected reports whether a client is dialled.
+func (f *TTRPCConn) Connected() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.c != nil
+}
+
 // Close drops the client.
 func (f *TTRPCConn) Close() {
 	f.mu.Lock()

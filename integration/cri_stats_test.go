@@ -4,11 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,13 +16,9 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/opencontainers/go-digest"
-	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"go.opentelemetry.io/otel/trace/noop"
 	internalapi "k8s.io/cri-api/pkg/apis"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-	remote "k8s.io/cri-client/pkg"
 
 	"github.com/flotilla-project/flotilla/internal/testimage"
 )
@@ -61,7 +53,7 @@ func TestCRIStatsResourcesLogsAndEventsThroughGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := statsStartRegistry(t)
+	reg := startPodRegistry(t)
 	busyboxRef := reg.push(t, bb, nil, "flotilla/busybox", "stats")
 	pauseRef := reg.push(t, bb, func(c *ocispec.ImageConfig) {
 		c.Entrypoint, c.Cmd = []string{"/bin/sleep", "2147483647"}, nil
@@ -79,7 +71,7 @@ func TestCRIStatsResourcesLogsAndEventsThroughGateway(t *testing.T) {
 	d := newDaemon(t, withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\n", pauseRef, cniDir))).start()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rt, images := statsCRIClients(t, d)
+	rt, images := criClients(t, d)
 
 	// The runtime config: cgroupfs, and a pod CIDR is accepted.
 	rc, err := rt.RuntimeConfig(ctx)
@@ -215,7 +207,7 @@ while true; do n=$((n+1)); echo tick $n; i=0; while [ $i -lt 3000 ]; do i=$((i+1
 		if err := rt.UpdateContainerResources(ctx, ctrID, &runtimeapi.ContainerResources{Linux: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: limit}}); err != nil {
 			t.Fatalf("UpdateContainerResources: %v", err)
 		}
-		file := statsMemoryLimitFile(t, statsTaskPid(t, d, ctrID))
+		file := statsMemoryLimitFile(t, taskPid(t, d, ctrID))
 		b, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
@@ -403,34 +395,6 @@ func statsRemoveCgroup(path string) {
 	}
 }
 
-func statsCRIClients(t *testing.T, d *daemon) (internalapi.RuntimeService, internalapi.ImageManagerService) {
-	t.Helper()
-	ctx := context.Background()
-	rt, err := remote.NewRemoteRuntimeService(ctx, "unix://"+d.address, 2*time.Minute, noop.NewTracerProvider(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := remote.NewRemoteImageService(ctx, "unix://"+d.address, 2*time.Minute, noop.NewTracerProvider(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rt, img
-}
-
-func statsTaskPid(t *testing.T, d *daemon, id string) uint32 {
-	t.Helper()
-	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
-	c, err := d.client().LoadContainer(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	task, err := c.Task(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return task.Pid()
-}
-
 func statsWriteNetwork(t *testing.T, dir, ipamDir string) {
 	t.Helper()
 	conf := fmt.Sprintf(`{
@@ -457,118 +421,4 @@ func statsWriteNetwork(t *testing.T, dir, ipamDir string) {
 	if err := os.WriteFile(filepath.Join(dir, "10-flotilla-stats.conflist"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// statsRegistry is Debian's docker-registry on 127.0.0.1.
-type statsRegistry struct{ host string }
-
-func statsStartRegistry(t *testing.T) *statsRegistry {
-	t.Helper()
-	bin := requireTool(t, "docker-registry", "docker-registry")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	_ = l.Close()
-	dir := t.TempDir()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), host)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out := &syncBuffer{}
-	cmd := exec.Command(bin, "serve", cfgPath)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("docker-registry output:\n%s", out.String())
-		}
-	})
-	waitFor(t, 30*time.Second, "docker-registry answering", func() bool {
-		resp, err := http.Get("http://" + host + "/v2/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return &statsRegistry{host: host}
-}
-
-// push uploads img's layers and its config (changed by edit, when given)
-// with a new manifest as repo:tag, and returns the reference.
-func (r *statsRegistry) push(t *testing.T, img *testimage.Image, edit func(*ocispec.ImageConfig), repo, tag string) string {
-	t.Helper()
-	cfgBlob, _ := img.Blob(img.Config.Digest)
-	var cfg ocispec.Image
-	if err := json.Unmarshal(cfgBlob, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if edit != nil {
-		edit(&cfg.Config)
-	}
-	cfgBlob, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfgBlob), Size: int64(len(cfgBlob))}
-	mf, err := json.Marshal(ocispec.Manifest{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ocispec.MediaTypeImageManifest,
-		Config:    cfgDesc,
-		Layers:    img.Layers,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + r.host + "/v2/" + repo
-	blobs := map[digest.Digest][]byte{cfgDesc.Digest: cfgBlob}
-	for _, l := range img.Layers {
-		blobs[l.Digest], _ = img.Blob(l.Digest)
-	}
-	for dg, blob := range blobs {
-		resp, err := http.Post(base+"/blobs/uploads/", "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("start blob upload: %s", resp.Status)
-		}
-		loc, err := url.Parse(resp.Header.Get("Location"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		u := (&url.URL{Scheme: "http", Host: r.host}).ResolveReference(loc)
-		q := u.Query()
-		q.Set("digest", dg.String())
-		u.RawQuery = q.Encode()
-		req, _ := http.NewRequest(http.MethodPut, u.String(), bytes.NewReader(blob))
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err = http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("upload blob %s: %s", dg, resp.Status)
-		}
-	}
-	req, _ := http.NewRequest(http.MethodPut, base+"/manifests/"+tag, bytes.NewReader(mf))
-	req.Header.Set("Content-Type", ocispec.MediaTypeImageManifest)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("put manifest: %s", resp.Status)
-	}
-	return r.host + "/" + repo + ":" + tag
 }

@@ -4,14 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
-	"net/http"
-	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -108,8 +103,8 @@ func TestProgressOfPullShowsEveryLayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := startProgressRegistry(t)
-	ref := reg.push(t, img, "busybox", "test")
+	reg := startPodRegistry(t)
+	ref := reg.push(t, img, nil, "busybox", "test")
 
 	out := d.flotillaOut("pull", "--plain-http", ref)
 	t.Logf("flotilla pull:\n%s", out)
@@ -123,112 +118,4 @@ func TestProgressOfPullShowsEveryLayer(t *testing.T) {
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "pulled "+ref+": ") {
 		t.Errorf("last line %q is not the pull's summary", last)
 	}
-}
-
-// progressRegistry is Debian's docker-registry serving on host.
-type progressRegistry struct {
-	host string // host:port
-}
-
-// startProgressRegistry runs docker-registry on 127.0.0.1 with storage in a
-// temp dir, or skips the test when it is not installed.
-func startProgressRegistry(t *testing.T) *progressRegistry {
-	t.Helper()
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		t.Skip("docker-registry not found: install Debian's docker-registry to test pulls")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	_ = l.Close()
-	dir := t.TempDir()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n",
-		filepath.Join(dir, "data"), host)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out := &syncBuffer{}
-	cmd := exec.Command(bin, "serve", cfgPath)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start docker-registry: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("docker-registry output:\n%s", out.String())
-		}
-	})
-	waitFor(t, 30*time.Second, "docker-registry answering on "+host, func() bool {
-		resp, err := http.Get("http://" + host + "/v2/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return &progressRegistry{host: host}
-}
-
-// push uploads img as repo:tag through the distribution API and returns
-// the image's reference.
-func (r *progressRegistry) push(t *testing.T, img *testimage.Image, repo, tag string) string {
-	t.Helper()
-	base := "http://" + r.host + "/v2/" + repo
-	for _, d := range img.Blobs() {
-		if d.Digest == img.Manifest.Digest {
-			continue
-		}
-		blob, _ := img.Blob(d.Digest)
-		resp, err := http.Post(base+"/blobs/uploads/", "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("start blob upload: %s", resp.Status)
-		}
-		loc, err := url.Parse(resp.Header.Get("Location"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		u := (&url.URL{Scheme: "http", Host: r.host}).ResolveReference(loc)
-		q := u.Query()
-		q.Set("digest", d.Digest.String())
-		u.RawQuery = q.Encode()
-		req, _ := http.NewRequest(http.MethodPut, u.String(), bytes.NewReader(blob))
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err = http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("upload blob %s: %s", d.Digest, resp.Status)
-		}
-	}
-	mf, _ := img.Blob(img.Manifest.Digest)
-	req, _ := http.NewRequest(http.MethodPut, base+"/manifests/"+tag, bytes.NewReader(mf))
-	req.Header.Set("Content-Type", img.Manifest.MediaType)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("put manifest: %s", resp.Status)
-	}
-	return r.host + "/" + repo + ":" + tag
 }

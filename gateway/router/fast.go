@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -82,14 +81,14 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 	if types == nil {
 		return nil, false, nil
 	}
-	c, err := f.Client()
-	if err != nil {
-		return nil, false, nil
-	}
 	name := method[strings.LastIndex(method, "/")+1:]
 	// A request ttrpc cannot carry takes the gRPC path; so does a read
 	// whose reply is too large for it (the service refuses to send it).
 	if !rpc.TTRPCCarries(name, req.Len()) {
+		return nil, false, nil
+	}
+	c, err := f.Client()
+	if err != nil {
 		return nil, false, nil
 	}
 	in := types.in.New().Interface()
@@ -106,30 +105,8 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 	cctx := ttrpc.WithMetadata(ctx, ttrpc.MD(md))
 	out := types.out.New().Interface()
 	if err := c.Call(cctx, svc, name, in, out); err != nil {
-		if rpc.TTRPCRefused(err) {
-			// ttrpc would not send it (its metadata made it too
-			// large): nothing reached the service.
-			return nil, false, nil
-		}
-		if st, ok := status.FromError(err); ok {
-			// ttrpc carries at most 4 MiB a message, gRPC 16: a reply too
-			// large for ttrpc is asked for again over gRPC when asking
-			// twice changes nothing.
-			if st.Code() == codes.ResourceExhausted && rpc.ReadOnly(name) {
-				return nil, false, nil
-			}
-			return nil, true, err
-		}
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return nil, true, status.FromContextError(err).Err()
-		}
-		// The connection broke under the call: a call that only reads is
-		// asked again over gRPC; for any other, whether the service saw
-		// it is unknown, so it is not repeated.
-		if rpc.ReadOnly(name) {
-			return nil, false, nil
-		}
-		return nil, true, status.Error(codes.Unavailable, fmt.Sprintf("service %s (%s): %v", be.name, svc, err))
+		again, err := rpc.TTRPCFailed(name, fmt.Sprintf("service %s (%s)", be.name, svc), err)
+		return nil, !again, err
 	}
 	return out, true, nil
 }

@@ -175,22 +175,36 @@ func (h *HybridConn) Invoke(ctx context.Context, method string, args, reply any,
 	if err == nil {
 		return nil
 	}
+	if again, err := TTRPCFailed(name, method, err); !again {
+		return err
+	}
+	return h.grpc.Invoke(ctx, method, args, reply, opts...)
+}
+
+// TTRPCFailed says what a failed ttrpc call to a method (named without its
+// service) means: again is set when it should be made over gRPC instead —
+// ttrpc refused to send it, its reply was too large for ttrpc, or the
+// connection broke under a call that only reads; otherwise err is what the
+// caller gets (who names the callee in a broken connection's error).
+func TTRPCFailed(name, who string, err error) (again bool, _ error) {
 	if TTRPCRefused(err) {
-		return h.grpc.Invoke(ctx, method, args, reply, opts...)
+		return true, nil
 	}
 	if st, ok := status.FromError(err); ok {
 		if st.Code() == codes.ResourceExhausted && ReadOnly(name) {
-			return h.grpc.Invoke(ctx, method, args, reply, opts...)
+			return true, nil
 		}
-		return err
+		return false, err
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return status.FromContextError(err).Err()
+		return false, status.FromContextError(err).Err()
 	}
+	// Whether the service saw a call that changes something is unknown,
+	// so it is not made again.
 	if ReadOnly(name) {
-		return h.grpc.Invoke(ctx, method, args, reply, opts...)
+		return true, nil
 	}
-	return status.Error(codes.Unavailable, fmt.Sprintf("%s: %v", method, err))
+	return false, status.Error(codes.Unavailable, fmt.Sprintf("%s: %v", who, err))
 }
 
 // NewStream opens a stream over gRPC.

@@ -58,8 +58,10 @@ func (r *Registrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
 			// A reply ttrpc cannot carry is refused here, before ttrpc
 			// would drop the whole connection over it; the caller asks
 			// again over gRPC.
-			if m, ok := resp.(proto.Message); ok && err == nil && proto.Size(m) > MaxTTRPCReply {
-				return nil, status.Errorf(codes.ResourceExhausted, "reply of %d bytes is larger than ttrpc carries", proto.Size(m))
+			if m, ok := resp.(proto.Message); ok && err == nil {
+				if size := proto.Size(m); size > MaxTTRPCReply {
+					return nil, status.Errorf(codes.ResourceExhausted, "reply of %d bytes is larger than ttrpc carries", size)
+				}
 			}
 			return resp, err
 		}

@@ -20,9 +20,11 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/flotilla-project/flotilla/pkg/contentread"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 )
 
@@ -484,6 +486,9 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	if kind == unary {
 		return r.forwardUnary(octx, ss, be, svc, method)
 	}
+	if kind == serverStream && rpc.ReadOnly(method[strings.LastIndex(method, "/")+1:]) {
+		return r.forwardReading(octx, ss, be, svc, method)
+	}
 
 	// Wait for a restarting backend, but only so long: the timer cancels the
 	// call if the stream could not be opened in time.
@@ -516,10 +521,118 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
+			if fromClient != nil && status.Code(err) == codes.Unavailable {
+				// The backend went away (a restart) between two of the
+				// client's messages. containerd's clients send their next
+				// message before they read (a content writer's commit
+				// after its last write): ended now, the stream would fail
+				// that send with a bare EOF, which they report as Unknown.
+				// Taking that message first lets them read Unavailable.
+				select {
+				case <-fromClient:
+				case <-time.After(brokenStreamGrace):
+				}
+			}
 			return err
 		}
 	}
 }
+
+// forwardReading relays a server stream that only reads (a List, a content
+// Read). When the backend goes away under it (a restart), the call is made
+// again: from the start if the client has been sent nothing yet, and for a
+// content Read from the first byte the client has not been sent.
+func (r *Router) forwardReading(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method string) error {
+	req := &rpc.Frame{}
+	if err := ss.RecvMsg(req); err != nil {
+		return err
+	}
+	first := append([]byte(nil), req.Bytes()...)
+	req.Free()
+	var resume *contentread.Resume
+	if method == contentread.Method {
+		var err error
+		if resume, err = contentread.Parse(first); err != nil {
+			return err
+		}
+	}
+	var relayed, headerSent bool
+	next := first
+	for attempt := 1; ; attempt++ {
+		err := r.relayReading(ctx, ss, be, svc, method, next, resume, &relayed, &headerSent)
+		if err == nil || attempt == maxReadingAttempts || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			return err
+		}
+		switch {
+		case resume != nil:
+			rest, more := resume.Rest()
+			if !more {
+				return nil
+			}
+			if next, err = proto.Marshal(rest); err != nil {
+				return status.Errorf(codes.Internal, "resume read: %v", err)
+			}
+		case relayed:
+			return err
+		}
+		r.logger.Debug("backend went away under a reading stream, calling again", "service", be.name, "method", method, "error", err)
+	}
+}
+
+// maxReadingAttempts bounds how many restarts of its backend one reading
+// stream rides out.
+const maxReadingAttempts = 3
+
+func (r *Router) relayReading(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method string, req []byte, resume *contentread.Resume, relayed, headerSent *bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var expired atomic.Bool
+	timer := time.AfterFunc(r.wait, func() { expired.Store(true); cancel() })
+	cs, err := be.conn.NewStream(ctx, serverStream.desc(), method, grpc.ForceCodecV2(rpc.FrameCodec{}), grpc.WaitForReady(true))
+	if !timer.Stop() || expired.Load() {
+		return status.Errorf(codes.Unavailable, "service %s (%s) is not available after %s", be.name, svc, r.wait)
+	}
+	if err != nil {
+		return err
+	}
+	if err := cs.SendMsg(rpc.NewFrame(req)); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if err := cs.CloseSend(); err != nil {
+		return err
+	}
+	if md, err := cs.Header(); err == nil && len(md) > 0 && !*headerSent {
+		if err := ss.SendHeader(md); err != nil {
+			return err
+		}
+		*headerSent = true
+	}
+	for {
+		f := &rpc.Frame{}
+		if err := cs.RecvMsg(f); err != nil {
+			if errors.Is(err, io.EOF) {
+				ss.SetTrailer(cs.Trailer())
+				return nil
+			}
+			return err
+		}
+		if resume != nil {
+			if err := resume.Relayed(f.Bytes()); err != nil {
+				f.Free()
+				return status.Errorf(codes.Internal, "relay read: %v", err)
+			}
+		}
+		if err := ss.SendMsg(f); err != nil {
+			f.Free()
+			return err
+		}
+		*relayed = true
+	}
+}
+
+// brokenStreamGrace is how long a stream whose backend went away waits for
+// the client's next message before it ends.
+const brokenStreamGrace = 250 * time.Millisecond
 
 // forwardClient copies client messages to the backend until the client
 // half-closes (nil) or fails.

@@ -77,7 +77,7 @@ func (f *TTRPCConn) Close() {
 // ReadOnly says whether a method of containerd's APIs only reads, by its
 // name, so that making it twice is harmless.
 func ReadOnly(method string) bool {
-	for _, p := range []string{"Get", "List", "Stat", "Info", "Usage", "Mounts", "Status", "Version", "Check"} {
+	for _, p := range []string{"Get", "List", "Stat", "Info", "Usage", "Mounts", "Status", "Version", "Check", "Read"} {
 		if strings.HasPrefix(method, p) {
 			return true
 		}

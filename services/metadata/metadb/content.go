@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -462,10 +463,15 @@ func (w *writer) Write(p []byte) (int, error) {
 }
 
 // backendErr says what a broken stream to the content service means: the
-// service went away (a restart), which containerd's proxy writer reports as
-// a bare EOF that would reach clients as Unknown.
+// service went away (a restart). containerd's proxy writer reports it as the
+// io.EOF its Send returned, passed through errgrpc.ToNative, which makes it
+// an Unknown error whose message ends in "EOF"; it would reach clients as
+// Unknown, a code that says nothing about whether to try again.
 func backendErr(err error) error {
-	if err != nil && errors.Is(err, io.EOF) {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, io.EOF) || (errdefs.IsUnknown(err) && strings.HasSuffix(err.Error(), io.EOF.Error())) {
 		return fmt.Errorf("content service: %v: %w", err, errdefs.ErrUnavailable)
 	}
 	return err

@@ -3,6 +3,8 @@ package metadb
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"testing"
@@ -10,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
@@ -589,5 +592,22 @@ func TestContentSharedWriteKeepsTheCommitLabels(t *testing.T) {
 	}
 	if info.Labels["k"] != "v" {
 		t.Errorf("labels in b = %v; the commit's labels were dropped", info.Labels)
+	}
+}
+
+// containerd's proxy writer turns a stream the content service broke by
+// going away into an Unknown "EOF"; clients must see Unavailable instead.
+func TestBackendErrorOfABrokenStreamIsUnavailable(t *testing.T) {
+	for _, err := range []error{
+		io.EOF,
+		errgrpc.ToNative(io.EOF),
+		fmt.Errorf("commit failed: %w", errgrpc.ToNative(io.EOF)),
+	} {
+		if got := backendErr(err); !errdefs.IsUnavailable(got) {
+			t.Errorf("backendErr(%v) = %v, want Unavailable", err, got)
+		}
+	}
+	if got := backendErr(fmt.Errorf("digest mismatch: %w", errdefs.ErrFailedPrecondition)); !errdefs.IsFailedPrecondition(got) {
+		t.Errorf("a failed precondition became %v", got)
 	}
 }

@@ -12,8 +12,11 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/flotilla-project/flotilla/pkg/contentread"
 	contentserver "github.com/flotilla-project/flotilla/pkg/contentserver"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/services/metadata/metadb"
@@ -23,14 +26,15 @@ import (
 // namespace's records, with the bytes in the content service.
 type Content struct {
 	*contentserver.Service
-	store *metadb.Content
-	raw   *grpc.ClientConn
-	pub   *Publisher
+	store  *metadb.Content
+	raw    *grpc.ClientConn
+	pub    *Publisher
+	logger *slog.Logger
 }
 
 func newContent(db *metadb.DB, raw *grpc.ClientConn, pub *Publisher, logger *slog.Logger) *Content {
 	store := db.Content()
-	return &Content{Service: contentserver.New(store, logger), store: store, raw: raw, pub: pub}
+	return &Content{Service: contentserver.New(store, logger), store: store, raw: raw, pub: pub, logger: logger}
 }
 
 var readDesc = &grpc.StreamDesc{ServerStreams: true}
@@ -38,7 +42,8 @@ var readDesc = &grpc.StreamDesc{ServerStreams: true}
 // Read checks that the namespace holds the blob, then relays the content
 // service's own Read stream as undecoded frames: bytes are neither copied
 // into messages nor re-encoded here, and chunks flow without a round trip
-// per chunk.
+// per chunk. When the content process goes away mid-blob (a restart), the
+// stream is opened again from the first byte not yet relayed.
 func (s *Content) Read(req *api.ReadContentRequest, stream api.Content_ReadServer) error {
 	ctx := stream.Context()
 	d, err := digest.Parse(req.GetDigest())
@@ -48,11 +53,31 @@ func (s *Content) Read(req *api.ReadContentRequest, stream api.Content_ReadServe
 	if err := s.store.Visible(ctx, d); err != nil {
 		return err
 	}
-	cs, err := s.raw.NewStream(ctx, readDesc, "/containerd.services.content.v1.Content/Read", grpc.ForceCodecV2(rpc.FrameCodec{}))
+	resume := contentread.New(req)
+	for attempt := 1; ; attempt++ {
+		err := s.relayRead(ctx, req, stream, resume)
+		if err == nil || attempt == maxReadAttempts || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			return err
+		}
+		rest, more := resume.Rest()
+		if !more {
+			return nil
+		}
+		s.logger.Debug("content went away mid-read, resuming", "digest", d, "offset", rest.GetOffset(), "error", err)
+		req = rest
+	}
+}
+
+// maxReadAttempts bounds how many restarts of the content process one Read
+// rides out.
+const maxReadAttempts = 3
+
+func (s *Content) relayRead(ctx context.Context, req *api.ReadContentRequest, stream api.Content_ReadServer, resume *contentread.Resume) error {
+	cs, err := s.raw.NewStream(ctx, readDesc, contentread.Method, grpc.ForceCodecV2(rpc.FrameCodec{}))
 	if err != nil {
 		return err
 	}
-	if err := cs.SendMsg(req); err != nil {
+	if err := cs.SendMsg(req); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
 	if err := cs.CloseSend(); err != nil {
@@ -64,6 +89,10 @@ func (s *Content) Read(req *api.ReadContentRequest, stream api.Content_ReadServe
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
+			return err
+		}
+		if err := resume.Relayed(f.Bytes()); err != nil {
+			f.Free()
 			return err
 		}
 		if err := stream.SendMsg(f); err != nil {

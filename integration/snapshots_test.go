@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 
@@ -477,5 +478,54 @@ func TestCollectionKeepsSnapshotsMadeWhileItRuns(t *testing.T) {
 	t.Logf("%d collections ran meanwhile", n)
 	if failed != nil {
 		t.Fatalf("a snapshot made while collections ran vanished: %v", failed)
+	}
+}
+
+// A Prepare labelled with the committed snapshot it is to become
+// (containerd.io/snapshot.ref, as an unpack labels each layer's) is
+// AlreadyExists when the namespace has that snapshot, as in containerd, and
+// the call's lease holds it: an unpack of an image whose layers are there
+// skips them instead of fetching and applying them again.
+func TestPrepareOfATargetTheNamespaceHasIsAlreadyExists(t *testing.T) {
+	d := newDaemon(t).start()
+	c := d.client()
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	sn := c.SnapshotService("overlayfs")
+	if _, err := sn.Prepare(ctx, "work", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Commit(ctx, "layer-1", "work"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.LeasesService().Create(ctx, leases.WithRandomID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lctx := leases.WithLease(ctx, l.ID)
+	_, err = sn.Prepare(lctx, "extract-1", "", snapshots.WithLabels(map[string]string{"containerd.io/snapshot.ref": "layer-1"}))
+	if !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("Prepare with a target the namespace has: %v, want AlreadyExists", err)
+	}
+	if _, err := sn.Stat(ctx, "extract-1"); !errdefs.IsNotFound(err) {
+		t.Fatalf("the refused Prepare made its key anyway: %v", err)
+	}
+	rs, err := c.LeasesService().ListResources(ctx, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := false
+	for _, r := range rs {
+		held = held || r.Type == "snapshots/overlayfs" && r.ID == "layer-1"
+	}
+	if !held {
+		t.Fatalf("the lease of the refused Prepare holds %v, want snapshots/overlayfs layer-1", rs)
+	}
+	// In another namespace the target is not there, and the Prepare is made.
+	other := namespaces.WithNamespace(context.Background(), "other")
+	if _, err := sn.Prepare(other, "extract-1", "", snapshots.WithLabels(map[string]string{"containerd.io/snapshot.ref": "layer-1"})); err != nil {
+		t.Fatalf("Prepare in a namespace without the target: %v", err)
+	}
+	if err := sn.Remove(other, "extract-1"); err != nil {
+		t.Fatal(err)
 	}
 }

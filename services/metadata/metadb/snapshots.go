@@ -253,9 +253,19 @@ func (s *nsSnapshotter) create(ctx context.Context, kind snapshots.Kind, key, pa
 	}
 	defer s.b.runlock()
 
-	var bparent string
+	// As containerd: a snapshot whose key, or the target it is labelled to
+	// become (containerd.io/snapshot.ref, an unpack's layer), the namespace
+	// already has is AlreadyExists, and the call's lease holds it, so that
+	// an unpack skips the layer instead of downloading and applying it again.
+	target := base.Labels[labelSnapshotRef]
+	var bparent, existing string
 	if err := s.db.bolt.View(func(tx *bolt.Tx) error {
-		if snapBucket(tx, ns, s.b.name, key) != nil {
+		switch {
+		case target != "" && snapBucket(tx, ns, s.b.name, target) != nil:
+			existing = target
+			return fmt.Errorf("target snapshot %q on %s: %w", target, s.b.name, errdefs.ErrAlreadyExists)
+		case snapBucket(tx, ns, s.b.name, key) != nil:
+			existing = key
 			return fmt.Errorf("snapshot %q on %s: %w", key, s.b.name, errdefs.ErrAlreadyExists)
 		}
 		if parent == "" {
@@ -272,6 +282,16 @@ func (s *nsSnapshotter) create(ctx context.Context, kind snapshots.Kind, key, pa
 		bparent = prec.bkey
 		return nil
 	}); err != nil {
+		if existing != "" {
+			if herr := s.db.bolt.Update(func(tx *bolt.Tx) error {
+				if snapBucket(tx, ns, s.b.name, existing) == nil {
+					return nil // removed meanwhile: nothing to hold
+				}
+				return leaseHold(ctx, tx, ns, bucketSnaps, []byte(s.b.name), []byte(existing))
+			}); herr != nil {
+				return nil, herr
+			}
+		}
 		return nil, err
 	}
 

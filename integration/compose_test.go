@@ -8,8 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
 
 	"github.com/flotilla-project/flotilla/internal/testimage"
 )
@@ -64,7 +67,8 @@ func missingCapabilities(t testing.TB) []string {
 
 // capStrippingRuntime writes a runc wrapper that drops the named
 // capabilities from a bundle's config.json before runc creates the
-// container. Docker's `privileged: true` asks for every capability the kernel
+// container, and from the process of a `runc exec` (a healthcheck's, which
+// in a privileged container asks for every capability too). Docker's `privileged: true` asks for every capability the kernel
 // knows; where the host's own bounding set lacks one, runc fails with
 // "unable to apply caps: operation not permitted", which says nothing about
 // Flotilla. The wrapper is the test machine's workaround, not the deployment's.
@@ -79,10 +83,13 @@ func capStrippingRuntime(t testing.TB, dir string, caps []string) string {
 # Drops capabilities this host cannot grant from the bundle, then runs runc.
 prev=
 for a in "$@"; do
-	case "$prev" in --bundle|-b) sed -i %s "$a/config.json" ;; esac
+	case "$prev" in
+	--bundle|-b) sed -i %[1]s "$a/config.json" ;;
+	--process|-p) sed -i %[1]s "$a" ;;
+	esac
 	prev=$a
 done
-exec %s "$@"
+exec %[2]s "$@"
 `, strings.Join(sed, " "), runc)
 	p := filepath.Join(dir, "runc-caps")
 	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
@@ -177,11 +184,24 @@ func buildImage(t *testing.T, dd *dockerDaemon, repo, tag string) {
 	dd.mustDocker("build", "--quiet", "--tag", tag, ctxDir)
 }
 
+// composeServices are the containers of docker-compose.yml, one per
+// service, and the id Introspection lists each service's process under
+// (flotillad's own services are the gateway's, listed by their API names).
+var composeServices = map[string]string{
+	"content":     "content",
+	"snapshotter": "overlayfs",
+	"metadata":    "metadata",
+	"tasks":       "tasks",
+	"cri":         "cri",
+	"flotillad":   "",
+}
+
 // TestComposeRunsTheGraphAndAContainer brings up the repository's
-// docker-compose.yml (flotillad with its services, and the default
-// snapshotter in a container of its own) on a private dockerd, runs a
-// container through the socket on the state volume with ctr, and checks
-// that `docker-compose down` leaves no container, mount or process behind.
+// docker-compose.yml (one container per service, flotillad the gateway
+// alone) on a private dockerd, runs a container through the socket on the
+// state volume with ctr, kills a service's container and sees Docker
+// restart it and flotillad reach it again, and checks that
+// `docker-compose down` leaves no container, mount or process behind.
 func TestComposeRunsTheGraphAndAContainer(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "docker-compose", "docker-compose")
@@ -229,18 +249,26 @@ func TestComposeRunsTheGraphAndAContainer(t *testing.T) {
 	})
 
 	p.mustCompose("up", "-d")
-	waitFor(t, 60*time.Second, "the gateway to answer ctr version on "+filepath.Join(p.state, "flotilla.sock"), func() bool {
+	waitFor(t, 90*time.Second, "the gateway to answer ctr version on "+filepath.Join(p.state, "flotilla.sock"), func() bool {
 		_, err := p.ctr("version")
 		return err == nil
 	})
 	if out := p.mustCtr("version"); !strings.Contains(out, "Server:") {
 		t.Fatalf("ctr version shows no server:\n%s", out)
 	}
-	// overlayfs, the default, is the snapshotter container's process; native
-	// runs inside the flotillad container.
-	if out := p.mustCtr("plugins", "ls", "type==io.containerd.snapshotter.v1"); !strings.Contains(out, "overlayfs") || !strings.Contains(out, "native") {
-		t.Fatalf("ctr plugins ls lists neither the remote overlayfs nor the native snapshotter:\n%s", out)
+
+	// One running container per service, and flotillad's runs flotillad
+	// alone: it started none of the services itself.
+	for svc := range composeServices {
+		id := p.container(svc)
+		if running := strings.TrimSpace(dd.mustDocker("inspect", "--format", "{{.State.Running}}", id)); running != "true" {
+			t.Errorf("container of %s is not running (%s)", svc, running)
+		}
 	}
+	if top := dd.mustDocker("top", p.container("flotillad")); strings.Contains(top, "flotilla-") {
+		t.Errorf("the flotillad container runs service processes; want the gateway alone:\n%s", top)
+	}
+	p.requireServicesListed()
 
 	_, archive := imageArchive(t)
 	p.mustCtr("images", "import", archive)
@@ -252,16 +280,33 @@ func TestComposeRunsTheGraphAndAContainer(t *testing.T) {
 		t.Fatalf("the snapshotter container wrote nothing under its root %s: %v", filepath.Join(p.root, "snapshotter-overlayfs"), err)
 	}
 
-	// The container runs inside the flotillad container, under its runc.
-	// The shim opens the FIFOs ctr makes, so they go on the state volume,
+	// The container runs inside the tasks container, under its runc. The
+	// shim opens the FIFOs ctr makes, so they go on the state volume,
 	// which has the same path on both sides.
-	out, err := p.ctr("run", "--rm", "--fifo-dir", filepath.Join(p.state, "fifo"), testimage.DefaultName, "compose-1", "echo", "ok")
-	if err != nil || out != "ok\n" {
-		t.Fatalf("ctr run in the flotillad container: %v, output %q, want %q", err, out, "ok\n")
+	p.runEcho("compose-1")
+
+	// A service crashes, and its container with it: Docker restarts it
+	// (restart policy) and flotillad, which did not start it, reaches the
+	// new process. Not `docker kill`, which Docker counts as an operator's
+	// stop and turns the container's restart policy off for.
+	for _, svc := range []string{"metadata", "content"} {
+		id := p.container(svc)
+		before := p.restartCount(id)
+		p.crash(id)
+		waitFor(t, 60*time.Second, "Docker to restart the killed "+svc+" container", func() bool {
+			return p.restartCount(id) > before &&
+				strings.TrimSpace(dd.mustDocker("inspect", "--format", "{{.State.Running}}", id)) == "true"
+		})
+		waitFor(t, 30*time.Second, "ctr images ls to list the image again after "+svc+" restarted", func() bool {
+			out, err := p.ctr("images", "ls", "-q")
+			return err == nil && strings.Contains(out, testimage.DefaultName)
+		})
+		p.runEcho("compose-after-" + svc)
+		waitFor(t, 10*time.Second, "Introspection to count the restart of "+svc, func() bool {
+			return p.exports(svc)["restarts"] == "1" && p.exports(svc)["state"] == "running"
+		})
 	}
-	if out := p.mustCtr("containers", "ls", "-q"); strings.TrimSpace(out) != "" {
-		t.Fatalf("ctr run --rm left containers: %q", out)
-	}
+	p.requireServicesListed()
 
 	p.mustCompose("down", "--volumes", "--timeout", "30")
 	down = true
@@ -274,7 +319,116 @@ func TestComposeRunsTheGraphAndAContainer(t *testing.T) {
 	if m := mountsUnder(dir); len(m) > 0 {
 		t.Errorf("mounts left under the compose directories after docker-compose down: %v", m)
 	}
+	// Flotilla's shims name the gateway socket under the state directory.
 	waitFor(t, 10*time.Second, "no process left naming the compose directories, and no shim of dockerd's containerd", func() bool {
 		return len(processesMentioning(dir)) == 0 && len(shimsOf(dd.containerd)) == 0
 	})
+}
+
+// container is the id of the one container of a compose service.
+func (p *composeProject) container(svc string) string {
+	p.t.Helper()
+	ids := strings.Fields(p.mustCompose("ps", "-q", svc))
+	if len(ids) != 1 {
+		p.t.Fatalf("docker-compose ps -q %s lists %d containers, want 1: %v", svc, len(ids), ids)
+	}
+	return ids[0]
+}
+
+// restartCount is how often Docker restarted a container.
+func (p *composeProject) restartCount(id string) int {
+	p.t.Helper()
+	n, err := strconv.Atoi(strings.TrimSpace(p.dd.mustDocker("inspect", "--format", "{{.RestartCount}}", id)))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return n
+}
+
+// requireServicesListed checks that Introspection (ctr plugins ls) lists
+// every service's process, each run outside flotillad and answering.
+func (p *composeProject) requireServicesListed() {
+	p.t.Helper()
+	waitFor(p.t, 30*time.Second, "ctr plugins ls to list every service container's process as ok", func() bool {
+		out, err := p.ctr("plugins", "ls")
+		if err != nil {
+			return false
+		}
+		ok := map[string]bool{}
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[len(f)-1] == "ok" {
+				ok[f[1]] = true
+			}
+		}
+		for _, id := range composeServices {
+			if id != "" && !ok[id] {
+				return false
+			}
+		}
+		return true
+	})
+	for svc, id := range composeServices {
+		if id == "" {
+			continue
+		}
+		if ex := p.exports(id); ex["external"] != "true" {
+			p.t.Errorf("Introspection does not show %s (%s) as run outside flotillad: exports %v", svc, id, ex)
+		}
+	}
+}
+
+// exports are the exports Introspection lists for a plugin id.
+func (p *composeProject) exports(id string) map[string]string {
+	p.t.Helper()
+	c, err := containerd.New(filepath.Join(p.state, "flotilla.sock"), containerd.WithTimeout(10*time.Second))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.IntrospectionService().Plugins(ctx, "id=="+id)
+	if err != nil {
+		p.t.Fatalf("introspection of %s: %v", id, err)
+	}
+	if len(resp.Plugins) == 0 {
+		return nil
+	}
+	return resp.Plugins[0].Exports
+}
+
+// runEcho runs a container with ctr and checks its output.
+func (p *composeProject) runEcho(name string) {
+	p.t.Helper()
+	out, err := p.ctr("run", "--rm", "--fifo-dir", filepath.Join(p.state, "fifo"), testimage.DefaultName, name, "echo", "ok")
+	if err != nil || out != "ok\n" {
+		p.t.Fatalf("ctr run %s in the tasks container: %v, output %q, want %q", name, err, out, "ok\n")
+	}
+	if out := p.mustCtr("containers", "ls", "-q"); strings.TrimSpace(out) != "" {
+		p.t.Fatalf("ctr run --rm left containers: %q", out)
+	}
+}
+
+// crash kills the service process of a container (the child of its init,
+// tini) with SIGKILL, as a crash would end it; tini exits with it.
+func (p *composeProject) crash(id string) {
+	p.t.Helper()
+	initPid := strings.TrimSpace(p.dd.mustDocker("inspect", "--format", "{{.State.Pid}}", id))
+	b, err := os.ReadFile(filepath.Join("/proc", initPid, "task", initPid, "children"))
+	if err != nil {
+		p.t.Fatalf("children of container %s's init (pid %s): %v", id, initPid, err)
+	}
+	children := strings.Fields(string(b))
+	if len(children) == 0 {
+		p.t.Fatalf("container %s's init (pid %s) runs no service process", id, initPid)
+	}
+	for _, c := range children {
+		pid, err := strconv.Atoi(c)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			p.t.Fatalf("kill service process %d of container %s: %v", pid, id, err)
+		}
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/handshake"
 	"github.com/flotilla-project/flotilla/pkg/service"
@@ -35,6 +36,9 @@ type Spec struct {
 	Requires []string // services that must be running first
 	Env      handshake.Env
 	Limits   Limits // applied to the service's cgroup, if cgroups are in use
+	// Address, if set, is the socket of the service run outside flotillad:
+	// Path, Env and Limits are unused, and nothing is started (external.go).
+	Address string
 }
 
 // State of a service process.
@@ -162,6 +166,16 @@ func topoSort(specs []Spec) ([]Spec, error) {
 // those already started are stopped and the error names the failing service.
 func (s *Supervisor) Start(ctx context.Context) error {
 	for i, p := range s.order {
+		if p.spec.External() {
+			if err := p.attachExternal(ctx); err != nil {
+				for j := i; j >= 0; j-- {
+					s.order[j].stop()
+				}
+				return fmt.Errorf("service %s failed to start: %w", p.spec.Name, err)
+			}
+			go p.watchExternal()
+			continue
+		}
 		if err := p.startOrReattach(ctx); err != nil {
 			// The failed one too: its process may be running already
 			// (say, flotillad was told to stop during its handshake).
@@ -228,6 +242,9 @@ func (s *Supervisor) Restart(ctx context.Context, name string, grace time.Durati
 	}
 	if s.isStopping() {
 		return fmt.Errorf("restart %s: daemon is stopping: %w", name, errdefs.ErrFailedPrecondition)
+	}
+	if p.spec.External() {
+		return p.restartExternal()
 	}
 	p.mu.Lock()
 	client, exited, pid, state := p.client, p.exited, p.status.Pid, p.status.State
@@ -306,6 +323,10 @@ type proc struct {
 	// count when the current process started.
 	cg      *serviceCgroup
 	oomBase uint64
+	// conn and watchDone are an external service's connection and the
+	// end of its watcher (external.go).
+	conn      *grpc.ClientConn
+	watchDone chan struct{}
 }
 
 func (p *proc) snapshot() Status {
@@ -617,6 +638,10 @@ func (p *proc) watch() {
 }
 
 func (p *proc) stop() {
+	if p.spec.External() {
+		p.releaseExternal()
+		return
+	}
 	p.mu.Lock()
 	client, follow := p.client, p.follow
 	p.mu.Unlock()
@@ -641,6 +666,10 @@ func (p *proc) stop() {
 
 // detach lets go of the process, leaving it running for the next flotillad.
 func (p *proc) detach() {
+	if p.spec.External() {
+		p.releaseExternal()
+		return
+	}
 	p.mu.Lock()
 	client, follow := p.client, p.follow
 	pid := p.status.Pid

@@ -7,7 +7,10 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla-project/flotilla/gateway"
 	"github.com/flotilla-project/flotilla/gateway/admin"
@@ -128,7 +131,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		OnChange: func(s supervisor.Status) {
 			err := gw.SetService(gateway.Service{
 				Name: s.Name, State: string(s.State), Pid: s.Pid,
-				Restarts: s.Restarts, Info: s.Info, Err: s.LastError,
+				Restarts: s.Restarts, Info: knownAs(cfg, s.Name, s.Info), Err: s.LastError,
 			})
 			if err != nil {
 				logger.Error("route service", "name", s.Name, "error", err)
@@ -181,7 +184,14 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 	if err != nil {
 		return nil, err
 	}
-	socket := func(name string) string { return filepath.Join(cfg.State, name+".sock") }
+	// socket is where a service is reached: the address of one run
+	// outside flotillad, or the socket flotillad gives the one it starts.
+	socket := func(name string) string {
+		if addr := cfg.External(name); addr != "" {
+			return addr
+		}
+		return filepath.Join(cfg.State, name+".sock")
+	}
 	binary := func(name, path string) (string, error) {
 		if path == "" {
 			path = filepath.Join(filepath.Dir(self), "flotilla-"+name)
@@ -207,13 +217,20 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 
 	// Snapshotters: a process each, except remote ones, which metadata
 	// reaches at their address. One local process also serves layer apply
-	// (the Diff API): the default snapshotter's if it is local.
+	// (the Diff API): the default snapshotter's if it is local. A
+	// snapshotter process run outside flotillad ([services.snapshotter-<name>]
+	// address) is told so by whoever runs it (--option serve_diff=true).
 	local, remote := snapshotterNames(cfg)
 	sockets := map[string]string{}
 	var specs []supervisor.Spec
 	for i, name := range local {
 		sc := cfg.Snapshotters[name]
 		svc := snapshotterService(name)
+		if addr := cfg.External(svc); addr != "" {
+			sockets[name] = addr
+			specs = append(specs, supervisor.Spec{Name: svc, Address: addr})
+			continue
+		}
 		path, err := binary("snapshotter", cfg.Services[svc].Path)
 		if err != nil {
 			return nil, err
@@ -244,10 +261,6 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 		if sc.Disabled {
 			continue
 		}
-		path, err := binary(n.name, sc.Path)
-		if err != nil {
-			return nil, err
-		}
 		deps := map[string]string{}
 		requires := append([]string(nil), n.requires...)
 		for _, r := range n.requires {
@@ -256,12 +269,25 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			}
 			deps[r] = socket(r)
 		}
-		e := env(n.name, deps, sc.Options)
 		if n.name == "metadata" {
-			e.Snapshotters = sockets
 			for _, name := range local {
 				requires = append(requires, snapshotterService(name))
 			}
+		}
+		if sc.Address != "" {
+			// Waited for in its place in the graph, after what it
+			// requires, before what requires it; given its own
+			// dependencies by whoever runs it.
+			specs = append(specs, supervisor.Spec{Name: n.name, Address: sc.Address, Requires: requires})
+			continue
+		}
+		path, err := binary(n.name, sc.Path)
+		if err != nil {
+			return nil, err
+		}
+		e := env(n.name, deps, sc.Options)
+		if n.name == "metadata" {
+			e.Snapshotters = sockets
 		}
 		specs = append(specs, supervisor.Spec{Name: n.name, Path: path, Requires: requires, Env: e, Limits: limits(cfg, n.name)})
 	}
@@ -319,6 +345,22 @@ func remoteSnapshotters(cfg *config.Config) []gateway.Service {
 		})
 	}
 	return out
+}
+
+// knownAs makes sure a snapshotter process run outside flotillad is listed
+// under the name clients know the snapshotter by, as flotillad tells the
+// ones it starts (option name), whether or not its command line said so.
+func knownAs(cfg *config.Config, service string, info *servicepb.DescribeResponse) *servicepb.DescribeResponse {
+	name, ok := strings.CutPrefix(service, "snapshotter-")
+	if !ok || info == nil || cfg.External(service) == "" || info.Exports["snapshotter"] == name {
+		return info
+	}
+	info = proto.Clone(info).(*servicepb.DescribeResponse)
+	if info.Exports == nil {
+		info.Exports = map[string]string{}
+	}
+	info.Exports["snapshotter"] = name
+	return info
 }
 
 // lockState makes sure one state directory has one daemon.

@@ -90,6 +90,11 @@ type Trace struct {
 type Service struct {
 	Disabled bool   `toml:"disabled,omitempty"`
 	Path     string `toml:"path,omitempty" comment:"Binary; empty means flotilla-<name> beside flotillad."`
+	// Address is the socket of the service run by someone else (a
+	// container of its own, say): flotillad starts no process for it,
+	// waits for it to answer there at startup, routes its calls there and
+	// hands that socket to the services that depend on it.
+	Address string `toml:"address,omitempty" comment:"Socket of this service run outside flotillad (flotilla-<name> --socket ...); flotillad then starts no process for it."`
 	// MemoryLimit and CPULimit bound the service's cgroup (see Limits).
 	MemoryLimit string `toml:"memory_limit,omitempty" comment:"Most memory the process may use (\"256MiB\"); past it the kernel kills it and it is restarted. Empty: no limit."`
 	CPULimit    string `toml:"cpu_limit,omitempty" comment:"CPUs the process may use (\"0.5\" is half of one). Empty: no limit."`
@@ -203,7 +208,57 @@ func Load(path string) (*Config, error) {
 			return nil, fmt.Errorf("config %s: [services.%s] %w", path, name, err)
 		}
 	}
+	if err := c.checkAddresses(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
 	return c, nil
+}
+
+// ExternalServices are the services an address can be given for: the core
+// services and a Flotilla snapshotter's process (snapshotter-<name>).
+var ExternalServices = []string{"content", "metadata", "tasks", "cri"}
+
+// checkAddresses refuses what an address makes meaningless: flotillad
+// neither runs the binary of an external service nor owns its cgroup, and a
+// snapshotter is either a foreign proxy snapshotter ([snapshotters.<name>]
+// address) or a Flotilla snapshotter process run elsewhere
+// ([services.snapshotter-<name>] address), not both.
+func (c *Config) checkAddresses() error {
+	for name, s := range c.Services {
+		if s.Address == "" {
+			continue
+		}
+		where := fmt.Sprintf("[services.%s] address", name)
+		known := false
+		for _, n := range ExternalServices {
+			known = known || n == name
+		}
+		if sn, ok := strings.CutPrefix(name, "snapshotter-"); ok {
+			sc, configured := c.Snapshotters[sn]
+			switch {
+			case !configured || sc.Disabled:
+				return fmt.Errorf("%s: no snapshotter %q is configured", where, sn)
+			case sc.Address != "":
+				return fmt.Errorf("%s: [snapshotters.%s] already names a remote snapshotter's address; give one of the two", where, sn)
+			}
+			known = true
+		}
+		switch {
+		case !known:
+			return fmt.Errorf("%s: service %q cannot run outside flotillad (want one of %s or snapshotter-<name>)", where, name, strings.Join(ExternalServices, ", "))
+		case s.Disabled:
+			return fmt.Errorf("%s: the service is also disabled", where)
+		case s.Path != "" || s.MemoryLimit != "" || s.CPULimit != "":
+			return fmt.Errorf("%s: path and limits are for a process flotillad starts", where)
+		}
+	}
+	return nil
+}
+
+// External is the address of the named service when it runs outside
+// flotillad, "" when flotillad runs it.
+func (c *Config) External(name string) string {
+	return c.Services[name].Address
 }
 
 // Address is the client socket path.

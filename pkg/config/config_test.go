@@ -43,3 +43,48 @@ func TestLoadRejectsBadServiceLimits(t *testing.T) {
 		t.Fatalf("metadata limits %d, %v, %v; want 64MiB, 0.5", mem, cpus, err)
 	}
 }
+
+func TestLoadAcceptsAddressesOfServicesRunElsewhere(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "config.toml")
+	toml := `
+[services.content]
+address = "/run/x/content.sock"
+[services.metadata]
+address = "/run/x/metadata.sock"
+[services.snapshotter-overlayfs]
+address = "/run/x/snapshotter-overlayfs.sock"
+`
+	if err := os.WriteFile(p, []byte(toml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{
+		"content": "/run/x/content.sock", "metadata": "/run/x/metadata.sock",
+		"snapshotter-overlayfs": "/run/x/snapshotter-overlayfs.sock", "tasks": "",
+	} {
+		if got := c.External(name); got != want {
+			t.Errorf("External(%q) = %q, want %q", name, got, want)
+		}
+	}
+}
+
+func TestLoadRejectsAddressesThatCannotApply(t *testing.T) {
+	for what, toml := range map[string]string{
+		"an unknown service":            "[services.gateway]\naddress = '/x.sock'\n",
+		"a snapshotter not configured":  "[services.snapshotter-zfs]\naddress = '/x.sock'\n",
+		"a remote snapshotter twice":    "[snapshotters.r]\naddress = '/a.sock'\n[services.snapshotter-r]\naddress = '/b.sock'\n",
+		"a disabled service":            "[services.tasks]\naddress = '/x.sock'\ndisabled = true\n",
+		"limits flotillad cannot apply": "[services.content]\naddress = '/x.sock'\nmemory_limit = '64MiB'\n",
+	} {
+		p := filepath.Join(t.TempDir(), "config.toml")
+		if err := os.WriteFile(p, []byte(toml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "address") {
+			t.Errorf("Load accepted an address for %s (error %v)", what, err)
+		}
+	}
+}

@@ -73,8 +73,10 @@ func (p *Process) CallTimeout() time.Duration {
 type Constructor func(context.Context, *Process) (*Instance, error)
 
 // Run serves the named service and exits the process when it stops. Started
-// by flotillad, it is configured by the environment; started by hand (for a
-// remote snapshotter, say), by flags: --socket, --root, --state.
+// by flotillad, it is configured by the environment; started by hand (in a
+// container of its own, say, with flotillad given its address), by flags:
+// --socket, --root, --state, and for what it depends on --gateway, --dep and
+// --snapshotter.
 func Run(name string, build Constructor) {
 	if err := run(name, build); err != nil {
 		fmt.Fprintf(os.Stderr, "flotilla-%s: %v\n", name, err)
@@ -178,6 +180,11 @@ func run(name string, build Constructor) error {
 			}
 		}()
 	}
+	// The handshake's Describe is also served on the service's own socket:
+	// a flotillad that did not start this process (it runs in a container
+	// of its own, say) learns there what it serves and routes to it.
+	desc := &describer{env: env, inst: inst, metrics: metricsSocket}
+	servicepb.RegisterServiceServer(srv.Server, desc)
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(l) }()
@@ -194,7 +201,7 @@ func run(name string, build Constructor) error {
 			defer close(done)
 			plugin.Serve(&plugin.ServeConfig{
 				HandshakeConfig: handshake.Config,
-				Plugins:         handshake.Plugins(&describer{env: env, inst: inst, metrics: metricsSocket}),
+				Plugins:         handshake.Plugins(desc),
 				// go-plugin registers its own health service on this
 				// private handshake server, so it is a plain one.
 				GRPCServer: func(opts []grpc.ServerOption) *grpc.Server { return grpc.NewServer(opts...) },
@@ -260,6 +267,13 @@ func standaloneEnv(name string) (handshake.Env, error) {
 	state := fs.String("state", "", "runtime state directory (default: beside the socket)")
 	level := fs.String("log-level", "info", "log level")
 	format := fs.String("log-format", "text", "log format: text or json")
+	// What flotillad hands a service it starts, for one it does not.
+	gateway := fs.String("gateway", "", "flotillad's client socket, for services that call through it or publish events to it")
+	callTimeout := fs.Duration("call-timeout", 0, "longest an outgoing call may take (default 30s, as flotillad's [timeouts] call)")
+	deps := map[string]string{}
+	fs.Func("dep", "socket of a service this one depends on, name=socket, repeatable (metadata: content=...)", keyValue("dep", deps))
+	snapshotters := map[string]string{}
+	fs.Func("snapshotter", "socket of a snapshotter by its name, name=socket, repeatable (metadata: overlayfs=...)", keyValue("snapshotter", snapshotters))
 	options := map[string]any{}
 	fs.Func("option", "service option key=value, repeatable; a value that parses as JSON (true, 3, [\"a\"]) is taken as such", func(s string) error {
 		k, v, ok := strings.Cut(s, "=")
@@ -287,12 +301,36 @@ func standaloneEnv(name string) (handshake.Env, error) {
 	if *state == "" {
 		*state = filepath.Dir(*socket)
 	}
-	return handshake.Env{
+	env := handshake.Env{
 		Name: name, Socket: *socket, Root: *root, State: *state,
-		Log:     logging.Options{Level: *level, Format: *format},
-		Options: options,
-	}, nil
+		Gateway:       *gateway,
+		CallTimeoutMS: callTimeout.Milliseconds(),
+		Log:           logging.Options{Level: *level, Format: *format},
+		Options:       options,
+	}
+	if len(deps) > 0 {
+		env.Deps = deps
+	}
+	if len(snapshotters) > 0 {
+		env.Snapshotters = snapshotters
+	}
+	return env, nil
 }
+
+// keyValue parses a repeatable name=value flag into m.
+func keyValue(flagName string, m map[string]string) func(string) error {
+	return func(s string) error {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok || k == "" || v == "" {
+			return fmt.Errorf("--%s %q is not name=socket", flagName, s)
+		}
+		m[k] = v
+		return nil
+	}
+}
+
+// started is when this process started, for Describe.
+var started = time.Now().UTC().Format(time.RFC3339Nano)
 
 type describer struct {
 	servicepb.UnimplementedServiceServer
@@ -307,6 +345,9 @@ func (d *describer) Describe(context.Context, *servicepb.DescribeRequest) (*serv
 		"socket": d.env.Socket,
 		"ttrpc":  TTRPCSocket(d.env.Socket),
 		"root":   d.env.Root,
+		// Tells this process from the next one on the same socket, which
+		// in a container of its own often has the same pid.
+		"started": started,
 	}
 	if d.metrics != "" {
 		exports["metrics"] = d.metrics

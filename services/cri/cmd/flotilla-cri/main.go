@@ -15,7 +15,8 @@
 // /usr/lib/cni); restrict_oom_score_adj; stream_server_address and
 // stream_server_port, where the Exec/Attach/PortForward streaming server
 // listens (default 127.0.0.1, port "0": a free one); gateway, the gateway
-// socket when started by hand (flotillad tells it otherwise).
+// socket when started by hand (flotillad tells it otherwise; --gateway says
+// the same).
 package main
 
 import (

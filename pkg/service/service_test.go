@@ -1,0 +1,44 @@
+package service
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+func TestStandaloneFlagsGiveWhatFlotilladWouldHandOver(t *testing.T) {
+	defer func(a []string) { os.Args = a }(os.Args)
+	os.Args = []string{"flotilla-metadata",
+		"--socket", "/run/s/metadata.sock", "--root", "/var/lib/r/metadata",
+		"--gateway", "/run/f/flotilla.sock", "--call-timeout", "5s",
+		"--dep", "content=/run/s/content.sock",
+		"--snapshotter", "overlayfs=/run/s/snapshotter-overlayfs.sock",
+		"--snapshotter", "remote=/run/r.sock",
+		"--option", "gc_schedule=1m"}
+	env, err := standaloneEnv("metadata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.Gateway != "/run/f/flotilla.sock" || env.State != "/run/s" || env.CallTimeoutMS != (5*time.Second).Milliseconds() {
+		t.Errorf("gateway %q, state %q, call timeout %dms; want the flags' (state beside the socket)", env.Gateway, env.State, env.CallTimeoutMS)
+	}
+	if env.Deps["content"] != "/run/s/content.sock" || len(env.Deps) != 1 {
+		t.Errorf("deps %v; want content's socket", env.Deps)
+	}
+	if env.Snapshotters["overlayfs"] != "/run/s/snapshotter-overlayfs.sock" || env.Snapshotters["remote"] != "/run/r.sock" {
+		t.Errorf("snapshotters %v; want both named", env.Snapshotters)
+	}
+	if env.Options["gc_schedule"] != "1m" {
+		t.Errorf("options %v; want gc_schedule", env.Options)
+	}
+}
+
+func TestStandaloneFlagsRefuseADependencyWithoutASocket(t *testing.T) {
+	defer func(a []string) { os.Args = a }(os.Args)
+	for _, bad := range []string{"content", "content=", "=/x.sock"} {
+		os.Args = []string{"flotilla-metadata", "--socket", "/s.sock", "--root", "/r", "--dep", bad}
+		if _, err := standaloneEnv("metadata"); err == nil {
+			t.Errorf("--dep %q accepted", bad)
+		}
+	}
+}

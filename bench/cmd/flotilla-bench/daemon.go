@@ -15,6 +15,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	internalapi "k8s.io/cri-api/pkg/apis"
 )
 
 // containerdVersion is the release Flotilla is compared with: the one whose
@@ -41,17 +42,31 @@ type daemon struct {
 
 	runImgMu sync.Mutex
 	runImg   containerd.Image // see runImage
+
+	// cri is set when the daemon runs with its CRI configured for the cri
+	// workloads; criRT and criImg are the kubelet's clients on it.
+	cri       *criConfig
+	criMu     sync.Mutex
+	criRT     internalapi.RuntimeService
+	criImg    internalapi.ImageManagerService
+	criPulled bool
+
+	// keepTraces is where Flotilla's span files are copied when it stops
+	// (-flotilla-traces); empty keeps none.
+	keepTraces string
 }
 
 // startContainerd runs containerd with a minimal config: its own root, state
 // and socket, and the CRI plugins (which want CNI and more) disabled, since
-// no workload here touches them.
+// no workload but the cri ones touches them. With cri set (a cri workload
+// runs) the CRI plugins are on, configured as cri says; NRI stays off
+// either way (Flotilla has none, and its socket is machine-wide).
 //
 // Its runtime v2 shim is shim (containerd-shim-runc-v2 of the same release):
 // containerd looks shims up in PATH before beside its own binary, so the
 // shim's directory goes first in containerd's PATH, ahead of any older shim
 // installed system-wide (Debian's containerd 1.6 puts one in /usr/bin).
-func startContainerd(ctx context.Context, bin, shim, tmp string) (*daemon, error) {
+func startContainerd(ctx context.Context, bin, shim, tmp string, cri *criConfig) (*daemon, error) {
 	d, err := newDaemon("containerd", tmp)
 	if err != nil {
 		return nil, err
@@ -60,16 +75,21 @@ func startContainerd(ctx context.Context, bin, shim, tmp string) (*daemon, error
 		return nil, err
 	}
 	d.address = filepath.Join(d.dir, "containerd.sock")
-	cfg := fmt.Sprintf(`version = 3
-root = %q
-state = %q
-disabled_plugins = [
+	d.cri = cri
+	disabled := `disabled_plugins = [
   "io.containerd.grpc.v1.cri",
   "io.containerd.cri.v1.images",
   "io.containerd.cri.v1.runtime",
   "io.containerd.podsandbox.controller.v1.podsandbox",
   "io.containerd.nri.v1.nri",
-]
+]`
+	if cri != nil {
+		disabled = `disabled_plugins = ["io.containerd.nri.v1.nri"]`
+	}
+	cfg := fmt.Sprintf(`version = 3
+root = %q
+state = %q
+%s
 
 [grpc]
   address = %q
@@ -83,7 +103,10 @@ disabled_plugins = [
 
 [metrics]
   address = ""
-`, filepath.Join(d.dir, "root"), filepath.Join(d.dir, "state"), d.address, d.address+".ttrpc")
+`, filepath.Join(d.dir, "root"), filepath.Join(d.dir, "state"), disabled, d.address, d.address+".ttrpc")
+	if cri != nil {
+		cfg += containerdCRIConfig(cri)
+	}
 	cfgPath := filepath.Join(d.dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -93,9 +116,58 @@ disabled_plugins = [
 	return d, d.start(ctx, "")
 }
 
+// containerdCRIConfig is the plugins section for containerd's CRI: the
+// bench's pause image, CNI network and registry hosts, and the streaming
+// server on a free loopback port, as Flotilla's cri has it.
+//
+// restrict_oom_score_adj (on both daemons) clamps the pause container's
+// -998 to the daemon's own score: without CAP_SYS_RESOURCE (a VM or
+// container host) runc cannot lower it and every sandbox fails to start.
+// Flotilla's cri clamps by itself without the capability; containerd only
+// when told.
+func containerdCRIConfig(c *criConfig) string {
+	return fmt.Sprintf(`
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'overlayfs'
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = %q
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = %q
+
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = [%q]
+  conf_dir = %q
+
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = '127.0.0.1'
+  stream_server_port = '0'
+`, c.sandboxImage, c.hostsDir, c.cniBinDir, c.cniConfDir)
+}
+
+// flotillaCRIConfig is flotillad's config for the cri workloads: its cri
+// service's options, the same settings containerd gets.
+func flotillaCRIConfig(c *criConfig) string {
+	return fmt.Sprintf(`[services.cri.options]
+snapshotter = "overlayfs"
+sandbox_image = %q
+config_path = %q
+cni_conf_dir = %q
+cni_bin_dirs = [%q]
+stream_server_address = "127.0.0.1"
+stream_server_port = "0"
+restrict_oom_score_adj = true
+`, c.sandboxImage, c.hostsDir, c.cniConfDir, c.cniBinDir)
+}
+
 // startFlotilla runs flotillad from binDir, which also holds the
-// flotilla-<service> binaries it supervises.
-func startFlotilla(ctx context.Context, binDir, tmp string) (*daemon, error) {
+// flotilla-<service> binaries it supervises. With cri set it gets a config
+// file for its cri service, with traces set one that has every process
+// write its spans to files, copied to traces when it stops (for `flotilla
+// trace --state`); otherwise it runs with its defaults.
+func startFlotilla(ctx context.Context, binDir, tmp string, cri *criConfig, traces string) (*daemon, error) {
 	bin := filepath.Join(binDir, "flotillad")
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("flotillad not found (run `make build` first): %w", err)
@@ -112,8 +184,24 @@ func startFlotilla(ctx context.Context, binDir, tmp string) (*daemon, error) {
 	d.address = filepath.Join(state, "flotilla.sock")
 	// Info level, because readiness is the "flotillad ready" line: the
 	// gateway answers Version before its services are wired.
-	d.cmd = exec.Command(bin, "--root", filepath.Join(d.dir, "root"), "--state", state,
-		"--address", d.address, "--log-level", "info")
+	args := []string{"--root", filepath.Join(d.dir, "root"), "--state", state, "--address", d.address, "--log-level", "info"}
+	var cfg string
+	if traces != "" {
+		cfg += "[trace]\nfile = true\n\n"
+		d.keepTraces = traces
+	}
+	if cri != nil {
+		d.cri = cri
+		cfg += flotillaCRIConfig(cri)
+	}
+	if cfg != "" {
+		cfgPath := filepath.Join(d.dir, "config.toml")
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			return nil, err
+		}
+		args = append(args, "--config", cfgPath)
+	}
+	d.cmd = exec.Command(bin, args...)
 	return d, d.start(ctx, "flotillad ready")
 }
 
@@ -223,6 +311,16 @@ func (d *daemon) stop() {
 	}
 	// containerd may leave mounts under its state; a failed removal is
 	// reported, not fatal.
+	if d.keepTraces != "" {
+		src := filepath.Join(d.dir, "state", "traces")
+		if err := os.MkdirAll(d.keepTraces, 0o755); err != nil {
+			fmt.Fprintf(os.Stderr, "keep traces: %v\n", err)
+		} else if out, err := exec.Command("cp", "-a", src, d.keepTraces).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "keep traces: %v %s\n", err, out)
+		} else {
+			fmt.Fprintf(os.Stderr, "%s spans kept: flotilla trace --state %s ls\n", d.name, d.keepTraces)
+		}
+	}
 	if err := os.RemoveAll(d.dir); err != nil {
 		fmt.Fprintf(os.Stderr, "remove %s: %v\n", d.dir, err)
 	}

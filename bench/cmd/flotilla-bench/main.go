@@ -43,6 +43,9 @@ type flags struct {
 	unpackLayers         int
 	unpackLayerMB        int64
 	tmp, cache           string
+	pods                 int
+	pullMB               int64
+	flotillaTraces       string
 }
 
 func parseFlags(args []string) (flags, error) {
@@ -55,9 +58,12 @@ func parseFlags(args []string) (flags, error) {
 	fs.IntVar(&f.runs, "runs", 10, "containers run one after another per iteration of run")
 	fs.IntVar(&f.parallel, "parallel", 20, "containers started at once in the parallel run workload")
 	fs.IntVar(&f.memContainers, "memory-containers", 10, "running containers in the second memory figure")
+	fs.IntVar(&f.pods, "pods", 5, "pods (pod-*) or containers (ctr-*) one after another per iteration of the cri workloads")
+	fs.Int64Var(&f.pullMB, "pull-mb", 8, "size of the random layer cri-pull's image adds to busybox, in MiB")
+	fs.StringVar(&f.flotillaTraces, "flotilla-traces", "", "run Flotilla with [trace] file = true and copy its span files into this directory (a traces/ subdirectory, for `flotilla trace --state <dir>`); for profiling: tracing costs time")
 	fs.IntVar(&f.n, "n", 5, "timed iterations per workload and daemon (after one untimed warm-up)")
 	fs.IntVar(&f.calls, "calls", 200, "calls per iteration of the latency workloads (namespaces, version) and prepare/commit/remove cycles per iteration of snapshots")
-	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, import, unpack, snapshots, run, run20, memory, namespaces, version); default all")
+	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, import, unpack, snapshots, run, run20, memory, namespaces, version, cri = pod-run, pod-stop, pod-remove, ctr-create, ctr-start, cri-pull); default all")
 	fs.StringVar(&f.daemons, "daemons", "containerd,flotilla", "daemons to measure; one alone gives its medians without ratios")
 	fs.StringVar(&f.out, "out", "", "also write the markdown report to this file")
 	fs.Int64Var(&f.blobMB, "blob-mb", 100, "size of the ingest/read blob in MiB")
@@ -73,8 +79,8 @@ func parseFlags(args []string) (flags, error) {
 		return f, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	if f.n < 1 || f.calls < 1 || f.blobMB < 1 || f.importMB < 0 || f.unpackLayers < 1 || f.unpackLayerMB < 1 ||
-		f.runs < 1 || f.parallel < 1 || f.memContainers < 1 {
-		return f, errors.New("-n, -calls, -blob-mb, -unpack-layers, -unpack-layer-mb, -runs, -parallel and -memory-containers must be at least 1, -import-random-mb at least 0")
+		f.runs < 1 || f.parallel < 1 || f.memContainers < 1 || f.pods < 1 || f.pullMB < 1 {
+		return f, errors.New("-n, -calls, -blob-mb, -unpack-layers, -unpack-layer-mb, -runs, -parallel, -memory-containers, -pods and -pull-mb must be at least 1, -import-random-mb at least 0")
 	}
 	return f, nil
 }
@@ -117,7 +123,9 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	cri := &criEnv{busybox: runImg, pullMB: f.pullMB}
 	all := workloads(params{
+		cri: cri, pods: f.pods,
 		runImage: runImg, runs: f.runs, parallel: f.parallel, memContainers: f.memContainers, runc: f.runc,
 		blobSize: f.blobMB << 20, calls: f.calls, importImage: img,
 		unpackLayers: f.unpackLayers, unpackLayerSize: f.unpackLayerMB << 20,
@@ -131,13 +139,41 @@ func run(args []string, stdout io.Writer) error {
 
 	meta := reportMeta{date: time.Now(), host: hostInfo(), versions: map[string]string{}, skipped: map[string]string{},
 		n: f.n, calls: f.calls, runs: f.runs, goVersion: runtime.Version(), shims: map[string]string{}}
+	// The daemons' CRI is configured (and the registry started) only when
+	// a cri workload runs: the other workloads measure containerd as it
+	// is with its CRI off.
+	criWanted := slices.ContainsFunc(selected, func(w workload) bool { return w.group == criGroup })
+	criStarted := false
 	var daemons []*daemon
 	defer func() {
 		for _, d := range daemons {
+			if d.cri != nil && d.alive() == nil && d.done != nil {
+				cctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				if err := d.criSweep(cctx); err != nil {
+					fmt.Fprintf(os.Stderr, "%s: remove leftover pods: %v\n", d.name, err)
+				}
+				cancel()
+			}
 			d.stop()
 		}
 		removeNamespaceDirs()
+		if criStarted {
+			cri.close()
+		}
 	}()
+	if criWanted {
+		meta.pods = f.pods
+		criStarted = true
+		if err := cri.start(ctx, f.tmp); err != nil {
+			return fmt.Errorf("set up the cri workloads: %w", err)
+		}
+	}
+	criFor := func(name string) *criConfig {
+		if !criWanted {
+			return nil
+		}
+		return cri.configs[name]
+	}
 	for _, name := range strings.Split(f.daemons, ",") {
 		var d *daemon
 		var err error
@@ -146,11 +182,11 @@ func run(args []string, stdout io.Writer) error {
 			var bin, shim string
 			if bin, err = containerdBinary(ctx, f.containerd, f.cache); err == nil {
 				if shim, err = containerdShimBinary(ctx, f.containerdShim, f.cache); err == nil {
-					d, err = startContainerd(ctx, bin, shim, f.tmp)
+					d, err = startContainerd(ctx, bin, shim, f.tmp, criFor("containerd"))
 				}
 			}
 		case "flotilla":
-			d, err = startFlotilla(ctx, f.flotilla, f.tmp)
+			d, err = startFlotilla(ctx, f.flotilla, f.tmp, criFor("flotilla"), f.flotillaTraces)
 		default:
 			return fmt.Errorf("unknown daemon %q in -daemons (want containerd and/or flotilla)", name)
 		}

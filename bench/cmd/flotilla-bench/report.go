@@ -92,6 +92,7 @@ type reportMeta struct {
 	skipped   map[string]string
 	n, calls  int
 	runs      int
+	pods      int // pods or containers per iteration of the cri workloads; 0 when none ran
 	goVersion string
 	shims     map[string]string // daemon -> the shim binary it runs containers with
 }
@@ -100,8 +101,12 @@ type reportMeta struct {
 func writeMarkdown(w io.Writer, meta reportMeta, results []*result) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Flotilla vs containerd %s\n\n", containerdVersion)
-	fmt.Fprintf(&b, "%s, %s, %s. Iterations: %d per workload (latency workloads: %d calls each; run: %d containers each), daemons alternated A/B.\n\n",
-		meta.date.UTC().Format("2006-01-02 15:04 UTC"), meta.host, meta.goVersion, meta.n, meta.calls, meta.runs)
+	cri := ""
+	if meta.pods > 0 {
+		cri = fmt.Sprintf("; cri: %d pods or containers each", meta.pods)
+	}
+	fmt.Fprintf(&b, "%s, %s, %s. Iterations: %d per workload (latency workloads: %d calls each; run: %d containers each%s), daemons alternated A/B.\n\n",
+		meta.date.UTC().Format("2006-01-02 15:04 UTC"), meta.host, meta.goVersion, meta.n, meta.calls, meta.runs, cri)
 	for _, name := range []string{"containerd", "flotilla"} {
 		if v, ok := meta.versions[name]; ok {
 			fmt.Fprintf(&b, "- %s: version %s", name, v)

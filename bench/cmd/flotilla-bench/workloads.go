@@ -65,6 +65,10 @@ type params struct {
 	parallel      int
 	memContainers int
 	runc          string
+	// The cri workloads: cri is the registry and networks they share,
+	// pods the pods or containers per iteration.
+	cri  *criEnv
+	pods int
 }
 
 func workloads(p params) []workload {
@@ -154,6 +158,62 @@ func workloads(p params) []workload {
 			unit:  unitMiB,
 			prepare: func(ctx context.Context, d *daemon) (instance, error) {
 				return newMemoryBench(ctx, d, p.runImage, p.memContainers)
+			},
+		},
+		{
+			name:  "pod-run",
+			group: criGroup,
+			what: fmt.Sprintf("CRI RunPodSandbox through the kubelet's CRI client (pause image pulled beforehand; CNI bridge + host-local; cgroupfs parent %s), %d pods one after another per iteration; untimed after each: status check (READY, IP on the daemon's bridge subnet), StopPodSandbox, RemovePodSandbox",
+				criCgroupParent, p.pods),
+			unit: time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newPodBench(ctx, d, p.cri, "pod-run", "run", p.pods)
+			},
+		},
+		{
+			name:  "pod-stop",
+			group: criGroup,
+			what:  fmt.Sprintf("CRI StopPodSandbox of a ready pod without containers (pause killed, CNI DEL, netns kept), %d per iteration; run and remove untimed", p.pods),
+			unit:  time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newPodBench(ctx, d, p.cri, "pod-stop", "stop", p.pods)
+			},
+		},
+		{
+			name:  "pod-remove",
+			group: criGroup,
+			what:  fmt.Sprintf("CRI RemovePodSandbox of a stopped pod, %d per iteration; run and stop untimed", p.pods),
+			unit:  time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newPodBench(ctx, d, p.cri, "pod-remove", "remove", p.pods)
+			},
+		},
+		{
+			name:  "ctr-create",
+			group: criGroup,
+			what:  fmt.Sprintf("CRI CreateContainer of busybox `sleep 300` (image pulled beforehand) in a ready pod, %d one after another per iteration; each removed untimed", p.pods),
+			unit:  time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newCtrBench(ctx, d, p.cri, "ctr-create", "create", p.pods)
+			},
+		},
+		{
+			name:  "ctr-start",
+			group: criGroup,
+			what:  fmt.Sprintf("CRI StartContainer of a created busybox `sleep 300` in a ready pod (shim start, runc create+start), %d per iteration; create, RUNNING check, StopContainer (timeout 0) and RemoveContainer untimed", p.pods),
+			unit:  time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newCtrBench(ctx, d, p.cri, "ctr-start", "start", p.pods)
+			},
+		},
+		{
+			name:  "cri-pull",
+			group: criGroup,
+			what: fmt.Sprintf("CRI PullImage from the local registry of an image the daemon does not have: busybox (its layer already pulled) plus a new %d MiB random uncompressed layer, one per iteration; fetch, unpack into overlayfs, image record; RemoveImage untimed",
+				p.cri.pullMB),
+			unit: time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newPullBench(ctx, d, p.cri)
 			},
 		},
 		{

@@ -418,41 +418,7 @@ type podRegistry struct{ host string }
 
 func startPodRegistry(t *testing.T) *podRegistry {
 	t.Helper()
-	bin := requireTool(t, "docker-registry", "docker-registry")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	_ = l.Close()
-	dir := t.TempDir()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), host)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out := &syncBuffer{}
-	cmd := exec.Command(bin, "serve", cfgPath)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("docker-registry output:\n%s", out.String())
-		}
-	})
-	waitFor(t, 30*time.Second, "docker-registry answering", func() bool {
-		resp, err := http.Get("http://" + host + "/v2/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return &podRegistry{host: host}
+	return &podRegistry{host: startRegistry(t, t.TempDir(), "")}
 }
 
 // push uploads img's layers and a config (changed by edit, when given)
@@ -467,6 +433,17 @@ func (r *podRegistry) push(t *testing.T, img *testimage.Image, edit func(*ocispe
 	if edit != nil {
 		edit(&cfg.Config)
 	}
+	blobs := map[digest.Digest][]byte{}
+	for _, l := range img.Layers {
+		blobs[l.Digest], _ = img.Blob(l.Digest)
+	}
+	return r.pushImage(t, cfg, img.Layers, blobs, repo, tag)[0]
+}
+
+// pushImage uploads layers (their content in blobs) and cfg with one
+// manifest, tagged with every tag, and returns the references.
+func (r *podRegistry) pushImage(t *testing.T, cfg ocispec.Image, layers []ocispec.Descriptor, layerBlobs map[digest.Digest][]byte, repo string, tags ...string) []string {
+	t.Helper()
 	cfgBlob, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -476,15 +453,15 @@ func (r *podRegistry) push(t *testing.T, img *testimage.Image, edit func(*ocispe
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: ocispec.MediaTypeImageManifest,
 		Config:    cfgDesc,
-		Layers:    img.Layers,
+		Layers:    layers,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + r.host + "/v2/" + repo
 	blobs := map[digest.Digest][]byte{cfgDesc.Digest: cfgBlob}
-	for _, l := range img.Layers {
-		blobs[l.Digest], _ = img.Blob(l.Digest)
+	for _, l := range layers {
+		blobs[l.Digest] = layerBlobs[l.Digest]
 	}
 	for d, blob := range blobs {
 		resp, err := http.Post(base+"/blobs/uploads/", "", nil)
@@ -514,15 +491,19 @@ func (r *podRegistry) push(t *testing.T, img *testimage.Image, edit func(*ocispe
 			t.Fatalf("upload blob %s: %s", d, resp.Status)
 		}
 	}
-	req, _ := http.NewRequest(http.MethodPut, base+"/manifests/"+tag, bytes.NewReader(mf))
-	req.Header.Set("Content-Type", ocispec.MediaTypeImageManifest)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	var refs []string
+	for _, tag := range tags {
+		req, _ := http.NewRequest(http.MethodPut, base+"/manifests/"+tag, bytes.NewReader(mf))
+		req.Header.Set("Content-Type", ocispec.MediaTypeImageManifest)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("put manifest %s:%s: %s", repo, tag, resp.Status)
+		}
+		refs = append(refs, r.host+"/"+repo+":"+tag)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("put manifest: %s", resp.Status)
-	}
-	return r.host + "/" + repo + ":" + tag
+	return refs
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,7 +28,10 @@ import (
 // namespaces, with the pod's hostname, hosts and resolv.conf files.
 func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContainerRequest) (_ *runtime.CreateContainerResponse, retErr error) {
 	ctx = withNamespace(ctx)
-	cfg := req.GetConfig()
+	cfg, err := s.resolveImageVolumes(ctx, req.GetConfig())
+	if err != nil {
+		return nil, err
+	}
 	md := cfg.GetMetadata()
 	if md.GetName() == "" {
 		return nil, fmt.Errorf("container metadata needs a name: %w", errdefs.ErrInvalidArgument)
@@ -71,7 +75,16 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 		m.LogPath = filepath.Join(dir, p)
 	}
 
-	specOpts, err := s.containerSpec(sb, pausePid, img, ci, cfg, id)
+	imageMounts, err := s.mountImageVolumes(ctx, id, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil && len(imageMounts) > 0 {
+			s.releaseImageVolumes(context.WithoutCancel(ctx), id)
+		}
+	}()
+	specOpts, err := s.containerSpec(sb, pausePid, img, ci, cfg, id, imageMounts)
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +136,7 @@ func containerArgs(cfg *runtime.ContainerConfig, entrypoint, cmd []string) []str
 	return append(append([]string(nil), command...), args...)
 }
 
-func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, ci containerd.Image, cfg *runtime.ContainerConfig, id string) ([]oci.SpecOpts, error) {
+func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, ci containerd.Image, cfg *runtime.ContainerConfig, id string, imageMounts map[string]specs.Mount) ([]oci.SpecOpts, error) {
 	args := containerArgs(cfg, img.info.spec.Config.Entrypoint, img.info.spec.Config.Cmd)
 	if len(args) == 0 {
 		return nil, fmt.Errorf("container %s has no command: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
@@ -186,39 +199,26 @@ func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, 
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.PIDNamespace, Path: pause("pid")}))
 	}
 
-	mounts, err := s.containerMounts(sb, cfg)
+	mounts, propagation, err := s.containerMounts(sb, cfg, imageMounts)
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts, oci.WithMounts(mounts))
+	if propagation != "" {
+		opts = append(opts, withRootfsPropagation(propagation))
+	}
+	dests := make([]string, 0, len(mounts))
+	for _, m := range mounts {
+		dests = append(dests, m.Destination)
+	}
+	// The request's mounts (and the pod's files) replace the default
+	// spec's mounts at the same place, /dev/shm among them.
+	opts = append(opts, oci.WithoutMounts(dests...), oci.WithMounts(mounts))
 
-	sc := cfg.GetLinux().GetSecurityContext()
-	if sc.GetPrivileged() {
-		opts = append(opts, oci.WithPrivileged, oci.WithAllDevicesAllowed, oci.WithHostDevices,
-			oci.WithMaskedPaths(nil), oci.WithReadonlyPaths(nil))
-	} else {
-		if add := capNames(sc.GetCapabilities().GetAddCapabilities()); len(add) > 0 {
-			opts = append(opts, oci.WithAddedCapabilities(add))
-		}
-		if drop := capNames(sc.GetCapabilities().GetDropCapabilities()); len(drop) > 0 {
-			opts = append(opts, oci.WithDroppedCapabilities(drop))
-		}
+	secOpts, err := s.securityOpts(sb, cfg, img.info.spec.Config.User)
+	if err != nil {
+		return nil, err
 	}
-	if sc.GetReadonlyRootfs() {
-		opts = append(opts, oci.WithRootFSReadonly())
-	}
-	if sc.GetNoNewPrivs() {
-		opts = append(opts, oci.WithNoNewPrivileges)
-	}
-	if u := sc.GetRunAsUser(); u != nil {
-		opts = append(opts, oci.WithUserID(uint32(u.GetValue())))
-	}
-	if g := sc.GetRunAsGroup(); g != nil {
-		opts = append(opts, withGID(uint32(g.GetValue())))
-	}
-	if groups := sc.GetSupplementalGroups(); len(groups) > 0 {
-		opts = append(opts, withAdditionalGIDs(groups))
-	}
+	opts = append(opts, secOpts...)
 	if r := cfg.GetLinux().GetResources(); r != nil {
 		opts = append(opts, withResources(r))
 		if r.GetOomScoreAdj() != 0 {
@@ -242,17 +242,23 @@ func capNames(in []string) []string {
 	return out
 }
 
-func withGID(gid uint32) oci.SpecOpts {
+func withRootfsPropagation(p string) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-		s.Process.User.GID = gid
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		s.Linux.RootfsPropagation = p
 		return nil
 	}
 }
 
+// withAdditionalGIDs adds supplementary groups not listed yet.
 func withAdditionalGIDs(groups []int64) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		for _, g := range groups {
-			s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, uint32(g))
+			if !slices.Contains(s.Process.User.AdditionalGids, uint32(g)) {
+				s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, uint32(g))
+			}
 		}
 		return nil
 	}
@@ -293,38 +299,75 @@ func withResources(r *runtime.LinuxContainerResources) oci.SpecOpts {
 }
 
 // containerMounts are the pod's files (unless the request mounts its own
-// over them) and the request's mounts.
-func (s *Server) containerMounts(sb *sandboxMeta, cfg *runtime.ContainerConfig) ([]specs.Mount, error) {
+// over them) and the request's mounts, and the propagation the root mount
+// needs for theirs to work: rshared for a bidirectional mount, else
+// rslave for a host-to-container one, as in containerd. Image volumes
+// come mounted already (imageMounts, by container path).
+func (s *Server) containerMounts(sb *sandboxMeta, cfg *runtime.ContainerConfig, imageMounts map[string]specs.Mount) ([]specs.Mount, string, error) {
 	taken := map[string]bool{}
 	var out []specs.Mount
+	var propagation string
 	for _, m := range cfg.GetMounts() {
+		if m.GetImage().GetImage() != "" {
+			im, ok := imageMounts[m.GetContainerPath()]
+			if !ok {
+				return nil, "", fmt.Errorf("image volume %s at %s is not mounted: %w", m.GetImage().GetImage(), m.GetContainerPath(), errdefs.ErrFailedPrecondition)
+			}
+			out = append(out, im)
+			taken[filepath.Clean(m.GetContainerPath())] = true
+			continue
+		}
 		if m.GetContainerPath() == "" || m.GetHostPath() == "" {
-			return nil, fmt.Errorf("mount needs a host and a container path: %w", errdefs.ErrInvalidArgument)
+			return nil, "", fmt.Errorf("mount needs a host and a container path: %w", errdefs.ErrInvalidArgument)
 		}
 		src := m.GetHostPath()
 		// A missing host path is created as a directory, as the
 		// kubelet's runtimes do.
 		if _, err := os.Stat(src); os.IsNotExist(err) {
 			if err := os.MkdirAll(src, 0o755); err != nil {
-				return nil, fmt.Errorf("create mount source %s: %w", src, err)
+				return nil, "", fmt.Errorf("create mount source %s: %w", src, err)
 			}
 		}
 		opts := []string{"rbind"}
 		switch m.GetPropagation() {
 		case runtime.MountPropagation_PROPAGATION_BIDIRECTIONAL:
 			opts = append(opts, "rshared")
+			propagation = "rshared"
 		case runtime.MountPropagation_PROPAGATION_HOST_TO_CONTAINER:
 			opts = append(opts, "rslave")
+			if propagation == "" {
+				propagation = "rslave"
+			}
 		default:
 			opts = append(opts, "rprivate")
 		}
-		if m.GetReadonly() {
+		switch {
+		case m.GetRecursiveReadOnly():
+			// Read-only all the way down, submounts too (runc's rro,
+			// mount_setattr on Linux 5.12+); only meaningful, and only
+			// allowed, for a read-only private mount.
+			if !m.GetReadonly() || m.GetPropagation() != runtime.MountPropagation_PROPAGATION_PRIVATE {
+				return nil, "", fmt.Errorf("recursive read-only mount %s needs readonly and private propagation: %w", m.GetContainerPath(), errdefs.ErrInvalidArgument)
+			}
+			if !recursiveReadOnlySupported() {
+				return nil, "", fmt.Errorf("recursive read-only mount %s: the kernel is older than 5.12: %w", m.GetContainerPath(), errdefs.ErrNotImplemented)
+			}
+			opts = append(opts, "rro")
+		case m.GetReadonly():
 			opts = append(opts, "ro")
-		} else {
+		default:
 			opts = append(opts, "rw")
 		}
 		out = append(out, specs.Mount{Destination: m.GetContainerPath(), Source: src, Type: "bind", Options: opts})
 		taken[filepath.Clean(m.GetContainerPath())] = true
+	}
+	// The pod's /dev/shm, shared by its containers; a pod made before
+	// pods had one keeps the container's own.
+	if shm := s.sandboxShm(sb); !taken[devShm] {
+		if _, err := os.Stat(shm); err == nil {
+			out = append(out, specs.Mount{Destination: devShm, Type: "bind", Source: shm,
+				Options: []string{"rbind", "rprivate", "nosuid", "nodev", "noexec", "rw"}})
+		}
 	}
 	dir := s.sandboxDir(sb.ID)
 	for _, f := range []string{"hostname", "hosts", "resolv.conf"} {
@@ -338,7 +381,7 @@ func (s *Server) containerMounts(sb *sandboxMeta, cfg *runtime.ContainerConfig) 
 		}
 		out = append(out, specs.Mount{Destination: dst, Source: filepath.Join(dir, f), Type: "bind", Options: []string{"rbind", "rprivate", opt}})
 	}
-	return out, nil
+	return out, propagation, nil
 }
 
 // StartContainer starts a created container, its stdout and stderr
@@ -433,6 +476,8 @@ func (s *Server) watchExit(id string, task containerd.Task, exitC <-chan contain
 			return
 		}
 		ctx := s.pods.ctx
+		// The cgroup, and its OOM kill count, goes with the task.
+		oom := s.oomKilled(ctx, id)
 		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 			s.logger.Warn("delete task of exited container", "container", id, "error", err)
 		}
@@ -440,12 +485,14 @@ func (s *Server) watchExit(id string, task containerd.Task, exitC <-chan contain
 		delete(s.pods.logs, id)
 		s.pods.mu.Unlock()
 		lg.Close()
-		s.recordExit(ctx, id, int32(st.ExitCode()), st.ExitTime())
+		s.recordExit(ctx, id, int32(st.ExitCode()), st.ExitTime(), oom)
 	}()
 	return done
 }
 
-func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.Time) {
+// recordExit records how a container ended; oom says the kernel's OOM
+// killer took a process of it, which the CRI reports as the reason.
+func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.Time, oom bool) {
 	m, _, err := s.getContainer(ctx, id)
 	if err != nil {
 		s.logger.Debug("exited container has no record", "container", id, "error", err)
@@ -458,9 +505,13 @@ func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.
 		at = time.Now()
 	}
 	m.FinishedAt, m.ExitCode = nanos(at), code
-	m.Reason = "Completed"
-	if code != 0 {
+	switch {
+	case oom:
+		m.Reason = "OOMKilled"
+	case code != 0:
 		m.Reason = "Error"
+	default:
+		m.Reason = "Completed"
 	}
 	if err := s.saveContainer(ctx, m); err != nil {
 		s.logger.Warn("record container exit", "container", id, "error", err)
@@ -509,6 +560,11 @@ func (s *Server) ensureWatcher(ctx context.Context, id string, lg *containerLog)
 func (s *Server) StopContainer(ctx context.Context, req *runtime.StopContainerRequest) (*runtime.StopContainerResponse, error) {
 	ctx = withNamespace(ctx)
 	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	if errdefs.IsNotFound(err) {
+		// Stopping is idempotent, as the kubelet expects: what is
+		// gone is stopped.
+		return &runtime.StopContainerResponse{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -532,7 +588,7 @@ func (s *Server) stopContainer(ctx context.Context, id string, timeout time.Dura
 	if errdefs.IsNotFound(err) {
 		// Exited and deleted, but the exit not recorded: the process
 		// died in between.
-		s.recordExit(ctx, id, 255, time.Time{})
+		s.recordExit(ctx, id, 255, time.Time{}, false)
 		return nil
 	}
 	if err != nil {
@@ -625,6 +681,7 @@ func (s *Server) removeContainer(ctx context.Context, id string) error {
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove container %s: %w", id, err)
 	}
+	s.releaseImageVolumes(ctx, id)
 	s.pods.forget(id)
 	return nil
 }
@@ -651,7 +708,7 @@ func (s *Server) containerState(ctx context.Context, m *containerMeta) (runtime.
 // ContainerStatus describes a container.
 func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStatusRequest) (*runtime.ContainerStatusResponse, error) {
 	ctx = withNamespace(ctx)
-	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	m, rec, err := s.getContainer(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -671,6 +728,7 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStat
 		Annotations: m.config.GetAnnotations(),
 		Mounts:      m.config.GetMounts(),
 		LogPath:     m.LogPath,
+		User:        specUser(recordSpec(rec)),
 	}
 	if state == runtime.ContainerState_CONTAINER_EXITED {
 		st.Reason, st.Message = m.Reason, m.Message
@@ -750,7 +808,7 @@ func (s *Server) Recover(ctx context.Context) {
 			continue
 		}
 		if _, err := s.taskState(ctx, m.ID); errdefs.IsNotFound(err) {
-			s.recordExit(ctx, m.ID, 255, time.Time{})
+			s.recordExit(ctx, m.ID, 255, time.Time{}, false)
 			continue
 		}
 		lg, err := newContainerLog(m.LogPath)

@@ -56,10 +56,19 @@ func (s *Server) Status(_ context.Context, req *runtime.StatusRequest) (*runtime
 			networkReady.Message = fmt.Sprintf("Network plugin returns error: %v", err)
 		}
 	}
-	resp := &runtime.StatusResponse{Status: &runtime.RuntimeStatus{Conditions: []*runtime.RuntimeCondition{
-		{Type: runtime.RuntimeReady, Status: true},
-		networkReady,
-	}}}
+	resp := &runtime.StatusResponse{
+		Status: &runtime.RuntimeStatus{Conditions: []*runtime.RuntimeCondition{
+			{Type: runtime.RuntimeReady, Status: true},
+			networkReady,
+		}},
+		// Both supplemental groups policies are applied (see userOpts).
+		Features: &runtime.RuntimeFeatures{SupplementalGroupsPolicy: true},
+	}
+	// The one handler, under the default name and its own.
+	features := &runtime.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: recursiveReadOnlySupported()}
+	for _, name := range []string{"", "runc"} {
+		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtime.RuntimeHandler{Name: name, Features: features})
+	}
 	if req.GetVerbose() {
 		b, err := json.Marshal(map[string]any{
 			"snapshotter":        s.cfg.Snapshotter,

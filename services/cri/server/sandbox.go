@@ -169,6 +169,13 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if err != nil {
 		return nil, err
 	}
+	shm := s.sandboxShm(m)
+	if !hostIPC(cfg) {
+		if err := mountSandboxShm(shm); err != nil {
+			return nil, err
+		}
+		undo = append(undo, func() { _ = unmountSandboxShm(shm) })
+	}
 
 	specOpts := []oci.SpecOpts{
 		oci.WithImageConfig(pause),
@@ -182,6 +189,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		}),
 		oci.WithCgroup(cgroupsPath(cfg.GetLinux().GetCgroupParent(), id)),
 		s.withOOMScoreAdj(sandboxOOMScoreAdj),
+		withShm(shm, true),
 	}
 	if hostNetwork(cfg) {
 		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
@@ -199,6 +207,13 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 	if sysctls := cfg.GetLinux().GetSysctls(); len(sysctls) > 0 {
 		specOpts = append(specOpts, withSysctls(sysctls))
+	}
+	seccomp, err := sandboxSeccompOpt(cfg.GetLinux().GetSecurityContext())
+	if err != nil {
+		return nil, err
+	}
+	if seccomp != nil {
+		specOpts = append(specOpts, seccomp)
 	}
 
 	ext, err := encodeExtension(sandboxExtension, m)
@@ -415,6 +430,11 @@ func (s *Server) sandboxReady(ctx context.Context, id string) (bool, uint32) {
 func (s *Server) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandboxRequest) (*runtime.StopPodSandboxResponse, error) {
 	ctx = withNamespace(ctx)
 	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
+	if errdefs.IsNotFound(err) {
+		// Stopping is idempotent, as the kubelet expects: what is
+		// gone is stopped.
+		return &runtime.StopPodSandboxResponse{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -438,6 +458,12 @@ func (s *Server) stopSandbox(ctx context.Context, m *sandboxMeta) error {
 	defer unlock()
 	if err := s.deleteTask(ctx, m.ID); err != nil {
 		return fmt.Errorf("stop sandbox %s: %w", m.ID, err)
+	}
+	// The pod's shared memory goes with its processes, as in containerd.
+	if !hostIPC(m.config) {
+		if err := unmountSandboxShm(s.sandboxShm(m)); err != nil {
+			return err
+		}
 	}
 	if m.NetNS != "" && !m.NetworkTornDown {
 		if err := s.teardownPodNetwork(ctx, m.ID, m.NetNS, m.config); err != nil {

@@ -472,3 +472,26 @@ func parseNetDev(r io.Reader, at time.Time) (*runtime.NetworkUsage, error) {
 	}
 	return n, nil
 }
+
+// oomKilled asks the task's cgroup whether the kernel's OOM killer took
+// one of its processes; false when that cannot be told.
+func (s *Server) oomKilled(ctx context.Context, id string) bool {
+	resp, err := s.client.TaskService().Metrics(ctx, &tasksapi.MetricsRequest{Filters: []string{"id==" + id}})
+	if err != nil {
+		s.logger.Debug("metrics of exited container", "container", id, "error", err)
+		return false
+	}
+	for _, m := range resp.GetMetrics() {
+		v, err := typeurl.UnmarshalAny(m.GetData())
+		if err != nil {
+			continue
+		}
+		switch mt := v.(type) {
+		case *v1stats.Metrics:
+			return mt.GetMemoryOomControl().GetOomKill() > 0
+		case *v2stats.Metrics:
+			return mt.GetMemoryEvents().GetOomKill() > 0
+		}
+	}
+	return false
+}

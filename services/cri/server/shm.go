@@ -1,0 +1,71 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+const (
+	devShm = "/dev/shm"
+	// shmData sizes a pod's /dev/shm as containerd does: 64 MiB, what
+	// Docker and the kubelet's other runtimes give.
+	shmData = "mode=1777,size=65536k"
+)
+
+// sandboxShm is the tmpfs a pod's containers share as /dev/shm, so that
+// POSIX shared memory works between them as the pod's shared IPC
+// namespace promises. A pod in the node's IPC namespace uses the node's
+// /dev/shm instead.
+func (s *Server) sandboxShm(sb *sandboxMeta) string {
+	if hostIPC(sb.config) {
+		return devShm
+	}
+	return filepath.Join(s.sandboxDir(sb.ID), "shm")
+}
+
+func hostIPC(cfg *runtime.PodSandboxConfig) bool {
+	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetIpc() == runtime.NamespaceMode_NODE
+}
+
+// mountSandboxShm mounts the pod's /dev/shm tmpfs; it is released with
+// unmountSandboxShm when the pod stops.
+func mountSandboxShm(path string) error {
+	if err := os.MkdirAll(path, 0o700); err != nil {
+		return fmt.Errorf("create sandbox shm: %w", err)
+	}
+	if err := unix.Mount("shm", path, "tmpfs", uintptr(unix.MS_NOEXEC|unix.MS_NOSUID|unix.MS_NODEV), shmData); err != nil {
+		return fmt.Errorf("mount sandbox shm at %s: %w", path, err)
+	}
+	return nil
+}
+
+// unmountSandboxShm unmounts the pod's /dev/shm (lazily: a process of
+// the pod may still be leaving); nothing mounted is not an error.
+func unmountSandboxShm(path string) error {
+	err := unix.Unmount(path, unix.MNT_DETACH)
+	if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return fmt.Errorf("unmount sandbox shm %s: %w", path, err)
+}
+
+// withShm replaces the default /dev/shm mount with a bind of src.
+func withShm(src string, readonly bool) oci.SpecOpts {
+	opts := []string{"rbind", "rprivate", "nosuid", "nodev", "noexec"}
+	if readonly {
+		opts = append(opts, "ro")
+	} else {
+		opts = append(opts, "rw")
+	}
+	return oci.Compose(
+		oci.WithoutMounts(devShm),
+		oci.WithMounts([]specs.Mount{{Destination: devShm, Type: "bind", Source: src, Options: opts}}),
+	)
+}

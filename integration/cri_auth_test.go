@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -49,7 +48,7 @@ func TestCRIPullsWithRegistryCredentials(t *testing.T) {
 	// Images go in through an open registry; the authenticating ones serve
 	// the same storage.
 	data := t.TempDir()
-	open := &podRegistry{host: startRegistry(t, data, "")}
+	open := startRegistry(t, data, "")
 	open.push(t, bb, nil, "private/busybox", "v1")
 
 	const user, password = "kube", "s3cret"
@@ -61,12 +60,12 @@ func TestCRIPullsWithRegistryCredentials(t *testing.T) {
 	if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	basicHost := startRegistry(t, data, fmt.Sprintf("auth:\n  htpasswd:\n    realm: flotilla-test\n    path: %s\n", htpasswd))
+	basicHost := startRegistry(t, data, fmt.Sprintf("auth:\n  htpasswd:\n    realm: flotilla-test\n    path: %s\n", htpasswd)).Host
 
 	ts := startTokenServer(t, user, password)
 	tokenHost := startRegistry(t, data, fmt.Sprintf(
 		"auth:\n  token:\n    realm: %s\n    service: flotilla-registry\n    issuer: flotilla-test-issuer\n    rootcertbundle: %s\n",
-		ts.realm, ts.certFile))
+		ts.realm, ts.certFile)).Host
 
 	d := newDaemon(t).start()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -118,49 +117,6 @@ func TestCRIPullsWithRegistryCredentials(t *testing.T) {
 	if ts.issued.Load() == 0 {
 		t.Fatal("the token server issued no token")
 	}
-}
-
-// startRegistry runs Debian's docker-registry on a free loopback port over
-// the storage in data, with extra YAML (an auth section) in its
-// configuration, and returns its host:port.
-func startRegistry(t *testing.T, data, extra string) string {
-	t.Helper()
-	bin := requireTool(t, "docker-registry", "docker-registry")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	_ = l.Close()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n%s", data, host, extra)
-	cfgPath := filepath.Join(t.TempDir(), "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out := &syncBuffer{}
-	cmd := exec.Command(bin, "serve", cfgPath)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("docker-registry %s output:\n%s", host, out.String())
-		}
-	})
-	waitFor(t, 30*time.Second, "docker-registry answering", func() bool {
-		resp, err := http.Get("http://" + host + "/v2/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		// An authenticating registry answers 401 until it is given
-		// credentials.
-		return resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized
-	})
-	return host
 }
 
 // tokenServer issues the registry's bearer tokens (Docker's token

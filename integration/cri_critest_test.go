@@ -49,17 +49,8 @@ var critestSkips = []struct{ spec, reason string }{
 // --ginkgo.json-report=<file>). The suite runs serially (critest's
 // default of one node), in about a minute on 2 cores.
 func TestCRIPassesCritest(t *testing.T) {
-	requireRoot(t)
-	requireTool(t, "docker-registry", "docker-registry")
+	requireCRIPods(t, "portmap")
 	requireTool(t, "iptables", "iptables")
-	for _, p := range []string{"bridge", "host-local", "loopback", "portmap"} {
-		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
-			t.Skipf("CNI plugin %s not in /usr/lib/cni: install Debian's containernetworking-plugins", p)
-		}
-	}
-	if _, err := testimage.BusyboxPath(); err != nil {
-		t.Skip(err)
-	}
 	critest := buildCritest(t)
 
 	reg := startPodRegistry(t)
@@ -72,14 +63,16 @@ func TestCRIPassesCritest(t *testing.T) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "https://"+host, "http://"+reg.host)
+		toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "https://"+host, "http://"+reg.Host)
 		if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(toml), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	cniDir := filepath.Join(work, "cni")
-	writeCritestNetwork(t, cniDir, filepath.Join(work, "ipam"))
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", podBridge).Run() })
+	// With portmap, which the port mapping specs need.
+	network := podNetwork("flotilla-critest")
+	network.PortMap = true
+	writePodNetwork(t, cniDir, filepath.Join(work, "ipam"), network)
 
 	d := newDaemon(t, withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\nconfig_path = %q\n",
 		"registry.k8s.io/pause:3.10", cniDir, hostsDir)))
@@ -177,37 +170,6 @@ func buildCritest(t *testing.T) string {
 		t.Fatalf("build critest: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// writeCritestNetwork writes a bridge network with portmap, which the
-// port mapping specs need.
-func writeCritestNetwork(t *testing.T, dir, ipamDir string) {
-	t.Helper()
-	conf := fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "flotilla-critest",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": %q,
-      "isGateway": true,
-      "ipMasq": false,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": %q,
-        "ranges": [[{"subnet": %q}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}`, podBridge, ipamDir, podSubnet)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "10-flotilla.conflist"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // critestWebServer stands in for nginx in the images critest runs as web

@@ -3,11 +3,8 @@ package integration
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,22 +16,10 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/opencontainers/go-digest"
-	"github.com/opencontainers/image-spec/specs-go"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.opentelemetry.io/otel/trace/noop"
 	internalapi "k8s.io/cri-api/pkg/apis"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	remote "k8s.io/cri-client/pkg"
-
-	"github.com/flotilla-project/flotilla/internal/testimage"
-)
-
-// podBridge and podSubnet are the test's CNI network: a bridge of its own
-// and a subnet unlikely to be in use on the host.
-const (
-	podBridge = "flcritest0"
-	podSubnet = "10.199.77.0/24"
 )
 
 // TestCRIPodLifecycleThroughGateway runs a pod the way a kubelet does,
@@ -44,43 +29,12 @@ const (
 // in it, kill -9 the cri process in the middle and expect it to pick up
 // where it was, then stop and remove everything and expect nothing left.
 func TestCRIPodLifecycleThroughGateway(t *testing.T) {
-	requireRoot(t)
-	requireTool(t, "docker-registry", "docker-registry")
-	for _, p := range []string{"bridge", "host-local", "loopback"} {
-		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
-			t.Skipf("CNI plugin %s not in /usr/lib/cni: install Debian's containernetworking-plugins", p)
-		}
-	}
-	if _, err := testimage.BusyboxPath(); err != nil {
-		t.Skip(err)
-	}
-	bb, err := testimage.Busybox()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := startPodRegistry(t)
-	busyboxRef := reg.push(t, bb, nil, "flotilla/busybox", "test")
-	// The pause image: busybox's layer, sleeping forever as PID 1.
-	pauseRef := reg.push(t, bb, func(c *ocispec.ImageConfig) {
-		c.Entrypoint, c.Cmd = []string{"/bin/sleep", "2147483647"}, nil
-	}, "flotilla/pause", "test")
-
-	work := t.TempDir()
-	cniDir := filepath.Join(work, "cni")
-	logDir := filepath.Join(work, "logs")
-	writePodNetwork(t, cniDir, filepath.Join(work, "ipam"))
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", podBridge).Run() })
-
-	d := newDaemon(t, withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\n", pauseRef, cniDir))).start()
+	p := startCRIPods(t, podNetwork("flotilla-test"), "test")
+	d, rt, busyboxRef := p.d, p.rt, p.busyboxRef
+	logDir := filepath.Join(p.work, "logs")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rt, images := criClients(t, d)
-
-	for _, ref := range []string{pauseRef, busyboxRef} {
-		if _, err := images.PullImage(ctx, &runtimeapi.ImageSpec{Image: ref}, nil, nil); err != nil {
-			t.Fatalf("PullImage %s: %v", ref, err)
-		}
-	}
+	p.pullImages(ctx, t)
 
 	podCfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "web", Namespace: "default", Uid: "uid-web-1"},
@@ -92,19 +46,7 @@ func TestCRIPodLifecycleThroughGateway(t *testing.T) {
 		Linux:        &runtimeapi.LinuxPodSandboxConfig{CgroupParent: "/flotilla-cri-test"},
 	}
 	t.Cleanup(func() { _ = os.Remove("/sys/fs/cgroup/flotilla-cri-test") })
-	podID, err := rt.RunPodSandbox(ctx, podCfg, "")
-	if err != nil {
-		t.Fatalf("RunPodSandbox: %v", err)
-	}
-	// A failing test still leaves no pod running (removal is
-	// idempotent); this runs before the daemon stops.
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := rt.RemovePodSandbox(ctx, podID); err != nil {
-			t.Logf("cleanup: RemovePodSandbox: %v", err)
-		}
-	})
+	podID := p.runPod(ctx, t, podCfg)
 	pst, err := rt.PodSandboxStatus(ctx, podID, false)
 	if err != nil {
 		t.Fatalf("PodSandboxStatus: %v", err)
@@ -381,129 +323,4 @@ func podProcessesMentioning(s string) []string {
 		out = append(out, e.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
 	}
 	return out
-}
-
-// writePodNetwork writes a bridge + host-local network into dir.
-func writePodNetwork(t *testing.T, dir, ipamDir string) {
-	t.Helper()
-	conf := fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "flotilla-test",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": %q,
-      "isGateway": true,
-      "ipMasq": false,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": %q,
-        "ranges": [[{"subnet": %q}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    }
-  ]
-}`, podBridge, ipamDir, podSubnet)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "10-flotilla.conflist"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// podRegistry is Debian's docker-registry on 127.0.0.1, which the
-// registry client reaches over plain HTTP as a local host.
-type podRegistry struct{ host string }
-
-func startPodRegistry(t *testing.T) *podRegistry {
-	t.Helper()
-	return &podRegistry{host: startRegistry(t, t.TempDir(), "")}
-}
-
-// push uploads img's layers and a config (changed by edit, when given)
-// with a new manifest as repo:tag, and returns the reference.
-func (r *podRegistry) push(t *testing.T, img *testimage.Image, edit func(*ocispec.ImageConfig), repo, tag string) string {
-	t.Helper()
-	cfgBlob, _ := img.Blob(img.Config.Digest)
-	var cfg ocispec.Image
-	if err := json.Unmarshal(cfgBlob, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if edit != nil {
-		edit(&cfg.Config)
-	}
-	blobs := map[digest.Digest][]byte{}
-	for _, l := range img.Layers {
-		blobs[l.Digest], _ = img.Blob(l.Digest)
-	}
-	return r.pushImage(t, cfg, img.Layers, blobs, repo, tag)[0]
-}
-
-// pushImage uploads layers (their content in blobs) and cfg with one
-// manifest, tagged with every tag, and returns the references.
-func (r *podRegistry) pushImage(t *testing.T, cfg ocispec.Image, layers []ocispec.Descriptor, layerBlobs map[digest.Digest][]byte, repo string, tags ...string) []string {
-	t.Helper()
-	cfgBlob, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfgBlob), Size: int64(len(cfgBlob))}
-	mf, err := json.Marshal(ocispec.Manifest{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ocispec.MediaTypeImageManifest,
-		Config:    cfgDesc,
-		Layers:    layers,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + r.host + "/v2/" + repo
-	blobs := map[digest.Digest][]byte{cfgDesc.Digest: cfgBlob}
-	for _, l := range layers {
-		blobs[l.Digest] = layerBlobs[l.Digest]
-	}
-	for d, blob := range blobs {
-		resp, err := http.Post(base+"/blobs/uploads/", "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("start blob upload: %s", resp.Status)
-		}
-		loc, err := url.Parse(resp.Header.Get("Location"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		u := (&url.URL{Scheme: "http", Host: r.host}).ResolveReference(loc)
-		q := u.Query()
-		q.Set("digest", d.String())
-		u.RawQuery = q.Encode()
-		req, _ := http.NewRequest(http.MethodPut, u.String(), bytes.NewReader(blob))
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err = http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("upload blob %s: %s", d, resp.Status)
-		}
-	}
-	var refs []string
-	for _, tag := range tags {
-		req, _ := http.NewRequest(http.MethodPut, base+"/manifests/"+tag, bytes.NewReader(mf))
-		req.Header.Set("Content-Type", ocispec.MediaTypeImageManifest)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("put manifest %s:%s: %s", repo, tag, resp.Status)
-		}
-		refs = append(refs, r.host+"/"+repo+":"+tag)
-	}
-	return refs
 }

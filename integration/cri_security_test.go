@@ -2,19 +2,13 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	internalapi "k8s.io/cri-api/pkg/apis"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
-	"github.com/flotilla-project/flotilla/internal/testimage"
 )
 
 // TestCRIContainerSpecFeatures runs containers of one pod with the spec
@@ -24,58 +18,21 @@ import (
 // cgroup rule lets it be opened, and the pod's containers share one
 // /dev/shm.
 func TestCRIContainerSpecFeatures(t *testing.T) {
-	requireRoot(t)
-	requireTool(t, "docker-registry", "docker-registry")
-	for _, p := range []string{"bridge", "host-local", "loopback"} {
-		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
-			t.Skipf("CNI plugin %s not in /usr/lib/cni: install Debian's containernetworking-plugins", p)
-		}
-	}
-	if _, err := testimage.BusyboxPath(); err != nil {
-		t.Skip(err)
-	}
+	requireCRIPods(t)
 	const device = "/dev/loop-control"
 	if _, err := os.Stat(device); err != nil {
 		t.Skipf("host device %s: %v", device, err)
 	}
-	bb, err := testimage.Busybox()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := startPodRegistry(t)
-	busyboxRef := reg.push(t, bb, nil, "flotilla/busybox", "test")
-	pauseRef := reg.push(t, bb, func(c *ocispec.ImageConfig) {
-		c.Entrypoint, c.Cmd = []string{"/bin/sleep", "2147483647"}, nil
-	}, "flotilla/pause", "test")
-
-	work := t.TempDir()
-	cniDir := filepath.Join(work, "cni")
-	writePodNetwork(t, cniDir, filepath.Join(work, "ipam"))
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", podBridge).Run() })
-	d := newDaemon(t, withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\n", pauseRef, cniDir))).start()
+	p := startCRIPods(t, podNetwork("flotilla-test"), "test")
+	rt, busyboxRef := p.rt, p.busyboxRef
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	rt, images := criClients(t, d)
-	for _, ref := range []string{pauseRef, busyboxRef} {
-		if _, err := images.PullImage(ctx, &runtimeapi.ImageSpec{Image: ref}, nil, nil); err != nil {
-			t.Fatalf("PullImage %s: %v", ref, err)
-		}
-	}
+	p.pullImages(ctx, t)
 
 	podCfg := &runtimeapi.PodSandboxConfig{
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: "spec", Namespace: "default", Uid: "uid-spec-1"},
 	}
-	podID, err := rt.RunPodSandbox(ctx, podCfg, "")
-	if err != nil {
-		t.Fatalf("RunPodSandbox: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := rt.RemovePodSandbox(ctx, podID); err != nil {
-			t.Logf("cleanup: RemovePodSandbox: %v", err)
-		}
-	})
+	podID := p.runPod(ctx, t, podCfg)
 
 	run := func(name string, edit func(*runtimeapi.ContainerConfig)) string {
 		t.Helper()
@@ -88,14 +45,7 @@ func TestCRIContainerSpecFeatures(t *testing.T) {
 		if edit != nil {
 			edit(cfg)
 		}
-		id, err := rt.CreateContainer(ctx, podID, cfg, podCfg)
-		if err != nil {
-			t.Fatalf("CreateContainer %s: %v", name, err)
-		}
-		if err := rt.StartContainer(ctx, id); err != nil {
-			t.Fatalf("StartContainer %s: %v", name, err)
-		}
-		return id
+		return p.startContainer(ctx, t, podID, podCfg, cfg)
 	}
 	sh := func(id, script string) (string, error) {
 		stdout, stderr, err := rt.ExecSync(ctx, id, []string{"sh", "-c", script}, 10*time.Second)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -16,11 +15,10 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	internalapi "k8s.io/cri-api/pkg/apis"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/flotilla-project/flotilla/internal/testimage"
+	"github.com/flotilla-project/flotilla/internal/cninet"
 )
 
 // The stats test's own CNI bridge, subnet and cgroup parent, apart from
@@ -39,39 +37,14 @@ const (
 // a container's memory limit, rotates its log, and asks for the runtime
 // config.
 func TestCRIStatsResourcesLogsAndEventsThroughGateway(t *testing.T) {
-	requireRoot(t)
-	requireTool(t, "docker-registry", "docker-registry")
-	for _, p := range []string{"bridge", "host-local", "loopback"} {
-		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
-			t.Skipf("CNI plugin %s not in /usr/lib/cni: install Debian's containernetworking-plugins", p)
-		}
-	}
-	if _, err := testimage.BusyboxPath(); err != nil {
-		t.Skip(err)
-	}
-	bb, err := testimage.Busybox()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := startPodRegistry(t)
-	busyboxRef := reg.push(t, bb, nil, "flotilla/busybox", "stats")
-	pauseRef := reg.push(t, bb, func(c *ocispec.ImageConfig) {
-		c.Entrypoint, c.Cmd = []string{"/bin/sleep", "2147483647"}, nil
-	}, "flotilla/pause", "stats")
-
-	work := t.TempDir()
-	cniDir := filepath.Join(work, "cni")
-	logDir := filepath.Join(work, "logs")
-	statsWriteNetwork(t, cniDir, filepath.Join(work, "ipam"))
-	t.Cleanup(func() {
-		_ = exec.Command("ip", "link", "del", statsBridge).Run()
-		statsRemoveCgroup(statsCgroupParent)
-	})
-
-	d := newDaemon(t, withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\n", pauseRef, cniDir))).start()
+	// Registered first, so it runs last: after the daemon stopped and the
+	// bridge is gone.
+	t.Cleanup(func() { statsRemoveCgroup(statsCgroupParent) })
+	p := startCRIPods(t, cninet.Bridge{Name: "flotilla-stats-test", Bridge: statsBridge, Subnet: statsSubnet, Gateway: statsGateway}, "stats")
+	d, rt, busyboxRef := p.d, p.rt, p.busyboxRef
+	logDir := filepath.Join(p.work, "logs")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rt, images := criClients(t, d)
 
 	// The runtime config: cgroupfs, and a pod CIDR is accepted.
 	rc, err := rt.RuntimeConfig(ctx)
@@ -89,11 +62,7 @@ func TestCRIStatsResourcesLogsAndEventsThroughGateway(t *testing.T) {
 	// says its subscription is live.
 	events := statsWatchEvents(ctx, t, rt)
 
-	for _, ref := range []string{pauseRef, busyboxRef} {
-		if _, err := images.PullImage(ctx, &runtimeapi.ImageSpec{Image: ref}, nil, nil); err != nil {
-			t.Fatalf("PullImage %s: %v", ref, err)
-		}
-	}
+	p.pullImages(ctx, t)
 	podCfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "stats", Namespace: "default", Uid: "uid-stats-1"},
 		Hostname:     "stats-host",
@@ -101,17 +70,7 @@ func TestCRIStatsResourcesLogsAndEventsThroughGateway(t *testing.T) {
 		Labels:       map[string]string{"app": "stats"},
 		Linux:        &runtimeapi.LinuxPodSandboxConfig{CgroupParent: statsCgroupParent},
 	}
-	podID, err := rt.RunPodSandbox(ctx, podCfg, "")
-	if err != nil {
-		t.Fatalf("RunPodSandbox: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := rt.RemovePodSandbox(ctx, podID); err != nil {
-			t.Logf("cleanup: RemovePodSandbox: %v", err)
-		}
-	})
+	podID := p.runPod(ctx, t, podCfg)
 
 	// The container fills 2 MiB of its writable layer, then burns a
 	// little CPU and logs a tick five times a second.
@@ -392,33 +351,5 @@ func statsRemoveCgroup(path string) {
 	entries, _ := os.ReadDir("/sys/fs/cgroup")
 	for _, e := range entries {
 		_ = os.Remove(filepath.Join("/sys/fs/cgroup", e.Name(), path))
-	}
-}
-
-func statsWriteNetwork(t *testing.T, dir, ipamDir string) {
-	t.Helper()
-	conf := fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "flotilla-stats-test",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": %q,
-      "isGateway": true,
-      "ipMasq": false,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": %q,
-        "ranges": [[{"subnet": %q, "gateway": %q}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    }
-  ]
-}`, statsBridge, ipamDir, statsSubnet, statsGateway)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "10-flotilla-stats.conflist"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,10 +16,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
-	"github.com/flotilla-project/flotilla/internal/testimage"
 )
 
 // TestCRIStreamExecAttachPortForward drives the streaming calls the way
@@ -29,57 +25,24 @@ import (
 // WebSocket (v4.channel.k8s.io: one leading byte names the stream) to the
 // streaming server at that URL.
 func TestCRIStreamExecAttachPortForward(t *testing.T) {
-	requireRoot(t)
-	requireTool(t, "docker-registry", "docker-registry")
-	for _, p := range []string{"bridge", "host-local", "loopback"} {
-		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
-			t.Skipf("CNI plugin %s not in /usr/lib/cni: install Debian's containernetworking-plugins", p)
-		}
-	}
-	if _, err := testimage.BusyboxPath(); err != nil {
-		t.Skip(err)
-	}
-	bb, err := testimage.Busybox()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := startPodRegistry(t)
-	busyboxRef := reg.push(t, bb, nil, "flotilla/busybox", "test")
-	pauseRef := reg.push(t, bb, func(c *ocispec.ImageConfig) {
-		c.Entrypoint, c.Cmd = []string{"/bin/sleep", "2147483647"}, nil
-	}, "flotilla/pause", "test")
-
-	work := t.TempDir()
-	cniDir := filepath.Join(work, "cni")
-	writePodNetwork(t, cniDir, filepath.Join(work, "ipam"))
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", podBridge).Run() })
-
-	d := newDaemon(t, withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\n", pauseRef, cniDir))).start()
+	p := startCRIPods(t, podNetwork("flotilla-test"), "test")
+	d, rt, busyboxRef := p.d, p.rt, p.busyboxRef
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rt, images := criClients(t, d)
-	for _, ref := range []string{pauseRef, busyboxRef} {
-		if _, err := images.PullImage(ctx, &runtimeapi.ImageSpec{Image: ref}, nil, nil); err != nil {
-			t.Fatalf("PullImage %s: %v", ref, err)
-		}
-	}
+	p.pullImages(ctx, t)
 
 	podCfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "stream", Namespace: "default", Uid: "uid-stream-1"},
-		LogDirectory: filepath.Join(work, "logs"),
+		LogDirectory: filepath.Join(p.work, "logs"),
 	}
-	podID, err := rt.RunPodSandbox(ctx, podCfg, "")
-	if err != nil {
-		t.Fatalf("RunPodSandbox: %v", err)
-	}
+	podID := p.runPod(ctx, t, podCfg)
+	// Stopped explicitly before runPod's removal (cleanups run last
+	// first).
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := rt.StopPodSandbox(ctx, podID); err != nil {
 			t.Logf("cleanup: StopPodSandbox: %v", err)
-		}
-		if err := rt.RemovePodSandbox(ctx, podID); err != nil {
-			t.Logf("cleanup: RemovePodSandbox: %v", err)
 		}
 	})
 	run := func(name string, cfg *runtimeapi.ContainerConfig) string {
@@ -87,14 +50,7 @@ func TestCRIStreamExecAttachPortForward(t *testing.T) {
 		cfg.Metadata = &runtimeapi.ContainerMetadata{Name: name}
 		cfg.Image = &runtimeapi.ImageSpec{Image: busyboxRef}
 		cfg.LogPath = name + ".log"
-		id, err := rt.CreateContainer(ctx, podID, cfg, podCfg)
-		if err != nil {
-			t.Fatalf("CreateContainer %s: %v", name, err)
-		}
-		if err := rt.StartContainer(ctx, id); err != nil {
-			t.Fatalf("StartContainer %s: %v", name, err)
-		}
-		return id
+		return p.startContainer(ctx, t, podID, podCfg, cfg)
 	}
 	ticker := run("ticker", &runtimeapi.ContainerConfig{
 		Command: []string{"sh", "-c", `i=0; while true; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 1; done`},
@@ -201,7 +157,7 @@ func TestCRIStreamExecAttachPortForward(t *testing.T) {
 
 	t.Run("AttachTTY", func(t *testing.T) {
 		// A tty container's output is the terminal's, in the log too.
-		logPath := filepath.Join(work, "logs", "ttycat.log")
+		logPath := filepath.Join(p.work, "logs", "ttycat.log")
 		waitFor(t, 20*time.Second, "on-a-tty in "+logPath, func() bool {
 			b, _ := os.ReadFile(logPath)
 			return bytes.Contains(b, []byte("on-a-tty"))

@@ -18,7 +18,9 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	remote "k8s.io/cri-client/pkg"
 
+	"github.com/flotilla-project/flotilla/internal/cninet"
 	"github.com/flotilla-project/flotilla/internal/testimage"
+	"github.com/flotilla-project/flotilla/internal/testregistry"
 )
 
 // criGroup is the -only name that selects every CRI workload; the daemons
@@ -30,7 +32,7 @@ const criGroup = "cri"
 const criCgroupParent = "/flotilla-bench-cri"
 
 // criCNIBinDir is Debian's containernetworking-plugins directory.
-const criCNIBinDir = "/usr/lib/cni"
+const criCNIBinDir = cninet.DebianBinDir
 
 // criNetworks are the daemons' pod networks: the same bridge conflist
 // except for the bridge's name and subnet, so that the two daemons' pods
@@ -60,7 +62,7 @@ type criEnv struct {
 	pullMB  int64
 
 	dir        string
-	reg        *registry
+	reg        *testregistry.Registry
 	pauseRef   string
 	busyboxRef string
 	configs    map[string]*criConfig
@@ -72,24 +74,24 @@ type criEnv struct {
 // start runs the registry, pushes the pause and busybox images and writes
 // each daemon's CNI and registry configuration.
 func (e *criEnv) start(ctx context.Context, tmp string) error {
-	for _, p := range []string{"bridge", "host-local", "loopback"} {
-		if _, err := os.Stat(filepath.Join(criCNIBinDir, p)); err != nil {
-			return fmt.Errorf("CNI plugin %s not in %s: install Debian's containernetworking-plugins", p, criCNIBinDir)
-		}
+	if err := cninet.Plugins(criCNIBinDir, cninet.BridgePlugins...); err != nil {
+		return err
 	}
 	var err error
 	if e.dir, err = os.MkdirTemp(tmp, "fb-cri-"); err != nil {
 		return err
 	}
-	if e.reg, err = startRegistry(ctx, e.dir); err != nil {
-		return err
+	// Both daemons pull the same images from it, so neither pull goes
+	// further than loopback.
+	if e.reg, err = testregistry.Start(ctx, testregistry.Options{Dir: e.dir}); err != nil {
+		return fmt.Errorf("the cri workloads need a local registry: %w", err)
 	}
-	if e.busyboxRef, err = e.reg.push(e.busybox, nil, "flotilla/busybox", "bench"); err != nil {
+	if e.busyboxRef, err = e.reg.Push(e.busybox, nil, "flotilla/busybox", "bench"); err != nil {
 		return err
 	}
 	// The pause image: busybox's layer, sleeping as PID 1, as the
 	// integration tests do it; the same image for both daemons.
-	if e.pauseRef, err = e.reg.push(e.busybox, func(c *ocispec.ImageConfig) {
+	if e.pauseRef, err = e.reg.Push(e.busybox, func(c *ocispec.ImageConfig) {
 		c.Entrypoint, c.Cmd = []string{"/bin/sleep", "2147483647"}, nil
 	}, "flotilla/pause", "bench"); err != nil {
 		return err
@@ -97,11 +99,11 @@ func (e *criEnv) start(ctx context.Context, tmp string) error {
 	// The registry is plain HTTP: one hosts.toml, read by both daemons'
 	// registry code (containerd's config_path format).
 	hostsDir := filepath.Join(e.dir, "certs.d")
-	hostDir := filepath.Join(hostsDir, e.reg.host)
+	hostDir := filepath.Join(hostsDir, e.reg.Host)
 	if err := os.MkdirAll(hostDir, 0o755); err != nil {
 		return err
 	}
-	hosts := fmt.Sprintf("server = \"http://%[1]s\"\n\n[host.\"http://%[1]s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", e.reg.host)
+	hosts := fmt.Sprintf("server = \"http://%[1]s\"\n\n[host.\"http://%[1]s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", e.reg.Host)
 	if err := os.WriteFile(filepath.Join(hostDir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
 		return err
 	}
@@ -112,7 +114,8 @@ func (e *criEnv) start(ctx context.Context, tmp string) error {
 		}
 		c := &criConfig{sandboxImage: e.pauseRef, cniConfDir: filepath.Join(e.dir, "net.d-"+name), cniBinDir: criCNIBinDir,
 			hostsDir: hostsDir, subnet: n.subnet, bridge: n.bridge}
-		if err := writeBridgeConflist(c.cniConfDir, filepath.Join(e.dir, "ipam-"+name), n.bridge, n.subnet); err != nil {
+		network := cninet.Bridge{Name: "flotilla-bench", Bridge: n.bridge, Subnet: n.subnet, IPAMDir: filepath.Join(e.dir, "ipam-"+name)}
+		if _, err := network.Write(c.cniConfDir); err != nil {
 			return err
 		}
 		e.configs[name] = c
@@ -141,34 +144,6 @@ func checkFreeNetwork(bridge, subnet string) error {
 	return nil
 }
 
-// writeBridgeConflist writes a bridge + host-local network, the usual
-// minimal pod network, into dir.
-func writeBridgeConflist(dir, ipamDir, bridge, subnet string) error {
-	conf := fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "flotilla-bench",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": %q,
-      "isGateway": true,
-      "ipMasq": false,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": %q,
-        "ranges": [[{"subnet": %q}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    }
-  ]
-}
-`, bridge, ipamDir, subnet)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(dir, "10-flotilla-bench.conflist"), []byte(conf), 0o644)
-}
-
 // pullRef returns the reference of cri-pull's image for iteration iter,
 // pushing it on first use: busybox plus a random layer of its own seed, so
 // every iteration pulls a layer neither daemon has.
@@ -187,7 +162,7 @@ func (e *criEnv) pullRef(iter int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	ref, err := e.reg.push(img, nil, "flotilla/pull", tag)
+	ref, err := e.reg.Push(img, nil, "flotilla/pull", tag)
 	if err != nil {
 		return "", err
 	}
@@ -204,7 +179,7 @@ const pullSeedBase = 5000
 // close stops the registry and removes the bridges, the pods' cgroup parent
 // and the temp directory. The daemons are stopped by then.
 func (e *criEnv) close() {
-	e.reg.stop()
+	e.reg.Close()
 	for _, n := range criNetworks {
 		if _, err := net.InterfaceByName(n.bridge); err == nil {
 			if out, err := exec.Command("ip", "link", "del", n.bridge).CombinedOutput(); err != nil {

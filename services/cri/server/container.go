@@ -56,10 +56,6 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	if err != nil {
 		return nil, fmt.Errorf("image of container %s: %w", md.GetName(), err)
 	}
-	ci, err := s.containerdImage(ctx, img)
-	if err != nil {
-		return nil, err
-	}
 	cfgBytes, err := proto.Marshal(cfg)
 	if err != nil {
 		return nil, err
@@ -84,7 +80,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 			s.releaseImageVolumes(context.WithoutCancel(ctx), id)
 		}
 	}()
-	specOpts, err := s.containerSpec(sb, pausePid, img, ci, cfg, id, imageMounts)
+	specOpts, err := s.containerSpec(sb, pausePid, img, cfg, id, imageMounts)
 	if err != nil {
 		return nil, err
 	}
@@ -98,17 +94,17 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	}
 	labels[kindLabel] = kindContainer
 	labels[sandboxIDLabel] = sb.ID
+	var rootfs preparedRootfs
 	if _, err := s.client.NewContainer(ctx, id,
-		containerd.WithSnapshotter(s.cfg.Snapshotter),
-		containerd.WithNewSnapshot(id, ci),
-		containerd.WithImageName(ci.Name()),
+		s.withRootfs(id, img, &rootfs),
 		containerd.WithRuntime(runtimeType, nil),
-		containerd.WithNewSpec(specOpts...),
+		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(containerExtension, ext),
 	); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", md.GetName(), err)
 	}
+	s.addName(kindContainer, name, id)
 	return &runtime.CreateContainerResponse{ContainerId: id}, nil
 }
 
@@ -136,7 +132,7 @@ func containerArgs(cfg *runtime.ContainerConfig, entrypoint, cmd []string) []str
 	return append(append([]string(nil), command...), args...)
 }
 
-func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, ci containerd.Image, cfg *runtime.ContainerConfig, id string, imageMounts map[string]specs.Mount) ([]oci.SpecOpts, error) {
+func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, cfg *runtime.ContainerConfig, id string, imageMounts map[string]specs.Mount) ([]oci.SpecOpts, error) {
 	args := containerArgs(cfg, img.info.spec.Config.Entrypoint, img.info.spec.Config.Cmd)
 	if len(args) == 0 {
 		return nil, fmt.Errorf("container %s has no command: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
@@ -162,7 +158,7 @@ func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, 
 		env = append(env, kv.GetKey()+"="+string(kv.GetValue()))
 	}
 	opts := []oci.SpecOpts{
-		oci.WithImageConfig(ci),
+		oci.WithImageConfig(s.cachedImage(img.info)),
 		oci.WithProcessArgs(args...),
 		oci.WithEnv(env),
 		oci.WithAnnotations(annotations),
@@ -388,7 +384,7 @@ func (s *Server) containerMounts(sb *sandboxMeta, cfg *runtime.ContainerConfig, 
 // written to its log file.
 func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainerRequest) (*runtime.StartContainerResponse, error) {
 	ctx = withNamespace(ctx)
-	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	m, rec, err := s.getContainer(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -415,27 +411,21 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 		}
 		return nil, err
 	}
-	c, err := s.client.LoadContainer(ctx, m.ID)
-	if err != nil {
-		return fail(err)
-	}
 	lg.attach = s.newAttachPoint(m)
 	stdout, stderr := lg.writers()
 	ioOpts := []cio.Opt{cio.WithStreams(lg.stdin(), stdout, stderr), cio.WithFIFODir(s.fifoDir())}
 	if m.config.GetTty() {
 		ioOpts = append(ioOpts, cio.WithTerminal)
 	}
-	task, err := c.NewTask(ctx, cio.NewCreator(ioOpts...))
+	// The record read above is the one the task is made from; the
+	// lock keeps it current.
+	task, err := s.createTask(ctx, rec, cio.NewCreator(ioOpts...))
 	if err != nil {
 		return fail(fmt.Errorf("create task of container %s: %w", m.ID, err))
 	}
-	exitC, err := task.Wait(s.pods.ctx)
-	if err != nil {
-		_, _ = task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
-		return fail(fmt.Errorf("wait for container %s: %w", m.ID, err))
-	}
+	exitC := task.Wait(s.pods.ctx)
 	if err := task.Start(ctx); err != nil {
-		_, _ = task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
+		task.abort(context.WithoutCancel(ctx))
 		return fail(fmt.Errorf("start container %s: %w", m.ID, err))
 	}
 	m.StartedAt = nanos(time.Now())
@@ -446,11 +436,25 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	return &runtime.StartContainerResponse{}, nil
 }
 
+// exitWatcher is the done channel of the container's exit watcher in this
+// process, or nil.
+func (s *Server) exitWatcher(id string) chan struct{} {
+	s.pods.mu.Lock()
+	defer s.pods.mu.Unlock()
+	return s.pods.exits[id]
+}
+
+// exitedTask is what the exit watcher deletes: a client Task, or a
+// criTask.
+type exitedTask interface {
+	Delete(context.Context, ...containerd.ProcessDeleteOpts) (*containerd.ExitStatus, error)
+}
+
 // watchExit records a container's exit once its task ends: exit code and
 // time into its record, then the task (and shim) deleted and the log
 // closed. Each started container has one watcher; the returned channel
 // closes when it is done.
-func (s *Server) watchExit(id string, task containerd.Task, exitC <-chan containerd.ExitStatus, lg *containerLog) chan struct{} {
+func (s *Server) watchExit(id string, task exitedTask, exitC <-chan containerd.ExitStatus, lg *containerLog) chan struct{} {
 	s.pods.mu.Lock()
 	if done, ok := s.pods.exits[id]; ok {
 		s.pods.mu.Unlock()
@@ -695,6 +699,22 @@ func (s *Server) containerState(ctx context.Context, m *containerMeta) (runtime.
 		return runtime.ContainerState_CONTAINER_CREATED, 0, 0
 	}
 	p, err := s.taskState(ctx, m.ID)
+	if errdefs.IsNotFound(err) {
+		// The task is gone: this process's exit watcher is between
+		// deleting it and recording the exit. Its record says how
+		// the container ended in a moment.
+		if done := s.exitWatcher(m.ID); done != nil {
+			select {
+			case <-done:
+			case <-time.After(2 * time.Second):
+			case <-ctx.Done():
+			}
+			if m2, _, err := s.getContainer(ctx, m.ID); err == nil && m2.FinishedAt != 0 {
+				*m = *m2 // the caller reports the reason too
+				return runtime.ContainerState_CONTAINER_EXITED, m.ExitCode, m.FinishedAt
+			}
+		}
+	}
 	if err != nil {
 		return runtime.ContainerState_CONTAINER_UNKNOWN, 0, 0
 	}

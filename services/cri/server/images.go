@@ -41,6 +41,10 @@ type imageInfo struct {
 	size    int64
 	chainID string
 	spec    ocispec.Image
+	// config and configBlob are the config's descriptor and bytes, for
+	// building specs without reading them again.
+	config     ocispec.Descriptor
+	configBlob []byte
 }
 
 // criImage is one CRI image: every image record whose target resolves to
@@ -116,7 +120,7 @@ func (s *Server) info(ctx context.Context, img images.Image) (*imageInfo, error)
 	if err != nil {
 		return nil, fmt.Errorf("read config of image %s: %w", img.Name, err)
 	}
-	info = &imageInfo{id: cfgDesc.Digest.String()}
+	info = &imageInfo{id: cfgDesc.Digest.String(), config: cfgDesc, configBlob: b}
 	if err := json.Unmarshal(b, &info.spec); err != nil {
 		return nil, fmt.Errorf("config of image %s: %v: %w", img.Name, err, errdefs.ErrInvalidArgument)
 	}
@@ -131,10 +135,16 @@ func (s *Server) info(ctx context.Context, img images.Image) (*imageInfo, error)
 }
 
 // images groups the namespace's image records into CRI images, by ID.
-func (s *Server) images(ctx context.Context) (map[string]*criImage, error) {
-	records, err := s.client.ImageService().List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list images: %w", err)
+// Unless fresh is asked, the records may come from the image index
+// (reused says so).
+func (s *Server) images(ctx context.Context, fresh bool) (_ map[string]*criImage, reused bool, _ error) {
+	records, reused := s.imageIdx.cached()
+	if fresh || !reused {
+		var err error
+		reused = false
+		if records, err = s.imageIdx.list(ctx, s.client.ImageService()); err != nil {
+			return nil, false, fmt.Errorf("list images: %w", err)
+		}
 	}
 	out := map[string]*criImage{}
 	seen := map[digest.Digest]bool{}
@@ -160,14 +170,16 @@ func (s *Server) images(ctx context.Context) (map[string]*criImage, error) {
 	for _, img := range out {
 		sort.Strings(img.refs)
 	}
-	s.mu.Lock()
-	for d := range s.infos {
-		if !seen[d] {
-			delete(s.infos, d)
+	if !reused {
+		s.mu.Lock()
+		for d := range s.infos {
+			if !seen[d] {
+				delete(s.infos, d)
+			}
 		}
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
-	return out, nil
+	return out, reused, nil
 }
 
 // resolve finds the image a CRI image reference names: an image ID
@@ -178,10 +190,23 @@ func (s *Server) resolve(ctx context.Context, ref string) (*criImage, error) {
 	if ref == "" {
 		return nil, fmt.Errorf("no image given: %w", errdefs.ErrInvalidArgument)
 	}
-	all, err := s.images(ctx)
+	all, reused, err := s.images(ctx, false)
 	if err != nil {
 		return nil, err
 	}
+	img, err := findImage(all, ref)
+	if errdefs.IsNotFound(err) && reused {
+		// Absent from a reused listing may be new since: ask again.
+		if all, _, err = s.images(ctx, true); err != nil {
+			return nil, err
+		}
+		img, err = findImage(all, ref)
+	}
+	return img, err
+}
+
+// findImage finds ref in CRI images grouped by ID, as resolve describes.
+func findImage(all map[string]*criImage, ref string) (*criImage, error) {
 	if _, err := digest.Parse(ref); err == nil {
 		if img, ok := all[ref]; ok {
 			return img, nil
@@ -267,7 +292,7 @@ func (s *Server) listImages(ctx context.Context, filter *runtime.ImageFilter) ([
 		}
 		return []*runtime.Image{img.toCRI()}, nil
 	}
-	all, err := s.images(ctx)
+	all, _, err := s.images(ctx, true)
 	if err != nil {
 		return nil, err
 	}
@@ -324,6 +349,7 @@ func (s *Server) RemoveImage(ctx context.Context, req *runtime.RemoveImageReques
 	refs := append([]string(nil), img.refs...)
 	sort.SliceStable(refs, func(i, j int) bool { return refs[j] == img.info.id && refs[i] != img.info.id })
 	is := s.client.ImageService()
+	defer s.imageIdx.invalidate()
 	for i, r := range refs {
 		var opts []images.DeleteOpt
 		if i == len(refs)-1 {

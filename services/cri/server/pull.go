@@ -55,6 +55,8 @@ func pullKey(ref string, auth *runtime.AuthConfig) string {
 }
 
 func (s *Server) pull(ctx context.Context, named reference.Named, auth *runtime.AuthConfig) (string, error) {
+	// The records change: the next resolve must see them.
+	defer s.imageIdx.invalidate()
 	ref := named.String()
 	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: s.registryHosts(ctx, auth)})
 	labels := map[string]string{imageLabelKey: imageLabelValue}

@@ -49,6 +49,15 @@ const (
 	containerTypeWorkload = "container"
 )
 
+// withRecordCopy, given last, keeps the record the container is created
+// with.
+func withRecordCopy(out *containers.Container) containerd.NewContainerOpts {
+	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+		*out = *c
+		return nil
+	}
+}
+
 func withExtension(key string, a *anypb.Any) containerd.NewContainerOpts {
 	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
 		if c.Extensions == nil {
@@ -65,36 +74,38 @@ func hostNetwork(cfg *runtime.PodSandboxConfig) bool {
 
 // ensureImage finds an image by reference, pulling it when missing (the
 // sandbox image is not the kubelet's to pull).
-func (s *Server) ensureImage(ctx context.Context, ref string) (containerd.Image, *criImage, error) {
+func (s *Server) ensureImage(ctx context.Context, ref string) (*criImage, error) {
 	img, err := s.resolve(ctx, ref)
 	if errdefs.IsNotFound(err) {
 		named, perr := reference.ParseDockerRef(ref)
 		if perr != nil {
-			return nil, nil, fmt.Errorf("image reference %q: %v: %w", ref, perr, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("image reference %q: %v: %w", ref, perr, errdefs.ErrInvalidArgument)
 		}
 		if _, _, err = s.pulls.Do(ctx, pullKey(named.String(), nil), func(ctx context.Context) (string, error) {
 			return s.pull(ctx, named, nil)
 		}); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		img, err = s.resolve(ctx, ref)
 	}
-	if err != nil {
-		return nil, nil, err
-	}
-	ci, err := s.containerdImage(ctx, img)
-	return ci, img, err
+	return img, err
 }
 
-// containerdImage is the client's view of a CRI image, by its ID record
+// imageName is the image record a CRI image is known by: its ID record
 // when it has one (every image the CRI pulled does).
-func (s *Server) containerdImage(ctx context.Context, img *criImage) (containerd.Image, error) {
+func imageName(img *criImage) string {
 	name := img.refs[0]
 	for _, r := range img.refs {
 		if r == img.info.id {
 			name = r
 		}
 	}
+	return name
+}
+
+// containerdImage is the client's view of a CRI image, by imageName.
+func (s *Server) containerdImage(ctx context.Context, img *criImage) (containerd.Image, error) {
+	name := imageName(img)
 	ci, err := s.client.GetImage(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", name, err)
@@ -122,7 +133,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 	defer release()
 
-	pause, _, err := s.ensureImage(ctx, s.cfg.SandboxImage)
+	pause, err := s.ensureImage(ctx, s.cfg.SandboxImage)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox image %s: %w", s.cfg.SandboxImage, err)
 	}
@@ -178,7 +189,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 
 	specOpts := []oci.SpecOpts{
-		oci.WithImageConfig(pause),
+		oci.WithImageConfig(s.cachedImage(pause.info)),
 		oci.WithAnnotations(map[string]string{
 			annContainerType:    containerTypeSandbox,
 			annSandboxID:        id,
@@ -225,14 +236,15 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		labels[k] = v
 	}
 	labels[kindLabel] = kindSandbox
+	var rootfs preparedRootfs
+	var rec containers.Container
 	c, err := s.client.NewContainer(ctx, id,
-		containerd.WithSnapshotter(s.cfg.Snapshotter),
-		containerd.WithNewSnapshot(id, pause),
-		containerd.WithImageName(pause.Name()),
+		s.withRootfs(id, pause, &rootfs),
 		containerd.WithRuntime(runtimeType, nil),
-		containerd.WithNewSpec(specOpts...),
+		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(sandboxExtension, ext),
+		withRecordCopy(&rec),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox container: %w", err)
@@ -242,54 +254,111 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 			s.logger.Warn("undo sandbox container", "sandbox", id, "error", err)
 		}
 	})
-	task, err := c.NewTask(ctx, cio.NullIO)
+	task, err := s.createTask(ctx, rec, cio.NullIO)
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox task: %w", err)
 	}
-	undo = append(undo, func() { _, _ = task.Delete(cleanupCtx, containerd.WithProcessKill) })
+	undo = append(undo, func() { task.abort(cleanupCtx) })
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start sandbox task: %w", err)
 	}
+	s.addName(kindSandbox, name, id)
 	s.logger.Debug("sandbox running", "sandbox", id, "name", name, "ip", m.IP)
 	return &runtime.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
 
 // reserveName fails with AlreadyExists when an object of kind already has
 // name; the reservation ends when release is called, by which time the
-// record exists (or creation failed).
+// record exists (or creation failed). The names of existing records are
+// listed once per process and then kept by this process's creates and
+// removes (only the cri makes these records); a name found taken is
+// checked against its record, so a record removed by another client
+// frees its name.
 func (s *Server) reserveName(ctx context.Context, kind, name string) (release func(), err error) {
+	key := kind + "/" + name
 	s.pods.mu.Lock()
 	if s.pods.reserved[name] {
 		s.pods.mu.Unlock()
 		return nil, fmt.Errorf("%s name %q is being created: %w", kind, name, errdefs.ErrAlreadyExists)
 	}
 	s.pods.reserved[name] = true
+	loaded := s.pods.namesLoaded[kind]
 	s.pods.mu.Unlock()
 	release = func() {
 		s.pods.mu.Lock()
 		delete(s.pods.reserved, name)
 		s.pods.mu.Unlock()
 	}
-	all, err := s.listKind(ctx, kind)
-	if err != nil {
-		release()
-		return nil, err
-	}
-	for _, c := range all {
-		var other string
-		if kind == kindSandbox {
-			if m, err := decodeSandbox(c); err == nil {
-				other = m.Name
-			}
-		} else if m, err := decodeContainer(c); err == nil {
-			other = m.Name
-		}
-		if other == name {
+	if !loaded {
+		if err := s.loadNames(ctx, kind); err != nil {
 			release()
-			return nil, fmt.Errorf("%s name %q is reserved for %s: %w", kind, name, c.ID, errdefs.ErrAlreadyExists)
+			return nil, err
+		}
+	}
+	s.pods.mu.Lock()
+	id, taken := s.pods.names[key]
+	s.pods.mu.Unlock()
+	if taken {
+		_, err := s.client.ContainerService().Get(ctx, id)
+		switch {
+		case errdefs.IsNotFound(err):
+			s.forgetName(id)
+		case err != nil:
+			release()
+			return nil, fmt.Errorf("%s name %q: %w", kind, name, err)
+		default:
+			release()
+			return nil, fmt.Errorf("%s name %q is reserved for %s: %w", kind, name, id, errdefs.ErrAlreadyExists)
 		}
 	}
 	return release, nil
+}
+
+// loadNames lists the records of kind into the name index.
+func (s *Server) loadNames(ctx context.Context, kind string) error {
+	all, err := s.listKind(ctx, kind)
+	if err != nil {
+		return err
+	}
+	s.pods.mu.Lock()
+	defer s.pods.mu.Unlock()
+	if s.pods.namesLoaded[kind] {
+		return nil
+	}
+	for _, c := range all {
+		var name string
+		if kind == kindSandbox {
+			if m, err := decodeSandbox(c); err == nil {
+				name = m.Name
+			}
+		} else if m, err := decodeContainer(c); err == nil {
+			name = m.Name
+		}
+		if name != "" {
+			s.pods.names[kind+"/"+name] = c.ID
+			s.pods.nameOf[c.ID] = kind + "/" + name
+		}
+	}
+	s.pods.namesLoaded[kind] = true
+	return nil
+}
+
+// addName records a created object's name.
+func (s *Server) addName(kind, name, id string) {
+	s.pods.mu.Lock()
+	s.pods.names[kind+"/"+name] = id
+	s.pods.nameOf[id] = kind + "/" + name
+	s.pods.mu.Unlock()
+}
+
+// forgetName frees a removed object's name.
+func (s *Server) forgetName(id string) {
+	s.pods.mu.Lock()
+	if key, ok := s.pods.nameOf[id]; ok && s.pods.names[key] == id {
+		delete(s.pods.names, key)
+	}
+	delete(s.pods.nameOf, id)
+	s.pods.mu.Unlock()
 }
 
 // writeSandboxFiles writes the hostname, hosts and resolv.conf files the

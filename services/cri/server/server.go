@@ -68,6 +68,9 @@ type Server struct {
 	platform platforms.MatchComparer
 
 	pulls flightGroup[string]
+	// imageIdx saves resolving an image reference a listing of all
+	// images; see imageindex.go.
+	imageIdx imageIndex
 
 	// infos caches what an image's manifest says (config digest, size,
 	// config), keyed by the manifest or index digest: content-addressed,

@@ -235,6 +235,11 @@ type podState struct {
 	// created: names are unique, and the record appears only at the
 	// end of a create.
 	reserved map[string]bool
+	// names maps kind/name to the ID of the record holding it, and
+	// nameOf back, once namesLoaded[kind]; see reserveName.
+	names       map[string]string
+	nameOf      map[string]string
+	namesLoaded map[string]bool
 	// ctx bounds the exit watchers; cancelled when the process stops.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -243,12 +248,15 @@ type podState struct {
 func newPodState() podState {
 	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.Background(), Namespace))
 	return podState{
-		locks:    map[string]*sync.Mutex{},
-		exits:    map[string]chan struct{}{},
-		logs:     map[string]*containerLog{},
-		reserved: map[string]bool{},
-		ctx:      ctx,
-		cancel:   cancel,
+		locks:       map[string]*sync.Mutex{},
+		exits:       map[string]chan struct{}{},
+		logs:        map[string]*containerLog{},
+		reserved:    map[string]bool{},
+		names:       map[string]string{},
+		nameOf:      map[string]string{},
+		namesLoaded: map[string]bool{},
+		ctx:         ctx,
+		cancel:      cancel,
 	}
 }
 
@@ -267,6 +275,10 @@ func (p *podState) lock(id string) func() {
 
 func (p *podState) forget(id string) {
 	p.mu.Lock()
+	if key, ok := p.nameOf[id]; ok && p.names[key] == id {
+		delete(p.names, key)
+	}
+	delete(p.nameOf, id)
 	delete(p.locks, id)
 	delete(p.exits, id)
 	delete(p.logs, id)

@@ -99,6 +99,9 @@ func main() {
 		// watchers and log writers back; it needs the gateway, so it
 		// runs beside serving rather than before it.
 		go srv.Recover(context.WithoutCancel(ctx))
+		// Image references resolve from a listing kept current by
+		// image events; until the subscription is up, they list.
+		go srv.WatchImages()
 		return &service.Instance{
 			Type:     "io.containerd.grpc.v1",
 			Routes:   []string{"runtime.v1.ImageService", "runtime.v1.RuntimeService"},

@@ -1,0 +1,165 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// imageIndex keeps the namespace's image records as last listed, so that
+// resolving an image reference (every sandbox and container create) is no
+// Images List through the gateway. A listing is reused only while an event
+// subscription is confirmed live and has seen no image event since the
+// listing began, and for at most imageIndexTTL, which bounds how long an
+// event the exchange dropped can leave it stale. This process's own pulls
+// and removals invalidate it synchronously; another client's changes
+// reach it through the events, as they reach containerd's CRI image
+// store. A reference not found in a reused listing is looked up in a
+// fresh one before it is called missing, so an image imported a moment
+// ago by another client is never reported absent.
+type imageIndex struct {
+	mu sync.Mutex
+	// live says the subscription is confirmed and receiving.
+	live bool
+	// gen counts invalidations: image events, own changes, the
+	// subscription going up or down.
+	gen uint64
+	// records were listed at generation listedGen, at listedAt.
+	records   []images.Image
+	listedGen uint64
+	listedAt  time.Time
+	valid     bool
+}
+
+// imageIndexTTL bounds the reuse of one listing.
+const imageIndexTTL = 10 * time.Second
+
+// imageEventsReadyTopic is the probe that confirms the image event
+// subscription, as eventsReadyTopic does for the container event streams.
+const imageEventsReadyTopic = "/cri/image-events-ready"
+
+var imageEventFilters = []string{
+	fmt.Sprintf(`namespace==%q,topic~="^/images/"`, Namespace),
+	fmt.Sprintf(`namespace==%q,topic==%q`, Namespace, imageEventsReadyTopic),
+}
+
+// invalidate makes the next resolve list again.
+func (x *imageIndex) invalidate() {
+	x.mu.Lock()
+	x.gen++
+	x.mu.Unlock()
+}
+
+func (x *imageIndex) setLive(live bool) {
+	x.mu.Lock()
+	x.live = live
+	x.gen++
+	x.mu.Unlock()
+}
+
+// cached returns the reusable listing, if there is one.
+func (x *imageIndex) cached() ([]images.Image, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.live && x.valid && x.listedGen == x.gen && time.Since(x.listedAt) < imageIndexTTL {
+		return x.records, true
+	}
+	return nil, false
+}
+
+// list lists the image records and keeps the listing when nothing
+// invalidated it meanwhile.
+func (x *imageIndex) list(ctx context.Context, is images.Store) ([]images.Image, error) {
+	x.mu.Lock()
+	gen, live, at := x.gen, x.live, time.Now()
+	x.mu.Unlock()
+	records, err := is.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if live {
+		x.mu.Lock()
+		if x.gen == gen {
+			x.records, x.listedGen, x.listedAt, x.valid = records, gen, at, true
+		}
+		x.mu.Unlock()
+	}
+	return records, nil
+}
+
+// WatchImages keeps the image index's subscription to image events until
+// the server closes; without it every resolve lists the images.
+func (s *Server) WatchImages() {
+	ctx := s.pods.ctx
+	for {
+		err := s.followImageEvents(ctx)
+		s.imageIdx.setLive(false)
+		if ctx.Err() != nil {
+			return
+		}
+		s.logger.Debug("image event subscription ended, resubscribing", "error", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Server) followImageEvents(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	conn, ok := s.client.Conn().(grpc.ClientConnInterface)
+	if !ok {
+		return fmt.Errorf("gateway connection of type %T: %w", s.client.Conn(), errdefs.ErrNotImplemented)
+	}
+	stream, err := eventsapi.NewEventsClient(conn).Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: imageEventFilters})
+	if err != nil {
+		return err
+	}
+	// The exchange sends no header: probes go out until one comes back
+	// through this subscription, which proves it receives.
+	confirmed := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if err := s.client.EventService().Publish(ctx, imageEventsReadyTopic, &emptypb.Empty{}); err != nil {
+				s.logger.Debug("publish image events probe", "error", err)
+			}
+			select {
+			case <-tick.C:
+			case <-confirmed:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	live := false
+	for {
+		env, err := stream.Recv()
+		if err != nil {
+			if !live {
+				close(confirmed)
+			}
+			return err
+		}
+		if env.GetTopic() == imageEventsReadyTopic {
+			if !live {
+				live = true
+				close(confirmed)
+				s.imageIdx.setLive(true)
+			}
+			continue
+		}
+		s.imageIdx.invalidate()
+	}
+}

@@ -1,0 +1,239 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"time"
+
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/typeurl/v2"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Creating a sandbox or container with the client's stock options
+// (WithNewSnapshot, WithImageConfig, WithUser) costs a dozen calls
+// through the gateway: the manifest and config are each read twice (Info
+// and Read, the read crossing three processes), the snapshotter's
+// capabilities asked, and the new snapshot's mounts asked again by every
+// option that looks at /etc/passwd or /etc/group. Everything those calls
+// return is known here already: the config is content-addressed and
+// cached in imageInfo, and the mounts are what Prepare returned. The
+// options below feed the same containerd code from that knowledge, so
+// the spec comes out the same.
+
+// cachedImage is an oci.Image whose config is served from the cache.
+type cachedImage struct {
+	content.Store
+	info *imageInfo
+}
+
+func (s *Server) cachedImage(info *imageInfo) cachedImage {
+	return cachedImage{Store: s.client.ContentStore(), info: info}
+}
+
+func (c cachedImage) Config(context.Context) (ocispec.Descriptor, error) {
+	return c.info.config, nil
+}
+
+func (c cachedImage) ContentStore() content.Store { return c }
+
+func (c cachedImage) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	if desc.Digest == c.info.config.Digest && c.info.configBlob != nil {
+		return blobReader{bytes.NewReader(c.info.configBlob)}, nil
+	}
+	return c.Store.ReaderAt(ctx, desc)
+}
+
+type blobReader struct{ *bytes.Reader }
+
+func (blobReader) Close() error { return nil }
+
+// preparedRootfs is a container's new snapshot: its key and the mounts
+// Prepare returned for it.
+type preparedRootfs struct {
+	key    string
+	mounts []mount.Mount
+}
+
+// withRootfs prepares the container's snapshot over the image's layers, as
+// containerd.WithNewSnapshot does, with the chain ID from the cache, and
+// names the image on the record.
+func (s *Server) withRootfs(id string, img *criImage, r *preparedRootfs) containerd.NewContainerOpts {
+	return func(ctx context.Context, client *containerd.Client, c *containers.Container) error {
+		mounts, err := client.SnapshotService(s.cfg.Snapshotter).Prepare(ctx, id, img.info.chainID)
+		if err != nil {
+			return fmt.Errorf("prepare rootfs of %s from image %s: %w", id, img.info.id, err)
+		}
+		c.Snapshotter, c.SnapshotKey, c.Image = s.cfg.Snapshotter, id, imageName(img)
+		r.key, r.mounts = id, mounts
+		return nil
+	}
+}
+
+// withSpec is containerd.WithNewSpec with the prepared snapshot's mounts
+// given to the options that read the rootfs, instead of asked for again.
+func withSpec(r *preparedRootfs, opts ...oci.SpecOpts) containerd.NewContainerOpts {
+	return func(ctx context.Context, client *containerd.Client, c *containers.Container) error {
+		spec, err := oci.GenerateSpec(ctx, preparedClient{Client: client, r: r}, c, opts...)
+		if err != nil {
+			return err
+		}
+		c.Spec, err = typeurl.MarshalAny(spec)
+		return err
+	}
+}
+
+// preparedClient answers Mounts of the prepared snapshot itself; it embeds
+// the client so that the options see everything else (its mount manager
+// among them) unchanged.
+type preparedClient struct {
+	*containerd.Client
+	r *preparedRootfs
+}
+
+func (p preparedClient) SnapshotService(name string) snapshots.Snapshotter {
+	return preparedSnapshotter{Snapshotter: p.Client.SnapshotService(name), r: p.r}
+}
+
+type preparedSnapshotter struct {
+	snapshots.Snapshotter
+	r *preparedRootfs
+}
+
+func (p preparedSnapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	if p.r.mounts != nil && key == p.r.key {
+		// A copy each time: a read-only temporary mount rewrites
+		// the options of the mounts it is given.
+		out := make([]mount.Mount, len(p.r.mounts))
+		for i, m := range p.r.mounts {
+			m.Options = append([]string(nil), m.Options...)
+			out[i] = m
+		}
+		return out, nil
+	}
+	return p.Snapshotter.Mounts(ctx, key)
+}
+
+// criTask is a task this process created with createTask: the calls
+// StartContainer and the exit watcher need, without the client's Task,
+// whose creation reads the container record three times.
+type criTask struct {
+	s   *Server
+	id  string
+	pid uint32
+	io  cio.IO
+}
+
+// createTask is containerd's Container.NewTask over the record in hand:
+// the rootfs mounts asked of the snapshotter (with the spec's SELinux
+// mount label, as the client adds it), the task created, and nothing
+// read again.
+func (s *Server) createTask(ctx context.Context, rec containers.Container, ioCreate cio.Creator) (_ *criTask, retErr error) {
+	i, err := ioCreate(rec.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			i.Cancel()
+			i.Close()
+		}
+	}()
+	cfg := i.Config()
+	req := &tasksapi.CreateTaskRequest{
+		ContainerID: rec.ID,
+		Terminal:    cfg.Terminal,
+		Stdin:       cfg.Stdin,
+		Stdout:      cfg.Stdout,
+		Stderr:      cfg.Stderr,
+	}
+	if rec.SnapshotKey != "" {
+		if rec.Snapshotter == "" {
+			return nil, fmt.Errorf("container %s has a snapshot but no snapshotter: %w", rec.ID, errdefs.ErrInvalidArgument)
+		}
+		mounts, err := s.client.SnapshotService(rec.Snapshotter).Mounts(ctx, rec.SnapshotKey)
+		if err != nil {
+			return nil, fmt.Errorf("rootfs of %s: %w", rec.ID, err)
+		}
+		var label string
+		if spec := recordSpec(rec); spec != nil && spec.Linux != nil {
+			label = spec.Linux.MountLabel
+		}
+		for _, m := range mounts {
+			if label != "" {
+				m.Options = append(m.Options, fmt.Sprintf("context=%q", label))
+			}
+			req.Rootfs = append(req.Rootfs, &types.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
+		}
+	}
+	resp, err := s.client.TaskService().Create(ctx, req)
+	if err != nil {
+		return nil, errgrpc.ToNative(err)
+	}
+	return &criTask{s: s, id: rec.ID, pid: resp.GetPid(), io: i}, nil
+}
+
+func (t *criTask) Start(ctx context.Context) error {
+	if _, err := t.s.client.TaskService().Start(ctx, &tasksapi.StartRequest{ContainerID: t.id}); err != nil {
+		return errgrpc.ToNative(err)
+	}
+	return nil
+}
+
+// Wait is the client's Task.Wait: the exit arrives on the channel.
+func (t *criTask) Wait(ctx context.Context) <-chan containerd.ExitStatus {
+	c := make(chan containerd.ExitStatus, 1)
+	go func() {
+		defer close(c)
+		r, err := t.s.client.TaskService().Wait(ctx, &tasksapi.WaitRequest{ContainerID: t.id})
+		if err != nil {
+			c <- *containerd.NewExitStatus(containerd.UnknownExitStatus, time.Time{}, errgrpc.ToNative(err))
+			return
+		}
+		c <- *containerd.NewExitStatus(r.GetExitStatus(), exitTime(r.GetExitedAt()), nil)
+	}()
+	return c
+}
+
+// Delete deletes the exited task as the client's Task.Delete does: the
+// output drained first, the FIFOs closed after.
+func (t *criTask) Delete(ctx context.Context, _ ...containerd.ProcessDeleteOpts) (*containerd.ExitStatus, error) {
+	t.io.Cancel()
+	t.io.Wait()
+	r, err := t.s.client.TaskService().Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: t.id})
+	if err != nil {
+		return nil, errgrpc.ToNative(err)
+	}
+	t.io.Close()
+	return containerd.NewExitStatus(r.GetExitStatus(), exitTime(r.GetExitedAt()), nil), nil
+}
+
+// abort kills and deletes a task that failed to start, and closes its IO.
+func (t *criTask) abort(ctx context.Context) {
+	if err := t.s.deleteTask(ctx, t.id); err != nil && !errdefs.IsNotFound(err) {
+		t.s.logger.Warn("delete task that failed to start", "container", t.id, "error", err)
+	}
+	t.io.Cancel()
+	t.io.Close()
+}
+
+// exitTime is the zero time for no timestamp, as the client's.
+func exitTime(ts *timestamppb.Timestamp) time.Time {
+	if ts == nil {
+		return time.Time{}
+	}
+	return ts.AsTime()
+}

@@ -182,6 +182,30 @@ func (r *Registry) Push(img *testimage.Image, edit func(*ocispec.ImageConfig), r
 	return refs[0], nil
 }
 
+// PushAsIs uploads img's blobs and its own manifest, unchanged, as
+// repo:tag, so that the image keeps its manifest digest, and returns the
+// reference to pull it by.
+func (r *Registry) PushAsIs(img *testimage.Image, repo, tag string) (string, error) {
+	base := "http://" + r.Host + "/v2/" + repo
+	for _, d := range img.Blobs() {
+		if d.Digest == img.Manifest.Digest {
+			continue
+		}
+		b, _ := img.Blob(d.Digest)
+		if err := r.uploadBlob(base, d.Digest, b); err != nil {
+			return "", err
+		}
+	}
+	mf, ok := img.Blob(img.Manifest.Digest)
+	if !ok {
+		return "", fmt.Errorf("testregistry: image %s has no manifest blob", img.Name)
+	}
+	if err := r.putManifest(base, tag, mf); err != nil {
+		return "", fmt.Errorf("testregistry: put manifest %s:%s: %w", repo, tag, err)
+	}
+	return r.Host + "/" + repo + ":" + tag, nil
+}
+
 // PushImage uploads layers (their content in layerBlobs) and cfg with one
 // single-platform manifest, tagged repo:tag for every tag, and returns the
 // references in the order of tags.

@@ -10,8 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +27,7 @@ import (
 	remote "k8s.io/cri-client/pkg"
 
 	"github.com/flotilla-project/flotilla/internal/testimage"
+	"github.com/flotilla-project/flotilla/internal/testregistry"
 )
 
 // binDir holds flotillad, the service binaries and flotilla-cri:
@@ -219,98 +218,38 @@ func (e *env) containerd(t *testing.T) *containerd.Client {
 	return c
 }
 
-// registry is Debian's docker-registry serving on addr.
+// registry is Debian's docker-registry serving on an address of ip.
 type registry struct {
 	host string // host:port
+	reg  *testregistry.Registry
 }
 
 // startRegistry runs docker-registry on ip with storage in a temp dir.
 func startRegistry(t *testing.T, ip string) *registry {
 	t.Helper()
-	bin := requireTool(t, "docker-registry", "docker-registry")
-	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	requireTool(t, "docker-registry", "docker-registry")
+	reg, err := testregistry.Start(context.Background(), testregistry.Options{Dir: t.TempDir(), IP: ip})
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := l.Addr().String()
-	_ = l.Close()
-	dir := t.TempDir()
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-`, filepath.Join(dir, "data"), host)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out := startProcess(t, "docker-registry", exec.Command(bin, "serve", cfgPath))
-	waitFor(t, "docker-registry answering", out, func() bool {
-		resp, err := http.Get("http://" + host + "/v2/")
-		if err != nil {
-			return false
+	t.Cleanup(func() {
+		reg.Close()
+		if t.Failed() {
+			t.Logf("docker-registry output:\n%s", reg.Log())
 		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
 	})
-	return &registry{host: host}
+	return &registry{host: reg.Host, reg: reg}
 }
 
-// push uploads img as repo:tag through the distribution API and returns
-// the image's reference.
+// push uploads img as repo:tag, its manifest unchanged, and returns the
+// image's reference.
 func (r *registry) push(t *testing.T, img *testimage.Image, repo, tag string) string {
 	t.Helper()
-	base := "http://" + r.host + "/v2/" + repo
-	for _, d := range img.Blobs() {
-		if d.Digest == img.Manifest.Digest {
-			continue
-		}
-		blob, _ := img.Blob(d.Digest)
-		resp, err := http.Post(base+"/blobs/uploads/", "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("start blob upload: %s", resp.Status)
-		}
-		loc, err := url.Parse(resp.Header.Get("Location"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		u := (&url.URL{Scheme: "http", Host: r.host}).ResolveReference(loc)
-		q := u.Query()
-		q.Set("digest", d.Digest.String())
-		u.RawQuery = q.Encode()
-		req, _ := http.NewRequest(http.MethodPut, u.String(), bytes.NewReader(blob))
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err = http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("upload blob %s: %s", d.Digest, resp.Status)
-		}
-	}
-	mf, _ := img.Blob(img.Manifest.Digest)
-	req, _ := http.NewRequest(http.MethodPut, base+"/manifests/"+tag, bytes.NewReader(mf))
-	req.Header.Set("Content-Type", img.Manifest.MediaType)
-	resp, err := http.DefaultClient.Do(req)
+	ref, err := r.reg.PushAsIs(img, repo, tag)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("put manifest: %s", resp.Status)
-	}
-	return r.host + "/" + repo + ":" + tag
+	return ref
 }
 
 func busybox(t *testing.T) *testimage.Image {

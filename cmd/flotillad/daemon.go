@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla-project/flotilla/gateway"
@@ -107,7 +109,8 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	go func() {
-		if err := gw.ServeTTRPC(tl); err != nil {
+		// ErrServerClosed is the daemon stopping it.
+		if err := gw.ServeTTRPC(tl); err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
 			logger.Error("gateway ttrpc endpoint stopped", "error", err)
 		}
 	}()

@@ -321,8 +321,19 @@ func busyboxRootfs(t *testing.T) string {
 
 // addContainer records a container running args.
 func (h *harness) addContainer(id string, args ...string) {
+	h.addContainerOpts(id, oci.WithProcessArgs(args...))
+}
+
+// addPodContainer records a container running args in the CRI pod sandbox:
+// the runc shim serves the tasks of a pod in one process.
+func (h *harness) addPodContainer(id, sandbox string, args ...string) {
+	h.addContainerOpts(id, oci.WithProcessArgs(args...), oci.WithAnnotations(map[string]string{"io.kubernetes.cri.sandbox-id": sandbox}))
+}
+
+func (h *harness) addContainerOpts(id string, opts ...oci.SpecOpts) {
 	t := h.t
-	s, err := oci.GenerateSpec(h.ctx, nil, &containers.Container{ID: id}, oci.WithProcessArgs(args...), oci.WithProcessCwd("/"), oci.WithDefaultPathEnv)
+	opts = append(opts, oci.WithProcessCwd("/"), oci.WithDefaultPathEnv)
+	s, err := oci.GenerateSpec(h.ctx, nil, &containers.Container{ID: id}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,4 +635,74 @@ func TestShimKilledIsCleanedUpAndItsExitPublished(t *testing.T) {
 	}
 	h.events.mu.Unlock()
 	h.bundleGone("victim")
+}
+
+func TestTasksOfAPodShareTheirShimAcrossARestart(t *testing.T) {
+	h := newHarness(t)
+	shimPid := func(id string) uint32 {
+		t.Helper()
+		tk, err := h.manager.Get(testNS, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := tk.Client().Connect(h.ctx, &task.ConnectRequest{ID: id})
+		if err != nil {
+			t.Fatalf("connect %s: %v", id, err)
+		}
+		return c.ShimPid
+	}
+	run := func(id string) {
+		t.Helper()
+		h.addPodContainer(id, "pod", "sleep", "300")
+		h.create(id, "")
+		if _, err := h.client.Start(h.ctx, &api.StartRequest{ContainerID: id}); err != nil {
+			t.Fatalf("start %s: %v", id, err)
+		}
+	}
+	run("pod")
+	run("app1")
+	pid := shimPid("pod")
+	if got := shimPid("app1"); got != pid {
+		t.Fatalf("app1 runs in shim %d, the pod's is %d: a pod's tasks share one shim", got, pid)
+	}
+	h.restart(filepath.Join(filepath.Dir(h.cfg.Address), "tasks2.sock"))
+	// A task created after the restart joins the shim too.
+	run("app2")
+	if got := shimPid("app2"); got != pid {
+		t.Fatalf("app2 runs in shim %d after a restart, the pod's is %d", got, pid)
+	}
+	for _, id := range []string{"app1", "app2"} {
+		if _, err := h.client.Kill(h.ctx, &api.KillRequest{ContainerID: id, Signal: uint32(syscall.SIGKILL)}); err != nil {
+			t.Fatal(err)
+		}
+		if w, err := h.client.Wait(h.ctx, &api.WaitRequest{ContainerID: id}); err != nil || w.ExitStatus != 137 {
+			t.Fatalf("Wait %s = %v, %v", id, w, err)
+		}
+		if _, err := h.client.Delete(h.ctx, &api.DeleteTaskRequest{ContainerID: id}); err != nil {
+			t.Fatal(err)
+		}
+		h.bundleGone(id)
+	}
+	// Deleting the pod's other tasks left its shim and its task running.
+	if g, err := h.client.Get(h.ctx, &api.GetRequest{ContainerID: "pod"}); err != nil || g.Process.Status != taskapi.Status_RUNNING {
+		t.Fatalf("pod after its containers were deleted: %v, %v; want RUNNING", g, err)
+	}
+	if !alive(int(pid)) {
+		t.Fatalf("the pod's shim %d exited with the pod's task still there", pid)
+	}
+	if _, err := h.client.Kill(h.ctx, &api.KillRequest{ContainerID: "pod", Signal: uint32(syscall.SIGKILL)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.Wait(h.ctx, &api.WaitRequest{ContainerID: "pod"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.Delete(h.ctx, &api.DeleteTaskRequest{ContainerID: "pod"}); err != nil {
+		t.Fatal(err)
+	}
+	h.bundleGone("pod")
+	for deadline := time.Now().Add(5 * time.Second); alive(int(pid)); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pod's shim %d still runs after its last task was deleted", pid)
+		}
+	}
 }

@@ -189,7 +189,11 @@ func remappedRootGID(spec []byte) (uint32, error) {
 	return 0, nil
 }
 
-// writeFileAtomic replaces path with data, never leaving a torn file.
+// writeFileAtomic replaces path with data by a rename, so that a crash of
+// this process never leaves a torn file. It is not synced: the files of a
+// bundle describe a shim, and no shim survives the power loss that could
+// lose them; Load treats a bundle it cannot reconnect like one whose shim
+// died (containerd writes shim-binary-path the same way).
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
@@ -201,10 +205,6 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
@@ -35,8 +36,10 @@ func newTaskClient(c *ttrpc.Client, version int32) *taskClient {
 
 var _ TaskClient = (*taskClient)(nil)
 
-func (t *taskClient) call(ctx context.Context, method string, req, resp any) error {
-	err := t.c.Call(ctx, t.service, method, req, resp)
+func (t *taskClient) call(ctx context.Context, method string, req, resp any) (err error) {
+	ctx, end := step(ctx, t.service+"/"+method, trace.WithSpanKind(trace.SpanKindClient))
+	defer func() { end(err) }()
+	err = t.c.Call(ctx, t.service, method, req, resp)
 	if err == nil {
 		return nil
 	}

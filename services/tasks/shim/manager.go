@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	task "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -164,7 +166,9 @@ func (m *Manager) Create(ctx context.Context, ns, id string, opts CreateOpts) (_
 			return nil, 0, err
 		}
 	}
+	_, endBundle := step(ctx, "shim.NewBundle")
 	b, err := NewBundle(m.cfg.Root, m.cfg.State, ns, id, opts.Spec)
+	endBundle(err)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -176,9 +180,20 @@ func (m *Manager) Create(ctx context.Context, ns, id string, opts CreateOpts) (_
 		}
 	}()
 	t := &Task{ID: id, Namespace: ns, Bundle: b, Runtime: binary}
-	s, err := start(ctx, &m.cfg, b, binary, opts.Options, func() { m.lost(t) })
-	if err != nil {
-		return nil, 0, fmt.Errorf("start shim: %w", err)
+	lost := func() { m.lost(t) }
+	var s *Shim
+	if params := m.groupShim(ns, id, binary, opts.Spec); params != nil {
+		if s, err = join(ctx, &m.cfg, b, binary, params, lost); err != nil {
+			// The group's shim went away meanwhile: start answers as it
+			// always does (a new shim, or the error).
+			m.logger.Debug("join shim of the task's group", "task", id, "namespace", ns, "address", params.Address, "error", err)
+			s = nil
+		}
+	}
+	if s == nil {
+		if s, err = start(ctx, &m.cfg, b, binary, opts.Options, lost); err != nil {
+			return nil, 0, fmt.Errorf("start shim: %w", err)
+		}
 	}
 	t.shim = s
 	resp, err := s.Task().Create(ctx, &task.CreateTaskRequest{
@@ -197,6 +212,49 @@ func (m *Manager) Create(ctx context.Context, ns, id string, opts CreateOpts) (_
 	}
 	m.release(ns, id, t)
 	return t, resp.Pid, nil
+}
+
+// runcGroupLabels are the annotations by which containerd-shim-runc-v2
+// groups tasks in one shim, the first present winning: a CRI pod's
+// containers all name their sandbox, and so share the sandbox's shim.
+var runcGroupLabels = []string{"io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"}
+
+// groupShim returns how to reach (address, protocol, version) the connected
+// shim that `<binary> start` would hand a new task: containerd-shim-runc-v2's start finds the group of
+// the task in its spec, and when a shim already listens at the group's
+// socket it answers with that shim's address and starts nothing. Knowing
+// the group's shim, the tasks service skips running the binary at all, as
+// containerd does for the tasks of a sandbox. nil when no task of ours is
+// connected to that shim (or for another runtime): start decides then.
+func (m *Manager) groupShim(ns, id, binary string, spec []byte) *bootapi.BootstrapResult {
+	if filepath.Base(binary) != "containerd-shim-runc-v2" {
+		return nil
+	}
+	var s struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(spec, &s); err != nil {
+		return nil // start reports what the shim makes of it
+	}
+	group := id
+	for _, l := range runcGroupLabels {
+		if g, ok := s.Annotations[l]; ok {
+			group = g
+			break
+		}
+	}
+	want := socketAddress(&m.cfg, ns, group)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, t := range m.tasks[ns] {
+		if t == nil || t.shim == nil || t.Runtime != binary {
+			continue
+		}
+		if p := t.shim.params; p.Address == want && strings.EqualFold(p.Protocol, "ttrpc") && t.shim.connected() {
+			return p
+		}
+	}
+	return nil
 }
 
 // withRuncRoot sets the runc state directory in runc options that name

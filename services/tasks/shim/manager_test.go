@@ -183,3 +183,49 @@ func TestRuncRootIsSetOnlyWhereRuncOptionsNameNone(t *testing.T) {
 		t.Fatalf("another runtime's options were changed: %v", got)
 	}
 }
+
+func TestGroupShimIsTheConnectedShimTheRuncShimWouldGroupATaskWith(t *testing.T) {
+	cfg := Config{Address: "/run/flotilla/flotilla.sock", SocketDir: "/run/flotilla/tasks/.s"}
+	m := NewManager(cfg, nil)
+	const runc, other = "/bin/containerd-shim-runc-v2", "/bin/containerd-shim-other-v1"
+	live := func(ns, group string) *Shim {
+		return &Shim{params: &bootapi.BootstrapResult{Version: 3, Protocol: "ttrpc", Address: socketAddress(&cfg, ns, group)}, closed: make(chan struct{})}
+	}
+	pod := live("k8s.io", "pod1")
+	gone := live("k8s.io", "pod2")
+	close(gone.closed)
+	m.tasks["k8s.io"] = map[string]*Task{
+		"pod1":     {ID: "pod1", Namespace: "k8s.io", Runtime: runc, shim: pod},
+		"pod2":     {ID: "pod2", Namespace: "k8s.io", Runtime: runc, shim: gone},
+		"creating": nil,
+	}
+	m.tasks["other"] = map[string]*Task{"pod3": {ID: "pod3", Namespace: "other", Runtime: runc, shim: live("other", "pod3")}}
+	spec := func(annotations map[string]string) []byte {
+		b, _ := json.Marshal(map[string]any{"annotations": annotations})
+		return b
+	}
+	for _, c := range []struct {
+		name, ns, id, binary string
+		spec                 []byte
+		want                 *Shim
+	}{
+		{"a container of the pod", "k8s.io", "app", runc, spec(map[string]string{"io.kubernetes.cri.sandbox-id": "pod1"}), pod},
+		{"the runc group label first", "k8s.io", "app", runc, spec(map[string]string{"io.containerd.runc.v2.group": "pod1", "io.kubernetes.cri.sandbox-id": "x"}), pod},
+		{"a group label naming no shim of ours", "k8s.io", "app", runc, spec(map[string]string{"io.containerd.runc.v2.group": "x", "io.kubernetes.cri.sandbox-id": "pod1"}), nil},
+		{"no label: its own group", "k8s.io", "app", runc, spec(nil), nil},
+		{"no label, named like a running group", "k8s.io", "pod1", runc, spec(nil), pod},
+		{"a group whose shim disconnected", "k8s.io", "app", runc, spec(map[string]string{"io.kubernetes.cri.sandbox-id": "pod2"}), nil},
+		{"the pod's id in another namespace", "other", "app", runc, spec(map[string]string{"io.kubernetes.cri.sandbox-id": "pod1"}), nil},
+		{"another shim binary", "k8s.io", "app", other, spec(map[string]string{"io.kubernetes.cri.sandbox-id": "pod1"}), nil},
+		{"a spec that does not parse", "k8s.io", "app", runc, []byte("{"), nil},
+	} {
+		got := m.groupShim(c.ns, c.id, c.binary, c.spec)
+		var want *bootapi.BootstrapResult
+		if c.want != nil {
+			want = c.want.params
+		}
+		if got != want {
+			t.Errorf("%s: groupShim = %v, want %v", c.name, got, want)
+		}
+	}
+}

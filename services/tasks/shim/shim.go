@@ -78,6 +78,16 @@ func (s *Shim) Task() TaskClient { return s.task }
 // (<protocol>+<address>).
 func (s *Shim) Address() string { return s.params.Protocol + "+" + s.params.Address }
 
+// connected reports whether the connection to the shim is still up.
+func (s *Shim) connected() bool {
+	select {
+	case <-s.closed:
+		return false
+	default:
+		return !s.closing.Load()
+	}
+}
+
 // Close drops the connection and leaves the shim running.
 func (s *Shim) Close() {
 	s.closing.Store(true)
@@ -133,6 +143,8 @@ func (s *Shim) Shutdown(ctx context.Context) error {
 // bootstrap extension, as containerd sends them. lost is called (once, from
 // a goroutine of ttrpc) if the shim drops the connection.
 func start(ctx context.Context, cfg *Config, b *Bundle, binary string, opts *anypb.Any, lost func()) (_ *Shim, err error) {
+	ctx, end := step(ctx, "shim.start")
+	defer func() { end(err) }()
 	logf, err := openLog(cfg, b)
 	if err != nil {
 		return nil, err
@@ -175,25 +187,62 @@ func start(ctx context.Context, cfg *Config, b *Bundle, binary string, opts *any
 	cmd.Stdin = bytes.NewReader(in)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	_, endRun := step(ctx, "shim.start.exec")
+	err = cmd.Run()
+	endRun(err)
+	if err != nil {
 		return nil, shimError(ctx, binary, "start", stderr.Bytes(), err)
 	}
 	detachShims()
-	if err := writeFileAtomic(filepath.Join(b.Path, binaryPathFile), []byte(binary), 0o600); err != nil {
-		return nil, err
-	}
 	result, err := parseStartResponse(stdout.Bytes())
 	if err != nil {
 		return nil, fmt.Errorf("shim %s start: %w", binary, err)
 	}
-	s, err := connect(b, binary, result, logf, lost)
+	return attach(ctx, b, binary, result, logf, lost)
+}
+
+// join connects a new task's bundle to the running shim at params, the one
+// `<binary> start` would have answered with (a grouped shim serving the
+// other containers of a pod), without running the binary: that exec is a
+// Go process start, the largest part of creating a task in a pod. The
+// bundle ends up as start leaves it.
+func join(ctx context.Context, cfg *Config, b *Bundle, binary string, params *bootapi.BootstrapResult, lost func()) (_ *Shim, err error) {
+	ctx, end := step(ctx, "shim.join")
+	defer func() { end(err) }()
+	logf, err := openLog(cfg, b)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			logf.Close()
+		}
+	}()
+	return attach(ctx, b, binary, proto.Clone(params).(*bootapi.BootstrapResult), logf, lost)
+}
+
+// attach records the shim binary in the bundle, connects to the shim, and
+// records its address: bootstrap.json comes last, as its presence marks a
+// bundle whose shim is to be reconnected to after a restart.
+func attach(ctx context.Context, b *Bundle, binary string, result *bootapi.BootstrapResult, logf *os.File, lost func()) (*Shim, error) {
+	_, endBin := step(ctx, "shim.recordBinary")
+	err := writeFileAtomic(filepath.Join(b.Path, binaryPathFile), []byte(binary), 0o600)
+	endBin(err)
+	if err != nil {
+		return nil, err
+	}
+	_, endConnect := step(ctx, "shim.connect")
+	s, err := connect(b, binary, result, logf, lost)
+	endConnect(err)
+	if err != nil {
+		return nil, err
+	}
+	_, endRecord := step(ctx, "shim.recordBootstrap")
 	data, err := json.Marshal(result)
 	if err == nil {
 		err = writeFileAtomic(filepath.Join(b.Path, bootstrapFile), data, 0o644)
 	}
+	endRecord(err)
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("record shim address: %w", err)
@@ -250,12 +299,19 @@ func stopOrphanShim(cfg *Config, b *Bundle) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+	_ = os.Remove(strings.TrimPrefix(socketAddress(cfg, b.Namespace, b.ID), "unix://"))
+}
+
+// socketAddress is the address at which the runc shim listens for a group
+// of tasks (a task on its own is its own group): it names its socket after
+// the daemon's address, the namespace and the group.
+func socketAddress(cfg *Config, ns, group string) string {
 	root := cfg.SocketDir
 	if root == "" {
 		root = "/run/containerd/s"
 	}
-	sum := sha256.Sum256([]byte(filepath.Join(cfg.Address, b.Namespace, b.ID)))
-	_ = os.Remove(filepath.Join(root, fmt.Sprintf("%x", sum)))
+	sum := sha256.Sum256([]byte(filepath.Join(cfg.Address, ns, group)))
+	return fmt.Sprintf("unix://%s/%x", root, sum)
 }
 
 func argValue(args []string, flag string) string {

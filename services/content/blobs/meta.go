@@ -21,6 +21,9 @@ import (
 //	      labels             bucket
 //	        <key>            <value>
 //
+// A blob committed without labels has no record (its file's times are set to
+// the commit's); one is made when its labels are first updated.
+//
 // The blob file is the truth: a record without a file is stale (a crash
 // between removing a blob and its record) and is replaced at the next commit
 // of that digest; a file without a record (a crash between the rename into
@@ -189,4 +192,17 @@ func (m *metaDB) delete(d digest.Digest) error {
 		}
 		return err
 	})
+}
+
+// deleteIfPresent removes the record of d, if there is one, with a write
+// transaction only then.
+func (m *metaDB) deleteIfPresent(d digest.Digest) error {
+	var present bool
+	if err := m.db.View(func(tx *bolt.Tx) error {
+		present = blobsBucket(tx).Bucket([]byte(d)) != nil
+		return nil
+	}); err != nil || !present {
+		return err
+	}
+	return m.delete(d)
 }

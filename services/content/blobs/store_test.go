@@ -609,3 +609,53 @@ func TestIngestLeftReadOnlyByACrashedCommitResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestBlobCommittedWithoutLabelsHasItsCommitTimesAndNoRecord(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t)
+	data := []byte("no labels, no record")
+	w := writeIngest(t, s, "plain", data)
+	time.Sleep(10 * time.Millisecond) // the data's mtime is well before the commit
+	before := time.Now()
+	d := digest.FromBytes(data)
+	if err := w.Commit(ctx, int64(len(data)), d); err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now()
+	if _, err := s.meta.get(d); err != errNoMetaRecord {
+		t.Fatalf("record of a blob committed without labels: %v; want none (a write to meta.db per blob)", err)
+	}
+	info, err := s.Info(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.CreatedAt.Before(before) || info.CreatedAt.After(after) || !info.UpdatedAt.Equal(info.CreatedAt) || info.Labels != nil {
+		t.Fatalf("info %+v; want created and updated at the commit, between %s and %s, no labels", info, before, after)
+	}
+	if _, err := s.Update(ctx, content.Info{Digest: d, Labels: map[string]string{"later": "yes"}}, "labels.later"); err != nil {
+		t.Fatal(err)
+	}
+	info2, err := s.Info(ctx, d)
+	if err != nil || info2.Labels["later"] != "yes" || !info2.CreatedAt.Equal(info.CreatedAt) {
+		t.Fatalf("after a label update: %+v, %v; want the label and the same creation time", info2, err)
+	}
+}
+
+func TestBlobCommittedWithoutLabelsDropsAStaleRecord(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t)
+	data := []byte("committed again after a crash")
+	d := digest.FromBytes(data)
+	// What a crash between removing the blob and its record leaves.
+	if err := s.meta.put(d, metaRecord{createdAt: time.Now(), updatedAt: time.Now(), labels: map[string]string{"stale": "yes"}}); err != nil {
+		t.Fatal(err)
+	}
+	commitBlob(t, s, data, nil)
+	info, err := s.Info(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Labels != nil {
+		t.Fatalf("blob committed without labels has labels %v from a stale record", info.Labels)
+	}
+}

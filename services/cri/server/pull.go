@@ -82,7 +82,8 @@ func (s *Server) pull(ctx context.Context, named reference.Named, auth *runtime.
 	target := img.Target()
 	repoDigest, repoTag := repoDigestAndTag(named, target)
 	for _, name := range []string{id, repoTag, repoDigest} {
-		if name == "" {
+		// Pull recorded the image under ref, with these labels, already.
+		if name == "" || name == ref {
 			continue
 		}
 		if err := s.createImageRecord(ctx, name, target, labels); err != nil {

@@ -320,18 +320,31 @@ func (c *Content) Writer(ctx context.Context, opts ...content.WriterOpt) (conten
 	c.db.gcLock.RLock()
 	defer c.db.gcLock.RUnlock()
 	if wo.Desc.Digest != "" {
+		// Looked up in a read transaction first: a write transaction
+		// costs an fsync even when it changes nothing, and new content,
+		// the usual case, changes nothing here.
 		var held bool
-		if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
-			if blobBucket(tx, ns, wo.Desc.Digest) == nil {
-				return nil
-			}
-			// Already here: the call's lease still gets to hold it, so
-			// that work in progress keeps it even if what referenced it
-			// goes away.
-			held = true
-			return leaseHold(ctx, tx, ns, bucketContent, []byte(wo.Desc.Digest))
+		if err := c.db.bolt.View(func(tx *bolt.Tx) error {
+			held = blobBucket(tx, ns, wo.Desc.Digest) != nil
+			return nil
 		}); err != nil {
 			return nil, err
+		}
+		if held {
+			if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
+				if blobBucket(tx, ns, wo.Desc.Digest) == nil {
+					// Deleted since the look-up: it is new
+					// content again.
+					held = false
+					return nil
+				}
+				// Already here: the call's lease still gets to hold
+				// it, so that work in progress keeps it even if what
+				// referenced it goes away.
+				return leaseHold(ctx, tx, ns, bucketContent, []byte(wo.Desc.Digest))
+			}); err != nil {
+				return nil, err
+			}
 		}
 		if held {
 			return nil, fmt.Errorf("content %s: %w", wo.Desc.Digest, errdefs.ErrAlreadyExists)
@@ -438,6 +451,10 @@ type writer struct {
 	c       *Content
 	ns, ref string
 	leased  bool
+	// status is the content service's last answer to Status, until the
+	// ingest changes: containerd's clients ask twice before writing (on
+	// opening, then content.Copy), and each asking is a round trip.
+	status *content.Status
 }
 
 // drop aborts the ingest and forgets it.
@@ -452,14 +469,27 @@ func (w *writer) drop(ctx context.Context) {
 }
 
 func (w *writer) Status() (content.Status, error) {
+	if w.status != nil {
+		return *w.status, nil
+	}
 	st, err := w.Writer.Status()
 	st.Ref = w.ref
-	return st, backendErr(err)
+	if err != nil {
+		return st, backendErr(err)
+	}
+	w.status = &st
+	return st, nil
 }
 
 func (w *writer) Write(p []byte) (int, error) {
+	w.status = nil
 	n, err := w.Writer.Write(p)
 	return n, backendErr(err)
+}
+
+func (w *writer) Truncate(size int64) error {
+	w.status = nil
+	return w.Writer.Truncate(size)
 }
 
 // backendErr says what a broken stream to the content service means: the
@@ -490,6 +520,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	if err := validateLabels(base.Labels); err != nil {
 		return err
 	}
+	w.status = nil
 	w.c.db.gcLock.RLock()
 	defer w.c.db.gcLock.RUnlock()
 
@@ -515,6 +546,12 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 		if expected != "" {
 			d = expected
 		}
+	}
+	if err == nil && size > 0 && d != "" {
+		// The content service verified the size (and digest, when one
+		// was expected) before committing: asking it again would cost
+		// a round trip per blob.
+		return w.c.record(ctx, w.ns, w.ref, content.Info{Digest: d, Size: size}, base.Labels)
 	}
 	info, err := w.c.db.backend.Info(ctx, d)
 	if err != nil {

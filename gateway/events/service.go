@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -51,6 +52,10 @@ func (s *Service) Forward(ctx context.Context, r *api.ForwardRequest) (*emptypb.
 	return &emptypb.Empty{}, nil
 }
 
+// SubscribedHeader is the header of a Subscribe stream, sent once the
+// subscription is registered.
+const SubscribedHeader = "flotilla-events-subscribed"
+
 // Subscribe streams matching events until the client goes away or falls
 // too far behind (then the stream ends with ResourceExhausted).
 func (s *Service) Subscribe(r *api.SubscribeRequest, srv api.Events_SubscribeServer) error {
@@ -59,6 +64,13 @@ func (s *Service) Subscribe(r *api.SubscribeRequest, srv api.Events_SubscribeSer
 		return err
 	}
 	defer sub.Close()
+	// The header tells a client that waits for it that every event
+	// published from now on reaches it, without probes through the
+	// exchange that every other subscriber would see too. containerd's
+	// clients ignore it.
+	if err := srv.SendHeader(metadata.Pairs(SubscribedHeader, "true")); err != nil {
+		return err
+	}
 	ctx := srv.Context()
 	for {
 		select {

@@ -13,21 +13,23 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/types/known/emptypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// eventsReadyTopic carries the probe a GetContainerEvents stream publishes
-// to learn that its subscription to the gateway's exchange is live: the
-// exchange sends no header, and an event published before the
-// subscription exists is not seen.
-const eventsReadyTopic = "/cri/events-ready"
-
 // eventFilters select, in the CRI namespace, the lifecycle events that
-// become CRI container events, and the readiness probe.
+// become CRI container events.
 var eventFilters = []string{
 	fmt.Sprintf(`namespace==%q,topic~="^/(containers/(create|delete)|tasks/(start|exit))$"`, Namespace),
-	fmt.Sprintf(`namespace==%q,topic==%q`, Namespace, eventsReadyTopic),
+}
+
+// awaitSubscribed returns once the gateway's exchange has registered
+// stream's subscription, which it says by sending the stream's header:
+// every event published after reaches it.
+func awaitSubscribed(stream grpc.ClientStream) error {
+	if _, err := stream.Header(); err != nil {
+		return fmt.Errorf("event subscription: %w", errgrpc.ToNative(err))
+	}
+	return nil
 }
 
 // GetContainerEvents streams CRI container events (created, started,
@@ -46,6 +48,9 @@ func (s *Server) GetContainerEvents(_ *runtime.GetEventsRequest, srv runtime.Run
 	stream, err := eventsapi.NewEventsClient(conn).Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: eventFilters})
 	if err != nil {
 		return fmt.Errorf("subscribe to events: %w", errgrpc.ToNative(err))
+	}
+	if err := awaitSubscribed(stream); err != nil {
+		return err
 	}
 	envs := make(chan *types.Envelope, 128)
 	errc := make(chan error, 1)
@@ -72,10 +77,6 @@ func (s *Server) GetContainerEvents(_ *runtime.GetEventsRequest, srv runtime.Run
 		return err
 	}
 
-	var pending []*types.Envelope
-	if err := s.awaitSubscription(ctx, envs, errc, &pending); err != nil {
-		return err
-	}
 	if err := srv.SendHeader(metadata.Pairs("flotilla-cri-events", "subscribed")); err != nil {
 		return err
 	}
@@ -85,11 +86,6 @@ func (s *Server) GetContainerEvents(_ *runtime.GetEventsRequest, srv runtime.Run
 			return nil
 		}
 		return srv.Send(ev)
-	}
-	for _, env := range pending {
-		if err := send(env); err != nil {
-			return err
-		}
 	}
 	for {
 		select {
@@ -126,47 +122,9 @@ func (s *Server) learnObjects(ctx context.Context, known map[string]string) erro
 	return nil
 }
 
-// awaitSubscription publishes probes until one comes back through the
-// subscription (any stream's probe will do: it proves this subscription
-// receives), keeping the events that arrive meanwhile. After a few
-// seconds it gives up waiting and goes on: the stream works, only its
-// start is not exact.
-func (s *Server) awaitSubscription(ctx context.Context, envs <-chan *types.Envelope, errc <-chan error, pending *[]*types.Envelope) error {
-	deadline := time.After(5 * time.Second)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	publish := func() {
-		if err := s.client.EventService().Publish(ctx, eventsReadyTopic, &emptypb.Empty{}); err != nil {
-			s.logger.Debug("publish events probe", "error", err)
-		}
-	}
-	publish()
-	for {
-		select {
-		case env := <-envs:
-			if env.GetTopic() == eventsReadyTopic {
-				return nil
-			}
-			*pending = append(*pending, env)
-		case <-tick.C:
-			publish()
-		case <-deadline:
-			s.logger.Warn("event subscription not confirmed, streaming anyway")
-			return nil
-		case err := <-errc:
-			return fmt.Errorf("event subscription ended: %w", errgrpc.ToNative(err))
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
 // containerEvent translates an exchange envelope into a CRI event, or nil
-// when it is about no CRI object (or is a probe, or an exec's exit).
+// when it is about no CRI object (or is an exec's exit).
 func (s *Server) containerEvent(ctx context.Context, env *types.Envelope, known map[string]string) *runtime.ContainerEventResponse {
-	if env.GetTopic() == eventsReadyTopic {
-		return nil
-	}
 	v, err := typeurl.UnmarshalAny(env.GetEvent())
 	if err != nil {
 		s.logger.Debug("undecodable event", "topic", env.GetTopic(), "error", err)

@@ -10,13 +10,12 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // imageIndex keeps the namespace's image records as last listed, so that
 // resolving an image reference (every sandbox and container create) is no
 // Images List through the gateway. A listing is reused only while an event
-// subscription is confirmed live and has seen no image event since the
+// subscription is confirmed live (the exchange's header) and has seen no image event since the
 // listing began, and for at most imageIndexTTL, which bounds how long an
 // event the exchange dropped can leave it stale. This process's own pulls
 // and removals invalidate it synchronously; another client's changes
@@ -41,13 +40,8 @@ type imageIndex struct {
 // imageIndexTTL bounds the reuse of one listing.
 const imageIndexTTL = 10 * time.Second
 
-// imageEventsReadyTopic is the probe that confirms the image event
-// subscription, as eventsReadyTopic does for the container event streams.
-const imageEventsReadyTopic = "/cri/image-events-ready"
-
 var imageEventFilters = []string{
 	fmt.Sprintf(`namespace==%q,topic~="^/images/"`, Namespace),
-	fmt.Sprintf(`namespace==%q,topic==%q`, Namespace, imageEventsReadyTopic),
 }
 
 // invalidate makes the next resolve list again.
@@ -124,41 +118,13 @@ func (s *Server) followImageEvents(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The exchange sends no header: probes go out until one comes back
-	// through this subscription, which proves it receives.
-	confirmed := make(chan struct{})
-	go func() {
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			if err := s.client.EventService().Publish(ctx, imageEventsReadyTopic, &emptypb.Empty{}); err != nil {
-				s.logger.Debug("publish image events probe", "error", err)
-			}
-			select {
-			case <-tick.C:
-			case <-confirmed:
-				return
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	live := false
+	if err := awaitSubscribed(stream); err != nil {
+		return err
+	}
+	s.imageIdx.setLive(true)
 	for {
-		env, err := stream.Recv()
-		if err != nil {
-			if !live {
-				close(confirmed)
-			}
+		if _, err := stream.Recv(); err != nil {
 			return err
-		}
-		if env.GetTopic() == imageEventsReadyTopic {
-			if !live {
-				live = true
-				close(confirmed)
-				s.imageIdx.setLive(true)
-			}
-			continue
 		}
 		s.imageIdx.invalidate()
 	}

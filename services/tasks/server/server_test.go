@@ -678,10 +678,16 @@ func TestTasksOfAPodShareTheirShimAcrossARestart(t *testing.T) {
 		if w, err := h.client.Wait(h.ctx, &api.WaitRequest{ContainerID: id}); err != nil || w.ExitStatus != 137 {
 			t.Fatalf("Wait %s = %v, %v", id, w, err)
 		}
+		deleted := time.Now()
 		if _, err := h.client.Delete(h.ctx, &api.DeleteTaskRequest{ContainerID: id}); err != nil {
 			t.Fatal(err)
 		}
 		h.bundleGone(id)
+		// The shim stays for the pod: its exit is not waited for, so the
+		// id is free again at once.
+		if took := time.Since(deleted); took > time.Second {
+			t.Errorf("the bundle of %s, whose shim the pod still uses, went %s after Delete", id, took.Round(time.Millisecond))
+		}
 	}
 	// Deleting the pod's other tasks left its shim and its task running.
 	if g, err := h.client.Get(h.ctx, &api.GetRequest{ContainerID: "pod"}); err != nil || g.Process.Status != taskapi.Status_RUNNING {

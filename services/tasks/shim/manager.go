@@ -455,12 +455,33 @@ func (m *Manager) finishDelete(t *Task, done chan struct{}) {
 	time.Sleep(deleteGrace)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := t.shim.Shutdown(ctx); err != nil {
+	if m.shimShared(t) {
+		// The shim stays for the other tasks: waiting for it to exit
+		// would hold this task's id for nothing.
+		if err := t.shim.Leave(ctx); err != nil {
+			m.logger.Warn("leave shared shim", "task", t.ID, "namespace", t.Namespace, "error", err)
+		}
+	} else if err := t.shim.Shutdown(ctx); err != nil {
 		m.logger.Warn("shut down shim", "task", t.ID, "namespace", t.Namespace, "error", err)
 	}
 	if err := t.Bundle.Delete(); err != nil {
 		m.logger.Error("remove bundle", "task", t.ID, "namespace", t.Namespace, "error", err)
 	}
+}
+
+// shimShared says whether another task of ours is connected to t's shim
+// process (grouped with it, as a pod's tasks are). Tasks deleted at once may
+// each find the other; each still sends Shutdown, and the last of those
+// finds the shim without tasks and ends it.
+func (m *Manager) shimShared(t *Task) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, o := range m.tasks[t.Namespace] {
+		if o != nil && o != t && o.shim != nil && o.shim.params.Address == t.shim.params.Address && o.shim.connected() {
+			return true
+		}
+	}
+	return false
 }
 
 // exitRecordWait bounds how long Delete waits for the shim to record an

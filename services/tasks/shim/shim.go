@@ -138,6 +138,19 @@ func (s *Shim) Shutdown(ctx context.Context) error {
 	return nil
 }
 
+// Leave tells the shim that this task is done with it and closes this
+// task's connection without waiting for the shim to exit: other tasks share
+// it (a pod's), and it exits on the Shutdown that finds it without tasks.
+func (s *Shim) Leave(ctx context.Context) error {
+	s.closing.Store(true)
+	_, err := s.task.Shutdown(ctx, &task.ShutdownRequest{ID: s.bundle.ID})
+	s.Close()
+	if err != nil && !errors.Is(err, ttrpc.ErrClosed) {
+		return fmt.Errorf("leave shim of %s: %w", s.bundle.ID, err)
+	}
+	return nil
+}
+
 // start runs `<binary> start` in the bundle and connects to the shim it
 // leaves running. opts (the runtime options, may be nil) travel as a
 // bootstrap extension, as containerd sends them. lost is called (once, from

@@ -14,6 +14,7 @@ import (
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
@@ -36,7 +37,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	if md.GetName() == "" {
 		return nil, fmt.Errorf("container metadata needs a name: %w", errdefs.ErrInvalidArgument)
 	}
-	sb, err := s.getSandbox(ctx, req.GetPodSandboxId())
+	sb, err := s.createdSandbox(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -94,16 +95,24 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	}
 	labels[kindLabel] = kindContainer
 	labels[sandboxIDLabel] = sb.ID
+	lctx, releaseLease, err := s.withCreateLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer releaseLease()
 	var rootfs preparedRootfs
-	if _, err := s.client.NewContainer(ctx, id,
+	var rec containers.Container
+	if _, err := s.client.NewContainer(lctx, id,
 		s.withRootfs(id, img, &rootfs),
 		containerd.WithRuntime(runtimeType, nil),
 		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(containerExtension, ext),
+		withRecordCopy(&rec),
 	); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", md.GetName(), err)
 	}
+	s.rememberCreated(rec, rootfs.mounts)
 	s.addName(kindContainer, name, id)
 	return &runtime.CreateContainerResponse{ContainerId: id}, nil
 }
@@ -384,12 +393,20 @@ func (s *Server) containerMounts(sb *sandboxMeta, cfg *runtime.ContainerConfig, 
 // written to its log file.
 func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainerRequest) (*runtime.StartContainerResponse, error) {
 	ctx = withNamespace(ctx)
-	m, rec, err := s.getContainer(ctx, req.GetContainerId())
+	m, rec, prepared, cached, err := s.containerToStart(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
 	unlock := s.pods.lock(m.ID)
 	defer unlock()
+	if _, ok := s.createdRecord(kindContainer, m.ID); cached && !ok {
+		// Rewritten (started, most likely) while this call waited
+		// for the lock: the kept record is stale.
+		if m, rec, err = s.getContainer(ctx, m.ID); err != nil {
+			return nil, err
+		}
+		prepared = nil
+	}
 	if m.StartedAt != 0 || m.FinishedAt != 0 {
 		return nil, fmt.Errorf("container %s was started before: %w", m.ID, errdefs.ErrFailedPrecondition)
 	}
@@ -419,7 +436,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	}
 	// The record read above is the one the task is made from; the
 	// lock keeps it current.
-	task, err := s.createTask(ctx, rec, cio.NewCreator(ioOpts...))
+	task, err := s.createTask(ctx, rec, prepared, cio.NewCreator(ioOpts...))
 	if err != nil {
 		return fail(fmt.Errorf("create task of container %s: %w", m.ID, err))
 	}
@@ -434,6 +451,18 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	}
 	s.watchExit(m.ID, task, exitC, lg)
 	return &runtime.StartContainerResponse{}, nil
+}
+
+// containerToStart is getContainer for StartContainer: the record (and
+// the rootfs mounts) this process created, when it has them (cached),
+// else the record read, with nil mounts for createTask to ask for.
+func (s *Server) containerToStart(ctx context.Context, id string) (_ *containerMeta, _ containers.Container, _ []mount.Mount, cached bool, _ error) {
+	if r, ok := s.createdRecord(kindContainer, id); ok {
+		m, err := decodeContainer(r.rec)
+		return m, r.rec, r.mounts, true, err
+	}
+	m, rec, err := s.getContainer(ctx, id)
+	return m, rec, nil, false, err
 }
 
 // exitWatcher is the done channel of the container's exit watcher in this

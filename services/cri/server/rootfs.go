@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
@@ -60,6 +61,25 @@ func (c cachedImage) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (con
 type blobReader struct{ *bytes.Reader }
 
 func (blobReader) Close() error { return nil }
+
+// withCreateLease gives ctx the lease NewContainer would make itself (the
+// client's, expiring in a day) and returns its release, which deletes it
+// in the background: once the record exists it holds the snapshot, and a
+// delete lost to a crash is made up for by the expiry, so the create
+// need not wait for it.
+func (s *Server) withCreateLease(ctx context.Context) (context.Context, func(), error) {
+	lctx, done, err := s.client.WithLease(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create lease: %w", err)
+	}
+	return lctx, func() {
+		go func() {
+			if err := done(context.WithoutCancel(ctx)); err != nil && !errdefs.IsNotFound(err) {
+				s.logger.Warn("delete create lease", "error", err)
+			}
+		}()
+	}, nil
+}
 
 // preparedRootfs is a container's new snapshot: its key and the mounts
 // Prepare returned for it.
@@ -138,10 +158,11 @@ type criTask struct {
 }
 
 // createTask is containerd's Container.NewTask over the record in hand:
-// the rootfs mounts asked of the snapshotter (with the spec's SELinux
-// mount label, as the client adds it), the task created, and nothing
-// read again.
-func (s *Server) createTask(ctx context.Context, rec containers.Container, ioCreate cio.Creator) (_ *criTask, retErr error) {
+// the rootfs mounts (with the spec's SELinux mount label, as the client
+// adds it), the task created, and nothing read again. The mounts are
+// those Prepare returned when the caller has them (an active snapshot's
+// mounts do not change), else asked of the snapshotter.
+func (s *Server) createTask(ctx context.Context, rec containers.Container, prepared []mount.Mount, ioCreate cio.Creator) (_ *criTask, retErr error) {
 	i, err := ioCreate(rec.ID)
 	if err != nil {
 		return nil, err
@@ -164,9 +185,11 @@ func (s *Server) createTask(ctx context.Context, rec containers.Container, ioCre
 		if rec.Snapshotter == "" {
 			return nil, fmt.Errorf("container %s has a snapshot but no snapshotter: %w", rec.ID, errdefs.ErrInvalidArgument)
 		}
-		mounts, err := s.client.SnapshotService(rec.Snapshotter).Mounts(ctx, rec.SnapshotKey)
-		if err != nil {
-			return nil, fmt.Errorf("rootfs of %s: %w", rec.ID, err)
+		mounts := prepared
+		if mounts == nil {
+			if mounts, err = s.client.SnapshotService(rec.Snapshotter).Mounts(ctx, rec.SnapshotKey); err != nil {
+				return nil, fmt.Errorf("rootfs of %s: %w", rec.ID, err)
+			}
 		}
 		var label string
 		if spec := recordSpec(rec); spec != nil && spec.Linux != nil {
@@ -174,7 +197,8 @@ func (s *Server) createTask(ctx context.Context, rec containers.Container, ioCre
 		}
 		for _, m := range mounts {
 			if label != "" {
-				m.Options = append(m.Options, fmt.Sprintf("context=%q", label))
+				// A new slice: prepared mounts are shared.
+				m.Options = append(slices.Clip(m.Options), fmt.Sprintf("context=%q", label))
 			}
 			req.Rootfs = append(req.Rootfs, &types.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
 		}

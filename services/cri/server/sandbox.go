@@ -236,9 +236,14 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		labels[k] = v
 	}
 	labels[kindLabel] = kindSandbox
+	lctx, releaseLease, err := s.withCreateLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer releaseLease()
 	var rootfs preparedRootfs
 	var rec containers.Container
-	c, err := s.client.NewContainer(ctx, id,
+	c, err := s.client.NewContainer(lctx, id,
 		s.withRootfs(id, pause, &rootfs),
 		containerd.WithRuntime(runtimeType, nil),
 		withSpec(&rootfs, specOpts...),
@@ -254,7 +259,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 			s.logger.Warn("undo sandbox container", "sandbox", id, "error", err)
 		}
 	})
-	task, err := s.createTask(ctx, rec, cio.NullIO)
+	task, err := s.createTask(ctx, rec, rootfs.mounts, cio.NullIO)
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox task: %w", err)
 	}
@@ -262,6 +267,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start sandbox task: %w", err)
 	}
+	s.rememberCreated(rec, rootfs.mounts)
 	s.addName(kindSandbox, name, id)
 	s.logger.Debug("sandbox running", "sandbox", id, "name", name, "ip", m.IP)
 	return &runtime.RunPodSandboxResponse{PodSandboxId: id}, nil

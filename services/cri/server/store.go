@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
@@ -173,12 +174,55 @@ func (s *Server) getKind(ctx context.Context, kind, id string) (containers.Conta
 	}
 }
 
+// createdSandbox is getSandbox answered from the record this process
+// created when it has it: for CreateContainer, whose pod is usually one
+// this process just ran.
+func (s *Server) createdSandbox(ctx context.Context, id string) (*sandboxMeta, error) {
+	if r, ok := s.createdRecord(kindSandbox, id); ok {
+		return decodeSandbox(r.rec)
+	}
+	return s.getSandbox(ctx, id)
+}
+
 func (s *Server) getSandbox(ctx context.Context, id string) (*sandboxMeta, error) {
 	c, err := s.getKind(ctx, kindSandbox, id)
 	if err != nil {
 		return nil, err
 	}
 	return decodeSandbox(c)
+}
+
+// createdRecord is a record this process created and has not rewritten
+// since, with the mounts its snapshot was prepared with: what a Get and
+// Snapshots.Mounts would answer, kept so that the calls that follow a
+// create (CreateContainer in a new pod, StartContainer) need not ask. It
+// holds only what this process wrote, so a restart merely empties it.
+type createdRecord struct {
+	rec    containers.Container
+	mounts []mount.Mount
+}
+
+// rememberCreated keeps a record just created, for createdRecord.
+func (s *Server) rememberCreated(rec containers.Container, mounts []mount.Mount) {
+	s.pods.mu.Lock()
+	s.pods.created[rec.ID] = createdRecord{rec: rec, mounts: mounts}
+	s.pods.mu.Unlock()
+}
+
+// createdRecord returns the kept record of an object of kind by its full
+// ID.
+func (s *Server) createdRecord(kind, id string) (createdRecord, bool) {
+	s.pods.mu.Lock()
+	r, ok := s.pods.created[id]
+	s.pods.mu.Unlock()
+	return r, ok && r.rec.Labels[kindLabel] == kind
+}
+
+// forgetCreated drops a kept record: it is about to be rewritten.
+func (s *Server) forgetCreated(id string) {
+	s.pods.mu.Lock()
+	delete(s.pods.created, id)
+	s.pods.mu.Unlock()
 }
 
 func (s *Server) getContainer(ctx context.Context, id string) (*containerMeta, containers.Container, error) {
@@ -192,6 +236,7 @@ func (s *Server) getContainer(ctx context.Context, id string) (*containerMeta, c
 
 // saveSandbox rewrites a sandbox's extension.
 func (s *Server) saveSandbox(ctx context.Context, m *sandboxMeta) error {
+	s.forgetCreated(m.ID)
 	ext, err := encodeExtension(sandboxExtension, m)
 	if err != nil {
 		return err
@@ -207,6 +252,7 @@ func (s *Server) saveSandbox(ctx context.Context, m *sandboxMeta) error {
 
 // saveContainer rewrites a container's extension.
 func (s *Server) saveContainer(ctx context.Context, m *containerMeta) error {
+	s.forgetCreated(m.ID)
 	ext, err := encodeExtension(containerExtension, m)
 	if err != nil {
 		return err
@@ -231,6 +277,9 @@ type podState struct {
 	// logs holds the log writer of each container whose output this
 	// process writes, for ReopenContainerLog.
 	logs map[string]*containerLog
+	// created holds the records this process created and has not
+	// rewritten since; see createdRecord.
+	created map[string]createdRecord
 	// reserved are the names of sandboxes and containers being
 	// created: names are unique, and the record appears only at the
 	// end of a create.
@@ -251,6 +300,7 @@ func newPodState() podState {
 		locks:       map[string]*sync.Mutex{},
 		exits:       map[string]chan struct{}{},
 		logs:        map[string]*containerLog{},
+		created:     map[string]createdRecord{},
 		reserved:    map[string]bool{},
 		names:       map[string]string{},
 		nameOf:      map[string]string{},
@@ -282,6 +332,7 @@ func (p *podState) forget(id string) {
 	delete(p.locks, id)
 	delete(p.exits, id)
 	delete(p.logs, id)
+	delete(p.created, id)
 	p.mu.Unlock()
 	rates.forget(id)
 }

@@ -617,7 +617,7 @@ func (r *Router) relayReading(ctx context.Context, ss grpc.ServerStream, be *bac
 			return err
 		}
 		if resume != nil {
-			if err := resume.Relayed(f.Bytes()); err != nil {
+			if err := resume.Relayed(f.Head(contentread.HeadSize), f.Len()); err != nil {
 				f.Free()
 				return status.Errorf(codes.Internal, "relay read: %v", err)
 			}

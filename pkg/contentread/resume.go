@@ -43,40 +43,52 @@ func Parse(frame []byte) (*Resume, error) {
 	return New(req), nil
 }
 
-// Relayed records an encoded ReadContentResponse that reached the client.
-// Only the offset and the length of the data are read, so the chunk is not
-// copied.
-func (r *Resume) Relayed(frame []byte) error {
+// HeadSize is how much of a ReadContentResponse Relayed needs: its offset
+// and the length of its data come first.
+const HeadSize = 32
+
+// Relayed records a ReadContentResponse of size bytes that reached the
+// client, from its first bytes (HeadSize of them, or all): the offset and the
+// length of the data are read, so the chunk is neither decoded nor copied.
+func (r *Resume) Relayed(head []byte, size int) error {
 	var (
 		offset int64
 		n      int
 	)
-	for b := frame; len(b) > 0; {
+	truncated := len(head) < size
+	b := head
+	for len(b) > 0 {
 		num, typ, l := protowire.ConsumeTag(b)
 		if l < 0 {
 			return fmt.Errorf("read response: %w", protowire.ParseError(l))
 		}
 		b = b[l:]
-		switch {
-		case num == 1 && typ == protowire.VarintType:
+		if num == 2 && typ == protowire.BytesType {
+			v, l := protowire.ConsumeVarint(b)
+			if l < 0 {
+				return fmt.Errorf("read response data: %w", protowire.ParseError(l))
+			}
+			if uint64(len(b)-l) < v && !truncated {
+				return fmt.Errorf("read response data: %w", protowire.ParseError(-1))
+			}
+			// The data follows; a field after it (none is sent) is not
+			// read.
+			n = int(v)
+			break
+		}
+		if num == 1 && typ == protowire.VarintType {
 			v, l := protowire.ConsumeVarint(b)
 			if l < 0 {
 				return fmt.Errorf("read response offset: %w", protowire.ParseError(l))
 			}
 			offset, b = int64(v), b[l:]
-		case num == 2 && typ == protowire.BytesType:
-			v, l := protowire.ConsumeBytes(b)
-			if l < 0 {
-				return fmt.Errorf("read response data: %w", protowire.ParseError(l))
-			}
-			n, b = len(v), b[l:]
-		default:
-			l := protowire.ConsumeFieldValue(num, typ, b)
-			if l < 0 {
-				return fmt.Errorf("read response: %w", protowire.ParseError(l))
-			}
-			b = b[l:]
+			continue
 		}
+		l = protowire.ConsumeFieldValue(num, typ, b)
+		if l < 0 {
+			return fmt.Errorf("read response: %w", protowire.ParseError(l))
+		}
+		b = b[l:]
 	}
 	if next := offset + int64(n); next > r.next {
 		r.next = next

@@ -13,7 +13,7 @@ func relay(t *testing.T, r *Resume, offset int64, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Relayed(b); err != nil {
+	if err := r.Relayed(b, len(b)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -43,7 +43,21 @@ func TestRestOfAReadToTheEndReadsToTheEnd(t *testing.T) {
 
 func TestRelayedRefusesAGarbledResponse(t *testing.T) {
 	r := New(&api.ReadContentRequest{Digest: "sha256:x"})
-	if err := r.Relayed([]byte{0x12, 0xff}); err == nil {
+	if err := r.Relayed([]byte{0x12, 0xff}, 2); err == nil {
 		t.Fatal("a truncated data field was accepted")
+	}
+}
+
+func TestRelayedReadsOnlyTheHeadOfALargeChunk(t *testing.T) {
+	r := New(&api.ReadContentRequest{Digest: "sha256:x", Offset: 5 << 20})
+	b, err := proto.Marshal(&api.ReadContentResponse{Offset: 5 << 20, Data: make([]byte, 1<<20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Relayed(b[:HeadSize], len(b)); err != nil {
+		t.Fatal(err)
+	}
+	if rest, _ := r.Rest(); rest.GetOffset() != 6<<20 {
+		t.Fatalf("after a 1 MiB chunk at 5 MiB, rest starts at %d, want %d", rest.GetOffset(), 6<<20)
 	}
 }

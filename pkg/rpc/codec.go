@@ -59,6 +59,26 @@ func (f *Frame) Bytes() []byte {
 	return f.data.Materialize()
 }
 
+// Head is the frame's first n bytes (all of it when shorter), for reading a
+// message's leading fields without copying the rest, which Bytes does when
+// the frame arrived in pieces.
+func (f *Frame) Head(n int) []byte {
+	if len(f.data) > 0 {
+		if first := f.data[0].ReadOnlyData(); len(first) >= n || len(f.data) == 1 {
+			return first[:min(n, len(first))]
+		}
+	}
+	head := make([]byte, 0, n)
+	for _, b := range f.data {
+		d := b.ReadOnlyData()
+		head = append(head, d[:min(len(d), n-len(head))]...)
+		if len(head) == n {
+			break
+		}
+	}
+	return head
+}
+
 // Free releases a frame that was received but will not be sent on.
 func (f *Frame) Free() {
 	if f.data != nil {

@@ -91,7 +91,7 @@ func (s *Content) relayRead(ctx context.Context, req *api.ReadContentRequest, st
 			}
 			return err
 		}
-		if err := resume.Relayed(f.Bytes()); err != nil {
+		if err := resume.Relayed(f.Head(contentread.HeadSize), f.Len()); err != nil {
 			f.Free()
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -210,5 +211,18 @@ func TestServerUUIDSurvivesDaemonRestart(t *testing.T) {
 	}
 	if resp3.UUID == resp.UUID {
 		t.Errorf("two daemons on different roots share server UUID %s", resp.UUID)
+	}
+}
+
+// The relays (content, metadata) run their Go runtime on one CPU by
+// default, the others on every CPU; max_procs says otherwise per service.
+func TestServicesRunOnTheCPUsTheirMaxProcsSays(t *testing.T) {
+	d := newDaemon(t, withConfig("[services.tasks]\nmax_procs = 1\n[services.content]\nmax_procs = 3\n")).start()
+	c := d.client()
+	all := strconv.Itoa(runtime.NumCPU())
+	for name, want := range map[string]string{"content": "3", "metadata": "1", "tasks": "1", "overlayfs": all} {
+		if got := introspectService(t, c, name).Exports["gomaxprocs"]; got != want {
+			t.Errorf("%s exports gomaxprocs %q, want %q", name, got, want)
+		}
 	}
 }

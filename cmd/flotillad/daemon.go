@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -48,6 +49,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	runtime.GOMAXPROCS(cfg.GatewayProcs())
 	for _, d := range []string{cfg.Root, cfg.State} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
@@ -214,6 +216,7 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			Deps:          deps,
 			Log:           logOpts,
 			CallTimeoutMS: cfg.Timeouts.Call.Milliseconds(),
+			MaxProcs:      cfg.ServiceProcs(name),
 			Options:       options,
 		}
 	}

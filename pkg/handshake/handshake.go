@@ -44,8 +44,10 @@ type Env struct {
 	Snapshotters map[string]string `json:"snapshotters,omitempty"`
 	Log          logging.Options   `json:"log"`
 	// CallTimeoutMS is the default deadline of an outgoing call, in ms.
-	CallTimeoutMS int64          `json:"call_timeout_ms,omitempty"`
-	Options       map[string]any `json:"options,omitempty"`
+	CallTimeoutMS int64 `json:"call_timeout_ms,omitempty"`
+	// MaxProcs is the process's GOMAXPROCS; 0 leaves Go's default.
+	MaxProcs int            `json:"max_procs,omitempty"`
+	Options  map[string]any `json:"options,omitempty"`
 }
 
 // Encode renders e for EnvVar.

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -114,6 +116,9 @@ func run(name string, build Constructor) error {
 		if err != nil {
 			return err
 		}
+	}
+	if env.MaxProcs > 0 {
+		runtime.GOMAXPROCS(env.MaxProcs)
 	}
 	// The logger keeps the original stderr: go-plugin later swaps os.Stderr
 	// for a pipe of its own, and log lines should reach flotillad verbatim.
@@ -270,6 +275,7 @@ func standaloneEnv(name string) (handshake.Env, error) {
 	// What flotillad hands a service it starts, for one it does not.
 	gateway := fs.String("gateway", "", "flotillad's client socket, for services that call through it or publish events to it")
 	callTimeout := fs.Duration("call-timeout", 0, "longest an outgoing call may take (default 30s, as flotillad's [timeouts] call)")
+	maxProcs := fs.Int("max-procs", 0, "GOMAXPROCS of this process (default Go's: every CPU; flotillad gives content and metadata 1)")
 	deps := map[string]string{}
 	fs.Func("dep", "socket of a service this one depends on, name=socket, repeatable (metadata: content=...)", keyValue("dep", deps))
 	snapshotters := map[string]string{}
@@ -305,6 +311,7 @@ func standaloneEnv(name string) (handshake.Env, error) {
 		Name: name, Socket: *socket, Root: *root, State: *state,
 		Gateway:       *gateway,
 		CallTimeoutMS: callTimeout.Milliseconds(),
+		MaxProcs:      *maxProcs,
 		Log:           logging.Options{Level: *level, Format: *format},
 		Options:       options,
 	}
@@ -348,6 +355,8 @@ func (d *describer) Describe(context.Context, *servicepb.DescribeRequest) (*serv
 		// Tells this process from the next one on the same socket, which
 		// in a container of its own often has the same pid.
 		"started": started,
+		// What the process runs on at once (its max_procs).
+		"gomaxprocs": strconv.Itoa(runtime.GOMAXPROCS(0)),
 	}
 	if d.metrics != "" {
 		exports["metrics"] = d.metrics

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -78,9 +79,39 @@ func TestStartupFailureNamesTheService(t *testing.T) {
 	if !strings.Contains(out, "service metadata failed to start") || !strings.Contains(out, "meta.db is on fire") {
 		t.Errorf("the error does not name the service and its cause:\n%s", out)
 	}
-	if pid, err := os.ReadFile(filepath.Join(d.state, "content.pid")); err == nil {
-		t.Errorf("content (pid %s) was left running after the failed start", pid)
+	// What was started before metadata failed is stopped, and not
+	// started again by its watcher as if it had crashed.
+	time.Sleep(time.Second)
+	if left := serviceProcessesOf(d.dir); len(left) > 0 {
+		t.Errorf("service processes left running after the failed start: %v", left)
+		for _, pid := range left {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
+}
+
+// serviceProcessesOf lists the live service processes a daemon in dir
+// started: their environment names its directories.
+func serviceProcessesOf(dir string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || processGone(pid) {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if strings.HasPrefix(kv, "FLOTILLA_SERVICE_ENV=") && strings.Contains(kv, dir+"/") {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
 }
 
 func TestTwoDaemonsRunSideBySide(t *testing.T) {

@@ -168,9 +168,7 @@ func (s *Supervisor) Start(ctx context.Context) error {
 	for i, p := range s.order {
 		if p.spec.External() {
 			if err := p.attachExternal(ctx); err != nil {
-				for j := i; j >= 0; j-- {
-					s.order[j].stop()
-				}
+				s.abandon(i)
 				return fmt.Errorf("service %s failed to start: %w", p.spec.Name, err)
 			}
 			go p.watchExternal()
@@ -179,14 +177,25 @@ func (s *Supervisor) Start(ctx context.Context) error {
 		if err := p.startOrReattach(ctx); err != nil {
 			// The failed one too: its process may be running already
 			// (say, flotillad was told to stop during its handshake).
-			for j := i; j >= 0; j-- {
-				s.order[j].stop()
-			}
+			s.abandon(i)
 			return fmt.Errorf("service %s failed to start: %w", p.spec.Name, err)
 		}
 		go p.watch()
 	}
 	return nil
+}
+
+// abandon stops the services up to and including the i-th, in reverse
+// order, after a failed start. The supervisor counts as stopping first:
+// otherwise the watcher of a service stopped here takes its exit for a
+// crash and starts it again, a process nobody stops once flotillad exits.
+func (s *Supervisor) abandon(i int) {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	for j := i; j >= 0; j-- {
+		s.order[j].stop()
+	}
 }
 
 // Stop stops every service in reverse dependency order.

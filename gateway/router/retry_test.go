@@ -13,6 +13,7 @@ import (
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	nsapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -36,6 +37,34 @@ func (s *stallingServer) Get(ctx context.Context, req *nsapi.GetNamespaceRequest
 	return &nsapi.GetNamespaceResponse{Namespace: &nsapi.Namespace{Name: req.Name}}, nil
 }
 
+// throughRouter serves a gateway in dir whose router sends the gRPC service
+// svc to the backend named name at sock, as flotillad's does (unary methods
+// registered, the rest through the unknown-service handler), and returns a
+// client of it. All of it goes when the test ends.
+func throughRouter(t *testing.T, logger *slog.Logger, dir, name, sock, svc string) *grpc.ClientConn {
+	t.Helper()
+	r := New(logger, 5*time.Second)
+	t.Cleanup(r.Close)
+	if err := r.Set(name, sock, []string{svc}); err != nil {
+		t.Fatal(err)
+	}
+	r.Ready()
+	gw := rpc.NewServer(logger, r.ServerOptions()...)
+	r.RegisterUnary(gw.Server, "containerd.services.", nil)
+	gl, err := rpc.Listen(filepath.Join(dir, "g.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gw.Serve(gl)
+	t.Cleanup(gw.Stop)
+	c, err := rpc.Dial(filepath.Join(dir, "g.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func TestRouterRetriesAReadWhoseServiceWentAwayUnderIt(t *testing.T) {
 	dir, err := os.MkdirTemp("", "rr")
 	if err != nil {
@@ -57,25 +86,7 @@ func TestRouterRetriesAReadWhoseServiceWentAwayUnderIt(t *testing.T) {
 	first := &stallingServer{entered: make(chan struct{}), stall: true}
 	old := serve(first)
 
-	r := New(logger, 5*time.Second)
-	defer r.Close()
-	if err := r.Set("ns", sock, []string{"containerd.services.namespaces.v1.Namespaces"}); err != nil {
-		t.Fatal(err)
-	}
-	r.Ready()
-	gw := rpc.NewServer(logger, r.ServerOptions()...)
-	r.RegisterUnary(gw.Server, "containerd.services.", nil)
-	gl, err := rpc.Listen(filepath.Join(dir, "g.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gw.Serve(gl)
-	defer gw.Stop()
-	c, err := rpc.Dial(filepath.Join(dir, "g.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := throughRouter(t, logger, dir, "ns", sock, "containerd.services.namespaces.v1.Namespaces")
 
 	done := make(chan error, 1)
 	go func() {
@@ -157,24 +168,7 @@ func TestRouterResumesAContentReadWhoseServiceWentAwayMidBlob(t *testing.T) {
 	first := &blobServer{data: data, cut: 1200}
 	old := serve(first)
 
-	r := New(logger, 5*time.Second)
-	defer r.Close()
-	if err := r.Set("content", sock, []string{"containerd.services.content.v1.Content"}); err != nil {
-		t.Fatal(err)
-	}
-	r.Ready()
-	gw := rpc.NewServer(logger, r.ServerOptions()...)
-	gl, err := rpc.Listen(filepath.Join(dir, "g.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gw.Serve(gl)
-	defer gw.Stop()
-	c, err := rpc.Dial(filepath.Join(dir, "g.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := throughRouter(t, logger, dir, "content", sock, "containerd.services.content.v1.Content")
 
 	type result struct {
 		got []byte
@@ -275,24 +269,7 @@ func TestRouterLetsAClientSendOnceMoreOnAStreamWhoseServiceWentAway(t *testing.T
 	}
 	go srv.Serve(l)
 
-	r := New(logger, 5*time.Second)
-	defer r.Close()
-	if err := r.Set("content", sock, []string{"containerd.services.content.v1.Content"}); err != nil {
-		t.Fatal(err)
-	}
-	r.Ready()
-	gw := rpc.NewServer(logger, r.ServerOptions()...)
-	gl, err := rpc.Listen(filepath.Join(dir, "g.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gw.Serve(gl)
-	defer gw.Stop()
-	c, err := rpc.Dial(filepath.Join(dir, "g.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := throughRouter(t, logger, dir, "content", sock, "containerd.services.content.v1.Content")
 
 	wc, err := contentapi.NewContentClient(c).Write(context.Background())
 	if err != nil {

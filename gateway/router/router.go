@@ -490,14 +490,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 		return r.forwardReading(octx, ss, be, svc, method)
 	}
 
-	// Wait for a restarting backend, but only so long: the timer cancels the
-	// call if the stream could not be opened in time.
-	var expired atomic.Bool
-	timer := time.AfterFunc(r.wait, func() { expired.Store(true); cancel() })
-	cs, err := be.conn.NewStream(octx, kind.desc(), method, grpc.ForceCodecV2(rpc.FrameCodec{}), grpc.WaitForReady(true))
-	if !timer.Stop() || expired.Load() {
-		return status.Errorf(codes.Unavailable, "service %s (%s) is not available after %s", be.name, svc, r.wait)
-	}
+	cs, err := r.openStream(octx, cancel, be, svc, method, kind.desc())
 	if err != nil {
 		return err
 	}
@@ -536,6 +529,19 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 			return err
 		}
 	}
+}
+
+// openStream opens a stream to a backend, waiting for a restarting one
+// but only so long: past the router's wait, cancel (which ends ctx, the
+// call) gives up and the answer is Unavailable.
+func (r *Router) openStream(ctx context.Context, cancel context.CancelFunc, be *backend, svc, method string, desc *grpc.StreamDesc) (grpc.ClientStream, error) {
+	var expired atomic.Bool
+	timer := time.AfterFunc(r.wait, func() { expired.Store(true); cancel() })
+	cs, err := be.conn.NewStream(ctx, desc, method, grpc.ForceCodecV2(rpc.FrameCodec{}), grpc.WaitForReady(true))
+	if !timer.Stop() || expired.Load() {
+		return nil, status.Errorf(codes.Unavailable, "service %s (%s) is not available after %s", be.name, svc, r.wait)
+	}
+	return cs, err
 }
 
 // forwardReading relays a server stream that only reads (a List, a content
@@ -586,12 +592,7 @@ const maxReadingAttempts = 3
 func (r *Router) relayReading(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method string, req []byte, resume *contentread.Resume, relayed, headerSent *bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var expired atomic.Bool
-	timer := time.AfterFunc(r.wait, func() { expired.Store(true); cancel() })
-	cs, err := be.conn.NewStream(ctx, serverStream.desc(), method, grpc.ForceCodecV2(rpc.FrameCodec{}), grpc.WaitForReady(true))
-	if !timer.Stop() || expired.Load() {
-		return status.Errorf(codes.Unavailable, "service %s (%s) is not available after %s", be.name, svc, r.wait)
-	}
+	cs, err := r.openStream(ctx, cancel, be, svc, method, serverStream.desc())
 	if err != nil {
 		return err
 	}

@@ -93,20 +93,18 @@ func TestStartupFailureNamesTheService(t *testing.T) {
 // serviceProcessesOf lists the live service processes a daemon in dir
 // started: their environment names its directories.
 func serviceProcessesOf(dir string) []int {
-	entries, _ := os.ReadDir("/proc")
 	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || processGone(pid) {
+	for _, p := range processes() {
+		if p.state == 'Z' {
 			continue
 		}
-		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p.pid), "environ"))
 		if err != nil {
 			continue
 		}
 		for _, kv := range strings.Split(string(env), "\x00") {
 			if strings.HasPrefix(kv, "FLOTILLA_SERVICE_ENV=") && strings.Contains(kv, dir+"/") {
-				pids = append(pids, pid)
+				pids = append(pids, p.pid)
 				break
 			}
 		}

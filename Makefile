@@ -1,7 +1,6 @@
 # Flotilla. `make run` builds and starts the daemon; `make test` runs every test.
 GO       ?= go
 BIN      := $(CURDIR)/bin
-SERVICES := content metadata snapshotter tasks cri
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X github.com/flotilla-project/flotilla/gateway/version.Version=$(VERSION) \
@@ -17,17 +16,16 @@ FUZZ     := $(shell grep -rl --include='*_test.go' '^func Fuzz' . 2>/dev/null | 
 
 all: build
 
-# The runtime v2 shim for io.containerd.runc.v2 is containerd's own, built
-# from the containerd module version go.mod pins.
+# One executable, flotillad, is the daemon and every service's process
+# (pkg/roster lists them); flotilla-<service> links to it run one service by
+# hand. The runtime v2 shim for io.containerd.runc.v2 is containerd's own,
+# built from the containerd module version go.mod pins.
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotillad ./cmd/flotillad
+	@for s in $$($(BIN)/flotillad services); do ln -sfn flotillad $(BIN)/flotilla-$$s; done
 	$(GO) build -o $(BIN)/flotilla ./cmd/flotilla
 	$(GO) build -o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
-	@for s in $(SERVICES); do \
-		echo $(GO) build -o $(BIN)/flotilla-$$s ./services/$$s/cmd/flotilla-$$s; \
-		$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotilla-$$s ./services/$$s/cmd/flotilla-$$s || exit 1; \
-	done
 
 # Installs what the daemon needs at run time (through apt, only if missing).
 deps:

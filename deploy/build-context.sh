@@ -18,7 +18,7 @@ need() { # need <path> <what provides it>
 		exit 1
 	fi
 }
-for b in flotillad flotilla-content flotilla-metadata flotilla-snapshotter flotilla-tasks containerd-shim-runc-v2; do
+for b in flotillad flotilla-content flotilla-metadata flotilla-snapshotter flotilla-tasks flotilla-cri containerd-shim-runc-v2; do
 	need "$bin/$b" "run make build"
 done
 runc=$(command -v runc || true)

@@ -23,8 +23,13 @@ func TestDaemonRunsOneProcessPerService(t *testing.T) {
 		if err != nil {
 			t.Fatalf("service %s (pid %d) is not running: %v", name, pid, err)
 		}
-		if filepath.Base(exe) != "flotilla-"+name {
-			t.Errorf("pid %d runs %s, want flotilla-%s", pid, exe, name)
+		// One executable for the graph: the service is told by argv[0].
+		if filepath.Base(exe) != "flotillad" {
+			t.Errorf("pid %d runs %s, want flotillad (the one executable of every service)", pid, exe)
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if argv0, _, _ := strings.Cut(string(cmdline), "\x00"); argv0 != "flotilla-"+name {
+			t.Errorf("pid %d runs as %q, want flotilla-%s", pid, argv0, name)
 		}
 		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		fields := strings.Fields(string(stat))

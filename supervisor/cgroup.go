@@ -395,12 +395,23 @@ func (sc *serviceCgroup) wrap(cmd *exec.Cmd) (cleanup func(), err error) {
 		return func() { _ = unix.Close(fd) }, nil
 	}
 	const script = `for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"`
-	args := []string{"sh", "-c", script, "sh"}
+	shell, prog := "/bin/sh", script
+	argv0 := cmd.Args[0]
+	if _, err := os.Stat("/bin/bash"); err == nil && argv0 != cmd.Path {
+		// bash's exec keeps the argv[0] the service is told apart by
+		// (one executable runs every service); a plain sh's cannot, and
+		// the service then goes by its environment alone.
+		shell, prog = "/bin/bash", `a0=$1; shift; `+strings.Replace(script, `exec "$@"`, `exec -a "$a0" "$@"`, 1)
+	}
+	args := []string{filepath.Base(shell), "-c", prog, "sh"}
+	if shell == "/bin/bash" {
+		args = append(args, argv0)
+	}
 	for _, d := range sc.dirs {
 		args = append(args, filepath.Join(d, "cgroup.procs"))
 	}
 	args = append(append(args, "--", cmd.Path), cmd.Args[1:]...)
-	cmd.Path, cmd.Args = "/bin/sh", args
+	cmd.Path, cmd.Args = shell, args
 	return func() {}, nil
 }
 

@@ -79,7 +79,7 @@ func (p *proc) envHash() (string, error) {
 	if err != nil {
 		path = p.spec.Path
 	}
-	sum := sha256.Sum256([]byte(path + "\x00" + env))
+	sum := sha256.Sum256([]byte(path + "\x00" + strings.Join(p.spec.Args, "\x00") + "\x00" + env))
 	return hex.EncodeToString(sum[:]), nil
 }
 

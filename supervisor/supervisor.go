@@ -31,8 +31,11 @@ import (
 
 // Spec describes one service process.
 type Spec struct {
-	Name     string
-	Path     string   // executable
+	Name string
+	Path string // executable
+	// Args is the command line, argv[0] included; empty runs Path bare.
+	// One executable serves every service, told apart by argv[0].
+	Args     []string
 	Requires []string // services that must be running first
 	Env      handshake.Env
 	Limits   Limits // applied to the service's cgroup, if cgroups are in use
@@ -377,6 +380,14 @@ func (p *proc) killStale() {
 	if filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != filepath.Base(want) {
 		return
 	}
+	if len(p.spec.Args) > 0 {
+		// Every service runs the same executable: argv[0] says which.
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+		if err != nil || argv0 != p.spec.Args[0] {
+			return
+		}
+	}
 	p.sup.opts.Logger.Warn("killing stale service process", "name", p.spec.Name, "pid", pid)
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	for i := 0; i < 100; i++ {
@@ -434,6 +445,9 @@ func (p *proc) start(ctx context.Context) error {
 		return err
 	}
 	cmd := exec.Command(p.spec.Path)
+	if len(p.spec.Args) > 0 {
+		cmd.Args = p.spec.Args
+	}
 	cmd.Env = append(os.Environ(), handshake.EnvVar+"="+env, service.LogFileEnv+"="+p.logPath(),
 		// go-plugin's socket goes beside the reattach record that names
 		// it rather than into /tmp, where a cleaner could take it away

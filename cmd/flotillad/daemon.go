@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -21,24 +22,12 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/handshake"
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/metrics"
+	"github.com/flotilla-project/flotilla/pkg/roster"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/tracing"
 	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
 	"github.com/flotilla-project/flotilla/supervisor"
 )
-
-// graph is the process graph: every service and what must run before it.
-// Snapshotter processes (one per configured snapshotter, see snapshotters)
-// come between content and metadata.
-var graph = []struct {
-	name     string
-	requires []string
-}{
-	{"content", nil},
-	{"metadata", []string{"content"}},
-	{"tasks", []string{"metadata"}},
-	{"cri", []string{"tasks"}},
-}
 
 // snapshotterService names the process of a snapshotter.
 func snapshotterService(name string) string { return "snapshotter-" + name }
@@ -197,16 +186,20 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 		}
 		return filepath.Join(cfg.State, name+".sock")
 	}
-	binary := func(name, path string) (string, error) {
+	// command is how a service's process is started: this executable,
+	// told the service by argv[0], unless the config names another binary.
+	command := func(name, service string) (string, []string, error) {
+		path := cfg.Services[name].Path
 		if path == "" {
-			path = filepath.Join(filepath.Dir(self), "flotilla-"+name)
+			path = self
 		}
 		if _, err := os.Stat(path); err != nil {
-			return "", fmt.Errorf("service %s: binary: %w", name, err)
+			return "", nil, fmt.Errorf("service %s: binary: %w", name, err)
 		}
-		return path, nil
+		return path, []string{roster.ProcessName(service)}, nil
 	}
 	env := func(name string, deps map[string]string, options map[string]any) handshake.Env {
+		mem, _, _ := cfg.Services[name].Limits()
 		return handshake.Env{
 			Name:          name,
 			Root:          filepath.Join(cfg.Root, name),
@@ -217,85 +210,101 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			Log:           logOpts,
 			CallTimeoutMS: cfg.Timeouts.Call.Milliseconds(),
 			MaxProcs:      cfg.ServiceProcs(name),
-			Options:       options,
+			GOGC:          cfg.ServiceGOGC(name),
+			// Go collects harder as it nears the cgroup's limit, rather
+			// than have the kernel kill the process at it.
+			MemoryLimit: mem / 10 * 9,
+			Options:     options,
 		}
 	}
 
-	// Snapshotters: a process each, except remote ones, which metadata
-	// reaches at their address. One local process also serves layer apply
-	// (the Diff API): the default snapshotter's if it is local. A
-	// snapshotter process run outside flotillad ([services.snapshotter-<name>]
-	// address) is told so by whoever runs it (--option serve_diff=true).
 	local, remote := snapshotterNames(cfg)
 	sockets := map[string]string{}
-	var specs []supervisor.Spec
-	for i, name := range local {
-		sc := cfg.Snapshotters[name]
-		svc := snapshotterService(name)
-		if addr := cfg.External(svc); addr != "" {
-			sockets[name] = addr
-			specs = append(specs, supervisor.Spec{Name: svc, Address: addr})
-			continue
-		}
-		path, err := binary("snapshotter", cfg.Services[svc].Path)
-		if err != nil {
-			return nil, err
-		}
-		opts := map[string]any{"driver": sc.Driver, "name": name}
-		for k, v := range sc.Options {
-			opts[k] = v
-		}
-		var requires []string
-		var deps map[string]string
-		if i == 0 && !cfg.Services["content"].Disabled {
-			// Layer apply reads blobs from the content process directly,
-			// after metadata (through the gateway) has said the caller's
-			// namespace may see them.
-			opts["serve_diff"] = true
-			requires = []string{"content"}
-			deps = map[string]string{"content": socket("content")}
-		}
-		sockets[name] = socket(svc)
-		specs = append(specs, supervisor.Spec{Name: svc, Path: path, Requires: requires, Env: env(svc, deps, opts), Limits: limits(cfg, svc)})
-	}
 	for _, name := range remote {
 		sockets[name] = cfg.Snapshotters[name].Address
 	}
-
-	for _, n := range graph {
-		sc := cfg.Services[n.name]
+	var specs []supervisor.Spec
+	for _, e := range roster.Services {
+		if e.PerSnapshotter {
+			// A process per snapshotter Flotilla runs; remote ones are
+			// reached at their address. One local process also serves
+			// layer apply (the Diff API): the default snapshotter's if it
+			// is local. One run outside flotillad
+			// ([services.snapshotter-<name>] address) is told so by
+			// whoever runs it (--option serve_diff=true).
+			for i, name := range local {
+				sc := cfg.Snapshotters[name]
+				svc := snapshotterService(name)
+				sockets[name] = socket(svc)
+				if addr := cfg.External(svc); addr != "" {
+					specs = append(specs, supervisor.Spec{Name: svc, Address: addr})
+					continue
+				}
+				path, args, err := command(svc, e.Name)
+				if err != nil {
+					return nil, err
+				}
+				opts := map[string]any{"driver": sc.Driver, "name": name}
+				for k, v := range sc.Options {
+					opts[k] = v
+				}
+				var requires []string
+				var deps map[string]string
+				if i == 0 {
+					// Layer apply reads and writes blobs in the content
+					// process directly, which asks metadata whether the
+					// caller's namespace may.
+					opts["serve_diff"] = true
+					for _, r := range e.Requires {
+						if cfg.Services[r].Disabled {
+							continue
+						}
+						requires = append(requires, r)
+						if deps == nil {
+							deps = map[string]string{}
+						}
+						deps[r] = socket(r)
+					}
+				}
+				specs = append(specs, supervisor.Spec{Name: svc, Path: path, Args: args, Requires: requires, Env: env(svc, deps, opts), Limits: limits(cfg, svc)})
+			}
+			continue
+		}
+		sc := cfg.Services[e.Name]
 		if sc.Disabled {
 			continue
 		}
 		deps := map[string]string{}
-		requires := append([]string(nil), n.requires...)
-		for _, r := range n.requires {
+		var requires []string
+		for _, r := range e.Requires {
+			if r == roster.Snapshotters {
+				for _, name := range local {
+					requires = append(requires, snapshotterService(name))
+				}
+				continue
+			}
 			if cfg.Services[r].Disabled {
-				return nil, fmt.Errorf("service %s requires %s, which is disabled", n.name, r)
+				return nil, fmt.Errorf("service %s requires %s, which is disabled", e.Name, r)
 			}
+			requires = append(requires, r)
 			deps[r] = socket(r)
-		}
-		if n.name == "metadata" {
-			for _, name := range local {
-				requires = append(requires, snapshotterService(name))
-			}
 		}
 		if sc.Address != "" {
 			// Waited for in its place in the graph, after what it
 			// requires, before what requires it; given its own
 			// dependencies by whoever runs it.
-			specs = append(specs, supervisor.Spec{Name: n.name, Address: sc.Address, Requires: requires})
+			specs = append(specs, supervisor.Spec{Name: e.Name, Address: sc.Address, Requires: requires})
 			continue
 		}
-		path, err := binary(n.name, sc.Path)
+		path, args, err := command(e.Name, e.Name)
 		if err != nil {
 			return nil, err
 		}
-		e := env(n.name, deps, sc.Options)
-		if n.name == "metadata" {
-			e.Snapshotters = sockets
+		ev := env(e.Name, deps, sc.Options)
+		if slices.Contains(e.Requires, roster.Snapshotters) {
+			ev.Snapshotters = sockets
 		}
-		specs = append(specs, supervisor.Spec{Name: n.name, Path: path, Requires: requires, Env: e, Limits: limits(cfg, n.name)})
+		specs = append(specs, supervisor.Spec{Name: e.Name, Path: path, Args: args, Requires: requires, Env: ev, Limits: limits(cfg, e.Name)})
 	}
 	return specs, nil
 }

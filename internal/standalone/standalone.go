@@ -24,8 +24,8 @@ const (
 	stopTimeout = 15 * time.Second
 )
 
-// Binary is flotilla-<Name>, built from the package ./cmd/flotilla-<Name>
-// of the test's own directory.
+// Binary is flotilla-<Name>: a link to flotillad, the one executable of
+// every service, which runs the service argv[0] names.
 type Binary struct {
 	Name string
 	// Path is the built binary; Main sets it.
@@ -43,10 +43,15 @@ func (b *Binary) Main(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	exe := "flotilla-" + b.Name
 	b.Path = filepath.Join(dir, exe)
-	build := exec.Command("go", "build", "-o", b.Path, "./cmd/"+exe)
+	daemon := filepath.Join(dir, "flotillad")
+	build := exec.Command("go", "build", "-o", daemon, "github.com/flotilla-project/flotilla/cmd/flotillad")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "building %s failed: %v\n", exe, err)
+		fmt.Fprintf(os.Stderr, "building flotillad failed: %v\n", err)
+		return 1
+	}
+	if err := os.Symlink("flotillad", b.Path); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/flotilla-project/flotilla/pkg/roster"
 )
 
 // Config is the whole daemon configuration.
@@ -105,6 +107,9 @@ type Service struct {
 	// cores: a routed call 20% slower, a content read 25%). Those that
 	// compute in parallel (layer apply, many containers) keep every CPU.
 	MaxProcs int `toml:"max_procs,omitempty" comment:"Go's GOMAXPROCS for the process; 0 means the default: 1 for content and metadata, every CPU for the others."`
+	// GOGC is the Go runtime's garbage collection target (pkg/roster
+	// says why the defaults differ).
+	GOGC int `toml:"gogc,omitempty" comment:"Go's GOGC for the process; 0 means the default: 50 for the services that idle most of the time, Go's 100 for content."`
 	// MemoryLimit and CPULimit bound the service's cgroup (see Limits).
 	MemoryLimit string `toml:"memory_limit,omitempty" comment:"Most memory the process may use (\"256MiB\"); past it the kernel kills it and it is restarted. Empty: no limit."`
 	CPULimit    string `toml:"cpu_limit,omitempty" comment:"CPUs the process may use (\"0.5\" is half of one). Empty: no limit."`
@@ -180,22 +185,31 @@ func Default() *Config {
 			RouteWait:    Duration{10 * time.Second},
 			Call:         Duration{30 * time.Second},
 		},
-		Services: map[string]Service{
-			"content": {},
-			"metadata": {Options: map[string]any{
-				// Collection runs this often, and this long after a
-				// deletion (a burst of deletions costs one run).
-				"gc_schedule":     "10m",
-				"gc_delete_delay": "100ms",
-			}},
-			"tasks": {},
-			"cri":   {},
-		},
+		Services: defaultServices(),
 		Snapshotters: map[string]Snapshotter{
 			"overlayfs": {Driver: "overlayfs"},
 			"native":    {Driver: "native"},
 		},
 	}
+}
+
+// defaultServices are the roster's services with their default options.
+func defaultServices() map[string]Service {
+	out := map[string]Service{}
+	for _, e := range roster.Services {
+		if e.PerSnapshotter {
+			continue // configured per snapshotter: [services.snapshotter-<name>]
+		}
+		var opts map[string]any
+		if len(e.Options) > 0 {
+			opts = map[string]any{}
+			for k, v := range e.Options {
+				opts[k] = v
+			}
+		}
+		out[e.Name] = Service{Options: opts}
+	}
+	return out
 }
 
 // Load reads path over the defaults. An empty path yields the defaults.
@@ -212,6 +226,11 @@ func Load(path string) (*Config, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {
 		return nil, fmt.Errorf("parse config %s: %w", path, err)
+	}
+	for name, s := range c.Services {
+		if s.GOGC < 0 {
+			return nil, fmt.Errorf("config %s: [services.%s] gogc %d: want 0 or more", path, name, s.GOGC)
+		}
 	}
 	if c.MaxProcs < 0 {
 		return nil, fmt.Errorf("config %s: max_procs %d: want 0 or more", path, c.MaxProcs)
@@ -230,9 +249,18 @@ func Load(path string) (*Config, error) {
 	return c, nil
 }
 
-// ExternalServices are the services an address can be given for: the core
-// services and a Flotilla snapshotter's process (snapshotter-<name>).
-var ExternalServices = []string{"content", "metadata", "tasks", "cri"}
+// ExternalServices are the services an address can be given for (the
+// roster says which), besides a Flotilla snapshotter's process
+// (snapshotter-<name>).
+func ExternalServices() []string {
+	var out []string
+	for _, e := range roster.Services {
+		if e.External && !e.PerSnapshotter {
+			out = append(out, e.Name)
+		}
+	}
+	return out
+}
 
 // checkAddresses refuses what an address makes meaningless: flotillad
 // neither runs the binary of an external service nor owns its cgroup, and a
@@ -246,7 +274,7 @@ func (c *Config) checkAddresses() error {
 		}
 		where := fmt.Sprintf("[services.%s] address", name)
 		known := false
-		for _, n := range ExternalServices {
+		for _, n := range ExternalServices() {
 			known = known || n == name
 		}
 		if sn, ok := strings.CutPrefix(name, "snapshotter-"); ok {
@@ -261,7 +289,7 @@ func (c *Config) checkAddresses() error {
 		}
 		switch {
 		case !known:
-			return fmt.Errorf("%s: service %q cannot run outside flotillad (want one of %s or snapshotter-<name>)", where, name, strings.Join(ExternalServices, ", "))
+			return fmt.Errorf("%s: service %q cannot run outside flotillad (want one of %s or snapshotter-<name>)", where, name, strings.Join(ExternalServices(), ", "))
 		case s.Disabled:
 			return fmt.Errorf("%s: the service is also disabled", where)
 		case s.Path != "" || s.MemoryLimit != "" || s.CPULimit != "":
@@ -271,20 +299,24 @@ func (c *Config) checkAddresses() error {
 	return nil
 }
 
-// relays are the services whose GOMAXPROCS is 1 unless configured: they
-// relay and record, and the graph's processes give the parallelism.
-var relays = map[string]bool{"content": true, "metadata": true}
-
 // ServiceProcs is the GOMAXPROCS of the named service's process; 0 leaves
-// Go's default (every CPU).
+// Go's default (every CPU). Unless configured, the roster says.
 func (c *Config) ServiceProcs(name string) int {
 	if n := c.Services[name].MaxProcs; n > 0 {
 		return n
 	}
-	if relays[name] {
-		return 1
+	e, _ := roster.Lookup(name)
+	return e.MaxProcs
+}
+
+// ServiceGOGC is the garbage collection target of the named service's
+// process; 0 leaves Go's 100. Unless configured, the roster says.
+func (c *Config) ServiceGOGC(name string) int {
+	if n := c.Services[name].GOGC; n > 0 {
+		return n
 	}
-	return 0
+	e, _ := roster.Lookup(name)
+	return e.GOGC
 }
 
 // GatewayProcs is flotillad's own GOMAXPROCS.

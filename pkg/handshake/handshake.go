@@ -46,8 +46,13 @@ type Env struct {
 	// CallTimeoutMS is the default deadline of an outgoing call, in ms.
 	CallTimeoutMS int64 `json:"call_timeout_ms,omitempty"`
 	// MaxProcs is the process's GOMAXPROCS; 0 leaves Go's default.
-	MaxProcs int            `json:"max_procs,omitempty"`
-	Options  map[string]any `json:"options,omitempty"`
+	MaxProcs int `json:"max_procs,omitempty"`
+	// GOGC is the process's garbage collection target; 0 leaves Go's.
+	GOGC int `json:"gogc,omitempty"`
+	// MemoryLimit is the Go runtime's soft memory limit in bytes; 0 sets
+	// none.
+	MemoryLimit int64          `json:"memory_limit,omitempty"`
+	Options     map[string]any `json:"options,omitempty"`
 }
 
 // Encode renders e for EnvVar.

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -79,8 +80,12 @@ type Constructor func(context.Context, *Process) (*Instance, error)
 // container of its own, say, with flotillad given its address), by flags:
 // --socket, --root, --state, and for what it depends on --gateway, --dep and
 // --snapshotter.
-func Run(name string, build Constructor) {
-	if err := run(name, build); err != nil {
+func Run(name string, build Constructor) { RunArgs(name, build, os.Args[1:]) }
+
+// RunArgs is Run with the command line's flags given (without the program
+// name), for a binary that dispatches to services by subcommand.
+func RunArgs(name string, build Constructor, args []string) {
+	if err := run(name, build, args); err != nil {
 		fmt.Fprintf(os.Stderr, "flotilla-%s: %v\n", name, err)
 		os.Exit(1)
 	}
@@ -93,7 +98,7 @@ func Run(name string, build Constructor) {
 // running (and logging) for the next flotillad to reattach to it.
 const LogFileEnv = "FLOTILLA_SERVICE_LOG"
 
-func run(name string, build Constructor) error {
+func run(name string, build Constructor, args []string) error {
 	env, supervised, err := handshake.FromEnviron()
 	if err != nil {
 		return err
@@ -112,13 +117,21 @@ func run(name string, build Constructor) error {
 		}
 	}
 	if !supervised {
-		env, err = standaloneEnv(name)
+		env, err = standaloneEnv(name, args)
 		if err != nil {
 			return err
 		}
 	}
 	if env.MaxProcs > 0 {
 		runtime.GOMAXPROCS(env.MaxProcs)
+	}
+	// The environment's GOGC and GOMEMLIMIT, when set, are the operator's
+	// and win over the graph's defaults.
+	if env.GOGC > 0 && os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(env.GOGC)
+	}
+	if env.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(env.MemoryLimit)
 	}
 	// The logger keeps the original stderr: go-plugin later swaps os.Stderr
 	// for a pipe of its own, and log lines should reach flotillad verbatim.
@@ -265,7 +278,7 @@ func TTRPCSocket(socket string) string {
 	return strings.TrimSuffix(socket, ".sock") + ".ttrpc.sock"
 }
 
-func standaloneEnv(name string) (handshake.Env, error) {
+func standaloneEnv(name string, args []string) (handshake.Env, error) {
 	fs := flag.NewFlagSet("flotilla-"+name, flag.ContinueOnError)
 	socket := fs.String("socket", "", "Unix socket to serve on (required)")
 	root := fs.String("root", "", "persistent data directory (required)")
@@ -297,7 +310,7 @@ func standaloneEnv(name string) (handshake.Env, error) {
 		fmt.Fprintf(fs.Output(), "flotilla-%s is started by flotillad; to run it by hand:\n", name)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return handshake.Env{}, err
 	}
 	if *socket == "" || *root == "" {

@@ -15,7 +15,7 @@ func TestStandaloneFlagsGiveWhatFlotilladWouldHandOver(t *testing.T) {
 		"--snapshotter", "overlayfs=/run/s/snapshotter-overlayfs.sock",
 		"--snapshotter", "remote=/run/r.sock",
 		"--option", "gc_schedule=1m"}
-	env, err := standaloneEnv("metadata")
+	env, err := standaloneEnv("metadata", os.Args[1:])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestStandaloneFlagsRefuseADependencyWithoutASocket(t *testing.T) {
 	defer func(a []string) { os.Args = a }(os.Args)
 	for _, bad := range []string{"content", "content=", "=/x.sock"} {
 		os.Args = []string{"flotilla-metadata", "--socket", "/s.sock", "--root", "/r", "--dep", bad}
-		if _, err := standaloneEnv("metadata"); err == nil {
+		if _, err := standaloneEnv("metadata", os.Args[1:]); err == nil {
 			t.Errorf("--dep %q accepted", bad)
 		}
 	}

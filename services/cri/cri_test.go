@@ -59,15 +59,6 @@ func runMain(m *testing.M) int {
 		}
 		binDir = dir
 	}
-	if _, err := os.Stat(filepath.Join(binDir, "flotilla-cri")); err != nil {
-		// Until the Makefile builds it with the other services.
-		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, "flotilla-cri"), "./cmd/flotilla-cri")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "building flotilla-cri failed:", err)
-			return 1
-		}
-	}
 	return m.Run()
 }
 

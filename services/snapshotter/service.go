@@ -1,0 +1,108 @@
+// Package snapshotter is Flotilla's snapshotter service: containerd's
+// raw (unnamespaced) Snapshots API over one driver under the service root.
+// The gateway routes no client API here; the metadata service serves the
+// namespaced Snapshots API over every snapshotter by name. Because the API is
+// a containerd proxy snapshotter's, containerd can use this process as a
+// proxy_plugins entry too.
+//
+// Options (from flotillad's config, or --option key=value by hand):
+// driver ("overlayfs", the default, or "native") and, for overlayfs,
+// mount_options (a list added to every overlay mount); name, the name
+// clients know the snapshotter by (Introspection lists it under that id).
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"google.golang.org/grpc"
+
+	"github.com/flotilla-project/flotilla/pkg/rpc"
+	"github.com/flotilla-project/flotilla/pkg/service"
+	"github.com/flotilla-project/flotilla/pkg/snapshotserver"
+	"github.com/flotilla-project/flotilla/services/snapshotter/diff"
+	"github.com/flotilla-project/flotilla/services/snapshotter/native"
+	"github.com/flotilla-project/flotilla/services/snapshotter/overlay"
+)
+
+type options struct {
+	Driver       string   `json:"driver"`
+	MountOptions []string `json:"mount_options"`
+	// Name is the snapshotter's name for clients (flotillad sets it).
+	Name string `json:"name"`
+	// ServeDiff makes this process serve layer apply and compare (the Diff
+	// API) for clients; flotillad asks one snapshotter process to.
+	ServeDiff bool `json:"serve_diff"`
+}
+
+// New builds the snapshotter service in its process.
+func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
+	opts := options{Driver: "overlayfs"}
+	if err := p.Env.DecodeOptions(&opts); err != nil {
+		return nil, err
+	}
+	exports := map[string]string{"driver": opts.Driver}
+	if opts.Name != "" {
+		exports["snapshotter"] = opts.Name
+	}
+	var sn snapshots.Snapshotter
+	switch opts.Driver {
+	case "overlayfs", "overlay":
+		o, err := overlay.New(p.Env.Root, overlay.Options{MountOptions: opts.MountOptions}, p.Logger)
+		if err != nil {
+			return nil, err
+		}
+		exports["driver"] = "overlayfs"
+		exports["mount_options"] = strings.Join(o.MountOptions(), ",")
+		sn = o
+	case "native":
+		n, err := native.New(p.Env.Root, p.Logger)
+		if err != nil {
+			return nil, err
+		}
+		sn = n
+	default:
+		return nil, fmt.Errorf("snapshotter driver %q: want overlayfs or native: %w", opts.Driver, errdefs.ErrInvalidArgument)
+	}
+	inst := &service.Instance{
+		Type:     "io.containerd.snapshotter.v1",
+		Exports:  exports,
+		Register: snapshotserver.New(sn, p.Logger).Register,
+		Close:    func(context.Context) error { return sn.Close() },
+	}
+	if opts.ServeDiff && p.Env.Gateway != "" {
+		// Layers are read from, and diffs written to, the namespaced
+		// content store, through the gateway, in the caller's
+		// namespace and lease.
+		gw, err := rpc.DialTimeout(p.Env.Gateway, p.CallTimeout())
+		if err != nil {
+			return nil, err
+		}
+		var raw *grpc.ClientConn
+		if _, ok := p.Env.Deps["content"]; ok {
+			if raw, err = p.Dial("content"); err != nil {
+				return nil, err
+			}
+		}
+		differ := diff.New(newGatewayContent(gw, raw), p.Logger)
+		snapshots := inst.Register
+		inst.Register = func(srv grpc.ServiceRegistrar) {
+			snapshots(srv)
+			differ.Register(srv)
+		}
+		inst.Routes = []string{"containerd.services.diff.v1.Diff"}
+		inst.Capabilities = []string{"diff"}
+		exports["diff"] = "walking"
+		inst.Close = func(context.Context) error {
+			gw.Close()
+			if raw != nil {
+				raw.Close()
+			}
+			return sn.Close()
+		}
+	}
+	return inst, nil
+}

@@ -84,7 +84,7 @@ func (g *Gateway) SetService(s Service) error {
 	g.services[s.Name] = s
 	g.mu.Unlock()
 	if s.Info != nil {
-		if err := g.router.Set(s.Name, s.Info.Socket, s.Info.Routes); err != nil {
+		if err := g.router.Set(s.Name, s.Info.Socket, s.Info.Routes, s.Info.MethodRoutes); err != nil {
 			return err
 		}
 		g.router.SetFast(s.Name, s.Info.Exports["ttrpc"])

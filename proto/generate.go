@@ -1,6 +1,8 @@
 // Package proto holds Flotilla's own gRPC APIs: service/v1 is the
 // supervisor's handshake with a service process, admin/v1 the operator API
-// flotillad serves on its client socket (the `flotilla` tool's). The
+// flotillad serves on its client socket (the `flotilla` tool's), ingest/v1
+// the control path of a namespaced content write (metadata serves it to the
+// content process). The
 // generated code is committed; regenerate it after editing a .proto file with
 //
 //	go generate ./proto
@@ -13,3 +15,4 @@ package proto
 
 //go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative service/v1/service.proto
 //go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative admin/v1/admin.proto
+//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative ingest/v1/ingest.proto

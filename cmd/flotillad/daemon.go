@@ -289,6 +289,11 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			requires = append(requires, r)
 			deps[r] = socket(r)
 		}
+		for _, c := range e.Calls {
+			if !cfg.Services[c].Disabled {
+				deps[c] = socket(c)
+			}
+		}
 		if sc.Address != "" {
 			// Waited for in its place in the graph, after what it
 			// requires, before what requires it; given its own

@@ -46,7 +46,7 @@ func BenchmarkUnary(b *testing.B) {
 
 	r := New(logger, time.Second)
 	defer r.Close()
-	if err := r.Set("ns", filepath.Join(dir, "b.sock"), []string{"containerd.services.namespaces.v1.Namespaces"}); err != nil {
+	if err := r.Set("ns", filepath.Join(dir, "b.sock"), []string{"containerd.services.namespaces.v1.Namespaces"}, nil); err != nil {
 		b.Fatal(err)
 	}
 	gw := rpc.NewServer(logger, r.ServerOptions()...)

@@ -77,7 +77,7 @@ func TestRouterFastPathCarriesHeadersAndCodesAndFallsBackToGRPC(t *testing.T) {
 
 	r := New(logger, time.Second)
 	defer r.Close()
-	if err := r.Set("ns", filepath.Join(dir, "b.sock"), []string{"containerd.services.namespaces.v1.Namespaces"}); err != nil {
+	if err := r.Set("ns", filepath.Join(dir, "b.sock"), []string{"containerd.services.namespaces.v1.Namespaces"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	r.SetFast("ns", fastSock)

@@ -14,7 +14,7 @@ import (
 
 func TestRouterHeldCallWaitsAndSucceedsAfterRelease(t *testing.T) {
 	f := newFixture(t, 5*time.Second)
-	if err := f.router.Set("echo", f.backend, []string{"test.Echo"}); err != nil {
+	if err := f.router.Set("echo", f.backend, []string{"test.Echo"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	f.router.Ready()
@@ -46,7 +46,7 @@ func TestRouterHeldCallWaitsAndSucceedsAfterRelease(t *testing.T) {
 
 func TestRouterHeldCallGivesUpAfterRouteWait(t *testing.T) {
 	f := newFixture(t, 300*time.Millisecond)
-	_ = f.router.Set("echo", f.backend, []string{"test.Echo"})
+	_ = f.router.Set("echo", f.backend, []string{"test.Echo"}, nil)
 	f.router.Ready()
 	f.router.Hold("echo")
 	defer f.router.Release("echo")
@@ -63,7 +63,7 @@ func TestRouterHeldCallGivesUpAfterRouteWait(t *testing.T) {
 
 func TestRouterDrainWaitsForCallsInFlightWhileHeld(t *testing.T) {
 	f := newFixture(t, 5*time.Second)
-	_ = f.router.Set("echo", f.backend, []string{"test.Echo"})
+	_ = f.router.Set("echo", f.backend, []string{"test.Echo"}, nil)
 	f.router.Ready()
 
 	// A stream that has exchanged a message is in flight at the backend.

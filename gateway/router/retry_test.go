@@ -45,7 +45,7 @@ func throughRouter(t *testing.T, logger *slog.Logger, dir, name, sock, svc strin
 	t.Helper()
 	r := New(logger, 5*time.Second)
 	t.Cleanup(r.Close)
-	if err := r.Set(name, sock, []string{svc}); err != nil {
+	if err := r.Set(name, sock, []string{svc}, nil); err != nil {
 		t.Fatal(err)
 	}
 	r.Ready()

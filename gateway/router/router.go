@@ -35,12 +35,20 @@ type Router struct {
 
 	mu       sync.RWMutex
 	routes   map[string]*backend // gRPC service name -> backend
+	// methods routes single methods apart from their service's process:
+	// full method -> the backend and the method it serves it under.
+	methods  map[string]methodRoute
 	backends map[string]*backend // service process name -> backend
 	// holds maps a held process name to a channel closed by Release.
 	holds map[string]chan struct{}
 
 	ready     chan struct{}
 	readyOnce sync.Once
+}
+
+type methodRoute struct {
+	be *backend
+	as string
 }
 
 type backend struct {
@@ -60,16 +68,19 @@ func New(logger *slog.Logger, wait time.Duration) *Router {
 		logger:   logger,
 		wait:     wait,
 		routes:   map[string]*backend{},
+		methods:  map[string]methodRoute{},
 		backends: map[string]*backend{},
 		holds:    map[string]chan struct{}{},
 		ready:    make(chan struct{}),
 	}
 }
 
-// Set records that the named process serves routes on socket. A process keeps
-// its socket path across restarts, so the connection is made once and gRPC
-// re-establishes it whenever the process comes back.
-func (r *Router) Set(name, socket string, routes []string) error {
+// Set records that the named process serves routes (gRPC services) and
+// methods (full method a client calls -> full method the process serves it
+// under) on socket. A process keeps its socket path across restarts, so the
+// connection is made once and gRPC re-establishes it whenever the process
+// comes back.
+func (r *Router) Set(name, socket string, routes []string, methods map[string]string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	be, ok := r.backends[name]
@@ -93,6 +104,17 @@ func (r *Router) Set(name, socket string, routes []string) error {
 		if b.name == name {
 			delete(r.routes, svc)
 		}
+	}
+	for m, mr := range r.methods {
+		if mr.be.name == name {
+			delete(r.methods, m)
+		}
+	}
+	for m, as := range methods {
+		if other, taken := r.methods[m]; taken && other.be.name != name {
+			return fmt.Errorf("%s and %s both claim %s", other.be.name, name, m)
+		}
+		r.methods[m] = methodRoute{be: be, as: as}
 	}
 	for _, svc := range routes {
 		if other, taken := r.routes[svc]; taken && other.name != name {
@@ -130,6 +152,7 @@ func (r *Router) Close() {
 	}
 	r.backends = map[string]*backend{}
 	r.routes = map[string]*backend{}
+	r.methods = map[string]methodRoute{}
 }
 
 // acquire finds the backend serving svc and counts the call in flight on
@@ -137,6 +160,14 @@ func (r *Router) Close() {
 // the router's wait in all, while startup is in progress and while the
 // backend is held.
 func (r *Router) acquire(ctx context.Context, svc string) (*backend, error) {
+	be, _, err := r.acquireMethod(ctx, svc, "")
+	return be, err
+}
+
+// acquireMethod is acquire for a call of method (a full method name; "" for
+// any of svc's), which may be routed apart from its service: it returns the
+// method to call on the backend too.
+func (r *Router) acquireMethod(ctx context.Context, svc, method string) (*backend, string, error) {
 	var (
 		timer    *time.Timer
 		timedOut bool
@@ -157,6 +188,10 @@ func (r *Router) acquire(ctx context.Context, svc string) (*backend, error) {
 		// takes too: a call either waits or is seen by Drain.
 		r.mu.RLock()
 		be, ok := r.routes[svc]
+		as := method
+		if mr, routed := r.methods[method]; routed && method != "" {
+			be, ok, as = mr.be, true, mr.as
+		}
 		var held chan struct{}
 		if ok {
 			if held = r.holds[be.name]; held == nil {
@@ -166,34 +201,34 @@ func (r *Router) acquire(ctx context.Context, svc string) (*backend, error) {
 		r.mu.RUnlock()
 		switch {
 		case ok && held == nil:
-			return be, nil
+			return be, as, nil
 		case ok:
 			if timedOut {
-				return nil, status.Errorf(codes.Unavailable, "service %s (%s) is restarting and not available after %s", be.name, svc, r.wait)
+				return nil, "", status.Errorf(codes.Unavailable, "service %s (%s) is restarting and not available after %s", be.name, svc, r.wait)
 			}
 			select {
 			case <-held:
 			case <-expiry():
 				timedOut = true
 			case <-ctx.Done():
-				return nil, status.FromContextError(ctx.Err()).Err()
+				return nil, "", status.FromContextError(ctx.Err()).Err()
 			}
 			continue
 		}
 		select {
 		case <-r.ready:
-			return nil, status.Errorf(codes.Unimplemented, "unknown service %s", svc)
+			return nil, "", status.Errorf(codes.Unimplemented, "unknown service %s", svc)
 		default:
 		}
 		if timedOut {
-			return nil, status.Errorf(codes.Unimplemented, "unknown service %s", svc)
+			return nil, "", status.Errorf(codes.Unimplemented, "unknown service %s", svc)
 		}
 		select {
 		case <-r.ready:
 		case <-expiry():
 			timedOut = true
 		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
+			return nil, "", status.FromContextError(ctx.Err()).Err()
 		}
 	}
 }
@@ -383,7 +418,7 @@ func (r *Router) routeUnary(ctx context.Context, svc, method string, req *rpc.Fr
 	be, err := r.acquire(ctx, svc)
 	if err != nil {
 		req.Free()
-		return nil, err
+		return nil, err // the gateway's own answer, logged as such
 	}
 	defer be.done()
 	in, _ := metadata.FromIncomingContext(ctx)
@@ -395,7 +430,7 @@ func (r *Router) routeUnary(ctx context.Context, svc, method string, req *rpc.Fr
 	if len(trailer) > 0 {
 		_ = grpc.SetTrailer(ctx, trailer)
 	}
-	return resp, err
+	return resp, rpc.Relayed(err)
 }
 
 // waitReady holds a call for a backend whose connection is down (its process
@@ -465,15 +500,29 @@ func kindOf(method string) callKind {
 	return k
 }
 
-func (r *Router) handle(_ any, ss grpc.ServerStream) error {
+func (r *Router) handle(srv any, ss grpc.ServerStream) error {
+	err := r.route(srv, ss)
+	var own refusal
+	if errors.As(err, &own) {
+		return own.error
+	}
+	return rpc.Relayed(err)
+}
+
+// refusal is the gateway's own answer to a call it routes nowhere (an
+// unknown service, a restarting one past the wait), which the gateway logs,
+// unlike the answers of the services it relays.
+type refusal struct{ error }
+
+func (r *Router) route(_ any, ss grpc.ServerStream) error {
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {
 		return status.Error(codes.Internal, "no method in stream")
 	}
 	svc := serviceOf(method)
-	be, err := r.acquire(ss.Context(), svc)
+	be, target, err := r.acquireMethod(ss.Context(), svc, method)
 	if err != nil {
-		return err
+		return refusal{err}
 	}
 	defer be.done()
 
@@ -484,13 +533,13 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 
 	kind := kindOf(method)
 	if kind == unary {
-		return r.forwardUnary(octx, ss, be, svc, method)
+		return r.forwardUnary(octx, ss, be, svc, target)
 	}
 	if kind == serverStream && rpc.ReadOnly(method[strings.LastIndex(method, "/")+1:]) {
-		return r.forwardReading(octx, ss, be, svc, method)
+		return r.forwardReading(octx, ss, be, svc, method, target)
 	}
 
-	cs, err := r.openStream(octx, cancel, be, svc, method, kind.desc())
+	cs, err := r.openStream(octx, cancel, be, svc, target, kind.desc())
 	if err != nil {
 		return err
 	}
@@ -548,7 +597,9 @@ func (r *Router) openStream(ctx context.Context, cancel context.CancelFunc, be *
 // Read). When the backend goes away under it (a restart), the call is made
 // again: from the start if the client has been sent nothing yet, and for a
 // content Read from the first byte the client has not been sent.
-func (r *Router) forwardReading(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method string) error {
+//
+// method is the client's; target, what the backend serves it under.
+func (r *Router) forwardReading(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method, target string) error {
 	req := &rpc.Frame{}
 	if err := ss.RecvMsg(req); err != nil {
 		return err
@@ -565,7 +616,7 @@ func (r *Router) forwardReading(ctx context.Context, ss grpc.ServerStream, be *b
 	var relayed, headerSent bool
 	next := first
 	for attempt := 1; ; attempt++ {
-		err := r.relayReading(ctx, ss, be, svc, method, next, resume, &relayed, &headerSent)
+		err := r.relayReading(ctx, ss, be, svc, target, next, resume, &relayed, &headerSent)
 		if err == nil || attempt == maxReadingAttempts || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
 			return err
 		}

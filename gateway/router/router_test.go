@@ -103,7 +103,7 @@ var bidi = &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}
 
 func TestRouterForwardsStreamsWithMetadataBothWays(t *testing.T) {
 	f := newFixture(t, time.Second)
-	if err := f.router.Set("echo", f.backend, []string{"test.Echo"}); err != nil {
+	if err := f.router.Set("echo", f.backend, []string{"test.Echo"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	f.router.Ready()
@@ -146,7 +146,7 @@ func TestRouterForwardsStreamsWithMetadataBothWays(t *testing.T) {
 
 func TestRouterPassesBackendStatusThrough(t *testing.T) {
 	f := newFixture(t, time.Second)
-	_ = f.router.Set("echo", f.backend, []string{"test.Echo"})
+	_ = f.router.Set("echo", f.backend, []string{"test.Echo"}, nil)
 	f.router.Ready()
 	var out wrapperspb.StringValue
 	err := f.client.Invoke(context.Background(), "/test.Echo/Once", wrapperspb.String("fail"), &out)
@@ -172,7 +172,7 @@ func TestRouterUnknownServiceIsUnimplemented(t *testing.T) {
 func TestRouterWaitsForRestartingBackendThenGivesUp(t *testing.T) {
 	f := newFixture(t, 300*time.Millisecond)
 	dead := filepath.Join(filepath.Dir(f.backend), "dead.sock")
-	_ = f.router.Set("gone", dead, []string{"test.Gone"})
+	_ = f.router.Set("gone", dead, []string{"test.Gone"}, nil)
 	f.router.Ready()
 	start := time.Now()
 	var out wrapperspb.StringValue
@@ -190,7 +190,7 @@ func TestRouterWaitsForRestartingBackendThenGivesUp(t *testing.T) {
 		startBackend(t, dead)
 	}()
 	f2 := newFixture(t, 5*time.Second)
-	_ = f2.router.Set("late", dead, []string{"test.Late"})
+	_ = f2.router.Set("late", dead, []string{"test.Late"}, nil)
 	f2.router.Ready()
 	if err := f2.client.Invoke(context.Background(), "/test.Late/Call", wrapperspb.String("x"), &out); err != nil {
 		t.Fatalf("call held for a starting backend failed: %v", err)
@@ -202,10 +202,10 @@ func TestRouterWaitsForRestartingBackendThenGivesUp(t *testing.T) {
 
 func TestRouterRefusesTwoOwnersOfOneService(t *testing.T) {
 	f := newFixture(t, time.Second)
-	if err := f.router.Set("a", f.backend, []string{"test.Echo"}); err != nil {
+	if err := f.router.Set("a", f.backend, []string{"test.Echo"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.router.Set("b", f.backend, []string{"test.Echo"}); err == nil {
+	if err := f.router.Set("b", f.backend, []string{"test.Echo"}, nil); err == nil {
 		t.Fatal("two processes claimed one service without an error")
 	}
 }

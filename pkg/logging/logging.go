@@ -3,6 +3,7 @@
 package logging
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -47,4 +48,27 @@ func New(service string, o Options, w io.Writer) (*slog.Logger, error) {
 		return nil, fmt.Errorf("unknown log format %q", o.Format)
 	}
 	return slog.New(h).With("service", service), nil
+}
+
+type loggerKey struct{}
+
+// WithLogger returns ctx carrying l, the logger G returns for it and for
+// every context derived from it.
+func WithLogger(ctx context.Context, l *slog.Logger) context.Context {
+	return context.WithValue(ctx, loggerKey{}, l)
+}
+
+// G returns the logger ctx carries: the process's, with the fields the call
+// has gathered on its way (as containerd's log.G). A context that carries
+// none gets slog's default logger, which a process sets to its own at start.
+func G(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok {
+		return l
+	}
+	return slog.Default()
+}
+
+// With returns ctx whose logger adds args (key-value pairs) to every line.
+func With(ctx context.Context, args ...any) context.Context {
+	return WithLogger(ctx, G(ctx).With(args...))
 }

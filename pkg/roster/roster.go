@@ -28,6 +28,9 @@ type Entry struct {
 	// Requires are the services that must serve before this one starts;
 	// Snapshotters stands for every snapshotter process.
 	Requires []string
+	// Calls are services this one reaches without waiting for them at
+	// start (they may require it): it is given their sockets all the same.
+	Calls []string
 	// External says the service may run outside flotillad, which is then
 	// given its address ([services.<name>] address) instead of starting it.
 	External bool
@@ -68,8 +71,11 @@ const Gateway = "gateway"
 // their garbage is large buffers collected often anyway.
 var Services = []Entry{
 	{
-		Name:     "content",
-		Build:    content.New,
+		Name:  "content",
+		Build: content.New,
+		// The namespaced Read and Write streams are served here, next to
+		// the files; metadata decides for them.
+		Calls:    []string{"metadata"},
 		External: true,
 		MaxProcs: 1,
 	},

@@ -14,14 +14,17 @@ import (
 	"runtime/debug"
 
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/metrics"
 )
 
@@ -59,8 +62,8 @@ func NewServer(logger *slog.Logger, opts ...grpc.ServerOption) *Server {
 		grpc.ForceServerCodecV2(FrameCodec{}),
 		// Metrics come first so that they count the code the client
 		// gets, after recovery and error mapping.
-		grpc.ChainUnaryInterceptor(metrics.Server.UnaryServerInterceptor(), recovery.UnaryServerInterceptor(recover), unaryErrors),
-		grpc.ChainStreamInterceptor(metrics.Server.StreamServerInterceptor(), recovery.StreamServerInterceptor(recover), streamErrors),
+		grpc.ChainUnaryInterceptor(metrics.Server.UnaryServerInterceptor(), recovery.UnaryServerInterceptor(recover), unaryLogger(logger), unaryErrors),
+		grpc.ChainStreamInterceptor(metrics.Server.StreamServerInterceptor(), recovery.StreamServerInterceptor(recover), streamLogger(logger), streamErrors),
 	}
 	s := grpc.NewServer(append(base, opts...)...)
 	h := health.NewServer()
@@ -87,14 +90,78 @@ func Errors(err error) error {
 	return errgrpc.ToGRPC(err)
 }
 
-func unaryErrors(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+func unaryErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	resp, err := h(ctx, req)
-	return resp, Errors(err)
+	err = Errors(err)
+	logRefused(ctx, info.FullMethod, err)
+	return resp, err
 }
 
-func streamErrors(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	return Errors(h(srv, ss))
+func streamErrors(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	err := Errors(h(srv, ss))
+	logRefused(ss.Context(), info.FullMethod, err)
+	return err
 }
+
+// logRefused logs a call the service refused for what it asked (bad input,
+// a state that does not allow it, a method it does not serve) or failed at
+// (an internal error), so that a failure a client reports has a line where
+// it happened. What a client asks about and does not find, or creates twice,
+// is an answer, not a failure, and is not logged.
+func logRefused(ctx context.Context, method string, err error) {
+	var relayed relayedError
+	if err == nil || errors.As(err, &relayed) {
+		return
+	}
+	switch c := status.Code(err); c {
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.Unimplemented, codes.OutOfRange:
+		logging.G(ctx).Info("call refused", "method", method, "code", c.String(), "error", status.Convert(err).Message())
+	case codes.Internal, codes.Unknown, codes.DataLoss:
+		logging.G(ctx).Error("call failed", "method", method, "code", c.String(), "error", status.Convert(err).Message())
+	}
+}
+
+// Relayed marks an error a relay (the gateway) passes on from the service
+// that answered: that service logged it, if it was a refusal.
+func Relayed(err error) error {
+	if err == nil {
+		return nil
+	}
+	return relayedError{err}
+}
+
+type relayedError struct{ error }
+
+func (e relayedError) GRPCStatus() *status.Status { return status.Convert(e.error) }
+func (e relayedError) Unwrap() error              { return e.error }
+
+// unaryLogger gives each call's context the process's logger, with the
+// call's namespace when it names one.
+func unaryLogger(logger *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		return h(callLogger(ctx, logger), req)
+	}
+}
+
+func streamLogger(logger *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		w := middleware.WrapServerStream(ss)
+		w.WrappedContext = callLogger(ss.Context(), logger)
+		return h(srv, w)
+	}
+}
+
+func callLogger(ctx context.Context, logger *slog.Logger) context.Context {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if ns := md.Get(namespaceHeader); len(ns) > 0 {
+			logger = logger.With("namespace", ns[0])
+		}
+	}
+	return logging.WithLogger(ctx, logger)
+}
+
+// namespaceHeader is containerd's namespace header.
+const namespaceHeader = "containerd-namespace"
 
 // Listen opens a Unix socket at path for the current user only (0600),
 // replacing a stale socket left by a previous run of the same service.

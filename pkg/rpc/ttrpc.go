@@ -82,7 +82,7 @@ func unaryChain(logger *slog.Logger) grpc.UnaryServerInterceptor {
 					err = status.Errorf(codes.Internal, "internal error: %v", p)
 				}
 			}()
-			return unaryErrors(ctx, req, info, h)
+			return unaryErrors(callLogger(ctx, logger), req, info, h)
 		})
 	}
 }

@@ -38,7 +38,11 @@ type Instance struct {
 	// Type is the introspection plugin type, e.g. "io.containerd.content.v1".
 	Type string
 	// Routes are the gRPC services the gateway should send to this process.
-	Routes       []string
+	Routes []string
+	// MethodRoutes are single methods the gateway should send here apart
+	// from their service: the full method a client calls to the full
+	// method this process serves it under.
+	MethodRoutes map[string]string
 	Requires     []string
 	Exports      map[string]string
 	Capabilities []string
@@ -139,7 +143,10 @@ func run(name string, build Constructor, args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	// One logger per process: what has no call's context to carry it
+	// logs through slog's default.
+	slog.SetDefault(logger)
+	ctx, cancel := context.WithCancel(logging.WithLogger(context.Background(), logger))
 	defer cancel()
 
 	shutdownTracing, err := tracing.Setup(ctx, env.Name)
@@ -383,6 +390,7 @@ func (d *describer) Describe(context.Context, *servicepb.DescribeRequest) (*serv
 		Pid:          int64(os.Getpid()),
 		Socket:       d.env.Socket,
 		Routes:       d.inst.Routes,
+		MethodRoutes: d.inst.MethodRoutes,
 		Requires:     d.inst.Requires,
 		Exports:      exports,
 		Capabilities: d.inst.Capabilities,

@@ -1,16 +1,27 @@
 // Package content is Flotilla's content service: containerd's raw
-// Content API over a blob store under the service root. The gateway routes
-// no client API here; the metadata service serves the namespaced Content API
-// and keeps its bytes in this one.
+// (unnamespaced) Content API over a blob store under the service root, and
+// the namespaced Content API's Read and Write streams, whose bytes move here
+// while metadata (namespaces, ingests, records, leases) decides for them. The
+// gateway routes those two methods here and every other Content method to
+// metadata.
 package content
 
 import (
 	"context"
 
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	"google.golang.org/grpc"
+
 	"github.com/flotilla-project/flotilla/pkg/contentserver"
+	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/content/blobs"
+	"github.com/flotilla-project/flotilla/services/content/namespaced"
 )
+
+// NamespacedService is the name this process serves the namespaced Read and
+// Write streams under, apart from the raw Content API of the same methods.
+const NamespacedService = "flotilla.content.v1.Namespaced"
 
 // New builds the content service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
@@ -18,10 +29,51 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &service.Instance{
+	inst := &service.Instance{
 		Type:     "io.containerd.content.v1",
 		Exports:  map[string]string{"root": p.Env.Root},
 		Register: contentserver.New(store, p.Logger).Register,
 		Close:    func(context.Context) error { return store.Close() },
-	}, nil
+	}
+	sock, ok := p.Env.Deps["metadata"]
+	if !ok {
+		// Run alone (a remote content store, a proxy plugin of
+		// containerd's): the raw API only.
+		return inst, nil
+	}
+	conn, err := p.Dial("metadata")
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	view := contentserver.New(namespaced.New(store, rpc.NewHybridConn(conn, service.TTRPCSocket(sock), p.CallTimeout())), p.Logger)
+	raw := inst.Register
+	inst.Register = func(srv grpc.ServiceRegistrar) {
+		raw(srv)
+		srv.RegisterService(namespacedDesc(), view)
+	}
+	inst.MethodRoutes = map[string]string{}
+	for _, m := range []string{"Read", "Write"} {
+		inst.MethodRoutes["/"+contentapi.Content_ServiceDesc.ServiceName+"/"+m] = "/" + NamespacedService + "/" + m
+	}
+	inst.Close = func(context.Context) error {
+		conn.Close()
+		return store.Close()
+	}
+	return inst, nil
+}
+
+// namespacedDesc is containerd's Content service description renamed, with
+// only the streams that move bytes.
+func namespacedDesc() *grpc.ServiceDesc {
+	desc := contentapi.Content_ServiceDesc
+	desc.ServiceName = NamespacedService
+	desc.Methods = nil
+	desc.Streams = nil
+	for _, s := range contentapi.Content_ServiceDesc.Streams {
+		if s.StreamName == "Read" || s.StreamName == "Write" {
+			desc.Streams = append(desc.Streams, s)
+		}
+	}
+	return &desc
 }

@@ -129,7 +129,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Type:     "io.containerd.metadata.v1",
 		Routes:   server.Routes,
 		Requires: []string{"io.containerd.content.v1"},
-		Register: server.Register(db, conn, pub, p.Logger),
+		Register: server.Register(db, pub, p.Logger),
 		Close: func(ctx context.Context) error {
 			stopTicker()
 			sched.Close()

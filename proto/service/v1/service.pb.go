@@ -77,7 +77,12 @@ type DescribeResponse struct {
 	// Introspection "exports": free-form facts (root, socket, pid, ...).
 	Exports map[string]string `protobuf:"bytes,7,rep,name=exports,proto3" json:"exports,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Capabilities, as introspection reports them.
-	Capabilities  []string `protobuf:"bytes,8,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Capabilities []string `protobuf:"bytes,8,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	// Methods the gateway routes to this process one by one, rather than with
+	// their whole service: the full method a client calls
+	// ("/containerd.services.content.v1.Content/Read") to the full method this
+	// process serves it under.
+	MethodRoutes  map[string]string `protobuf:"bytes,9,rep,name=method_routes,json=methodRoutes,proto3" json:"method_routes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -168,12 +173,19 @@ func (x *DescribeResponse) GetCapabilities() []string {
 	return nil
 }
 
+func (x *DescribeResponse) GetMethodRoutes() map[string]string {
+	if x != nil {
+		return x.MethodRoutes
+	}
+	return nil
+}
+
 var File_service_v1_service_proto protoreflect.FileDescriptor
 
 const file_service_v1_service_proto_rawDesc = "" +
 	"\n" +
 	"\x18service/v1/service.proto\x12\x13flotilla.service.v1\"\x11\n" +
-	"\x0fDescribeRequest\"\xc6\x02\n" +
+	"\x0fDescribeRequest\"\xe5\x03\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x10\n" +
@@ -182,8 +194,12 @@ const file_service_v1_service_proto_rawDesc = "" +
 	"\x06routes\x18\x05 \x03(\tR\x06routes\x12\x1a\n" +
 	"\brequires\x18\x06 \x03(\tR\brequires\x12L\n" +
 	"\aexports\x18\a \x03(\v22.flotilla.service.v1.DescribeResponse.ExportsEntryR\aexports\x12\"\n" +
-	"\fcapabilities\x18\b \x03(\tR\fcapabilities\x1a:\n" +
+	"\fcapabilities\x18\b \x03(\tR\fcapabilities\x12\\\n" +
+	"\rmethod_routes\x18\t \x03(\v27.flotilla.service.v1.DescribeResponse.MethodRoutesEntryR\fmethodRoutes\x1a:\n" +
 	"\fExportsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
+	"\x11MethodRoutesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012b\n" +
 	"\aService\x12W\n" +
@@ -201,21 +217,23 @@ func file_service_v1_service_proto_rawDescGZIP() []byte {
 	return file_service_v1_service_proto_rawDescData
 }
 
-var file_service_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_service_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_service_v1_service_proto_goTypes = []any{
 	(*DescribeRequest)(nil),  // 0: flotilla.service.v1.DescribeRequest
 	(*DescribeResponse)(nil), // 1: flotilla.service.v1.DescribeResponse
 	nil,                      // 2: flotilla.service.v1.DescribeResponse.ExportsEntry
+	nil,                      // 3: flotilla.service.v1.DescribeResponse.MethodRoutesEntry
 }
 var file_service_v1_service_proto_depIdxs = []int32{
 	2, // 0: flotilla.service.v1.DescribeResponse.exports:type_name -> flotilla.service.v1.DescribeResponse.ExportsEntry
-	0, // 1: flotilla.service.v1.Service.Describe:input_type -> flotilla.service.v1.DescribeRequest
-	1, // 2: flotilla.service.v1.Service.Describe:output_type -> flotilla.service.v1.DescribeResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3, // 1: flotilla.service.v1.DescribeResponse.method_routes:type_name -> flotilla.service.v1.DescribeResponse.MethodRoutesEntry
+	0, // 2: flotilla.service.v1.Service.Describe:input_type -> flotilla.service.v1.DescribeRequest
+	1, // 3: flotilla.service.v1.Service.Describe:output_type -> flotilla.service.v1.DescribeResponse
+	3, // [3:4] is the sub-list for method output_type
+	2, // [2:3] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_service_v1_service_proto_init() }
@@ -229,7 +247,7 @@ func file_service_v1_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_service_v1_service_proto_rawDesc), len(file_service_v1_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -41,6 +41,9 @@ type Store struct {
 	mu      sync.Mutex
 	writers map[string]*writer // active ingests by ref: the ref lock
 	digests keyedMutex         // orders commit, delete and update of one digest
+	// held counts, by digest, the commits whose record in a namespace is
+	// still being written (see Hold).
+	held map[digest.Digest]int
 }
 
 var _ content.Store = (*Store)(nil)
@@ -72,7 +75,30 @@ func Open(root string, logger *slog.Logger) (*Store, error) {
 		logger:  logger,
 		writers: map[string]*writer{},
 		digests: keyedMutex{held: map[digest.Digest]*keyedEntry{}},
+		held:    map[digest.Digest]int{},
 	}, nil
+}
+
+// Hold keeps d from Delete until release is called. A namespaced commit
+// holds its blob from before the bytes are committed here until metadata has
+// recorded them: in between, metadata's collector sees a blob no namespace
+// records, and must not take it. The hold lives in memory only: after a
+// crash, the commit it guarded never answered its client, and the blob is
+// rightly collected unless it was recorded.
+func (s *Store) Hold(d digest.Digest) (release func()) {
+	s.mu.Lock()
+	s.held[d]++
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.held[d]--; s.held[d] <= 0 {
+				delete(s.held, d)
+			}
+			s.mu.Unlock()
+		})
+	}
 }
 
 // Close releases the store. Ingests keep what was written to them, to be
@@ -238,6 +264,12 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 	}
 	unlock := s.digests.lock(d)
 	defer unlock()
+	s.mu.Lock()
+	held := s.held[d] > 0
+	s.mu.Unlock()
+	if held {
+		return fmt.Errorf("content %s is being committed to a namespace: %w", d, errdefs.ErrFailedPrecondition)
+	}
 	if err := os.Remove(s.blobPath(d)); err != nil {
 		return notFound(err, "content %s", d)
 	}

@@ -304,88 +304,21 @@ func (c *Content) Writer(ctx context.Context, opts ...content.WriterOpt) (conten
 			return nil, err
 		}
 	}
-	if wo.Ref == "" {
-		return nil, fmt.Errorf("ref must not be empty: %w", errdefs.ErrInvalidArgument)
+	stored := func() (content.Info, bool) {
+		info, err := c.db.backend.Info(ctx, wo.Desc.Digest)
+		return info, err == nil
 	}
-	ns, err := namespace(ctx)
+	ns, bref, shared, err := c.openIngest(ctx, wo.Ref, wo.Desc, stored)
 	if err != nil {
 		return nil, err
 	}
-	if wo.Desc.Digest != "" {
-		if err := wo.Desc.Digest.Validate(); err != nil {
-			return nil, fmt.Errorf("expected digest %q: %v: %w", wo.Desc.Digest, err, errdefs.ErrInvalidArgument)
-		}
+	if bref == "" {
+		// Another namespace wrote these bytes: this namespace's writer
+		// has nothing to send, only a record to commit.
+		return &sharedWriter{c: c, ns: ns, ref: wo.Ref, info: shared, started: time.Now().UTC()}, nil
 	}
-
-	c.db.gcLock.RLock()
-	defer c.db.gcLock.RUnlock()
-	if wo.Desc.Digest != "" {
-		// Looked up in a read transaction first: a write transaction
-		// costs an fsync even when it changes nothing, and new content,
-		// the usual case, changes nothing here.
-		var held bool
-		if err := c.db.bolt.View(func(tx *bolt.Tx) error {
-			held = blobBucket(tx, ns, wo.Desc.Digest) != nil
-			return nil
-		}); err != nil {
-			return nil, err
-		}
-		if held {
-			if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
-				if blobBucket(tx, ns, wo.Desc.Digest) == nil {
-					// Deleted since the look-up: it is new
-					// content again.
-					held = false
-					return nil
-				}
-				// Already here: the call's lease still gets to hold
-				// it, so that work in progress keeps it even if what
-				// referenced it goes away.
-				return leaseHold(ctx, tx, ns, bucketContent, []byte(wo.Desc.Digest))
-			}); err != nil {
-				return nil, err
-			}
-		}
-		if held {
-			return nil, fmt.Errorf("content %s: %w", wo.Desc.Digest, errdefs.ErrAlreadyExists)
-		}
-		if info, err := c.db.backend.Info(ctx, wo.Desc.Digest); err == nil && (wo.Desc.Size == 0 || wo.Desc.Size == info.Size) {
-			// Another namespace wrote these bytes: this namespace's
-			// writer has nothing to send, only a record to commit.
-			return &sharedWriter{c: c, ns: ns, ref: wo.Ref, info: info, started: time.Now().UTC()}, nil
-		}
-	}
-
-	bref := backendRef(ns, wo.Ref)
 	lease, leased := leases.FromContext(ctx)
 	leased = leased && lease != ""
-	if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
-		nb, err := createNSBucket(tx, ns)
-		if err != nil {
-			return err
-		}
-		b, err := createBucketPath(nb, bucketContent, bucketIngests, []byte(wo.Ref))
-		if err != nil {
-			return err
-		}
-		if err := b.Put(keyRef, []byte(bref)); err != nil {
-			return err
-		}
-		if !leased {
-			// As containerd: an ingest no lease holds is kept a day,
-			// then collected.
-			if b.Get(keyExpireAt) == nil {
-				return putTime(b, keyExpireAt, time.Now().Add(unleasedIngestTTL))
-			}
-			return nil
-		}
-		if err := b.Put(keyLease, []byte(lease)); err != nil {
-			return err
-		}
-		return leaseHold(ctx, tx, ns, bucketIngests, []byte(wo.Ref))
-	}); err != nil {
-		return nil, err
-	}
 	w, err := c.db.backend.Writer(ctx, content.WithRef(bref), content.WithDescriptor(wo.Desc))
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) && wo.Desc.Digest != "" {
@@ -405,6 +338,139 @@ func (c *Content) Writer(ctx context.Context, opts ...content.WriterOpt) (conten
 		return nil, err
 	}
 	return &writer{Writer: w, c: c, ns: ns, ref: wo.Ref, leased: leased}, nil
+}
+
+// OpenIngest is the control half of Writer for a content store that moves
+// the bytes itself (the content process): it records the ingest of ref in
+// the call's namespace and returns the content store's ref for it, or ""
+// when the store holds the expected blob already (stored says so) and only
+// a record is to be committed.
+func (c *Content) OpenIngest(ctx context.Context, ref string, desc ocispec.Descriptor, stored *content.Info) (string, error) {
+	_, bref, _, err := c.openIngest(ctx, ref, desc, func() (content.Info, bool) {
+		if stored == nil {
+			return content.Info{}, false
+		}
+		return *stored, true
+	})
+	return bref, err
+}
+
+// openIngest checks an ingest of ref against the namespace and records it.
+// stored says whether the content store holds the expected blob already;
+// when it does (with the expected size), nothing is recorded and bref is "".
+func (c *Content) openIngest(ctx context.Context, ref string, desc ocispec.Descriptor, stored func() (content.Info, bool)) (ns, bref string, shared content.Info, err error) {
+	if ref == "" {
+		return "", "", shared, fmt.Errorf("ref must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	ns, err = namespace(ctx)
+	if err != nil {
+		return "", "", shared, err
+	}
+	if desc.Digest != "" {
+		if err := desc.Digest.Validate(); err != nil {
+			return "", "", shared, fmt.Errorf("expected digest %q: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+		}
+	}
+
+	c.db.gcLock.RLock()
+	defer c.db.gcLock.RUnlock()
+	if desc.Digest != "" {
+		// Looked up in a read transaction first: a write transaction
+		// costs an fsync even when it changes nothing, and new content,
+		// the usual case, changes nothing here.
+		var held bool
+		if err := c.db.bolt.View(func(tx *bolt.Tx) error {
+			held = blobBucket(tx, ns, desc.Digest) != nil
+			return nil
+		}); err != nil {
+			return "", "", shared, err
+		}
+		if held {
+			if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
+				if blobBucket(tx, ns, desc.Digest) == nil {
+					// Deleted since the look-up: it is new
+					// content again.
+					held = false
+					return nil
+				}
+				// Already here: the call's lease still gets to hold
+				// it, so that work in progress keeps it even if what
+				// referenced it goes away.
+				return leaseHold(ctx, tx, ns, bucketContent, []byte(desc.Digest))
+			}); err != nil {
+				return "", "", shared, err
+			}
+		}
+		if held {
+			return "", "", shared, fmt.Errorf("content %s: %w", desc.Digest, errdefs.ErrAlreadyExists)
+		}
+		if info, ok := stored(); ok && (desc.Size == 0 || desc.Size == info.Size) {
+			return ns, "", info, nil
+		}
+	}
+
+	bref = backendRef(ns, ref)
+	lease, leased := leases.FromContext(ctx)
+	leased = leased && lease != ""
+	if err := c.db.bolt.Update(func(tx *bolt.Tx) error {
+		nb, err := createNSBucket(tx, ns)
+		if err != nil {
+			return err
+		}
+		b, err := createBucketPath(nb, bucketContent, bucketIngests, []byte(ref))
+		if err != nil {
+			return err
+		}
+		if err := b.Put(keyRef, []byte(bref)); err != nil {
+			return err
+		}
+		if !leased {
+			// As containerd: an ingest no lease holds is kept a day,
+			// then collected.
+			if b.Get(keyExpireAt) == nil {
+				return putTime(b, keyExpireAt, time.Now().Add(unleasedIngestTTL))
+			}
+			return nil
+		}
+		if err := b.Put(keyLease, []byte(lease)); err != nil {
+			return err
+		}
+		return leaseHold(ctx, tx, ns, bucketIngests, []byte(ref))
+	}); err != nil {
+		return "", "", shared, err
+	}
+	return ns, bref, shared, nil
+}
+
+// CommitIngest is the control half of a commit for a content store that
+// moved the bytes itself: the store has committed info's blob, which
+// becomes the namespace's (AlreadyExists if it was already), ending the
+// ingest of ref. The caller keeps the blob from collection until this
+// returns (the content process refuses to delete a blob it is recording).
+func (c *Content) CommitIngest(ctx context.Context, ref string, info content.Info, labels map[string]string) error {
+	if err := validateLabels(labels); err != nil {
+		return err
+	}
+	ns, err := namespace(ctx)
+	if err != nil {
+		return err
+	}
+	if err := info.Digest.Validate(); err != nil {
+		return fmt.Errorf("digest %q: %v: %w", info.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	c.db.gcLock.RLock()
+	defer c.db.gcLock.RUnlock()
+	return c.record(ctx, ns, ref, info, labels)
+}
+
+// ForgetIngest ends the record of an ingest of the call's namespace that
+// the content store dropped.
+func (c *Content) ForgetIngest(ctx context.Context, ref string) error {
+	ns, err := namespace(ctx)
+	if err != nil {
+		return err
+	}
+	return c.db.bolt.Update(func(tx *bolt.Tx) error { return forgetIngest(tx, ns, ref) })
 }
 
 // unleasedIngestTTL is how long an ingest no lease holds survives

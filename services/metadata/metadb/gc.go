@@ -112,6 +112,12 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 	}
 	for _, info := range remove {
 		if err := db.backend.Delete(ctx, info.Digest); err != nil && !errdefs.IsNotFound(err) {
+			if errdefs.IsFailedPrecondition(err) {
+				// The content process is committing it to a namespace,
+				// whose record waits for this collection to end: it is
+				// referenced then, or collected next time.
+				continue
+			}
 			return st, fmt.Errorf("garbage collection: delete %s: %w", info.Digest, err)
 		}
 		st.BackendBlobs++

@@ -12,7 +12,8 @@ import (
 	"github.com/flotilla-project/flotilla/services/metadata/metadb"
 )
 
-// Routes are the gRPC services this process serves for clients.
+// Routes are the gRPC services this process serves for clients (the
+// content process serves Content's Read and Write streams).
 var Routes = []string{
 	"containerd.services.namespaces.v1.Namespaces",
 	"containerd.services.images.v1.Images",
@@ -22,15 +23,15 @@ var Routes = []string{
 	"containerd.services.containers.v1.Containers",
 }
 
-// Register returns a function that adds every API over db to a server; raw
-// is the connection to the content service.
-func Register(db *metadb.DB, raw *grpc.ClientConn, pub *Publisher, logger *slog.Logger) func(grpc.ServiceRegistrar) {
+// Register returns a function that adds every API over db to a server.
+func Register(db *metadb.DB, pub *Publisher, logger *slog.Logger) func(grpc.ServiceRegistrar) {
 	return func(srv grpc.ServiceRegistrar) {
 		(&Namespaces{db: db, pub: pub}).Register(srv)
 		(&Images{db: db, pub: pub}).Register(srv)
 		(&Leases{db: db}).Register(srv)
 		(&Containers{db: db, pub: pub}).Register(srv)
-		newContent(db, raw, pub, logger).Register(srv)
+		newContent(db, pub, logger).Register(srv)
+		(&Ingests{store: db.Content(), pub: pub}).Register(srv)
 		snapshotserver.NewPicking(pickSnapshotter(db, pub), logger).Register(srv)
 	}
 }

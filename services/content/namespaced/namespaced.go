@@ -1,0 +1,336 @@
+// Package namespaced is the content process's view of its blob store as a
+// namespace sees it, for the namespaced Content API's Read and Write streams:
+// the bytes move between the client's stream and the files here, in this
+// process alone, while every decision and record is metadata's (whether the
+// namespace holds a blob, which ingest a ref is, the blob's record once
+// committed), asked with small calls. So a blob's bytes cross one process
+// boundary between a client and the disk — the gateway's — as containerd's
+// do.
+//
+// The namespace and lease of a call travel in its metadata (containerd's
+// headers), from the client through the gateway to this process and on to
+// metadata.
+package namespaced
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/content/proxy"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/labels"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
+	ingestpb "github.com/flotilla-project/flotilla/proto/ingest/v1"
+	"github.com/flotilla-project/flotilla/services/content/blobs"
+)
+
+// Store is the namespaced content store whose bytes are local. Calls that
+// move no bytes (Info, Update, Walk, Delete, Status, ListStatuses) are
+// metadata's namespaced API's own.
+type Store struct {
+	content.Store // metadata's namespaced Content API
+	blobs         *blobs.Store
+	ingests       ingestpb.IngestsClient
+}
+
+var _ content.Store = (*Store)(nil)
+
+// New serves the namespaced view of local over metadata, the connection to
+// the metadata service.
+func New(local *blobs.Store, metadata grpc.ClientConnInterface) *Store {
+	return &Store{
+		Store:   proxy.NewContentStore(contentapi.NewContentClient(metadata)),
+		blobs:   local,
+		ingests: ingestpb.NewIngestsClient(metadata),
+	}
+}
+
+// outgoing carries the call's namespace and lease on to metadata.
+func outgoing(ctx context.Context) (context.Context, string, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	ctx = namespaces.WithNamespace(ctx, ns)
+	if lease, ok := leases.FromContext(ctx); ok && lease != "" {
+		ctx = leases.WithLease(ctx, lease)
+	}
+	return ctx, ns, nil
+}
+
+func (s *Store) Info(ctx context.Context, d digest.Digest) (content.Info, error) {
+	ctx, _, err := outgoing(ctx)
+	if err != nil {
+		return content.Info{}, err
+	}
+	info, err := s.Store.Info(ctx, d)
+	return info, errgrpc.ToNative(err)
+}
+
+// ReaderAt reads a blob the namespace holds from the local file.
+func (s *Store) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	if _, err := s.Info(ctx, desc.Digest); err != nil {
+		return nil, err
+	}
+	return s.blobs.ReaderAt(ctx, desc)
+}
+
+// backendRef is the local ingest of a namespace's ref, as metadata names it
+// (namespaces never contain "/", so refs of two cannot collide).
+func backendRef(ns, ref string) string { return ns + "/" + ref }
+
+// Abort drops an ingest of the namespace, here and in metadata.
+func (s *Store) Abort(ctx context.Context, ref string) error {
+	octx, ns, err := outgoing(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.blobs.Abort(ctx, backendRef(ns, ref)); err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	_, err = s.ingests.Forget(octx, &ingestpb.ForgetRequest{Ref: ref})
+	return errgrpc.ToNative(err)
+}
+
+// Writer opens an ingest of the call's namespace: metadata records it (or
+// says the namespace has the blob: AlreadyExists) and names the local ingest
+// that holds its bytes. Bytes another namespace stored already are not sent
+// again: the writer reports them written, and its commit only records them.
+func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	var wo content.WriterOpts
+	for _, o := range opts {
+		if err := o(&wo); err != nil {
+			return nil, err
+		}
+	}
+	if err := blobs.ValidateRef(wo.Ref); err != nil {
+		return nil, err
+	}
+	octx, ns, err := outgoing(ctx)
+	if err != nil {
+		return nil, err
+	}
+	req := &ingestpb.OpenRequest{Ref: wo.Ref, Size: wo.Desc.Size}
+	if wo.Desc.Digest != "" {
+		if err := wo.Desc.Digest.Validate(); err != nil {
+			return nil, fmt.Errorf("expected digest %q: %v: %w", wo.Desc.Digest, err, errdefs.ErrInvalidArgument)
+		}
+		req.Expected = wo.Desc.Digest.String()
+		if info, err := s.blobs.Info(ctx, wo.Desc.Digest); err == nil {
+			req.Stored, req.StoredSize = true, info.Size
+		}
+	}
+	resp, err := s.ingests.Open(octx, req)
+	if err != nil {
+		return nil, errgrpc.ToNative(err)
+	}
+	if resp.GetBackendRef() == "" {
+		info, err := s.blobs.Info(ctx, wo.Desc.Digest)
+		if err != nil {
+			return nil, err
+		}
+		return &sharedWriter{s: s, ref: wo.Ref, info: info, started: time.Now().UTC()}, nil
+	}
+	if want := backendRef(ns, wo.Ref); resp.GetBackendRef() != want {
+		// Abort and Status find the ingest by this name.
+		return nil, fmt.Errorf("metadata names the ingest of %q %q, want %q: %w", wo.Ref, resp.GetBackendRef(), want, errdefs.ErrFailedPrecondition)
+	}
+	lease, leased := leases.FromContext(ctx)
+	w, err := s.blobs.Writer(ctx, content.WithRef(resp.GetBackendRef()), content.WithDescriptor(wo.Desc))
+	if err != nil {
+		if errdefs.IsAlreadyExists(err) && wo.Desc.Digest != "" {
+			// Stored since the look-up (another namespace committed the
+			// same bytes): they are this namespace's too.
+			if info, ierr := s.blobs.Info(ctx, wo.Desc.Digest); ierr == nil {
+				release := s.blobs.Hold(info.Digest)
+				defer release()
+				if _, cerr := s.ingests.Commit(octx, &ingestpb.CommitRequest{Ref: wo.Ref, Digest: info.Digest.String(), Size: info.Size}); cerr != nil && !errdefs.IsAlreadyExists(errgrpc.ToNative(cerr)) {
+					return nil, errgrpc.ToNative(cerr)
+				}
+			}
+		}
+		return nil, err
+	}
+	return &writer{Writer: w, s: s, ns: ns, ref: wo.Ref, leased: leased && lease != ""}, nil
+}
+
+func validateLabels(l map[string]string) error {
+	for k, v := range l {
+		if k == "" {
+			return fmt.Errorf("label with empty key: %w", errdefs.ErrInvalidArgument)
+		}
+		if err := labels.Validate(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func commitLabels(opts []content.Opt) (map[string]string, error) {
+	var base content.Info
+	for _, o := range opts {
+		if err := o(&base); err != nil {
+			return nil, err
+		}
+	}
+	return base.Labels, validateLabels(base.Labels)
+}
+
+// writer is a local ingest of a namespace's ref.
+type writer struct {
+	content.Writer
+	s       *Store
+	ns, ref string
+	leased  bool
+}
+
+// Commit commits the bytes here, then has metadata record them in the
+// namespace. The blob is held from collection in between: metadata's
+// collector would see a blob no namespace records.
+func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	labels, err := commitLabels(opts)
+	if err != nil {
+		w.Writer.Close()
+		return err
+	}
+	octx, _, err := outgoing(ctx)
+	if err != nil {
+		w.Writer.Close()
+		return err
+	}
+	d := expected
+	if d == "" {
+		d = w.Writer.Digest()
+	}
+	release := w.s.blobs.Hold(d)
+	defer release()
+	if err := w.Writer.Commit(ctx, size, expected); err != nil {
+		if errdefs.IsFailedPrecondition(err) {
+			// The bytes are not what the client declared. In a lease the
+			// ingest stays for the client to fix and commit again, as in
+			// containerd; without one nothing promised to keep it, so bad
+			// input leaves nothing behind.
+			if !w.leased {
+				w.drop(ctx, octx)
+			}
+			return err
+		}
+		if !errdefs.IsAlreadyExists(err) {
+			return err
+		}
+		// Stored already (for another namespace): this namespace's too.
+	}
+	if size <= 0 {
+		info, err := w.s.blobs.Info(ctx, d)
+		if err != nil {
+			return fmt.Errorf("content %s committed but not found after: %w", d, err)
+		}
+		size = info.Size
+	}
+	_, err = w.s.ingests.Commit(octx, &ingestpb.CommitRequest{Ref: w.ref, Digest: d.String(), Size: size, Labels: labels})
+	return errgrpc.ToNative(err)
+}
+
+// drop aborts a failed ingest and has metadata forget it.
+func (w *writer) drop(ctx, octx context.Context) {
+	if err := w.s.blobs.Abort(ctx, backendRef(w.ns, w.ref)); err != nil && !errdefs.IsNotFound(err) {
+		logging.G(ctx).Warn("abort of a failed ingest", "ref", w.ref, "namespace", w.ns, "error", err)
+	}
+	if _, err := w.s.ingests.Forget(octx, &ingestpb.ForgetRequest{Ref: w.ref}); err != nil {
+		logging.G(ctx).Warn("forget a failed ingest", "ref", w.ref, "namespace", w.ns, "error", err)
+	}
+}
+
+// sharedWriter is the writer of bytes the store holds already for another
+// namespace: it reports them all written, so a client (content.Copy) sends
+// nothing, and its commit only records them, with the labels the client
+// commits. A client that starts over (Truncate(0)) and sends the bytes
+// anyway has them checked against the known digest instead.
+type sharedWriter struct {
+	s       *Store
+	ref     string
+	info    content.Info
+	started time.Time
+
+	rewriting bool
+	written   int64
+	digester  digest.Digester
+}
+
+func (w *sharedWriter) Write(p []byte) (int, error) {
+	if !w.rewriting {
+		return 0, fmt.Errorf("content %s is complete; truncate to write it again: %w", w.info.Digest, errdefs.ErrFailedPrecondition)
+	}
+	w.digester.Hash().Write(p)
+	w.written += int64(len(p))
+	return len(p), nil
+}
+
+func (w *sharedWriter) Close() error { return nil }
+
+func (w *sharedWriter) Digest() digest.Digest {
+	if w.rewriting {
+		return w.digester.Digest()
+	}
+	return w.info.Digest
+}
+
+func (w *sharedWriter) Truncate(size int64) error {
+	if size != 0 {
+		return fmt.Errorf("truncate of shared content %s to %d: %w", w.info.Digest, size, errdefs.ErrInvalidArgument)
+	}
+	w.rewriting, w.written = true, 0
+	w.digester = w.info.Digest.Algorithm().Digester()
+	return nil
+}
+
+func (w *sharedWriter) Status() (content.Status, error) {
+	offset := w.info.Size
+	if w.rewriting {
+		offset = w.written
+	}
+	return content.Status{
+		Ref: w.ref, Offset: offset, Total: w.info.Size, Expected: w.info.Digest,
+		StartedAt: w.started, UpdatedAt: w.started,
+	}, nil
+}
+
+func (w *sharedWriter) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	labels, err := commitLabels(opts)
+	if err != nil {
+		return err
+	}
+	if size > 0 && size != w.info.Size {
+		return fmt.Errorf("commit size %d, content %s has %d bytes: %w", size, w.info.Digest, w.info.Size, errdefs.ErrFailedPrecondition)
+	}
+	if w.rewriting && (w.written != w.info.Size || w.digester.Digest() != w.info.Digest) {
+		return fmt.Errorf("rewritten content has %d bytes of digest %s, expected %d of %s: %w",
+			w.written, w.digester.Digest(), w.info.Size, w.info.Digest, errdefs.ErrFailedPrecondition)
+	}
+	if expected != "" && expected != w.info.Digest {
+		return fmt.Errorf("content has digest %s, expected %s: %w", w.info.Digest, expected, errdefs.ErrFailedPrecondition)
+	}
+	octx, _, err := outgoing(ctx)
+	if err != nil {
+		return err
+	}
+	release := w.s.blobs.Hold(w.info.Digest)
+	defer release()
+	// The bytes may have been collected since the writer opened.
+	info, err := w.s.blobs.Info(ctx, w.info.Digest)
+	if err != nil {
+		return fmt.Errorf("shared content %s: %w", w.info.Digest, err)
+	}
+	_, err = w.s.ingests.Commit(octx, &ingestpb.CommitRequest{Ref: w.ref, Digest: info.Digest.String(), Size: info.Size, Labels: labels})
+	return errgrpc.ToNative(err)
+}

@@ -33,8 +33,8 @@ type Router struct {
 	logger *slog.Logger
 	wait   time.Duration
 
-	mu       sync.RWMutex
-	routes   map[string]*backend // gRPC service name -> backend
+	mu     sync.RWMutex
+	routes map[string]*backend // gRPC service name -> backend
 	// methods routes single methods apart from their service's process:
 	// full method -> the backend and the method it serves it under.
 	methods  map[string]methodRoute

@@ -48,6 +48,23 @@ type GCStats struct {
 // service that no namespace records any more are removed there.
 func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 	start := time.Now()
+	st, err := db.collect(ctx)
+	if err != nil {
+		return st, err
+	}
+	// Snapshotters are swept outside the collector's lock, which writes
+	// wait for: each sweep takes its snapshotter's own lock and reads what
+	// to keep afresh, and a hung snapshotter must not hold up a write.
+	st.BackendSnapshots = db.sweepSnapshotters()
+	st.Duration = time.Since(start)
+	db.logger.Debug("garbage collection", "blobs", st.Blobs, "ingests", st.Ingests, "leases", st.Leases, "snapshots", st.Snapshots, "backend_snapshots", st.BackendSnapshots,
+		"backend_blobs", st.BackendBlobs, "backend_ingests", st.BackendIngests, "duration", st.Duration)
+	return st, nil
+}
+
+// collect is the collection's part under the collector's lock: meta.db's
+// records, then the content service's blobs and ingests no record keeps.
+func (db *DB) collect(ctx context.Context) (GCStats, error) {
 	db.gcLock.Lock()
 	defer db.gcLock.Unlock()
 
@@ -136,10 +153,6 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 		}
 		st.BackendIngests++
 	}
-	st.BackendSnapshots = db.sweepSnapshotters()
-	st.Duration = time.Since(start)
-	db.logger.Debug("garbage collection", "blobs", st.Blobs, "ingests", st.Ingests, "leases", st.Leases, "snapshots", st.Snapshots, "backend_snapshots", st.BackendSnapshots,
-		"backend_blobs", st.BackendBlobs, "backend_ingests", st.BackendIngests, "duration", st.Duration)
 	return st, nil
 }
 

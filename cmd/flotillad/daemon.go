@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
@@ -20,6 +21,7 @@ import (
 	"github.com/flotilla-project/flotilla/gateway/admin"
 	"github.com/flotilla-project/flotilla/pkg/config"
 	"github.com/flotilla-project/flotilla/pkg/handshake"
+	"github.com/flotilla-project/flotilla/pkg/idle"
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/metrics"
 	"github.com/flotilla-project/flotilla/pkg/roster"
@@ -85,6 +87,9 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	if err := shareSocket(cfg.Address(), cfg.GRPC.UID, cfg.GRPC.GID); err != nil {
 		return err
 	}
+	// The gateway relays every client's bytes: what a burst of them
+	// leaves allocated goes back to the system once it is quiet.
+	go idle.Process.Trim(ctx, 2*time.Second)
 	go func() {
 		if err := gw.Serve(l); err != nil {
 			logger.Error("gateway stopped", "error", err)

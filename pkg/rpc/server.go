@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/flotilla-project/flotilla/pkg/idle"
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/metrics"
 )
@@ -62,8 +63,8 @@ func NewServer(logger *slog.Logger, opts ...grpc.ServerOption) *Server {
 		grpc.ForceServerCodecV2(FrameCodec{}),
 		// Metrics come first so that they count the code the client
 		// gets, after recovery and error mapping.
-		grpc.ChainUnaryInterceptor(metrics.Server.UnaryServerInterceptor(), recovery.UnaryServerInterceptor(recover), unaryLogger(logger), unaryErrors),
-		grpc.ChainStreamInterceptor(metrics.Server.StreamServerInterceptor(), recovery.StreamServerInterceptor(recover), streamLogger(logger), streamErrors),
+		grpc.ChainUnaryInterceptor(idle.Process.UnaryServerInterceptor(), metrics.Server.UnaryServerInterceptor(), recovery.UnaryServerInterceptor(recover), unaryLogger(logger), unaryErrors),
+		grpc.ChainStreamInterceptor(idle.Process.StreamServerInterceptor(), metrics.Server.StreamServerInterceptor(), recovery.StreamServerInterceptor(recover), streamLogger(logger), streamErrors),
 	}
 	s := grpc.NewServer(append(base, opts...)...)
 	h := health.NewServer()

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/flotilla-project/flotilla/pkg/idle"
 	"github.com/flotilla-project/flotilla/pkg/metrics"
 )
 
@@ -73,16 +74,19 @@ func (r *Registrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
 // chain. A call that came over ttrpc is counted with the gRPC ones
 // (grpc_type "unary"): to whoever reads the metrics it is the same RPC.
 func unaryChain(logger *slog.Logger) grpc.UnaryServerInterceptor {
+	track := idle.Process.UnaryServerInterceptor()
 	count := metrics.Server.UnaryServerInterceptor()
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		return count(ctx, req, info, func(ctx context.Context, req any) (resp any, err error) {
-			defer func() {
-				if p := recover(); p != nil {
-					logger.Error("panic in RPC handler", "panic", p, "stack", string(debug.Stack()))
-					err = status.Errorf(codes.Internal, "internal error: %v", p)
-				}
-			}()
-			return unaryErrors(callLogger(ctx, logger), req, info, h)
+		return track(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			return count(ctx, req, info, func(ctx context.Context, req any) (resp any, err error) {
+				defer func() {
+					if p := recover(); p != nil {
+						logger.Error("panic in RPC handler", "panic", p, "stack", string(debug.Stack()))
+						err = status.Errorf(codes.Internal, "internal error: %v", p)
+					}
+				}()
+				return unaryErrors(callLogger(ctx, logger), req, info, h)
+			})
 		})
 	}
 }

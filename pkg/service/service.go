@@ -26,6 +26,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/flotilla-project/flotilla/pkg/handshake"
+	"github.com/flotilla-project/flotilla/pkg/idle"
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/metrics"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
@@ -213,6 +214,7 @@ func run(name string, build Constructor, args []string) error {
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(l) }()
+	go idle.Process.Trim(ctx, idleTrim)
 	logger.Info("serving", "socket", env.Socket, "pid", os.Getpid())
 
 	stop := make(chan os.Signal, 1)
@@ -355,6 +357,10 @@ func keyValue(flagName string, m map[string]string) func(string) error {
 		return nil
 	}
 }
+
+// idleTrim is how long a service goes without a call before it hands the
+// memory its last burst of work freed back to the system.
+const idleTrim = 2 * time.Second
 
 // started is when this process started, for Describe.
 var started = time.Now().UTC().Format(time.RFC3339Nano)

@@ -1,10 +1,20 @@
 # Flotilla. `make run` builds and starts the daemon; `make test` runs every test.
 GO       ?= go
 BIN      := $(CURDIR)/bin
-VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The semantic version every binary reports (--version, and the server
+# version `ctr version` shows): VERSION's release, described by git
+# (script/version says how).
+VERSION  ?= $(shell script/version)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
-LDFLAGS  := -X github.com/flotilla-project/flotilla/gateway/version.Version=$(VERSION) \
-            -X github.com/flotilla-project/flotilla/gateway/version.Revision=$(REVISION)
+LDFLAGS  := -X github.com/flotilla-project/flotilla/pkg/version.Version=$(VERSION) \
+            -X github.com/flotilla-project/flotilla/pkg/version.Revision=$(REVISION)
+# make install: DESTDIR stages, PREFIX is where the binaries end up (and
+# what the installed unit runs).
+DESTDIR  ?=
+PREFIX   ?= /usr/local
+BINDIR   ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR  ?= /etc/systemd/system
 # Fuzz targets run briefly in `make test`; `make fuzz FUZZTIME=10m` runs them longer.
 # A failing target runs once more: a real crasher is saved under testdata/fuzz
 # and fails the second run first thing, while Go's fuzzing coordinator can
@@ -12,7 +22,7 @@ LDFLAGS  := -X github.com/flotilla-project/flotilla/gateway/version.Version=$(VE
 FUZZTIME ?= 10s
 FUZZ     := $(shell grep -rl --include='*_test.go' '^func Fuzz' . 2>/dev/null | xargs -r -n1 dirname | sort -u)
 
-.PHONY: all build run deps test-deps test unit integration lint fuzz bench clean
+.PHONY: all build install run deps test-deps test unit integration lint fuzz bench clean
 
 all: build
 
@@ -24,8 +34,28 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotillad ./cmd/flotillad
 	@for s in $$($(BIN)/flotillad services); do ln -sfn flotillad $(BIN)/flotilla-$$s; done
-	$(GO) build -o $(BIN)/flotilla ./cmd/flotilla
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotilla ./cmd/flotilla
 	$(GO) build -o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+
+# Installs the binaries into $(BINDIR) (flotillad, a flotilla-<service> link
+# per service, flotilla, containerd-shim-runc-v2), the systemd unit into
+# $(UNITDIR) running them from there, and deploy/config.toml (every setting
+# at its default) as $(SYSCONFDIR)/flotilla/config.toml unless one exists.
+# `install` replaces a binary that is running (it unlinks it first).
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/flotilla
+	install -m 0755 $(BIN)/flotillad $(BIN)/flotilla $(BIN)/containerd-shim-runc-v2 $(DESTDIR)$(BINDIR)/
+	@for s in $$($(BIN)/flotillad services); do ln -sfn flotillad $(DESTDIR)$(BINDIR)/flotilla-$$s; done
+	sed -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/flotilla/|$(SYSCONFDIR)/flotilla/|g' \
+		deploy/flotilla.service >$(DESTDIR)$(UNITDIR)/flotilla.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/flotilla.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/flotilla/config.toml ]; then \
+		echo "keeping $(DESTDIR)$(SYSCONFDIR)/flotilla/config.toml"; \
+	else \
+		echo "install -m 0644 deploy/config.toml $(DESTDIR)$(SYSCONFDIR)/flotilla/config.toml"; \
+		install -m 0644 deploy/config.toml $(DESTDIR)$(SYSCONFDIR)/flotilla/config.toml; \
+	fi
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now flotilla"
 
 # Installs what the daemon needs at run time (through apt, only if missing).
 deps:

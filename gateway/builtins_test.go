@@ -19,8 +19,8 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/flotilla-project/flotilla/gateway/version"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
+	"github.com/flotilla-project/flotilla/pkg/version"
 	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
 )
 

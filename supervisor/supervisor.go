@@ -429,6 +429,22 @@ func (p *proc) startOrReattach(ctx context.Context) error {
 	return p.start(ctx)
 }
 
+// serviceEnviron is the environment a service starts with: flotillad's,
+// less systemd's NOTIFY_SOCKET. Readiness is flotillad's to tell, once for
+// the whole graph; a service would pass the socket on to the shims and
+// runc it starts, and runc takes it for the container's and waits for the
+// container to report ready.
+func serviceEnviron() []string {
+	env := os.Environ()
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 func (p *proc) start(ctx context.Context) error {
 	p.killStale()
 	_ = os.Remove(p.reattachPath())
@@ -448,7 +464,7 @@ func (p *proc) start(ctx context.Context) error {
 	if len(p.spec.Args) > 0 {
 		cmd.Args = p.spec.Args
 	}
-	cmd.Env = append(os.Environ(), handshake.EnvVar+"="+env, service.LogFileEnv+"="+p.logPath(),
+	cmd.Env = append(serviceEnviron(), handshake.EnvVar+"="+env, service.LogFileEnv+"="+p.logPath(),
 		// go-plugin's socket goes beside the reattach record that names
 		// it rather than into /tmp, where a cleaner could take it away
 		// from a service that runs for months.
@@ -474,6 +490,7 @@ func (p *proc) start(ctx context.Context) error {
 		HandshakeConfig:  handshake.Config,
 		Plugins:          handshake.Plugins(nil),
 		Cmd:              cmd,
+		SkipHostEnv:      true, // cmd.Env has it, less what is flotillad's alone
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           hclog.NewNullLogger(),
 		Stderr:           tail,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"github.com/coreos/go-systemd/v22/daemon"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla-project/flotilla/gateway"
@@ -27,9 +29,21 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/roster"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/tracing"
+	"github.com/flotilla-project/flotilla/pkg/version"
 	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
 	"github.com/flotilla-project/flotilla/supervisor"
 )
+
+// notify tells systemd how flotillad stands, when systemd started it as a
+// Type=notify service (NOTIFY_SOCKET in the environment; otherwise nothing
+// is sent): READY=1 once every service is up and the socket serves,
+// STOPPING=1 when it begins to stop. Its services do not inherit the
+// socket (the supervisor leaves it out): the readiness is the graph's.
+func notify(logger *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		logger.Warn("tell systemd", "state", state, "error", err)
+	}
+}
 
 // snapshotterService names the process of a snapshotter.
 func snapshotterService(name string) string { return "snapshotter-" + name }
@@ -39,6 +53,12 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	logger, err := logging.New("flotillad", logOpts, os.Stderr)
 	if err != nil {
 		return err
+	}
+	if cfg.Source == "" {
+		logger.Info("no configuration file: running on the defaults", "looked for", config.DefaultPath)
+	}
+	for _, w := range cfg.Warnings {
+		logger.Warn(w)
 	}
 	runtime.GOMAXPROCS(cfg.GatewayProcs())
 	for _, d := range []string{cfg.Root, cfg.State} {
@@ -156,11 +176,13 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	gw.Ready()
-	logger.Info("flotillad ready", "address", cfg.Address(), "root", cfg.Root, "state", cfg.State, "pid", os.Getpid())
+	logger.Info("flotillad ready", "address", cfg.Address(), "root", cfg.Root, "state", cfg.State, "pid", os.Getpid(), "version", version.Version)
+	notify(logger, daemon.SdNotifyReady+"\nSTATUS=serving on "+cfg.Address())
 
 	select {
 	case <-ctx.Done():
 	case <-upgrade:
+		notify(logger, daemon.SdNotifyStopping+"\nSTATUS=exiting; the services keep running for the next flotillad")
 		logger.Info("exiting; services keep running for the next flotillad")
 		sup.Detach()
 		gw.Stop()
@@ -169,6 +191,7 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		logger.Info("stopped")
 		return nil
 	}
+	notify(logger, daemon.SdNotifyStopping+"\nSTATUS=stopping")
 	logger.Info("stopping")
 	sup.Stop()
 	gw.Stop()
@@ -249,10 +272,14 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 				if err != nil {
 					return nil, err
 				}
-				opts := map[string]any{"driver": sc.Driver, "name": name}
-				for k, v := range sc.Options {
-					opts[k] = v
+				opts, err := config.OptionsMap(sc.Options)
+				if err != nil {
+					return nil, err
 				}
+				if opts == nil {
+					opts = map[string]any{}
+				}
+				opts["driver"], opts["name"] = sc.Driver, name
 				var requires []string
 				var deps map[string]string
 				if i == 0 {
@@ -310,7 +337,11 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 		if err != nil {
 			return nil, err
 		}
-		ev := env(e.Name, deps, sc.Options)
+		opts, err := config.OptionsMap(sc.Options)
+		if err != nil {
+			return nil, err
+		}
+		ev := env(e.Name, deps, opts)
 		if slices.Contains(e.Requires, roster.Snapshotters) {
 			ev.Snapshotters = sockets
 		}

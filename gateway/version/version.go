@@ -1,5 +1,6 @@
 // Package version serves containerd's Version API from the gateway: the
-// daemon as a whole has one version, the one flotillad was built with.
+// daemon as a whole has one version, the semantic version flotillad was
+// built as (pkg/version).
 package version
 
 import (
@@ -8,13 +9,8 @@ import (
 	api "github.com/containerd/containerd/api/services/version/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
-)
 
-// Version and Revision are set at build time by the Makefile through
-// -ldflags -X, so they must stay plain string variables.
-var (
-	Version  = "dev"
-	Revision = ""
+	"github.com/flotilla-project/flotilla/pkg/version"
 )
 
 // Service is the containerd.services.version.v1.Version server.
@@ -22,7 +18,8 @@ type Service struct {
 	api.UnimplementedVersionServer
 }
 
-// NewService returns a Version server reporting Version and Revision.
+// NewService returns a Version server reporting pkg/version's Version and
+// Revision.
 func NewService() *Service { return &Service{} }
 
 // Register adds the service to s.
@@ -30,5 +27,5 @@ func (v *Service) Register(s grpc.ServiceRegistrar) { api.RegisterVersionServer(
 
 // Version reports the build's version and revision.
 func (*Service) Version(context.Context, *emptypb.Empty) (*api.VersionResponse, error) {
-	return &api.VersionResponse{Version: Version, Revision: Revision}, nil
+	return &api.VersionResponse{Version: version.Version, Revision: version.Revision}, nil
 }

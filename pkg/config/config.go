@@ -1,14 +1,19 @@
 // Package config is flotillad's configuration file: a TOML document in the
 // spirit of containerd's config.toml. `flotillad config default` prints the
-// defaults this package defines.
+// defaults this package defines, every setting with a comment; Load refuses
+// a name it does not know anywhere in the file, service options included,
+// naming it and its line (see strict.go).
 package config
 
 import (
-	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,9 +23,16 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/roster"
 )
 
+// DefaultPath is where flotillad looks for its configuration. Missing, it
+// runs on the defaults, as containerd does without /etc/containerd/config.toml.
+const DefaultPath = "/etc/flotilla/config.toml"
+
+// FormatVersion is the configuration format this package reads.
+const FormatVersion = 1
+
 // Config is the whole daemon configuration.
 type Config struct {
-	Version int    `toml:"version" comment:"Configuration format version."`
+	Version int    `toml:"version" comment:"Configuration format version: 1."`
 	Root    string `toml:"root" comment:"Persistent data: content blobs, meta.db, snapshots."`
 	State   string `toml:"state" comment:"Runtime state: sockets, pid files; gone after a reboot."`
 
@@ -36,24 +48,32 @@ type Config struct {
 
 	// Services configures each service process by name. A service missing
 	// here runs with its defaults; `disabled = true` leaves it out.
-	Services map[string]Service `toml:"services"`
+	Services map[string]Service `toml:"services" comment:"Each service's process, by name (a snapshotter's is snapshotter-<name>); its options under [services.<name>.options]."`
 
 	// Snapshotters are the snapshotters clients name (ctr --snapshotter).
 	// Each is a flotilla-snapshotter process of its own, or, with an
 	// address, a process Flotilla does not start: a remote snapshotter
 	// serving containerd's Snapshots API (containerd's proxy_plugins).
-	Snapshotters map[string]Snapshotter `toml:"snapshotters"`
+	Snapshotters map[string]Snapshotter `toml:"snapshotters" comment:"Snapshotters by the name clients give (ctr --snapshotter): a process Flotilla runs each, or a remote one at an address."`
+
+	// Source is the file the configuration was read from; empty for the
+	// defaults alone.
+	Source string `toml:"-"`
+	// Warnings are what Load found worth telling about a file it accepted
+	// (deprecated names, with their lines), for flotillad to log.
+	Warnings []string `toml:"-"`
 }
 
 // Snapshotter is one snapshotter by name.
 type Snapshotter struct {
-	Disabled bool `toml:"disabled,omitempty"`
+	Disabled bool `toml:"disabled" comment:"Leave this snapshotter out."`
 	// Driver is what a Flotilla snapshotter process runs: overlayfs or native.
-	Driver string `toml:"driver,omitempty" comment:"overlayfs or native; ignored with an address."`
+	Driver string `toml:"driver" comment:"overlayfs or native; ignored with an address."`
 	// Address is the socket of a remote snapshotter.
-	Address string `toml:"address,omitempty" comment:"Socket of a remote snapshotter Flotilla does not start."`
-	// Options are handed to the process as they are (mount_options, ...).
-	Options map[string]any `toml:"options,omitempty"`
+	Address string `toml:"address" comment:"Socket of a remote snapshotter Flotilla does not start (containerd's proxy_plugins); empty: Flotilla runs it."`
+	// Options are the snapshotter process's (see roster's snapshotter
+	// entry): after Load, a pointer to its options struct.
+	Options any `toml:"options,omitempty" comment:"Options of the snapshotter's process."`
 }
 
 // DefaultSnapshotter is the snapshotter containerd's clients use when they
@@ -63,8 +83,8 @@ const DefaultSnapshotter = "overlayfs"
 // GRPC is the client-facing socket.
 type GRPC struct {
 	Address string `toml:"address" comment:"Client socket; empty means <state>/flotilla.sock."`
-	UID     int    `toml:"uid"`
-	GID     int    `toml:"gid"`
+	UID     int    `toml:"uid" comment:"Owner of the client socket (with gid, the socket is then 0660)."`
+	GID     int    `toml:"gid" comment:"Group of the client socket."`
 }
 
 // Debug selects logging.
@@ -94,27 +114,28 @@ type Trace struct {
 // snapshotter-<name> ([services.snapshotter-overlayfs]), for its path and
 // limits.
 type Service struct {
-	Disabled bool   `toml:"disabled,omitempty"`
-	Path     string `toml:"path,omitempty" comment:"Binary; empty means flotilla-<name> beside flotillad."`
+	Disabled bool   `toml:"disabled" comment:"Leave this service out (what requires it cannot start)."`
+	Path     string `toml:"path" comment:"Binary; empty means flotillad itself, run as flotilla-<name>."`
 	// Address is the socket of the service run by someone else (a
 	// container of its own, say): flotillad starts no process for it,
 	// waits for it to answer there at startup, routes its calls there and
 	// hands that socket to the services that depend on it.
-	Address string `toml:"address,omitempty" comment:"Socket of this service run outside flotillad (flotilla-<name> --socket ...); flotillad then starts no process for it."`
+	Address string `toml:"address" comment:"Socket of this service run outside flotillad (flotilla-<name> --socket ...); flotillad then starts no process for it."`
 	// MaxProcs is the service's GOMAXPROCS. The processes of the graph
 	// are the parallelism: a relay with its own runtime spread over every
 	// CPU spends its time waking threads on other CPUs (measured on two
 	// cores: a routed call 20% slower, a content read 25%). Those that
 	// compute in parallel (layer apply, many containers) keep every CPU.
-	MaxProcs int `toml:"max_procs,omitempty" comment:"Go's GOMAXPROCS for the process; 0 means the default: 1 for content and metadata, every CPU for the others."`
+	MaxProcs int `toml:"max_procs" comment:"Go's GOMAXPROCS for the process; 0: the graph's default (1 for content and metadata, every CPU for the others)."`
 	// GOGC is the Go runtime's garbage collection target (pkg/roster
 	// says why the defaults differ).
-	GOGC int `toml:"gogc,omitempty" comment:"Go's GOGC for the process; 0 means the default: 50 for the services that idle most of the time, Go's 100 for content."`
+	GOGC int `toml:"gogc" comment:"Go's GOGC for the process; 0: the graph's default (Go's 100 for content, 50 for the others, which idle most of the time)."`
 	// MemoryLimit and CPULimit bound the service's cgroup (see Limits).
-	MemoryLimit string `toml:"memory_limit,omitempty" comment:"Most memory the process may use (\"256MiB\"); past it the kernel kills it and it is restarted. Empty: no limit."`
-	CPULimit    string `toml:"cpu_limit,omitempty" comment:"CPUs the process may use (\"0.5\" is half of one). Empty: no limit."`
-	// Options is handed to the service as it is; each service documents its own.
-	Options map[string]any `toml:"options,omitempty"`
+	MemoryLimit string `toml:"memory_limit" comment:"Most memory the process may use (\"256MiB\"); past it the kernel kills it and it is restarted. Empty: no limit."`
+	CPULimit    string `toml:"cpu_limit" comment:"CPUs the process may use (\"0.5\" is half of one). Empty: no limit."`
+	// Options are the service's own (roster.Entry.Options): after Load, a
+	// pointer to its options struct; nil for a service without options.
+	Options any `toml:"options,omitempty" comment:"The service's own options."`
 }
 
 // Limits parses MemoryLimit (bytes) and CPULimit (CPUs); 0 means no limit.
@@ -173,10 +194,11 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// Default is the configuration flotillad runs with when given no file.
+// Default is the configuration flotillad runs with when given no file:
+// every setting, each service's options included, at its default.
 func Default() *Config {
-	return &Config{
-		Version: 1,
+	c := &Config{
+		Version: FormatVersion,
 		Root:    "/var/lib/flotilla",
 		State:   "/run/flotilla",
 		Debug:   Debug{Level: "info", Format: "text"},
@@ -185,68 +207,235 @@ func Default() *Config {
 			RouteWait:    Duration{10 * time.Second},
 			Call:         Duration{30 * time.Second},
 		},
-		Services: defaultServices(),
+		Services: map[string]Service{},
 		Snapshotters: map[string]Snapshotter{
-			"overlayfs": {Driver: "overlayfs"},
+			"overlayfs": {Driver: "overlayfs", Options: snapshotterOptions()},
 			"native":    {Driver: "native"},
 		},
 	}
-}
-
-// defaultServices are the roster's services with their default options.
-func defaultServices() map[string]Service {
-	out := map[string]Service{}
 	for _, e := range roster.Services {
 		if e.PerSnapshotter {
 			continue // configured per snapshotter: [services.snapshotter-<name>]
 		}
-		var opts map[string]any
-		if len(e.Options) > 0 {
-			opts = map[string]any{}
-			for k, v := range e.Options {
-				opts[k] = v
+		// max_procs and gogc stay 0, the graph's defaults, so that a
+		// file written from these follows the roster where it changes.
+		var s Service
+		if e.Options != nil {
+			s.Options = e.Options()
+		}
+		c.Services[e.Name] = s
+	}
+	return c
+}
+
+// snapshotterOptions are a snapshotter's default options.
+func snapshotterOptions() any {
+	for _, e := range roster.Services {
+		if e.PerSnapshotter && e.Options != nil {
+			return e.Options()
+		}
+	}
+	return nil
+}
+
+// Load reads the configuration at path over the defaults. An empty path
+// yields the defaults, and so does DefaultPath when no file is there: a
+// daemon installed without a configuration runs. Any other file must
+// exist: a mistyped --config should not start a daemon on the defaults.
+func Load(path string) (*Config, error) {
+	return load(path, DefaultPath)
+}
+
+func load(path, defaultPath string) (*Config, error) {
+	if path == "" {
+		return Default(), nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && filepath.Clean(path) == defaultPath {
+		return Default(), nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("config file %s does not exist (`flotillad config default > %s` writes one; only a missing %s means the defaults)", path, path, defaultPath)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, prefixLines("config "+path, err)
+	}
+	c.Source = path
+	for i, w := range c.Warnings {
+		c.Warnings[i] = "config " + path + w
+	}
+	return c, nil
+}
+
+// Parse reads a configuration document over the defaults. Errors and
+// warnings start with ":<line>: " where the document has a line for them.
+func Parse(doc []byte) (*Config, error) {
+	if err := checkFormat(doc); err != nil {
+		return nil, err
+	}
+	c := Default()
+	// The options are decoded twice: as tables first, with the rest of
+	// the document, then each into its service's own struct (strict.go).
+	defaults := map[string]any{}
+	for name, s := range c.Services {
+		defaults["services."+name] = s.Options
+		s.Options = nil
+		c.Services[name] = s
+	}
+	for name, s := range c.Snapshotters {
+		defaults["snapshotters."+name] = s.Options
+		s.Options = nil
+		c.Snapshotters[name] = s
+	}
+	errs, err := decodeStrict(doc, c)
+	if err != nil {
+		return nil, err
+	}
+	if c.MaxProcs < 0 {
+		errs = append(errs, fmt.Errorf("%s: max_procs %d: want 0 or more", lineOf(doc, "max_procs"), c.MaxProcs))
+	}
+	if err := c.checkAddresses(); err != nil {
+		return nil, errors.Join(append(errs, fmt.Errorf(": %w", err))...)
+	}
+	for _, name := range sortedKeys(c.Services) {
+		s := c.Services[name]
+		if err := c.checkService(doc, name, s); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		opts, err := c.serviceOptions(doc, name, s.Options, defaults["services."+name])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.Options = opts
+		c.Services[name] = s
+	}
+	for _, name := range sortedKeys(c.Snapshotters) {
+		sc := c.Snapshotters[name]
+		opts, err := c.snapshotterOptions(doc, name, sc, defaults["snapshotters."+name])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sc.Options = opts
+		c.Snapshotters[name] = sc
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// checkService checks what a service's table says besides its options.
+func (c *Config) checkService(doc []byte, name string, s Service) error {
+	at := lineOf(doc, "services", name)
+	if _, ok := c.serviceEntry(name); !ok {
+		var names []string
+		for _, e := range roster.Services {
+			if e.PerSnapshotter {
+				names = append(names, e.Name+"-<name> (a snapshotter's process)")
+			} else {
+				names = append(names, e.Name)
 			}
 		}
-		out[e.Name] = Service{Options: opts}
+		return fmt.Errorf("%s: unknown service %q in [services]%s (the services: %s)",
+			at, name, didYouMean(name, c.serviceNames()), strings.Join(names, ", "))
+	}
+	if s.GOGC < 0 {
+		return fmt.Errorf("%s: [services.%s] gogc %d: want 0 or more", at, name, s.GOGC)
+	}
+	if s.MaxProcs < 0 {
+		return fmt.Errorf("%s: [services.%s] max_procs %d: want 0 or more", at, name, s.MaxProcs)
+	}
+	if _, _, err := s.Limits(); err != nil {
+		return fmt.Errorf("%s: [services.%s] %w", at, name, err)
+	}
+	return nil
+}
+
+// serviceEntry is the roster's entry of a [services.<name>] table: a
+// service, or the process of a configured snapshotter.
+func (c *Config) serviceEntry(name string) (roster.Entry, bool) {
+	e, ok := roster.Lookup(name)
+	if !ok {
+		return e, false
+	}
+	if !e.PerSnapshotter {
+		return e, true
+	}
+	sn, _ := strings.CutPrefix(name, e.Name+"-")
+	_, configured := c.Snapshotters[sn]
+	return e, configured
+}
+
+// serviceNames are the names a [services.<name>] table may have.
+func (c *Config) serviceNames() []string {
+	var out []string
+	for _, e := range roster.Services {
+		if !e.PerSnapshotter {
+			out = append(out, e.Name)
+			continue
+		}
+		for sn := range c.Snapshotters {
+			out = append(out, e.Name+"-"+sn)
+		}
 	}
 	return out
 }
 
-// Load reads path over the defaults. An empty path yields the defaults.
-func Load(path string) (*Config, error) {
-	c := Default()
-	if path == "" {
-		return c, nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	dec := toml.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(c); err != nil {
-		return nil, fmt.Errorf("parse config %s: %w", path, err)
-	}
-	for name, s := range c.Services {
-		if s.GOGC < 0 {
-			return nil, fmt.Errorf("config %s: [services.%s] gogc %d: want 0 or more", path, name, s.GOGC)
+// serviceOptions decodes the [services.<name>.options] table (raw, as
+// the first pass decoded it) over the service's defaults.
+func (c *Config) serviceOptions(doc []byte, name string, raw, def any) (any, error) {
+	e, _ := c.serviceEntry(name)
+	if e.PerSnapshotter {
+		if raw != nil {
+			sn, _ := strings.CutPrefix(name, e.Name+"-")
+			return nil, fmt.Errorf("%s: [services.%s.options]: a snapshotter's options go under [snapshotters.%s.options]", lineOf(doc, "services", name, "options"), name, sn)
 		}
+		return nil, nil
 	}
-	if c.MaxProcs < 0 {
-		return nil, fmt.Errorf("config %s: max_procs %d: want 0 or more", path, c.MaxProcs)
+	if def == nil && e.Options != nil {
+		def = e.Options()
 	}
-	for name, s := range c.Services {
-		if s.MaxProcs < 0 {
-			return nil, fmt.Errorf("config %s: [services.%s] max_procs %d: want 0 or more", path, name, s.MaxProcs)
+	if raw == nil {
+		return def, nil
+	}
+	if def == nil {
+		return nil, fmt.Errorf("%s: [services.%s.options]: service %s has no options", lineOf(doc, "services", name, "options"), name, name)
+	}
+	return c.decodeOptions(doc, []string{"services", name, "options"}, raw, def)
+}
+
+// snapshotterOptions checks a [snapshotters.<name>] table and decodes its
+// options over the defaults.
+func (c *Config) snapshotterOptions(doc []byte, name string, sc Snapshotter, def any) (any, error) {
+	at := lineOf(doc, "snapshotters", name)
+	if sc.Address != "" {
+		if sc.Options != nil {
+			return nil, fmt.Errorf("%s: [snapshotters.%s.options]: options are for a snapshotter Flotilla runs, not a remote one at an address", at, name)
 		}
-		if _, _, err := s.Limits(); err != nil {
-			return nil, fmt.Errorf("config %s: [services.%s] %w", path, name, err)
+		return nil, nil
+	}
+	switch sc.Driver {
+	case "", "overlayfs", "native":
+	default:
+		return nil, fmt.Errorf("%s: [snapshotters.%s] driver %q: want overlayfs or native (or an address for a remote snapshotter)", at, name, sc.Driver)
+	}
+	if def == nil {
+		def = snapshotterOptions()
+	}
+	if sc.Options == nil {
+		if sc.Driver == "native" {
+			return nil, nil // nothing to say of it
 		}
+		return def, nil
 	}
-	if err := c.checkAddresses(); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
+	return c.decodeOptions(doc, []string{"snapshotters", name, "options"}, sc.Options, def)
 }
 
 // ExternalServices are the services an address can be given for (the
@@ -341,7 +530,79 @@ func (c *Config) Address() string {
 	return filepath.Join(c.State, "flotilla.sock")
 }
 
-// Marshal renders c as TOML.
+// Marshal renders c as TOML, every setting with its comment and each
+// service's table with a line saying what the service is.
 func (c *Config) Marshal() ([]byte, error) {
-	return toml.Marshal(c)
+	b, err := toml.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, ok := strings.CutPrefix(line, "[services."); ok && strings.HasSuffix(name, "]") && !strings.Contains(name, ".") {
+			name = strings.TrimSuffix(name, "]")
+			if e, ok := roster.Lookup(name); ok && e.Summary != "" {
+				if e.PerSnapshotter {
+					out = append(out, "# The process of snapshotter "+strings.TrimPrefix(name, e.Name+"-")+".")
+				} else {
+					out = append(out, "# "+e.Summary)
+				}
+			}
+		}
+		out = append(out, line)
+	}
+	return []byte(strings.Join(out, "\n")), nil
+}
+
+// DefaultFile is what `flotillad config default` prints, and
+// deploy/config.toml holds: every setting at its default, commented.
+func DefaultFile() ([]byte, error) {
+	b, err := Default().Marshal()
+	if err != nil {
+		return nil, err
+	}
+	head := "# Flotilla's configuration with every setting at its default (`flotillad config default`).\n" +
+		"# flotillad reads " + DefaultPath + " unless given --config; without that file it runs on these.\n"
+	return append([]byte(head), b...), nil
+}
+
+// Effective is c with what its zero values stand for written out: each
+// process's max_procs and gogc as the graph has them, the client socket's
+// path. It is what `flotillad config dump` prints.
+func (c *Config) Effective() *Config {
+	out := *c
+	out.MaxProcs = c.GatewayProcs()
+	out.GRPC.Address = c.Address()
+	out.Services = make(map[string]Service, len(c.Services))
+	for name, s := range c.Services {
+		s.MaxProcs, s.GOGC = c.ServiceProcs(name), c.ServiceGOGC(name)
+		out.Services[name] = s
+	}
+	return &out
+}
+
+// OptionsMap renders a service's options (a pointer to its options
+// struct) as the map a service process is handed (handshake.Env).
+func OptionsMap(opts any) (map[string]any, error) {
+	if opts == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(opts)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }

@@ -5,10 +5,13 @@
 package handshake
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"sort"
+	"strings"
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -74,19 +77,129 @@ func FromEnviron() (Env, bool, error) {
 	return e, true, nil
 }
 
-// DecodeOptions fills v (a pointer to a struct with json tags) from Options.
-func (e Env) DecodeOptions(v any) error {
+// DecodeOptions fills v (a pointer to a struct with json tags, holding the
+// service's defaults) from Options, refusing a key v has no field for. A
+// deprecated name v's Aliases know is taken as its current one; the renames
+// are returned for the service to warn about.
+func (e Env) DecodeOptions(v any) ([]Rename, error) {
 	if len(e.Options) == 0 {
-		return nil
+		return nil, nil
 	}
-	b, err := json.Marshal(e.Options)
+	m := cloneOptions(e.Options)
+	renamed, err := RenameOptions(m, v)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("options of service %s: %w", e.Name, err)
 	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("options of service %s: %w", e.Name, err)
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
 	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return nil, fmt.Errorf("options of service %s: %w", e.Name, err)
+	}
+	return renamed, nil
+}
+
+// Aliased is implemented by a service's options that have renamed some
+// (to containerd's names, say): Aliases maps each old name to the current
+// one, both dotted paths ("cni_conf_dir" to "cni.conf_dir"). The old names
+// keep working, with a warning.
+type Aliased interface {
+	Aliases() map[string]string
+}
+
+// Rename is a deprecated option name found and taken as its current one.
+type Rename struct{ Old, New string }
+
+// RenameOptions moves the values m holds under a deprecated name of v's
+// (see Aliased) to the current name, and says which it moved, by old name.
+// A value under both names is an error: which one is meant is unclear.
+func RenameOptions(m map[string]any, v any) ([]Rename, error) {
+	a, ok := v.(Aliased)
+	if !ok {
+		return nil, nil
+	}
+	aliases := a.Aliases()
+	olds := make([]string, 0, len(aliases))
+	for old := range aliases {
+		olds = append(olds, old)
+	}
+	sort.Strings(olds)
+	var out []Rename
+	for _, old := range olds {
+		val, ok := lookupOption(m, old)
+		if !ok {
+			continue
+		}
+		cur := aliases[old]
+		if _, both := lookupOption(m, cur); both {
+			return nil, fmt.Errorf("option %s is the deprecated name of %s: give one of the two", old, cur)
+		}
+		deleteOption(m, old)
+		if err := SetOption(m, cur, val); err != nil {
+			return nil, err
+		}
+		out = append(out, Rename{Old: old, New: cur})
+	}
+	return out, nil
+}
+
+// SetOption sets the option at a dotted path ("cni.conf_dir") in m,
+// making the tables on the way.
+func SetOption(m map[string]any, path string, v any) error {
+	parts := strings.Split(path, ".")
+	for i, p := range parts[:len(parts)-1] {
+		next, ok := m[p].(map[string]any)
+		if !ok {
+			if _, taken := m[p]; taken {
+				return fmt.Errorf("option %s: %s is not a table", path, strings.Join(parts[:i+1], "."))
+			}
+			next = map[string]any{}
+			m[p] = next
+		}
+		m = next
+	}
+	m[parts[len(parts)-1]] = v
 	return nil
+}
+
+func lookupOption(m map[string]any, path string) (any, bool) {
+	parts := strings.Split(path, ".")
+	for _, p := range parts[:len(parts)-1] {
+		next, ok := m[p].(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		m = next
+	}
+	v, ok := m[parts[len(parts)-1]]
+	return v, ok
+}
+
+func deleteOption(m map[string]any, path string) {
+	parts := strings.Split(path, ".")
+	for _, p := range parts[:len(parts)-1] {
+		next, ok := m[p].(map[string]any)
+		if !ok {
+			return
+		}
+		m = next
+	}
+	delete(m, parts[len(parts)-1])
+}
+
+// cloneOptions copies m's tables, so that renaming leaves the original be.
+func cloneOptions(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if t, ok := v.(map[string]any); ok {
+			v = cloneOptions(t)
+		}
+		out[k] = v
+	}
+	return out
 }
 
 // Plugin is the go-plugin adapter of the Describe handshake service. The host

@@ -23,6 +23,9 @@ type Entry struct {
 	// Name names the service: its process runs as flotilla-<Name>, serves
 	// on <state>/<Name>.sock and is configured under [services.<Name>].
 	Name string
+	// Summary says in a line what the service is, for the configuration
+	// flotillad prints.
+	Summary string
 	// Build constructs the service inside its process.
 	Build service.Constructor
 	// Requires are the services that must serve before this one starts;
@@ -50,8 +53,15 @@ type Entry struct {
 	// MemoryLimit is the Go runtime's default soft memory limit
 	// (GOMEMLIMIT, "64MiB"); empty sets none.
 	MemoryLimit string
-	// Options are the service's default [services.<name>.options].
-	Options map[string]any
+	// Options returns a pointer to a new struct of the service's options
+	// holding their defaults: [services.<name>.options], or for a
+	// snapshotter [snapshotters.<name>.options]. The configuration decodes
+	// into it (toml tags, a comment tag each), refusing names it has no
+	// field for, and prints it; the service decodes the same names from
+	// its environment (json tags, equal to the toml ones). A method
+	// Aliases (handshake.Aliased) names deprecated names; a method
+	// Validate() error checks values. Nil: the service has no options.
+	Options func() any
 }
 
 // Snapshotters, in Requires, stands for every snapshotter process.
@@ -71,8 +81,9 @@ const Gateway = "gateway"
 // their garbage is large buffers collected often anyway.
 var Services = []Entry{
 	{
-		Name:  "content",
-		Build: content.New,
+		Name:    "content",
+		Summary: "Content: image blobs and ingests on disk, by digest.",
+		Build:   content.New,
 		// The namespaced Read and Write streams are served here, next to
 		// the files; metadata decides for them.
 		Calls:    []string{"metadata"},
@@ -83,39 +94,41 @@ var Services = []Entry{
 		// One process per [snapshotters.<name>] Flotilla runs; the first
 		// also applies layers (the Diff API), reading blobs from content.
 		Name:           "snapshotter",
+		Summary:        "Snapshotter: one process per [snapshotters.<name>] Flotilla runs; configured as [services.snapshotter-<name>].",
 		Build:          snapshotter.New,
 		Requires:       []string{"content"},
 		External:       true,
 		PerSnapshotter: true,
 		GOGC:           50,
+		Options:        func() any { return snapshotter.DefaultOptions() },
 	},
 	{
 		Name:     "metadata",
+		Summary:  "Metadata: meta.db (namespaces, images, containers, leases, labels) and garbage collection.",
 		Build:    metadata.New,
 		Requires: []string{"content", Snapshotters},
 		External: true,
 		MaxProcs: 1,
 		GOGC:     50,
-		Options: map[string]any{
-			// Collection runs this often, and this long after a
-			// deletion (a burst of deletions costs one run).
-			"gc_schedule":     "10m",
-			"gc_delete_delay": "100ms",
-		},
+		Options:  func() any { return metadata.DefaultOptions() },
 	},
 	{
 		Name:     "tasks",
+		Summary:  "Tasks: the Tasks API; starts a shim per container and keeps in touch with it.",
 		Build:    tasks.New,
 		Requires: []string{"metadata"},
 		External: true,
 		GOGC:     50,
+		Options:  func() any { return tasks.DefaultOptions() },
 	},
 	{
 		Name:     "cri",
+		Summary:  "CRI: the Kubernetes runtime and image services, for the kubelet and crictl.",
 		Build:    cri.New,
 		Requires: []string{"tasks"},
 		External: true,
 		GOGC:     50,
+		Options:  func() any { return cri.DefaultOptions() },
 	},
 }
 

@@ -7,6 +7,7 @@ package service
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -31,6 +32,7 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/metrics"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/tracing"
+	"github.com/flotilla-project/flotilla/pkg/version"
 	servicepb "github.com/flotilla-project/flotilla/proto/service/v1"
 )
 
@@ -69,6 +71,17 @@ func (p *Process) Dial(dep string) (*grpc.ClientConn, error) {
 	return rpc.DialTimeout(sock, p.CallTimeout())
 }
 
+// DecodeOptions fills v, a pointer to the service's options struct holding
+// its defaults, from the options it was given, refusing names it does not
+// know; a deprecated name is taken as its current one with a warning.
+func (p *Process) DecodeOptions(v any) error {
+	renamed, err := p.Env.DecodeOptions(v)
+	for _, r := range renamed {
+		p.Logger.Warn("deprecated option name", "option", r.Old, "use", r.New)
+	}
+	return err
+}
+
 // CallTimeout is the deadline for outgoing calls that carry none.
 func (p *Process) CallTimeout() time.Duration {
 	if p.Env.CallTimeoutMS > 0 {
@@ -90,7 +103,11 @@ func Run(name string, build Constructor) { RunArgs(name, build, os.Args[1:]) }
 // RunArgs is Run with the command line's flags given (without the program
 // name), for a binary that dispatches to services by subcommand.
 func RunArgs(name string, build Constructor, args []string) {
-	if err := run(name, build, args); err != nil {
+	err := run(name, build, args)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "flotilla-%s: %v\n", name, err)
 		os.Exit(1)
 	}
@@ -123,6 +140,9 @@ func run(name string, build Constructor, args []string) error {
 	}
 	if !supervised {
 		env, err = standaloneEnv(name, args)
+		if errors.Is(err, errVersion) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -287,6 +307,9 @@ func TTRPCSocket(socket string) string {
 	return strings.TrimSuffix(socket, ".sock") + ".ttrpc.sock"
 }
 
+// errVersion ends a process asked for its version alone.
+var errVersion = errors.New("version printed")
+
 func standaloneEnv(name string, args []string) (handshake.Env, error) {
 	fs := flag.NewFlagSet("flotilla-"+name, flag.ContinueOnError)
 	socket := fs.String("socket", "", "Unix socket to serve on (required)")
@@ -298,22 +321,22 @@ func standaloneEnv(name string, args []string) (handshake.Env, error) {
 	gateway := fs.String("gateway", "", "flotillad's client socket, for services that call through it or publish events to it")
 	callTimeout := fs.Duration("call-timeout", 0, "longest an outgoing call may take (default 30s, as flotillad's [timeouts] call)")
 	maxProcs := fs.Int("max-procs", 0, "GOMAXPROCS of this process (default Go's: every CPU; flotillad gives content and metadata 1)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	deps := map[string]string{}
 	fs.Func("dep", "socket of a service this one depends on, name=socket, repeatable (metadata: content=...)", keyValue("dep", deps))
 	snapshotters := map[string]string{}
 	fs.Func("snapshotter", "socket of a snapshotter by its name, name=socket, repeatable (metadata: overlayfs=...)", keyValue("snapshotter", snapshotters))
 	options := map[string]any{}
-	fs.Func("option", "service option key=value, repeatable; a value that parses as JSON (true, 3, [\"a\"]) is taken as such", func(s string) error {
+	fs.Func("option", "service option key=value, repeatable; a value that parses as JSON (true, 3, [\"a\"]) is taken as such; a dotted key (cni.conf_dir) is one in a table, as in the config's [services.<name>.options]", func(s string) error {
 		k, v, ok := strings.Cut(s, "=")
-		if !ok || k == "" {
+		if !ok || k == "" || strings.HasPrefix(k, ".") || strings.HasSuffix(k, ".") || strings.Contains(k, "..") {
 			return fmt.Errorf("option %q is not key=value", s)
 		}
 		var parsed any
 		if err := json.Unmarshal([]byte(v), &parsed); err != nil {
 			parsed = v
 		}
-		options[k] = parsed
-		return nil
+		return handshake.SetOption(options, k, parsed)
 	})
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "flotilla-%s is started by flotillad; to run it by hand:\n", name)
@@ -321,6 +344,10 @@ func standaloneEnv(name string, args []string) (handshake.Env, error) {
 	}
 	if err := fs.Parse(args); err != nil {
 		return handshake.Env{}, err
+	}
+	if *showVersion {
+		fmt.Println(version.String("flotilla-" + name))
+		return handshake.Env{}, errVersion
 	}
 	if *socket == "" || *root == "" {
 		fs.Usage()

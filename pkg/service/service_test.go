@@ -1,6 +1,7 @@
 package service
 
 import (
+	"errors"
 	"os"
 	"testing"
 	"time"
@@ -40,5 +41,28 @@ func TestStandaloneFlagsRefuseADependencyWithoutASocket(t *testing.T) {
 		if _, err := standaloneEnv("metadata", os.Args[1:]); err == nil {
 			t.Errorf("--dep %q accepted", bad)
 		}
+	}
+}
+
+func TestStandaloneDottedOptionsAreTables(t *testing.T) {
+	env, err := standaloneEnv("cri", []string{"--socket", "/s.sock", "--root", "/r",
+		"--option", "cni.conf_dir=/x", "--option", `cni.bin_dirs=["/a"]`, "--option", "sandbox_image=p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cni, _ := env.Options["cni"].(map[string]any)
+	if cni["conf_dir"] != "/x" || len(cni["bin_dirs"].([]any)) != 1 || env.Options["sandbox_image"] != "p" {
+		t.Errorf("options %v; want cni as a table", env.Options)
+	}
+	for _, bad := range []string{".x=1", "x.=1", "a..b=1"} {
+		if _, err := standaloneEnv("cri", []string{"--socket", "/s.sock", "--root", "/r", "--option", bad}); err == nil {
+			t.Errorf("--option %q accepted", bad)
+		}
+	}
+}
+
+func TestStandaloneVersionNeedsNoOtherFlag(t *testing.T) {
+	if _, err := standaloneEnv("cri", []string{"--version"}); !errors.Is(err, errVersion) {
+		t.Errorf("--version: %v; want the version printed alone", err)
 	}
 }

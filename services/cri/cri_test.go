@@ -169,7 +169,7 @@ func newEnv(t *testing.T, criOptions ...string) *env {
 		"--state", filepath.Join(dir, "state", "cri"),
 		"--log-level", "debug",
 		"--option", "gateway=" + e.address,
-		"--option", "cni_conf_dir=" + filepath.Join(dir, "cni"),
+		"--option", "cni.conf_dir=" + filepath.Join(dir, "cni"),
 	}
 	for _, o := range criOptions {
 		args = append(args, "--option", o)
@@ -433,7 +433,7 @@ func TestRegistryMirrorFromHostsToml(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(hostDir, "hosts.toml"), []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	images := newEnv(t, "config_path="+certs).imageService(t)
+	images := newEnv(t, "registry.config_path="+certs).imageService(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	ref := "registry.example/flotilla/busybox:test"

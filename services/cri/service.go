@@ -4,19 +4,10 @@
 // gateway, in the "k8s.io" namespace, as containerd's CRI plugin is a client
 // of containerd.
 //
-// Options: snapshotter (default "overlayfs"); insecure_registries, hosts
-// pulled from over plain HTTP (after HTTPS without verification);
-// config_path, a directory of containerd-format hosts.toml files
-// (<config_path>/<host>/hosts.toml: mirrors, certificates); image_fs_path,
-// the image filesystem ImageFsInfo reports (default the snapshotter's
-// root beside this service's); cni_conf_dir (default /etc/cni/net.d);
-// max_concurrent_downloads (default 3); sandbox_image (default
-// registry.k8s.io/pause:3.10); cni_bin_dirs (default /opt/cni/bin and
-// /usr/lib/cni); restrict_oom_score_adj; stream_server_address and
-// stream_server_port, where the Exec/Attach/PortForward streaming server
-// listens (default 127.0.0.1, port "0": a free one); gateway, the gateway
-// socket when started by hand (flotillad tells it otherwise; --gateway says
-// the same).
+// Its options ([services.cri.options], or --option key=value by hand) are
+// Options; their names follow containerd 2.x's CRI plugins where it has the
+// same setting (sandbox_image is containerd 1.x's name for 2.x's
+// pinned_images.sandbox).
 package cri
 
 import (
@@ -31,25 +22,63 @@ import (
 	"github.com/flotilla-project/flotilla/services/cri/server"
 )
 
-type options struct {
-	Snapshotter            string   `json:"snapshotter"`
-	InsecureRegistries     []string `json:"insecure_registries"`
-	ConfigPath             string   `json:"config_path"`
-	ImageFSPath            string   `json:"image_fs_path"`
-	CNIConfDir             string   `json:"cni_conf_dir"`
-	MaxConcurrentDownloads int      `json:"max_concurrent_downloads"`
-	SandboxImage           string   `json:"sandbox_image"`
-	CNIBinDirs             []string `json:"cni_bin_dirs"`
-	RestrictOOMScoreAdj    bool     `json:"restrict_oom_score_adj"`
-	StreamServerAddress    string   `json:"stream_server_address"`
-	StreamServerPort       string   `json:"stream_server_port"`
-	Gateway                string   `json:"gateway"`
+// Options are the cri service's options, with their defaults from
+// DefaultOptions.
+type Options struct {
+	SandboxImage           string   `toml:"sandbox_image" json:"sandbox_image" comment:"Image of every pod's sandbox (pause) container; pulled when missing."`
+	Snapshotter            string   `toml:"snapshotter" json:"snapshotter" comment:"Snapshotter that unpacks images and holds containers' root filesystems."`
+	MaxConcurrentDownloads int      `toml:"max_concurrent_downloads" json:"max_concurrent_downloads" comment:"Layers one pull fetches at once."`
+	InsecureRegistries     []string `toml:"insecure_registries" json:"insecure_registries" comment:"Registries (host or host:port) pulled from over HTTPS without verifying certificates, then plain HTTP."`
+	ImageFSPath            string   `toml:"image_fs_path" json:"image_fs_path" comment:"Filesystem ImageFsInfo reports to the kubelet; empty: the snapshotter's root."`
+	RestrictOOMScoreAdj    bool     `toml:"restrict_oom_score_adj" json:"restrict_oom_score_adj" comment:"Clamp a container's oom_score_adj to this service's own (done anyway without CAP_SYS_RESOURCE)."`
+	StreamServerAddress    string   `toml:"stream_server_address" json:"stream_server_address" comment:"Address the exec, attach and port-forward streaming server listens on."`
+	StreamServerPort       string   `toml:"stream_server_port" json:"stream_server_port" comment:"Its port; \"0\" picks a free one."`
+	CNI                    CNI      `toml:"cni" json:"cni" comment:"Pods' networks (containerd's [plugins.'io.containerd.cri.v1.runtime'.cni])."`
+	Registry               Registry `toml:"registry" json:"registry" comment:"Registry hosts (containerd's [plugins.'io.containerd.cri.v1.images'.registry])."`
+	// Gateway is flotillad's socket for a cri run by hand (flotillad
+	// tells the one it starts, and the config has no say).
+	Gateway string `toml:"-" json:"gateway"`
+}
+
+// CNI is where pods' network configuration and plugins are.
+type CNI struct {
+	BinDirs []string `toml:"bin_dirs" json:"bin_dirs" comment:"Directories searched for CNI plugins."`
+	ConfDir string   `toml:"conf_dir" json:"conf_dir" comment:"Directory of CNI network configurations: the first by name is the pods' network; none: the network is not ready."`
+}
+
+// Registry configures how images are pulled.
+type Registry struct {
+	ConfigPath string `toml:"config_path" json:"config_path" comment:"Directory of containerd-format hosts.toml files (<config_path>/<host>/hosts.toml: mirrors, certificates); empty: none."`
+}
+
+// DefaultOptions are the options the cri service runs with unless told.
+func DefaultOptions() *Options {
+	return &Options{
+		SandboxImage:           "registry.k8s.io/pause:3.10",
+		Snapshotter:            "overlayfs",
+		MaxConcurrentDownloads: 3,
+		StreamServerAddress:    "127.0.0.1",
+		StreamServerPort:       "0",
+		CNI: CNI{
+			BinDirs: []string{"/opt/cni/bin", "/usr/lib/cni"},
+			ConfDir: "/etc/cni/net.d",
+		},
+	}
+}
+
+// Aliases are the names the options had before they took containerd's.
+func (*Options) Aliases() map[string]string {
+	return map[string]string{
+		"cni_conf_dir": "cni.conf_dir",
+		"cni_bin_dirs": "cni.bin_dirs",
+		"config_path":  "registry.config_path",
+	}
 }
 
 // New builds the cri service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
-	var opts options
-	if err := p.Env.DecodeOptions(&opts); err != nil {
+	opts := DefaultOptions()
+	if err := p.DecodeOptions(opts); err != nil {
 		return nil, err
 	}
 	gateway := p.Env.Gateway
@@ -81,12 +110,12 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	srv := server.New(client, server.Config{
 		Snapshotter:            opts.Snapshotter,
 		InsecureRegistries:     opts.InsecureRegistries,
-		ConfigPath:             opts.ConfigPath,
+		ConfigPath:             opts.Registry.ConfigPath,
 		ImageFSPath:            opts.ImageFSPath,
-		CNIConfDir:             opts.CNIConfDir,
+		CNIConfDir:             opts.CNI.ConfDir,
 		MaxConcurrentDownloads: opts.MaxConcurrentDownloads,
 		SandboxImage:           opts.SandboxImage,
-		CNIBinDirs:             opts.CNIBinDirs,
+		CNIBinDirs:             opts.CNI.BinDirs,
 		StateDir:               p.Env.State,
 		RestrictOOMScoreAdj:    opts.RestrictOOMScoreAdj,
 	}, p.Logger)

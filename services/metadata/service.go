@@ -25,14 +25,29 @@ import (
 	"github.com/flotilla-project/flotilla/services/metadata/server"
 )
 
-// options are the [services.metadata.options] of flotillad's config, as Go
-// durations.
-type options struct {
+// Options are the metadata service's options ([services.metadata.options],
+// or --option key=value by hand), durations as Go writes them ("10m").
+type Options struct {
 	// GCSchedule is how often collection runs with nothing deleted.
-	GCSchedule string `json:"gc_schedule"`
+	GCSchedule string `toml:"gc_schedule" json:"gc_schedule" comment:"Garbage collection runs this often even when nothing is deleted (leases expire by the clock); \"0s\": only after deletions."`
 	// GCDeleteDelay coalesces a burst of removals (an image and its
 	// layers, say) into one collection.
-	GCDeleteDelay string `json:"gc_delete_delay"`
+	GCDeleteDelay string `toml:"gc_delete_delay" json:"gc_delete_delay" comment:"Garbage collection runs this long after a deletion, so that a burst of deletions costs one run."`
+}
+
+// DefaultOptions are the options the metadata service runs with unless told.
+func DefaultOptions() *Options {
+	return &Options{GCSchedule: "10m", GCDeleteDelay: "100ms"}
+}
+
+// Validate checks the durations, for flotillad to refuse a bad one before
+// it starts anything.
+func (o *Options) Validate() error {
+	if _, err := duration("gc_schedule", o.GCSchedule, 0); err != nil {
+		return err
+	}
+	_, err := duration("gc_delete_delay", o.GCDeleteDelay, 0)
+	return err
 }
 
 func duration(name, v string, def time.Duration) (time.Duration, error) {
@@ -59,8 +74,8 @@ func hybrid(conn *grpc.ClientConn, sock string, timeout time.Duration) grpc.Clie
 
 // New builds the metadata service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
-	var opts options
-	if err := p.Env.DecodeOptions(&opts); err != nil {
+	opts := DefaultOptions()
+	if err := p.DecodeOptions(opts); err != nil {
 		return nil, err
 	}
 	every, err := duration("gc_schedule", opts.GCSchedule, 10*time.Minute)

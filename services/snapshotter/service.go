@@ -6,9 +6,10 @@
 // proxy_plugins entry too.
 //
 // Options (from flotillad's config, or --option key=value by hand):
-// driver ("overlayfs", the default, or "native") and, for overlayfs,
-// mount_options (a list added to every overlay mount); name, the name
-// clients know the snapshotter by (Introspection lists it under that id).
+// driver ("overlayfs", the default, or "native"; [snapshotters.<name>]
+// driver in the config) and Options ([snapshotters.<name>.options]); name,
+// the name clients know the snapshotter by (Introspection lists it under
+// that id); serve_diff (see below).
 package snapshotter
 
 import (
@@ -28,9 +29,20 @@ import (
 	"github.com/flotilla-project/flotilla/services/snapshotter/overlay"
 )
 
+// Options are what a snapshotter's configuration says of it under
+// [snapshotters.<name>.options].
+type Options struct {
+	MountOptions []string `toml:"mount_options" json:"mount_options" comment:"overlayfs: mount options added to every overlay mount (\"volatile\", say)."`
+}
+
+// DefaultOptions are the options a snapshotter runs with unless told.
+func DefaultOptions() *Options { return &Options{} }
+
+// options are everything a snapshotter process is told: its Options and
+// what flotillad decides for it.
 type options struct {
-	Driver       string   `json:"driver"`
-	MountOptions []string `json:"mount_options"`
+	Options
+	Driver string `json:"driver"`
 	// Name is the snapshotter's name for clients (flotillad sets it).
 	Name string `json:"name"`
 	// ServeDiff makes this process serve layer apply and compare (the Diff
@@ -40,8 +52,8 @@ type options struct {
 
 // New builds the snapshotter service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
-	opts := options{Driver: "overlayfs"}
-	if err := p.Env.DecodeOptions(&opts); err != nil {
+	opts := options{Options: *DefaultOptions(), Driver: "overlayfs"}
+	if err := p.DecodeOptions(&opts); err != nil {
 		return nil, err
 	}
 	exports := map[string]string{"driver": opts.Driver}

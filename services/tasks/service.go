@@ -9,11 +9,8 @@
 // their events to the gateway's ttrpc endpoint (<gateway socket>.ttrpc);
 // container records are read through the gateway too.
 //
-// Options: socket_dir, where shims put their sockets (default <state>/.s,
-// or the shim's own default when that path is too long for a socket);
-// runc_root, runc's state directory when a container's runc options name
-// none (default <state>/.runc, apart from containerd's /run/containerd/runc);
-// shim_debug, debug logs from shims.
+// Its options ([services.tasks.options], or --option key=value by hand)
+// are Options.
 package tasks
 
 import (
@@ -30,11 +27,16 @@ import (
 	"github.com/flotilla-project/flotilla/services/tasks/shim"
 )
 
-type options struct {
-	SocketDir string `json:"socket_dir"`
-	RuncRoot  string `json:"runc_root"`
-	ShimDebug bool   `json:"shim_debug"`
+// Options are the tasks service's options; empty means the default each
+// says.
+type Options struct {
+	SocketDir string `toml:"socket_dir" json:"socket_dir" comment:"Where shims put their sockets; empty: <state>/tasks/.s, or the shim's own default when that path is too long for a socket."`
+	RuncRoot  string `toml:"runc_root" json:"runc_root" comment:"runc's state directory when a container's runc options name none; empty: <state>/tasks/.runc (apart from containerd's /run/containerd/runc)."`
+	ShimDebug bool   `toml:"shim_debug" json:"shim_debug" comment:"Debug logs from the shims."`
 }
+
+// DefaultOptions are the options the tasks service runs with unless told.
+func DefaultOptions() *Options { return &Options{} }
 
 // maxSocketDir leaves room for the shim's socket name (64 hex digits and a
 // slash) within the 108 bytes of a unix socket path.
@@ -42,8 +44,8 @@ const maxSocketDir = 107 - 65
 
 // New builds the tasks service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
-	var opts options
-	if err := p.Env.DecodeOptions(&opts); err != nil {
+	opts := DefaultOptions()
+	if err := p.DecodeOptions(opts); err != nil {
 		return nil, err
 	}
 	if opts.SocketDir == "" {

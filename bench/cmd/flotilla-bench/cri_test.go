@@ -33,15 +33,23 @@ func TestFlotillaCRIConfigLoadsWithTheCRIOptions(t *testing.T) {
 	if !cfg.Trace.File {
 		t.Error("[trace] file = true was lost")
 	}
-	opts := cfg.Services["cri"].Options
-	for k, want := range map[string]any{
-		"sandbox_image":          testCRIConfig.sandboxImage,
-		"cni_conf_dir":           testCRIConfig.cniConfDir,
-		"config_path":            testCRIConfig.hostsDir,
-		"restrict_oom_score_adj": true,
+	if len(cfg.Warnings) > 0 {
+		t.Errorf("the bench's config has deprecated names: %v", cfg.Warnings)
+	}
+	opts, err := config.OptionsMap(cfg.Services["cri"].Options)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cni, _ := opts["cni"].(map[string]any)
+	registry, _ := opts["registry"].(map[string]any)
+	for k, c := range map[string]struct{ got, want any }{
+		"sandbox_image":          {opts["sandbox_image"], testCRIConfig.sandboxImage},
+		"cni.conf_dir":           {cni["conf_dir"], testCRIConfig.cniConfDir},
+		"registry.config_path":   {registry["config_path"], testCRIConfig.hostsDir},
+		"restrict_oom_score_adj": {opts["restrict_oom_score_adj"], true},
 	} {
-		if opts[k] != want {
-			t.Errorf("cri option %s = %v, want %v", k, opts[k], want)
+		if c.got != c.want {
+			t.Errorf("cri option %s = %v, want %v", k, c.got, c.want)
 		}
 	}
 	for _, svc := range []string{"content", "metadata", "tasks"} {

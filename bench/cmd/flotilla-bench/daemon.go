@@ -153,12 +153,14 @@ func flotillaCRIConfig(c *criConfig) string {
 	return fmt.Sprintf(`[services.cri.options]
 snapshotter = "overlayfs"
 sandbox_image = %q
-config_path = %q
-cni_conf_dir = %q
-cni_bin_dirs = [%q]
 stream_server_address = "127.0.0.1"
 stream_server_port = "0"
 restrict_oom_score_adj = true
+[services.cri.options.registry]
+config_path = %q
+[services.cri.options.cni]
+conf_dir = %q
+bin_dirs = [%q]
 `, c.sandboxImage, c.hostsDir, c.cniConfDir, c.cniBinDir)
 }
 

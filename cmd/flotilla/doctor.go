@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	introspection "github.com/containerd/containerd/api/services/introspection/v1"
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -36,7 +39,15 @@ missing; warnings name what is optional or worth fixing.`,
 			if err := o.check(); err != nil {
 				return err
 			}
+			daemonRoot, daemonDir := runningDaemon(cmd.Context(), g)
+			if !cmd.Flags().Changed("root") && daemonRoot != "" {
+				root = daemonRoot
+			}
 			e := hostcheck.Default(root, g.socket())
+			if daemonDir != "" {
+				// The shim the running daemon uses is the one beside it.
+				e.Path = append([]string{daemonDir}, e.Path...)
+			}
 			e.Ping = func(ctx context.Context) (string, error) {
 				conn, err := g.dial()
 				if err != nil {
@@ -58,7 +69,7 @@ missing; warnings name what is optional or worth fixing.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&root, "root", defaultRoot, "flotillad's root directory (overlay and disk are checked on its filesystem)")
+	cmd.Flags().StringVar(&root, "root", defaultRoot, "flotillad's root directory, where overlay and disk are checked (default: the running daemon's, else "+defaultRoot+")")
 	o.register(cmd.Flags())
 	completeOutput(cmd)
 	return cmd
@@ -96,4 +107,37 @@ func printDoctor(out io.Writer, o outputFlags, results []hostcheck.Result) error
 	fmt.Fprintf(out, "\n%s — %d pass, %d warn, %d fail, %d skipped\n", verdict,
 		counts[hostcheck.Pass], counts[hostcheck.Warn], counts[hostcheck.Fail], counts[hostcheck.Skip])
 	return nil
+}
+
+// runningDaemon asks the daemon on the socket, if one answers, for its root
+// directory (its content service exports <root>/content) and the directory
+// of its executable (flotillad runs the shim found beside it first).
+func runningDaemon(ctx context.Context, g *globals) (root, binDir string) {
+	if _, err := os.Stat(g.socket()); err != nil {
+		return "", ""
+	}
+	conn, err := g.dial()
+	if err != nil {
+		return "", ""
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	resp, err := introspection.NewIntrospectionClient(conn).Plugins(ctx, &introspection.PluginsRequest{})
+	if err != nil {
+		return "", ""
+	}
+	for _, p := range resp.GetPlugins() {
+		switch p.GetID() {
+		case "content":
+			if r := p.GetExports()["root"]; filepath.IsAbs(r) {
+				root = filepath.Dir(r)
+			}
+		case "version": // served by flotillad itself
+			if exe, err := os.Readlink("/proc/" + p.GetExports()["pid"] + "/exe"); err == nil {
+				binDir = filepath.Dir(exe)
+			}
+		}
+	}
+	return root, binDir
 }

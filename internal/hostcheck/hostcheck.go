@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -75,6 +76,11 @@ func Default(root, socket string) Env {
 	// flotilla; flotillad puts its own directory first on the shims' PATH.
 	if exe, err := os.Executable(); err == nil {
 		e.Path = append(e.Path, filepath.Dir(exe))
+	}
+	if d, err := exec.LookPath("flotillad"); err == nil {
+		if abs, err := filepath.Abs(d); err == nil {
+			e.Path = append(e.Path, filepath.Dir(abs))
+		}
 	}
 	return e
 }

@@ -1,14 +1,18 @@
 package integration
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // flotillaCode runs the flotilla tool and returns its output and exit code.
@@ -94,6 +98,23 @@ func TestCLIVersionListingsTopAndDoctorOnARealDaemon(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^PASS\s+` + want).MatchString(doc) {
 			t.Errorf("doctor does not pass %s:\n%s", want, doc)
 		}
+	}
+
+	// logs -f follows the service across a restart.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	follow := exec.CommandContext(ctx, filepath.Join(binDir, "flotilla"), "--address", d.address, "logs", "-f", "-n", "1", "metadata")
+	var followed bytes.Buffer
+	follow.Stdout = &followed
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	d.flotilla("restart", "metadata")
+	_ = follow.Wait() // ended by the context
+	if newPid := d.servicePid("metadata"); !strings.Contains(followed.String(), "msg=stopping") ||
+		!strings.Contains(followed.String(), fmt.Sprintf("pid=%d", newPid)) {
+		t.Errorf("logs -f did not show metadata stopping and its new process (pid %d) start:\n%s", newPid, followed.String())
 	}
 
 	// Exit codes: a usage error is 2, a failed call 1, help 0.

@@ -9,15 +9,15 @@ import (
 	"text/tabwriter"
 	"time"
 
+	versionapi "github.com/containerd/containerd/api/services/version/v1"
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
 
-	versionapi "github.com/containerd/containerd/api/services/version/v1"
-	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	adminpb "github.com/flotilla-project/flotilla/proto/admin/v1"
-	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // dial connects to the daemon's socket; a socket that is not there is

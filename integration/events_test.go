@@ -150,7 +150,28 @@ func TestEventsOfNamespaceImageAndContentChanges(t *testing.T) {
 	}
 
 	d.mustCtr("-n", "x", "images", "import", "--no-unpack", archive)
-	if ev, ok := sub.expect("/images/create", "x").(*eventstypes.ImageCreate); !ok || ev.Name != img.Name {
+	// As containerd 2.x, each blob committed is announced before the
+	// image that references it.
+	created := map[string]bool{}
+	env := sub.next(5 * time.Second)
+	for ; env.Topic == "/content/create"; env = sub.next(5 * time.Second) {
+		if ev, ok := decodeEvent(t, env).(*eventstypes.ContentCreate); ok && env.Namespace == "x" {
+			created[ev.Digest] = ev.Size > 0
+		}
+	}
+	blobs := []string{img.Config.Digest.String(), img.Manifest.Digest.String()}
+	for _, l := range img.Layers {
+		blobs = append(blobs, l.Digest.String())
+	}
+	for _, d := range blobs {
+		if !created[d] {
+			t.Errorf("no /content/create event with a size in namespace x for %s (got %v)", d, created)
+		}
+	}
+	if env.Topic != "/images/create" || env.Namespace != "x" {
+		t.Fatalf("got event %s (namespace %s) after the blobs', want /images/create in x", env.Topic, env.Namespace)
+	}
+	if ev, ok := decodeEvent(t, env).(*eventstypes.ImageCreate); !ok || ev.Name != img.Name {
 		t.Errorf("/images/create event is %#v, want ImageCreate of %s", ev, img.Name)
 	}
 

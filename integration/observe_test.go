@@ -79,10 +79,11 @@ func TestObservedCallsShowInMetricsAndTraceWaterfall(t *testing.T) {
 	}{
 		{"metadata's RPCs", "grpc_server_handled_total", []string{`service="metadata"`}},
 		{"metadata served Namespaces.List", "grpc_server_handled_total", []string{`service="metadata"`, `grpc_method="List"`, `grpc_service="containerd.services.namespaces.v1.Namespaces"`}},
-		{"content's RPCs (metadata's writes)", "grpc_server_handled_total", []string{`service="content"`, `grpc_service="containerd.services.content.v1.Content"`}},
+		{"content's RPCs (the namespaced writes the gateway routes there)", "grpc_server_handled_total", []string{`service="content"`, `grpc_service="flotilla.content.v1.Namespaced"`, `grpc_method="Write"`}},
+		{"metadata's control half of the writes", "grpc_server_handled_total", []string{`service="metadata"`, `grpc_service="flotilla.ingest.v1.Ingests"`}},
 		{"the gateway's RPCs", "grpc_server_handled_total", []string{`service="gateway"`, `grpc_service="containerd.services.namespaces.v1.Namespaces"`}},
 		{"latency histograms", "grpc_server_handling_seconds_bucket", []string{`service="metadata"`}},
-		{"metadata's calls to content", "grpc_client_handled_total", []string{`service="metadata"`}},
+		{"content's calls to metadata", "grpc_client_handled_total", []string{`service="content"`}},
 		{"restarts per service", "flotilla_service_restarts_total", []string{`service="metadata"`}},
 		{"memory per service", "flotilla_service_memory_rss_bytes", []string{`service="content"`}},
 		{"GC runs", "flotilla_gc_runs_total", []string{`service="metadata"`}},
@@ -98,8 +99,8 @@ func TestObservedCallsShowInMetricsAndTraceWaterfall(t *testing.T) {
 	}
 
 	// The last client call was the ingest: one Write stream through the
-	// gateway to metadata and on to content. Spans reach their files
-	// within a batch delay.
+	// gateway to content, which asks metadata to open and record it. Spans
+	// reach their files within a batch delay.
 	var out string
 	deadline := time.Now().Add(15 * time.Second)
 	for {

@@ -3,8 +3,6 @@ package main
 import (
 	"archive/tar"
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,66 +14,65 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/cobra"
 )
-
-const importUsage = `usage: flotilla import [--namespace default] [--snapshotter overlayfs] [--no-unpack] <archive.tar>
-
-Imports an OCI image layout (or docker save) archive into the content store
-and unpacks its images for the snapshotter, showing each blob's progress.
-`
 
 // maxPrescanBlob bounds the blobs read into memory before the import:
 // indexes, manifests and configs are small, layers are not.
 const maxPrescanBlob = 1 << 20
 
-func importCmd(address string, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("import", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), importUsage) }
-	ns := fs.String("namespace", namespaces.Default, "containerd namespace")
-	snapshotter := fs.String("snapshotter", "overlayfs", "snapshotter to unpack into")
-	noUnpack := fs.Bool("no-unpack", false, "only store the blobs")
-	pos, err := parse(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+func importCmd(g *globals) *cobra.Command {
+	var ns, snapshotter string
+	var noUnpack bool
+	cmd := &cobra.Command{
+		Use:   "import [--namespace default] [--snapshotter overlayfs] [--no-unpack] <archive.tar>",
+		Short: "Import an image archive and unpack it, with per-layer progress",
+		Long: `Import an OCI image layout (or docker save) archive into the content store
+and unpack its images for the snapshotter, showing each blob's progress: bars
+on a terminal, a line per change otherwise.`,
+		Args: exactArgs(1, "one archive"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return importArchive(cmd.Context(), g, args[0], ns, snapshotter, noUnpack)
+		},
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errors.New("import takes one archive")
-	}
+	cmd.Flags().StringVarP(&ns, "namespace", "n", namespaces.Default, "containerd namespace")
+	cmd.Flags().StringVar(&snapshotter, "snapshotter", "overlayfs", "snapshotter to unpack into")
+	cmd.Flags().BoolVar(&noUnpack, "no-unpack", false, "only store the blobs")
+	return cmd
+}
 
-	f, err := os.Open(pos[0])
+func importArchive(ctx context.Context, g *globals, archive, ns, snapshotter string, noUnpack bool) error {
+	out := g.stdout
+	f, err := os.Open(archive)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	tr := newTracker(!*noUnpack)
+	tr := newTracker(!noUnpack)
 	// The archive is listed first so every blob has a row from the start;
 	// an archive this cannot read (compressed, say) is still imported,
 	// its rows appearing as its blobs are written.
 	if err := prescanArchive(f, tr); err != nil {
-		fmt.Fprintf(os.Stderr, "flotilla: listing %s: %v (importing anyway)\n", pos[0], err)
+		fmt.Fprintf(g.stderr, "flotilla: listing %s: %v (importing anyway)\n", archive, err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
 
-	client, err := containerd.New(address, containerd.WithDefaultNamespace(*ns), containerd.WithTimeout(10*time.Second))
+	client, err := g.containerd(containerd.WithDefaultNamespace(ns))
 	if err != nil {
 		return err
 	}
 	defer client.Close()
-	ctx := namespaces.WithNamespace(context.Background(), *ns)
+	ctx = namespaces.WithNamespace(ctx, ns)
 
 	start := time.Now()
-	w := watch(ctx, tr, client.ContentStore(), client.SnapshotService(*snapshotter), newDisplay(out))
+	w := watch(ctx, tr, client.ContentStore(), client.SnapshotService(snapshotter), newDisplay(out))
 	imgs, err := client.Import(ctx, f)
-	if err == nil && !*noUnpack {
+	if err == nil && !noUnpack {
 		tr.startUnpack()
 		for _, i := range imgs {
-			if err = containerd.NewImage(client, i).Unpack(ctx, *snapshotter); err != nil {
+			if err = containerd.NewImage(client, i).Unpack(ctx, snapshotter); err != nil {
 				err = fmt.Errorf("unpack %s: %w", i.Name, err)
 				break
 			}
@@ -83,13 +80,14 @@ func importCmd(address string, args []string, out io.Writer) error {
 	}
 	rows := w.stop(ctx)
 	if err != nil {
+		w.disp.finish(rows, "")
 		return err
 	}
 	names := make([]string, 0, len(imgs))
 	for _, i := range imgs {
 		names = append(names, i.Name)
 	}
-	w.disp.finish(rows, summaryLine("imported", names, rows, !*noUnpack, *snapshotter, time.Since(start)))
+	w.disp.finish(rows, summaryLine("imported", names, rows, !noUnpack, snapshotter, time.Since(start)))
 	return nil
 }
 

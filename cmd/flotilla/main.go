@@ -1,238 +1,208 @@
 // flotilla is the operator's tool for a running flotillad: it lists the
-// service processes, restarts one gracefully, and shows a service's output,
-// through Flotilla's admin API on the daemon's client socket; it pulls and
-// imports images with per-layer progress through containerd's API there.
+// service processes, restarts one gracefully, shows a service's output, draws
+// traces and a live view of the graph, checks the host, pulls and imports
+// images with per-layer progress, and brings a stopped containerd's images
+// over. It speaks Flotilla's admin API and containerd's API on the daemon's
+// client socket.
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
-	"text/tabwriter"
-	"time"
+	"strings"
+	"syscall"
 
+	"github.com/spf13/cobra"
+
+	"github.com/flotilla-project/flotilla/pkg/version"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
-
-	"github.com/flotilla-project/flotilla/pkg/rpc"
-	adminpb "github.com/flotilla-project/flotilla/proto/admin/v1"
 )
 
 const defaultAddress = "/run/flotilla/flotilla.sock"
 
-const usage = `usage: flotilla [--address <socket>] <command> [arguments]
+// toolVersion is the semantic version the build embedded (pkg/version).
+func toolVersion() string { return strings.TrimPrefix(version.Version, "v") }
 
-commands:
-  services                     list the service processes
-  restart [--drain 10s] <name> restart a service; clients see latency, not errors
-  logs [-n 100] <name>         print the last lines a service wrote
-  trace [--state <dir>] last | <trace id> | ls
-                               draw a client call across processes as a
-                               waterfall (needs [trace] file = true)
-  pull [--namespace default] [--snapshotter overlayfs] [--plain-http] <ref>
-                               pull and unpack an image, with per-layer progress
-  import [--namespace default] [--snapshotter overlayfs] [--no-unpack] <archive.tar>
-                               import and unpack an image archive, with
-                               per-layer progress
+// Exit codes, as most CLIs have them: a call that failed is 1, a command
+// line that makes no sense is 2 (and --help is 0).
+const (
+	exitFailed = 1
+	exitUsage  = 2
+)
 
-The address defaults to $FLOTILLA_ADDRESS, else ` + defaultAddress + `.
-`
+// usageError is a command line the tool cannot run: a wrong flag, a missing
+// or extra argument, an unknown command.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout); err != nil {
-		if s, ok := status.FromError(err); ok {
-			err = fmt.Errorf("%s (%s)", s.Message(), s.Code())
-		}
-		fmt.Fprintf(os.Stderr, "flotilla: %v\n", err)
-		os.Exit(1)
-	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	cmd, err := execute(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(report(cmd, err, os.Stderr))
 }
 
-func run(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("flotilla", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), usage) }
-	address := fs.String("address", envOr("FLOTILLA_ADDRESS", defaultAddress), "flotillad's client socket")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
+// report prints err the way the tool does and returns the exit code.
+func report(cmd *cobra.Command, err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		path := "flotilla"
+		if cmd != nil {
+			path = cmd.CommandPath()
 		}
-		return err
+		fmt.Fprintf(stderr, "flotilla: %v\nRun '%s --help' for usage.\n", err, path)
+		return exitUsage
 	}
-	if fs.NArg() == 0 {
-		fs.Usage()
-		return errors.New("no command")
+	var se silentError
+	if errors.As(err, &se) {
+		return se.code
 	}
-	cmd, args := fs.Arg(0), fs.Args()[1:]
-	if cmd == "trace" {
-		// Span files are read where the daemon writes them, with no call
-		// to it: the state directory is the socket's by default.
-		return traceCmd(args, filepath.Dir(*address), out)
+	if s, ok := status.FromError(err); ok {
+		err = fmt.Errorf("%s (%s)", s.Message(), s.Code())
 	}
-	// Pull and import are containerd client calls, not admin ones.
-	switch cmd {
-	case "pull":
-		return pullCmd(*address, args, out)
-	case "import":
-		return importCmd(*address, args, out)
-	}
+	fmt.Fprintf(stderr, "flotilla: %v\n", err)
+	return exitFailed
+}
 
-	conn, err := rpc.Dial(*address)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	client := adminpb.NewAdminClient(conn)
+// silentError ends the tool with a code and nothing more to say (doctor has
+// printed its findings already).
+type silentError struct{ code int }
 
-	switch cmd {
-	case "services", "ps", "ls":
-		return services(client, args, out)
-	case "restart":
-		return restart(client, args, out)
-	case "logs":
-		return logs(client, args, out)
-	case "help":
-		fs.Usage()
+func (e silentError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// run runs one command line with its output to out, for tests.
+func run(args []string, out io.Writer) error {
+	_, err := execute(context.Background(), args, out, io.Discard)
+	return err
+}
+
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) (*cobra.Command, error) {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	return root.ExecuteContextC(ctx)
+}
+
+// globals are the flags every command has.
+type globals struct {
+	address string
+	stdout  io.Writer
+	stderr  io.Writer
+}
+
+// socket is the daemon's client socket: --address, else $FLOTILLA_ADDRESS,
+// else $CONTAINERD_ADDRESS (what ctr reads), else the default.
+func (g *globals) socket() string {
+	if g.address != "" {
+		return g.address
+	}
+	for _, env := range []string{"FLOTILLA_ADDRESS", "CONTAINERD_ADDRESS"} {
+		if v := os.Getenv(env); v != "" {
+			return v
+		}
+	}
+	return defaultAddress
+}
+
+// stateDir is where the daemon keeps its state: its socket's directory.
+func (g *globals) stateDir() string { return filepath.Dir(g.socket()) }
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "flotilla",
+		Short: "Operate a running flotillad: its services, their logs and metrics, images, the host",
+		Long: `flotilla operates a running flotillad through its client socket: Flotilla's
+admin API for the service processes, containerd's API for images.
+
+The socket is --address, else $FLOTILLA_ADDRESS, else $CONTAINERD_ADDRESS,
+else ` + defaultAddress + `.`,
+		Version:       toolVersion(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_ = cmd.Usage()
+			return usagef("a command is needed")
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetVersionTemplate("flotilla version {{.Version}}\n")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentFlags().StringVar(&g.address, "address", "",
+		"flotillad's client socket (default $FLOTILLA_ADDRESS, $CONTAINERD_ADDRESS or "+defaultAddress+")")
+	root.CompletionOptions.HiddenDefaultCmd = false
+
+	root.AddGroup(&cobra.Group{ID: "services", Title: "Services:"}, &cobra.Group{ID: "images", Title: "Images:"},
+		&cobra.Group{ID: "host", Title: "Host:"})
+	for _, c := range []*cobra.Command{servicesCmd(g), restartCmd(g), logsCmd(g), topCmd(g), traceCmd(g)} {
+		c.GroupID = "services"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{pullCmd(g), importCmd(g), adoptCmd(g)} {
+		c.GroupID = "images"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{doctorCmd(g), versionCmd(g)} {
+		c.GroupID = "host"
+		root.AddCommand(c)
+	}
+	return root
+}
+
+// noArgs, exactArgs and maxArgs check positional arguments as cobra's
+// validators do, with a usage error the tool exits 2 on.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		if cmd.HasSubCommands() {
+			return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+		}
+		return usagef("%s takes no arguments, got %q", cmd.CommandPath(), args)
+	}
+	return nil
+}
+
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s takes %s, got %d argument(s)", cmd.CommandPath(), what, len(args))
+		}
 		return nil
 	}
-	fs.Usage()
-	return fmt.Errorf("unknown command %q", cmd)
 }
 
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
+// outputFlags are -o and -q of a listing command.
+type outputFlags struct {
+	format string
+	quiet  bool
 }
 
-// parse parses a command's flags wherever they stand among its arguments
-// (`logs metadata -n 5` as well as `logs -n 5 metadata`) and returns the
-// positional ones.
-func parse(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
+func (o *outputFlags) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&o.format, "output", "o", "table", "output format: table, json or yaml")
+	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print only names (ids), one a line")
 }
 
-// oneName parses a command that takes exactly one service name.
-func oneName(fs *flag.FlagSet, args []string) (string, error) {
-	pos, err := parse(fs, args)
-	if err != nil {
-		return "", err
+func (o *outputFlags) check() error {
+	switch o.format {
+	case "table", "json", "yaml":
+		return nil
 	}
-	if len(pos) != 1 {
-		return "", fmt.Errorf("%s takes one service name", fs.Name())
-	}
-	return pos[0], nil
+	return usagef("-o %q: want table, json or yaml", o.format)
 }
 
-func services(c adminpb.AdminClient, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("services", flag.ContinueOnError)
-	if pos, err := parse(fs, args); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return errors.New("services takes no arguments")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Services(ctx, &adminpb.ServicesRequest{})
-	if err != nil {
-		return err
-	}
-	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	// Single-word columns first: scripts split rows on blanks.
-	fmt.Fprintln(tw, "NAME\tSTATE\tPID\tRESTARTS\tOOM-KILLS\tLAST-EXIT\tUPTIME\tMEMORY\tSOCKET\tERROR")
-	for _, s := range resp.GetServices() {
-		uptime, pid, mem := "-", "-", "-"
-		if s.GetPid() > 0 {
-			pid = fmt.Sprint(s.GetPid())
-		}
-		if s.GetUptime() != nil && s.GetPid() > 0 {
-			uptime = s.GetUptime().AsDuration().Round(time.Second).String()
-		}
-		if s.GetRssBytes() > 0 {
-			mem = bytesString(s.GetRssBytes())
-		}
-		if l := s.GetMemoryLimitBytes(); l > 0 {
-			mem += " (max " + bytesString(l) + ")"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", s.GetName(), s.GetState(), pid,
-			s.GetRestarts(), s.GetOomKills(), orDash(s.GetLastExit()), uptime, mem, orDash(s.GetSocket()), s.GetError())
-	}
-	return tw.Flush()
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-func bytesString(b uint64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := uint64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
-}
-
-func restart(c adminpb.AdminClient, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("restart", flag.ContinueOnError)
-	drain := fs.Duration("drain", 10*time.Second, "how long calls in flight may take to finish before the restart goes ahead")
-	name, err := oneName(fs, args)
-	if err != nil {
-		return err
-	}
-	// The daemon bounds the restart (drain, then the process's exit and
-	// start); this only keeps a wedged daemon from hanging the tool.
-	ctx, cancel := context.WithTimeout(context.Background(), 2**drain+2*time.Minute)
-	defer cancel()
-	resp, err := c.Restart(ctx, &adminpb.RestartRequest{Name: name, DrainTimeout: durationpb.New(*drain)})
-	if err != nil {
-		return err
-	}
-	s := resp.GetService()
-	fmt.Fprintf(out, "restarted %s: pid %d, calls held for %s\n", name, s.GetPid(),
-		resp.GetHeld().AsDuration().Round(time.Millisecond))
-	if n := resp.GetAbandonedCalls(); n > 0 {
-		fmt.Fprintf(out, "warning: %d call(s) were still in flight after %s and may have failed\n", n, *drain)
-	}
-	return nil
-}
-
-func logs(c adminpb.AdminClient, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
-	n := fs.Int("n", 100, "number of lines; 0 for every line kept")
-	name, err := oneName(fs, args)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Logs(ctx, &adminpb.LogsRequest{Name: name, Lines: int32(*n)})
-	if err != nil {
-		return err
-	}
-	for _, l := range resp.GetLines() {
-		fmt.Fprintln(out, l)
-	}
-	return nil
+func completeOutput(cmd *cobra.Command) {
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
 }

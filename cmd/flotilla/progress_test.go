@@ -5,9 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/vbauerster/mpb/v8"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -24,83 +29,114 @@ var (
 	mib         = int64(1 << 20)
 )
 
-func TestRenderRowShowsKindDigestBarBytesAndState(t *testing.T) {
+func TestPlainLineShowsKindDigestBytesAndState(t *testing.T) {
+	short := "sha256:" + layerDigest.Encoded()[:12]
 	for _, tc := range []struct {
 		row  blobRow
 		want string
 	}{
 		{blobRow{Digest: layerDigest, Kind: kindLayer, Total: 8 * mib, State: stateWaiting},
-			"layer    sha256:" + layerDigest.Encoded()[:12] + " [" + strings.Repeat(" ", 30) + "] " + pad("0 B/8.0 MiB") + "  waiting"},
+			"layer    " + short + " " + pad("0B/8.0MiB") + "  waiting"},
 		{blobRow{Digest: layerDigest, Kind: kindLayer, Offset: 4 * mib, Total: 8 * mib, State: stateDownloading},
-			"layer    sha256:" + layerDigest.Encoded()[:12] + " [" + strings.Repeat("=", 14) + ">" + strings.Repeat(" ", 15) + "] " + pad("4.0 MiB/8.0 MiB") + "  downloading"},
+			"layer    " + short + " " + pad("4.0MiB/8.0MiB") + "  downloading"},
 		{blobRow{Digest: layerDigest, Kind: kindLayer, Offset: 0, Total: 8 * mib, State: stateDone},
-			"layer    sha256:" + layerDigest.Encoded()[:12] + " [" + strings.Repeat("=", 30) + "] " + pad("8.0 MiB/8.0 MiB") + "  done"},
+			"layer    " + short + " " + pad("8.0MiB") + "  done"},
 		{blobRow{Digest: layerDigest, Kind: kindLayer, Total: 8 * mib, State: stateUnpacked},
-			"layer    sha256:" + layerDigest.Encoded()[:12] + " [" + strings.Repeat("=", 30) + "] " + pad("8.0 MiB/8.0 MiB") + "  unpacked"},
+			"layer    " + short + " " + pad("8.0MiB") + "  unpacked"},
 		{blobRow{Ref: "tar-repositories", Kind: kindBlob, State: stateDone},
-			"blob     tar-repositories    [" + strings.Repeat("=", 30) + "]                     -  done"},
+			"blob     tar-repositories                    -  done"},
 	} {
-		if got := renderRow(tc.row); got != tc.want {
-			t.Errorf("renderRow(%s)\n got %q\nwant %q", tc.row.State, got, tc.want)
+		if got := plainLine(tc.row); got != tc.want {
+			t.Errorf("plainLine(%s)\n got %q\nwant %q", tc.row.State, got, tc.want)
 		}
 	}
 }
 
-// pad right-aligns a size column as renderRow does.
-func pad(s string) string { return fmt.Sprintf("%21s", s) }
+// pad right-aligns a size column as plainLine does.
+func pad(s string) string { return fmt.Sprintf("%17s", s) }
 
-func TestRenderBarFillsInProportion(t *testing.T) {
-	for _, tc := range []struct {
-		done, total int64
-		want        string
-	}{
-		{0, 10, "[          ]"},
-		{5, 10, "[====>     ]"},
-		{10, 10, "[==========]"},
-		{20, 10, "[==========]"},
-		{5, 0, "[          ]"},
-	} {
-		if got := renderBar(tc.done, tc.total, 10); got != tc.want {
-			t.Errorf("renderBar(%d, %d) = %q, want %q", tc.done, tc.total, got, tc.want)
-		}
-	}
+// fakeTerminal is a console of a fixed size that keeps every frame mpb
+// draws.
+type fakeTerminal struct {
+	width, height int
+	cur           bytes.Buffer
+	frames        []string
 }
 
-func TestTTYDisplayRedrawsInPlace(t *testing.T) {
-	var buf bytes.Buffer
-	d := &ttyDisplay{out: &buf}
-	rows := []blobRow{
-		{Digest: digest.FromString("a"), Kind: kindConfig, Total: 10, State: stateWaiting},
-		{Digest: layerDigest, Kind: kindLayer, Total: 10, State: stateWaiting},
+func (f *fakeTerminal) Write(b []byte) (int, error)               { return f.cur.Write(b) }
+func (f *fakeTerminal) ReadFrom(r io.Reader) (int64, error)       { return f.cur.ReadFrom(r) }
+func (f *fakeTerminal) IsTerminal() bool                          { return true }
+func (f *fakeTerminal) GetTermSize() (width, height int, _ error) { return f.width, f.height, nil }
+func (f *fakeTerminal) Flush(int) error {
+	f.frames = append(f.frames, f.cur.String())
+	f.cur.Reset()
+	return nil
+}
+
+func TestBarDisplayFitsTheTerminal(t *testing.T) {
+	term := &fakeTerminal{width: 70, height: 4}
+	var out bytes.Buffer
+	d := newBarDisplay(&out, mpb.WithConsoleWriter(term), mpb.WithRefreshRate(5*time.Millisecond))
+	var rows []blobRow
+	for i := range 6 {
+		rows = append(rows, blobRow{Digest: digest.FromString(fmt.Sprint(i)), Kind: kindLayer, Total: 8 * mib, Offset: int64(i) * mib, State: stateDownloading})
 	}
 	d.update(rows)
-	if strings.Contains(buf.String(), "\x1b[2A") {
-		t.Fatalf("first draw moved the cursor up: %q", buf.String())
+	time.Sleep(50 * time.Millisecond)
+	for i := range rows {
+		rows[i].State, rows[i].Offset = stateUnpacked, rows[i].Total
 	}
-	buf.Reset()
-	rows[1].State, rows[1].Offset = stateDownloading, 5
-	d.update(rows)
-	got := buf.String()
-	if !strings.HasPrefix(got, "\x1b[2A") {
-		t.Fatalf("second draw does not go back up over the 2 lines drawn: %q", got)
-	}
-	if n := strings.Count(got, "\r\x1b[K"); n != 2 {
-		t.Fatalf("second draw cleared %d lines, want 2: %q", n, got)
-	}
-	if !strings.Contains(got, "downloading") {
-		t.Fatalf("second draw lacks the new state: %q", got)
-	}
-	buf.Reset()
 	d.finish(rows, "pulled x: summary")
-	if !strings.HasSuffix(buf.String(), "\npulled x: summary\n") {
-		t.Fatalf("finish does not end with the summary: %q", buf.String())
+	if len(term.frames) == 0 {
+		t.Fatal("mpb drew no frame")
+	}
+	sawBar := false
+	for _, f := range term.frames {
+		lines := strings.Split(strings.TrimSuffix(f, "\n"), "\n")
+		if len(lines) > term.height {
+			t.Errorf("a frame of %d lines on a terminal %d high:\n%s", len(lines), term.height, f)
+		}
+		for _, l := range lines {
+			if w := utf8.RuneCountInString(l); w > term.width {
+				t.Errorf("a line %d wide on a terminal %d wide: %q", w, term.width, l)
+			}
+			if strings.HasPrefix(l, "layer ") && strings.Contains(l, "sha256:") && strings.Contains(l, "[") {
+				sawBar = true
+			}
+		}
+	}
+	if !sawBar {
+		t.Errorf("no frame shows a layer's bar:\n%s", strings.Join(term.frames, "\n---\n"))
+	}
+	last := term.frames[len(term.frames)-1]
+	t.Logf("first frame:\n%s\nlast frame:\n%s", term.frames[0], last)
+	if !strings.Contains(last, "unpacked") {
+		t.Errorf("the last frame does not show the layers unpacked:\n%s", last)
+	}
+	if out.String() != "pulled x: summary\n" {
+		t.Errorf("summary printed as %q", out.String())
+	}
+}
+
+func TestNewDisplayPrintsLinesWhenNotATerminal(t *testing.T) {
+	if _, ok := newDisplay(&bytes.Buffer{}).(*plainDisplay); !ok {
+		t.Error("a buffer got a display that redraws")
+	}
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, ok := newDisplay(f).(*plainDisplay); !ok {
+		t.Error("a regular file got a display that redraws")
 	}
 }
 
 func TestPlainDisplayPrintsStateChangesAndSlowDownloads(t *testing.T) {
 	var buf bytes.Buffer
 	now := time.Unix(0, 0)
-	d := &plainDisplay{out: &buf, last: map[string]blobState{}, lastLine: map[string]time.Time{}, now: func() time.Time { return now }}
+	d := newPlainDisplay(&buf)
+	d.now = func() time.Time { return now }
 	row := blobRow{Digest: layerDigest, Kind: kindLayer, Total: 10, State: stateWaiting}
 	lines := func() []string {
 		s := strings.TrimSpace(buf.String())
@@ -335,7 +371,7 @@ func TestPrescanListsEveryBlobOfAnArchiveNamed(t *testing.T) {
 
 func TestPlainDisplaySaysDoneWhenUnpackingFollowsADownloadAtOnce(t *testing.T) {
 	var buf bytes.Buffer
-	d := &plainDisplay{out: &buf, last: map[string]blobState{}, lastLine: map[string]time.Time{}, now: time.Now}
+	d := newPlainDisplay(&buf)
 	row := blobRow{Digest: layerDigest, Kind: kindLayer, Total: 10, Offset: 5, State: stateDownloading}
 	d.update([]blobRow{row})
 	row.State, row.Fetched = stateUnpacking, true

@@ -2,10 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
-	"io"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -14,46 +10,43 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/cobra"
 )
 
-const pullUsage = `usage: flotilla pull [--namespace default] [--snapshotter overlayfs] [--plain-http] <ref>
-
-Pulls an image from its registry and unpacks it for the snapshotter,
-showing each blob's progress.
-`
-
-func pullCmd(address string, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("pull", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), pullUsage) }
-	ns := fs.String("namespace", namespaces.Default, "containerd namespace")
-	snapshotter := fs.String("snapshotter", "overlayfs", "snapshotter to unpack into")
-	plainHTTP := fs.Bool("plain-http", false, "speak HTTP, not HTTPS, to the registry")
-	pos, err := parse(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+func pullCmd(g *globals) *cobra.Command {
+	var ns, snapshotter string
+	var plainHTTP bool
+	cmd := &cobra.Command{
+		Use:   "pull [--namespace default] [--snapshotter overlayfs] [--plain-http] <ref>",
+		Short: "Pull an image and unpack it, with per-layer progress",
+		Long: `Pull an image from its registry and unpack it for the snapshotter, showing
+each blob's progress: bars on a terminal, a line per change otherwise.`,
+		Args: exactArgs(1, "one image reference"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return pull(cmd.Context(), g, args[0], ns, snapshotter, plainHTTP)
+		},
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errors.New("pull takes one image reference")
-	}
-	ref := pos[0]
+	cmd.Flags().StringVarP(&ns, "namespace", "n", namespaces.Default, "containerd namespace")
+	cmd.Flags().StringVar(&snapshotter, "snapshotter", "overlayfs", "snapshotter to unpack into")
+	cmd.Flags().BoolVar(&plainHTTP, "plain-http", false, "speak HTTP, not HTTPS, to the registry")
+	return cmd
+}
 
-	client, err := containerd.New(address, containerd.WithDefaultNamespace(*ns), containerd.WithTimeout(10*time.Second))
+func pull(ctx context.Context, g *globals, ref, ns, snapshotter string, plainHTTP bool) error {
+	out := g.stdout
+	client, err := g.containerd(containerd.WithDefaultNamespace(ns))
 	if err != nil {
 		return err
 	}
 	defer client.Close()
-	ctx := namespaces.WithNamespace(context.Background(), *ns)
+	ctx = namespaces.WithNamespace(ctx, ns)
 
 	// The resolver logs each failed attempt at info level; the error it
 	// returns says the same, once.
 	_ = log.SetLevel("warn")
 
 	var hostOpts []docker.RegistryOpt
-	if *plainHTTP {
+	if plainHTTP {
 		hostOpts = append(hostOpts, docker.WithPlainHTTP(docker.MatchAllHosts))
 	}
 	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(hostOpts...)})
@@ -63,11 +56,11 @@ func pullCmd(address string, args []string, out io.Writer) error {
 	tr := newTracker(true)
 	tr.startUnpack()
 	start := time.Now()
-	w := watch(ctx, tr, client.ContentStore(), client.SnapshotService(*snapshotter), newDisplay(out))
+	w := watch(ctx, tr, client.ContentStore(), client.SnapshotService(snapshotter), newDisplay(out))
 	img, err := client.Pull(ctx, ref,
 		containerd.WithResolver(resolver),
 		containerd.WithPullUnpack,
-		containerd.WithPullSnapshotter(*snapshotter),
+		containerd.WithPullSnapshotter(snapshotter),
 		containerd.WithImageHandler(images.HandlerFunc(func(_ context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 			tr.add(desc)
 			return nil, nil
@@ -75,8 +68,9 @@ func pullCmd(address string, args []string, out io.Writer) error {
 	)
 	rows := w.stop(ctx)
 	if err != nil {
+		w.disp.finish(rows, "")
 		return err
 	}
-	w.disp.finish(rows, summaryLine("pulled", []string{img.Name()}, rows, true, *snapshotter, time.Since(start)))
+	w.disp.finish(rows, summaryLine("pulled", []string{img.Name()}, rows, true, snapshotter, time.Since(start)))
 	return nil
 }

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -12,6 +10,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/flotilla-project/flotilla/pkg/tracing"
 )
 
@@ -20,57 +20,65 @@ import (
 // directory: it runs on the daemon's machine, and the files are the whole
 // truth (the daemon keeps no spans of its own).
 
-const traceUsage = `usage: flotilla trace [--state <dir>] last | <trace id> | ls [-n 20]
-
-  last        draw the most recent client call as a waterfall
-  <trace id>  draw that trace (a unique prefix will do)
-  ls          list the most recent traces
-
-Spans are read from <state>/traces, written when flotillad's config has
-[trace] file = true. The state directory defaults to the directory of the
-daemon's socket (--address).
-`
-
 // barWidth is the width of the waterfall's bars, in characters.
 const barWidth = 40
 
-func traceCmd(args []string, defaultState string, out io.Writer) error {
-	fs := flag.NewFlagSet("trace", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), traceUsage) }
-	state := fs.String("state", defaultState, "flotillad's state directory")
-	n := fs.Int("n", 20, "traces listed by ls")
-	pos, err := parse(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+func traceCmd(g *globals) *cobra.Command {
+	var state string
+	var n int
+	var o outputFlags
+	cmd := &cobra.Command{
+		Use:   "trace [--state <dir>] last | <trace id> | ls [-n 20]",
+		Short: "Draw a client call across processes as a waterfall (needs [trace] file = true)",
+		Long: `Draw a client call across the processes it touched as a waterfall.
+
+  last        draw the most recent client call
+  <trace id>  draw that trace (a unique prefix will do)
+  ls          list the most recent traces (-o json|yaml, -q for ids)
+
+Spans are read from <state>/traces, written when flotillad's config has
+[trace] file = true. The state directory defaults to the directory of the
+daemon's socket.`,
+		Args: exactArgs(1, "one of: last, ls, a trace id"),
+		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+			return []string{"last", "ls"}, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			if state == "" {
+				state = g.stateDir()
+			}
+			dir := filepath.Join(state, "traces")
+			spans, err := tracing.ReadFileSpans(dir)
+			if err != nil {
+				return err
+			}
+			traces := groupTraces(spans)
+			if len(traces) == 0 {
+				return fmt.Errorf("no spans in %s", dir)
+			}
+			out := g.stdout
+			switch arg := args[0]; arg {
+			case "ls", "list":
+				return listTraces(traces, n, o, out)
+			case "last":
+				return drawTrace(lastCall(traces), out)
+			default:
+				t, err := findTrace(traces, strings.ToLower(arg))
+				if err != nil {
+					return err
+				}
+				return drawTrace(t, out)
+			}
+		},
 	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errors.New("trace takes one of: last, ls, a trace id")
-	}
-	spans, err := tracing.ReadFileSpans(filepath.Join(*state, "traces"))
-	if err != nil {
-		return err
-	}
-	traces := groupTraces(spans)
-	if len(traces) == 0 {
-		return fmt.Errorf("no spans in %s", filepath.Join(*state, "traces"))
-	}
-	switch arg := pos[0]; arg {
-	case "ls", "list":
-		listTraces(traces, *n, out)
-		return nil
-	case "last":
-		return drawTrace(lastCall(traces), out)
-	default:
-		t, err := findTrace(traces, strings.ToLower(arg))
-		if err != nil {
-			return err
-		}
-		return drawTrace(t, out)
-	}
+	cmd.Flags().StringVar(&state, "state", "", "flotillad's state directory (default: the socket's directory)")
+	cmd.Flags().IntVarP(&n, "n", "n", 20, "traces listed by ls")
+	o.register(cmd.Flags())
+	completeOutput(cmd)
+	return cmd
 }
 
 // spanTrace is one trace's spans as a tree.
@@ -179,7 +187,17 @@ func findTrace(traces map[string]*spanTrace, id string) (*spanTrace, error) {
 	return nil, fmt.Errorf("%d traces begin with %s; give more of the id", len(found), id)
 }
 
-func listTraces(traces map[string]*spanTrace, n int, out io.Writer) {
+// traceView is one trace as `trace ls` lists it.
+type traceView struct {
+	ID       string    `json:"id"`
+	Started  time.Time `json:"started"`
+	Seconds  float64   `json:"durationSeconds"`
+	Spans    int       `json:"spans"`
+	Services []string  `json:"services"`
+	Root     string    `json:"root"`
+}
+
+func listTraces(traces map[string]*spanTrace, n int, o outputFlags, out io.Writer) error {
 	all := make([]*spanTrace, 0, len(traces))
 	for _, t := range traces {
 		all = append(all, t)
@@ -188,17 +206,22 @@ func listTraces(traces map[string]*spanTrace, n int, out io.Writer) {
 	if n > 0 && len(all) > n {
 		all = all[:n]
 	}
-	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "TRACE\tSTARTED\tDURATION\tSPANS\tSERVICES\tROOT")
+	views := make([]traceView, 0, len(all))
 	for _, t := range all {
 		root := "-"
 		if len(t.roots) > 0 {
 			root = shortService(t.roots[0].Service) + " " + shortName(t.roots[0].Name)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", t.id, t.start.Local().Format("15:04:05.000"),
-			duration(t.end.Sub(t.start)), len(t.spans), strings.Join(t.services(), ","), root)
+		views = append(views, traceView{ID: t.id, Started: t.start, Seconds: t.end.Sub(t.start).Seconds(),
+			Spans: len(t.spans), Services: t.services(), Root: root})
 	}
-	tw.Flush()
+	return writeList(out, o, views, func(v traceView) string { return v.ID }, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "TRACE\tSTARTED\tDURATION\tSPANS\tSERVICES\tROOT")
+		for _, v := range views {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", v.ID, v.Started.Local().Format("15:04:05.000"),
+				duration(time.Duration(v.Seconds*float64(time.Second))), v.Spans, strings.Join(v.Services, ","), v.Root)
+		}
+	})
 }
 
 func (t *spanTrace) services() []string {

@@ -22,7 +22,11 @@ UNITDIR  ?= /etc/systemd/system
 FUZZTIME ?= 10s
 FUZZ     := $(shell grep -rl --include='*_test.go' '^func Fuzz' . 2>/dev/null | xargs -r -n1 dirname | sort -u)
 
-.PHONY: all build install run deps test-deps test unit integration lint fuzz bench clean
+# The Go version go.mod names, checked before any build with a clear message.
+check-go:
+	@GO=$(GO) script/check-go
+
+.PHONY: check-go all build install run deps test-deps test unit integration lint fuzz bench clean
 
 all: build
 
@@ -30,7 +34,7 @@ all: build
 # (pkg/roster lists them); flotilla-<service> links to it run one service by
 # hand. The runtime v2 shim for io.containerd.runc.v2 is containerd's own,
 # built from the containerd module version go.mod pins.
-build:
+build: check-go
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotillad ./cmd/flotillad
 	@for s in $$($(BIN)/flotillad services); do ln -sfn flotillad $(BIN)/flotilla-$$s; done

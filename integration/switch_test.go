@@ -303,3 +303,19 @@ func TestSystemdHearsReadyThenStopping(t *testing.T) {
 	d.stop()
 	next("STOPPING=1")
 }
+
+// make checks the Go toolchain against go.mod before it builds anything,
+// and says what to do about an old one.
+func TestMakeRefusesAnOldGoWithAClearMessage(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "go")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho go1.20.1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("make", "-s", "-C", "..", "check-go", "GO="+fake).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "needs Go") || !strings.Contains(string(out), "is Go 1.20.1") {
+		t.Errorf("make check-go with Go 1.20.1: err %v, output %q; want a refusal naming both versions", err, out)
+	}
+	if out, err := exec.Command("make", "-s", "-C", "..", "check-go").CombinedOutput(); err != nil {
+		t.Errorf("make check-go with this machine's Go: %v: %s", err, out)
+	}
+}

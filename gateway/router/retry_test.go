@@ -37,11 +37,21 @@ func (s *stallingServer) Get(ctx context.Context, req *nsapi.GetNamespaceRequest
 	return &nsapi.GetNamespaceResponse{Namespace: &nsapi.Namespace{Name: req.Name}}, nil
 }
 
+// List is Get for a request with nothing in it, which encodes to no bytes.
+func (s *stallingServer) List(ctx context.Context, req *nsapi.ListNamespacesRequest) (*nsapi.ListNamespacesResponse, error) {
+	if s.stall {
+		close(s.entered)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &nsapi.ListNamespacesResponse{Namespaces: []*nsapi.Namespace{{Name: "x"}}}, nil
+}
+
 // throughRouter serves a gateway in dir whose router sends the gRPC service
 // svc to the backend named name at sock, as flotillad's does (unary methods
 // registered, the rest through the unknown-service handler), and returns a
-// client of it. All of it goes when the test ends.
-func throughRouter(t *testing.T, logger *slog.Logger, dir, name, sock, svc string) *grpc.ClientConn {
+// client of it and the router. All of it goes when the test ends.
+func throughRouter(t *testing.T, logger *slog.Logger, dir, name, sock, svc string) (*grpc.ClientConn, *Router) {
 	t.Helper()
 	r := New(logger, 5*time.Second)
 	t.Cleanup(r.Close)
@@ -62,10 +72,28 @@ func throughRouter(t *testing.T, logger *slog.Logger, dir, name, sock, svc strin
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c
+	return c, r
 }
 
 func TestRouterRetriesAReadWhoseServiceWentAwayUnderIt(t *testing.T) {
+	// A read whose request is all defaults (a List without a filter)
+	// encodes to no bytes, and is retried all the same.
+	reads := map[string]func(nsapi.NamespacesClient) error{
+		"Get": func(c nsapi.NamespacesClient) error {
+			_, err := c.Get(context.Background(), &nsapi.GetNamespaceRequest{Name: "x"})
+			return err
+		},
+		"List with an empty request": func(c nsapi.NamespacesClient) error {
+			_, err := c.List(context.Background(), &nsapi.ListNamespacesRequest{})
+			return err
+		},
+	}
+	for name, read := range reads {
+		t.Run(name, func(t *testing.T) { testRouterRetriesARead(t, read) })
+	}
+}
+
+func testRouterRetriesARead(t *testing.T, read func(nsapi.NamespacesClient) error) {
 	dir, err := os.MkdirTemp("", "rr")
 	if err != nil {
 		t.Fatal(err)
@@ -86,13 +114,10 @@ func TestRouterRetriesAReadWhoseServiceWentAwayUnderIt(t *testing.T) {
 	first := &stallingServer{entered: make(chan struct{}), stall: true}
 	old := serve(first)
 
-	c := throughRouter(t, logger, dir, "ns", sock, "containerd.services.namespaces.v1.Namespaces")
+	c, _ := throughRouter(t, logger, dir, "ns", sock, "containerd.services.namespaces.v1.Namespaces")
 
 	done := make(chan error, 1)
-	go func() {
-		_, err := nsapi.NewNamespacesClient(c).Get(context.Background(), &nsapi.GetNamespaceRequest{Name: "x"})
-		done <- err
-	}()
+	go func() { done <- read(nsapi.NewNamespacesClient(c)) }()
 	select {
 	case <-first.entered:
 	case <-time.After(5 * time.Second):
@@ -168,7 +193,7 @@ func TestRouterResumesAContentReadWhoseServiceWentAwayMidBlob(t *testing.T) {
 	first := &blobServer{data: data, cut: 1200}
 	old := serve(first)
 
-	c := throughRouter(t, logger, dir, "content", sock, "containerd.services.content.v1.Content")
+	c, _ := throughRouter(t, logger, dir, "content", sock, "containerd.services.content.v1.Content")
 
 	type result struct {
 		got []byte
@@ -269,7 +294,7 @@ func TestRouterLetsAClientSendOnceMoreOnAStreamWhoseServiceWentAway(t *testing.T
 	}
 	go srv.Serve(l)
 
-	c := throughRouter(t, logger, dir, "content", sock, "containerd.services.content.v1.Content")
+	c, _ := throughRouter(t, logger, dir, "content", sock, "containerd.services.content.v1.Content")
 
 	wc, err := contentapi.NewContentClient(c).Write(context.Background())
 	if err != nil {

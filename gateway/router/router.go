@@ -344,16 +344,19 @@ func (r *Router) unaryCall(ctx context.Context, be *backend, svc, method string,
 		return nil, nil, nil, err
 	}
 	// A call that only reads is made again when its service went away
-	// under it (a restart): the client sees latency, not an error.
+	// under it (a restart): the client sees latency, not an error. Its
+	// request is kept apart (and may be empty: a List without a filter
+	// encodes to no bytes).
+	readOnly := rpc.ReadOnly(method[strings.LastIndex(method, "/")+1:])
 	var again []byte
-	if rpc.ReadOnly(method[strings.LastIndex(method, "/")+1:]) {
+	if readOnly {
 		again = append([]byte(nil), req.Bytes()...)
 	}
 	var header, trailer metadata.MD
 	resp := &rpc.Frame{}
 	err := be.conn.Invoke(ctx, method, req, resp, grpc.ForceCodecV2(rpc.FrameCodec{}),
 		grpc.WaitForReady(true), grpc.Header(&header), grpc.Trailer(&trailer))
-	if err != nil && again != nil && status.Code(err) == codes.Unavailable && ctx.Err() == nil {
+	if err != nil && readOnly && status.Code(err) == codes.Unavailable && ctx.Err() == nil {
 		if werr := r.waitReady(ctx, be, svc); werr == nil {
 			header, trailer = nil, nil
 			resp = &rpc.Frame{}

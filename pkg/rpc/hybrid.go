@@ -74,15 +74,36 @@ func (f *TTRPCConn) Close() {
 	}
 }
 
-// ReadOnly says whether a method of containerd's APIs only reads, by its
-// name, so that making it twice is harmless.
+// ReadOnly says whether a method of containerd's or the CRI's APIs only
+// reads, by its name (without its service), so that making it twice is
+// harmless.
 func ReadOnly(method string) bool {
-	for _, p := range []string{"Get", "List", "Stat", "Info", "Usage", "Mounts", "Status", "Version", "Check", "Read"} {
+	if readOnlyNames[method] {
+		return true
+	}
+	for _, p := range []string{"Get", "List", "Stat", "Info", "Usage", "Mounts", "Status", "Version", "Read"} {
 		if strings.HasPrefix(method, p) {
 			return true
 		}
 	}
 	return false
+}
+
+// readOnlyNames are the reads no prefix above tells, by their whole name:
+// the CRI names its reads after their object (ImageStatus, not StatusImage),
+// and "Check" is gRPC health's read only as the whole name (Checkpoint,
+// CheckpointContainer and CheckpointPod write a checkpoint).
+var readOnlyNames = map[string]bool{
+	"Check":            true, // grpc.health.v1
+	"Metrics":          true, // containerd tasks and sandbox controller
+	"Platform":         true, // containerd sandbox controller
+	"ImageStatus":      true, // CRI from here on
+	"ImageFsInfo":      true,
+	"ContainerStatus":  true,
+	"ContainerStats":   true,
+	"PodSandboxStatus": true,
+	"PodSandboxStats":  true,
+	"RuntimeConfig":    true,
 }
 
 // MaxTTRPCRequest and MaxTTRPCReply leave room within ttrpc's 4 MiB message

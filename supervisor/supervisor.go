@@ -398,6 +398,12 @@ func (p *proc) killStale() {
 	}
 }
 
+// crashLoopWindow is how soon after becoming ready a process must die for
+// its restart to wait (a backoff that doubles each time): a crash loop dies
+// at once. A service that served for longer and then died — killed, an
+// OOM, a bug hit once — is restarted at once, however often that happens.
+const crashLoopWindow = time.Second
+
 // alive reports whether pid runs. A killed process whose parent is gone
 // stays a zombie until init reaps it, which a container's init may never
 // do: it counts as gone.
@@ -620,7 +626,7 @@ func (p *proc) watch() {
 			return
 		}
 		st := p.snapshot()
-		if time.Since(st.Since) > 10*time.Second || requested != nil {
+		if time.Since(st.Since) > crashLoopWindow || requested != nil {
 			delay = 0
 		}
 		reason := p.exitReason(requested != nil)

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -72,6 +73,9 @@ func pullCmd(address string, args []string, out io.Writer) error {
 			tr.add(desc)
 			return nil, nil
 		})),
+		// The snapshot labels a lazy snapshotter reads (image reference,
+		// layer digest, the image's layers), as containerd's pulls add.
+		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(ref)),
 	)
 	rows := w.stop(ctx)
 	if err != nil {

@@ -56,7 +56,8 @@ func restartable(ctx context.Context, t *testing.T, c *containerd.Client, id, po
 		if task, err := ctr.Task(ctx, nil); err == nil {
 			_, _ = task.Delete(ctx, containerd.WithProcessKill)
 		}
-		if err := ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
+		// A daemon the test stopped took its containers with it.
+		if err := ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsUnavailable(err) {
 			t.Logf("cleanup: delete container %s: %v", id, err)
 		}
 	})
@@ -216,5 +217,63 @@ func TestRestartPolicyOnFailureAndDesiredStopped(t *testing.T) {
 	waitFor(t, 20*restartInterval+10*time.Second, "the restart monitor to stop the container labelled stopped", func() bool {
 		st, _ := taskStatus(ctx, t, stopping)
 		return st == ""
+	})
+}
+
+// As containerd's: a daemon start runs again a container of policy
+// "always" that was explicitly stopped, not one of "unless-stopped".
+func TestDaemonStartRunsAgainAlwaysContainersButNotUnlessStopped(t *testing.T) {
+	first := startTasksDaemon(t, withRestartInterval(""))
+	c := first.client()
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 2*time.Minute)
+	defer cancel()
+	stopped := map[string]containerd.Container{}
+	for _, policy := range []string{"always", "unless-stopped"} {
+		ctr := restartable(ctx, t, c, policy, policy, "sleep", "1d")
+		setRestartLabels(ctx, t, ctr, map[string]string{
+			restart.StatusLabel:            string(containerd.Running),
+			restart.ExplicitlyStoppedLabel: "true",
+		})
+		stopped[policy] = ctr
+	}
+	time.Sleep(4 * restartInterval)
+	for policy, ctr := range stopped {
+		if st, _ := taskStatus(ctx, t, ctr); st != "" {
+			t.Fatalf("the explicitly stopped %s container has a task (%s) before the daemon restarts", policy, st)
+		}
+	}
+
+	first.stop()
+	second := newDaemon(t, sameDirsAs(first), withRestartInterval("")).start()
+	c = second.client()
+	always, err := c.LoadContainer(ctx, "always")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*restartInterval+10*time.Second, "the new daemon's restart monitor to run the always container", func() bool {
+		st, _ := taskStatus(ctx, t, always)
+		return st == containerd.Running
+	})
+	labels, err := always.Labels(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if labels[restart.ExplicitlyStoppedLabel] != "false" {
+		t.Errorf("the always container's explicitly-stopped label is %q after the daemon started, want false", labels[restart.ExplicitlyStoppedLabel])
+	}
+	unless, err := c.LoadContainer(ctx, "unless-stopped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * restartInterval)
+	if st, _ := taskStatus(ctx, t, unless); st != "" {
+		t.Errorf("the explicitly stopped unless-stopped container runs (%s) after the daemon restarted", st)
+	}
+	// The tasks of the second daemon are the ones its cleanup removes.
+	t.Cleanup(func() {
+		ctx := namespaces.WithNamespace(context.Background(), "default")
+		if task, err := always.Task(ctx, nil); err == nil {
+			_, _ = task.Delete(ctx, containerd.WithProcessKill)
+		}
 	})
 }

@@ -19,8 +19,9 @@
 // As in containerd, "always" differs from "unless-stopped" when the daemon
 // starts: the explicitly-stopped label of an "always" container is cleared
 // then, so it runs again. Flotilla's monitor is a process of its own that
-// may restart without the daemon doing so; it clears the label only when
-// the daemon it serves (flotillad's pid) is a new one.
+// may restart without the daemon doing so, and may outlive a daemon that
+// reattaches to it; it clears the label when the daemon it serves
+// (flotillad's pid) is a new one.
 package monitor
 
 import (
@@ -56,8 +57,10 @@ var Policies = []string{"no", "always", "on-failure", "unless-stopped"}
 type Monitor struct {
 	client   *containerd.Client
 	interval time.Duration
-	// state holds the pid of the daemon the monitor last started under.
-	state string
+	// state holds the daemon (server UUID and pid) the monitor last ran
+	// under, across restarts of this process; daemon is it in memory.
+	state  string
+	daemon string
 }
 
 // New returns a monitor that checks through client every interval (0 is
@@ -88,12 +91,14 @@ func (m *Monitor) Run(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
-	if err := m.daemonStarted(ctx); err != nil && ctx.Err() == nil {
-		logger.Warn("restart monitor: clearing explicitly-stopped labels of containers with policy always", "error", err)
-	}
 	t := time.NewTicker(m.interval)
 	defer t.Stop()
 	for {
+		// Asked each time: flotillad may restart (an upgrade) and reattach
+		// to this process, which then sees a new daemon.
+		if err := m.daemonStarted(ctx); err != nil && ctx.Err() == nil {
+			logger.Warn("restart monitor: clearing explicitly-stopped labels of containers with policy always", "error", err)
+		}
 		if err := m.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			logger.Error("restart monitor: reconcile", "error", err)
 		}
@@ -114,9 +119,13 @@ func (m *Monitor) daemonStarted(ctx context.Context) error {
 		return fmt.Errorf("which daemon: %w", err)
 	}
 	daemon := fmt.Sprintf("%s %d", resp.UUID, resp.Pid)
+	if daemon == m.daemon {
+		return nil
+	}
 	marker := filepath.Join(m.state, "daemon")
 	if m.state != "" {
 		if b, err := os.ReadFile(marker); err == nil && string(b) == daemon {
+			m.daemon = daemon
 			return nil
 		}
 	}
@@ -144,13 +153,16 @@ func (m *Monitor) daemonStarted(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if m.state == "" {
-		return nil
+	if m.state != "" {
+		if err := os.MkdirAll(m.state, 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(marker, []byte(daemon), 0o600); err != nil {
+			return err
+		}
 	}
-	if err := os.MkdirAll(m.state, 0o700); err != nil {
-		return err
-	}
-	return os.WriteFile(marker, []byte(daemon), 0o600)
+	m.daemon = daemon
+	return nil
 }
 
 // Reconcile brings every labelled container to its desired status once:

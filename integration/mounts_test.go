@@ -9,10 +9,15 @@ import (
 	"testing"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/image-spec/identity"
+
+	"github.com/flotilla-project/flotilla/internal/testimage"
 )
 
 // mountedAt says whether something is mounted at p.
@@ -159,5 +164,91 @@ func TestMountManagerActivatesAndDeactivatesMounts(t *testing.T) {
 	}
 	if out := d.mustCtr("snapshots", "ls"); !strings.Contains(out, chainID) {
 		t.Errorf("the image's snapshot is gone:\n%s", out)
+	}
+}
+
+// As containerd's collector removes the mount manager's activations, the
+// mounts service deactivates one whose lease is deleted, and one whose
+// back-referenced container is deleted; one still held stays.
+func TestActivationsGoWithTheirLeaseOrWhatTheyBackReference(t *testing.T) {
+	requireTool(t, "ctr", "containerd")
+	d := newDaemon(t, withConfig("[services.mounts.options]\ncollect_interval = \"300ms\"\n")).start()
+	t.Cleanup(func() { unmountUnder(d.state) })
+	_, archive := imageArchive(t, testimage.WithName(busyboxRef))
+	d.mustCtr("images", "import", archive)
+	c := d.client()
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), time.Minute)
+	defer cancel()
+	mm := c.MountManager()
+	image, err := c.GetImage(ctx, busyboxRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr, err := c.NewContainer(ctx, "bref", containerd.WithNewSnapshot("bref", image),
+		containerd.WithNewSpec(oci.WithImageConfig(image)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := ctr.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs, err := c.SnapshotService(info.Snapshotter).Mounts(ctx, info.SnapshotKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	lease, err := c.LeasesService().Create(ctx, leases.WithRandomID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leased, err := mm.Activate(leases.WithLease(ctx, lease.ID), "leased", rootfs, mount.WithTemporary)
+	if err != nil {
+		t.Fatalf("Activate under a lease: %v", err)
+	}
+	byContainer, err := mm.Activate(ctx, "by-container", rootfs, mount.WithTemporary,
+		mount.WithLabels(map[string]string{"containerd.io/gc.bref.container": "bref"}))
+	if err != nil {
+		t.Fatalf("Activate back-referencing a container: %v", err)
+	}
+	kept, err := mm.Activate(ctx, "kept", rootfs, mount.WithTemporary,
+		mount.WithLabels(map[string]string{"containerd.io/gc.bref.image": busyboxRef}))
+	if err != nil {
+		t.Fatalf("Activate back-referencing an image: %v", err)
+	}
+	// A few collections pass: everything is held.
+	time.Sleep(time.Second)
+	if infos, err := mm.List(ctx); err != nil || len(infos) != 3 {
+		t.Fatalf("activations while held: %d, %v; want 3", len(infos), err)
+	}
+
+	gone := func(name string, info mount.ActivationInfo) {
+		t.Helper()
+		waitFor(t, 10*time.Second, "activation "+name+" to be deactivated", func() bool {
+			_, err := mm.Info(ctx, name)
+			return errdefs.IsNotFound(err)
+		})
+		for _, a := range info.Active {
+			if mountedAt(t, a.MountPoint) {
+				t.Errorf("%s of %s is still mounted after its deactivation", a.MountPoint, name)
+			}
+		}
+	}
+	if err := c.LeasesService().Delete(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	gone("leased", leased)
+	if err := ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
+		t.Fatal(err)
+	}
+	gone("by-container", byContainer)
+	if _, err := mm.Info(ctx, "kept"); err != nil {
+		t.Errorf("the activation back-referencing an image that exists: %v", err)
+	}
+	if err := mm.Deactivate(ctx, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	if mountedAt(t, kept.Active[0].MountPoint) {
+		t.Errorf("kept is still mounted after Deactivate")
 	}
 }

@@ -127,6 +127,12 @@ var Services = []Entry{
 		External: true,
 		MaxProcs: 1,
 		GOGC:     50,
+		Options: map[string]any{
+			// How often activations are checked for a lease or
+			// back-reference that still holds them (also after
+			// each deletion the daemon publishes).
+			"collect_interval": "1m",
+		},
 	},
 	{
 		// containerd's restart monitor: a client of the gateway that

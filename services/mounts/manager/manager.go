@@ -362,6 +362,13 @@ func (m *Manager) unmountDir(_ context.Context, dir string) error {
 
 // Deactivate unmounts an activation and forgets it.
 func (m *Manager) Deactivate(ctx context.Context, name string) error {
+	return m.deactivate(ctx, name, 0)
+}
+
+// deactivate is Deactivate of the activation numbered id (any, for 0): the
+// collector's decision is about the activation it looked at, not one made
+// again under its name since.
+func (m *Manager) deactivate(ctx context.Context, name string, id uint64) error {
 	ns, err := namespaceAndName(ctx, name)
 	if err != nil {
 		return err
@@ -380,6 +387,9 @@ func (m *Manager) Deactivate(ctx context.Context, name string) error {
 		var err error
 		if rec, err = readRecord(name, mb.Bucket([]byte(name))); err != nil {
 			return err
+		}
+		if id != 0 && rec.id != id {
+			return fmt.Errorf("activation %q was made again: %w", name, errdefs.ErrNotFound)
 		}
 		return deleteRecord(tx, ns, name)
 	}); err != nil {
@@ -588,4 +598,65 @@ func (m *Manager) Recover(ctx context.Context) error {
 		logging.G(ctx).Info("removed an activation a crash interrupted", "namespace", d.ns, "name", d.name)
 	}
 	return errors.Join(errs...)
+}
+
+// Held is an activation as the collector weighs it: what keeps it.
+type Held struct {
+	Namespace string
+	Name      string
+	// Lease is the lease it was activated under, if any.
+	Lease string
+	// Labels carry its back-references (containerd.io/gc.bref.*).
+	Labels map[string]string
+	id     uint64
+}
+
+// Collect deactivates the complete activations keep says nothing holds any
+// more (their lease deleted, what they back-reference gone), as
+// containerd's collector removes a mount manager's. keep errs on the side
+// of keeping: an activation it cannot decide on stays. It returns how many
+// it deactivated.
+func (m *Manager) Collect(ctx context.Context, keep func(context.Context, Held) bool) (int, error) {
+	var held []Held
+	if err := m.db.View(func(tx *bolt.Tx) error {
+		v1 := tx.Bucket(bucketV1)
+		if v1 == nil {
+			return nil
+		}
+		return v1.ForEachBucket(func(ns []byte) error {
+			mb := mountsBucket(tx, string(ns))
+			if mb == nil {
+				return nil
+			}
+			return mb.ForEachBucket(func(k []byte) error {
+				rec, err := readRecord(string(k), mb.Bucket(k))
+				if err != nil || !rec.complete {
+					return err
+				}
+				held = append(held, Held{Namespace: string(ns), Name: rec.info.Name, Lease: rec.lease, Labels: rec.info.Labels, id: rec.id})
+				return nil
+			})
+		})
+	}); err != nil {
+		return 0, err
+	}
+	var (
+		n    int
+		errs []error
+	)
+	for _, h := range held {
+		if keep(ctx, h) {
+			continue
+		}
+		err := m.deactivate(namespaces.WithNamespace(ctx, h.Namespace), h.Name, h.id)
+		switch {
+		case err == nil:
+			n++
+			logging.G(ctx).Info("deactivated an activation nothing holds any more", "namespace", h.Namespace, "name", h.Name, "lease", h.Lease)
+		case errdefs.IsNotFound(err):
+		default:
+			errs = append(errs, fmt.Errorf("deactivate %s/%s: %w", h.Namespace, h.Name, err))
+		}
+	}
+	return n, errors.Join(errs...)
 }

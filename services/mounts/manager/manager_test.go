@@ -344,3 +344,35 @@ func TestMkfsTransformMakesAFileSystemImageOnce(t *testing.T) {
 		t.Errorf("mkfs without a size: %v, want InvalidArgument", err)
 	}
 }
+
+// The collector deactivates what keep lets go, and only that.
+func TestCollectDeactivatesWhatNothingHolds(t *testing.T) {
+	requireRoot(t)
+	m, _ := newManager(t)
+	src := source(t)
+	for _, name := range []string{"held", "released"} {
+		if _, err := m.Activate(leases.WithLease(nsCtx(), "lease-"+name), name, []mount.Mount{{Type: "bind", Source: src, Options: []string{"rbind"}}}, mount.WithTemporary); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var asked []string
+	n, err := m.Collect(context.Background(), func(_ context.Context, h Held) bool {
+		asked = append(asked, h.Namespace+"/"+h.Name+"@"+h.Lease)
+		return h.Name == "held"
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("Collect = %d, %v; want one deactivated", n, err)
+	}
+	if len(asked) != 2 {
+		t.Errorf("Collect asked about %v, want both activations", asked)
+	}
+	if _, err := m.Info(nsCtx(), "released"); !errdefs.IsNotFound(err) {
+		t.Errorf("the released activation: %v, want NotFound", err)
+	}
+	if _, err := m.Info(nsCtx(), "held"); err != nil {
+		t.Errorf("the held activation: %v", err)
+	}
+	if err := m.Deactivate(nsCtx(), "held"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,9 +1,12 @@
 package gateway
 
 import (
+	"context"
 	"os"
 	"strconv"
+	"strings"
 
+	introspectionapi "github.com/containerd/containerd/api/services/introspection/v1"
 	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/gateway/admin"
@@ -32,6 +35,7 @@ func (g *Gateway) registerBuiltins(s *grpc.Server, o Options) error {
 		Logger:  o.Logger,
 		Root:    o.Root,
 		Plugins: g.plugins,
+		Info:    g.pluginInfo,
 	}).Register(s)
 	return nil
 }
@@ -58,9 +62,68 @@ func (g *Gateway) plugins() []introspection.Plugin {
 		})
 	}
 	for _, s := range g.Services() {
-		out = append(out, servicePlugin(s))
+		out = append(out, servicePlugins(s)...)
 	}
 	return out
+}
+
+// pluginInfo asks a service process for a plugin's extra information
+// (containerd's Introspection PluginInfo, served on the process's socket).
+func (g *Gateway) pluginInfo(ctx context.Context, process string, req *introspectionapi.PluginInfoRequest) (*introspectionapi.PluginInfoResponse, error) {
+	var resp introspectionapi.PluginInfoResponse
+	if err := g.router.Call(ctx, process, "/containerd.services.introspection.v1.Introspection/PluginInfo", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// pluginPrefix marks the exports of a service that belong to the plugin it
+// names with plugin_id rather than to its process (see servicePlugins).
+const pluginPrefix = "plugin."
+
+// processType is the type a process is listed under when its plugin is
+// listed apart: containerd lists its gRPC services under it (the tasks
+// process serves containerd.services.tasks.v1 as containerd's
+// io.containerd.grpc.v1 tasks does).
+const processType = builtinType
+
+// servicePlugins lists a service process as Introspection's plugins: one
+// plugin, or, when the process exports plugin_id (the id containerd's
+// clients look its plugin up by, "task" for the tasks process's runtime),
+// the process under its own name and type io.containerd.grpc.v1, and the
+// plugin under that id and the process's type with the exports named
+// plugin.<key>, whose extra information (PluginInfo with options) the
+// process gives.
+func servicePlugins(s Service) []introspection.Plugin {
+	p := servicePlugin(s)
+	id := p.Exports["plugin_id"]
+	if id == "" || id == p.ID {
+		return []introspection.Plugin{p}
+	}
+	plugin := introspection.Plugin{
+		Type:     p.Type,
+		ID:       id,
+		Requires: p.Requires,
+		Exports:  map[string]string{"service": s.Name},
+		Err:      p.Err,
+		InfoFrom: s.Name,
+	}
+	process := p
+	process.Type = processType
+	process.Exports = map[string]string{}
+	for k, v := range p.Exports {
+		if pk, ok := strings.CutPrefix(k, pluginPrefix); ok {
+			plugin.Exports[pk] = v
+			continue
+		}
+		process.Exports[k] = v
+	}
+	for _, k := range []string{"pid", "state"} {
+		if v, ok := process.Exports[k]; ok {
+			plugin.Exports[k] = v
+		}
+	}
+	return []introspection.Plugin{process, plugin}
 }
 
 func servicePlugin(s Service) introspection.Plugin {

@@ -214,3 +214,31 @@ func TestShimEventsOverTTRPCReachSubscribers(t *testing.T) {
 		t.Fatal("the forwarded event did not reach the subscriber")
 	}
 }
+
+// A process that names its plugin apart (the tasks process's runtime,
+// known to containerd's clients as io.containerd.runtime.v2 "task") is
+// listed twice: the process under its own name, the plugin under its id
+// with the exports meant for it.
+func TestAProcessNamingItsPluginIsListedAsProcessAndPlugin(t *testing.T) {
+	got := servicePlugins(Service{Name: "tasks", State: "running", Pid: 42, Info: &servicepb.DescribeResponse{
+		Type:    "io.containerd.runtime.v2",
+		Socket:  "/run/tasks.sock",
+		Exports: map[string]string{"plugin_id": "task", "plugin.runtime.name": "io.containerd.runc.v2", "runc_root": "/run/r"},
+	}})
+	if len(got) != 2 {
+		t.Fatalf("listed %d plugins, want the process and its plugin: %+v", len(got), got)
+	}
+	process, plugin := got[0], got[1]
+	if process.Type != "io.containerd.grpc.v1" || process.ID != "tasks" || process.Exports["socket"] != "/run/tasks.sock" ||
+		process.Exports["runc_root"] != "/run/r" || process.Exports["runtime.name"] != "" || process.InfoFrom != "" {
+		t.Errorf("process listed as %+v", process)
+	}
+	if plugin.Type != "io.containerd.runtime.v2" || plugin.ID != "task" || plugin.InfoFrom != "tasks" ||
+		plugin.Exports["runtime.name"] != "io.containerd.runc.v2" || plugin.Exports["service"] != "tasks" ||
+		plugin.Exports["pid"] != "42" || plugin.Exports["runc_root"] != "" {
+		t.Errorf("plugin listed as %+v", plugin)
+	}
+	if one := servicePlugins(Service{Name: "content", Info: &servicepb.DescribeResponse{Type: "io.containerd.content.v1"}}); len(one) != 1 || one[0].ID != "content" {
+		t.Errorf("a process without plugin_id is listed as %+v, want itself alone", one)
+	}
+}

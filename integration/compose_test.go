@@ -193,6 +193,8 @@ var composeServices = map[string]string{
 	"metadata":    "metadata",
 	"tasks":       "tasks",
 	"cri":         "cri",
+	"mounts":      "mounts",
+	"restart":     "restart",
 	"flotillad":   "",
 }
 

@@ -41,7 +41,9 @@ func introspectService(t *testing.T, c *containerd.Client, id string) *api.Plugi
 		t.Fatalf("introspection of %s: %v", id, err)
 	}
 	for _, p := range resp.Plugins {
-		if p.ID == id && p.Type != "io.containerd.grpc.v1" {
+		// A service process; the gateway's own services (type
+		// io.containerd.grpc.v1) have no socket of their own.
+		if p.ID == id && (p.Type != "io.containerd.grpc.v1" || p.Exports["socket"] != "") {
 			return p
 		}
 	}
@@ -75,12 +77,13 @@ func TestCtrPluginsListsServicesAndBuiltins(t *testing.T) {
 			t.Errorf("ctr plugins ls shows %s with status %s:\n%s", want, status, out)
 		}
 	}
-	// The gateway's own services, and the cri service, which containerd
-	// lists under the same type.
+	// The gateway's own services, and the cri and tasks services, which
+	// containerd lists under the same type (the tasks process's runtime
+	// is io.containerd.runtime.v2 task, as containerd's).
 	ids := strings.Fields(d.mustCtr("plugins", "ls", "-q", "type==io.containerd.grpc.v1"))
 	sort.Strings(ids)
-	if strings.Join(ids, " ") != "cri events introspection version" {
-		t.Errorf("ctr plugins ls -q type==io.containerd.grpc.v1 printed %q, want cri events introspection version", ids)
+	if strings.Join(ids, " ") != "cri events introspection tasks version" {
+		t.Errorf("ctr plugins ls -q type==io.containerd.grpc.v1 printed %q, want cri events introspection tasks version", ids)
 	}
 }
 
@@ -131,8 +134,8 @@ func TestIntrospectionExportsPidAndSocketOfEachService(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range resp.Plugins {
-		if p.ID == "cri" {
-			continue // a service process of its own
+		if p.Exports["socket"] != "" {
+			continue // a service process of its own (cri, tasks)
 		}
 		if p.Exports["pid"] != strconv.Itoa(d.cmd.Process.Pid) {
 			t.Errorf("built-in %s exports pid %q, want flotillad's %d", p.ID, p.Exports["pid"], d.cmd.Process.Pid)

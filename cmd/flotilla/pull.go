@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
@@ -65,6 +66,9 @@ func pull(ctx context.Context, g *globals, ref, ns, snapshotter string, plainHTT
 			tr.add(desc)
 			return nil, nil
 		})),
+		// The snapshot labels a lazy snapshotter reads (image reference,
+		// layer digest, the image's layers), as containerd's pulls add.
+		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(ref)),
 	)
 	rows := w.stop(ctx)
 	if err != nil {

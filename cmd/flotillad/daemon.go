@@ -344,6 +344,7 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 		ev := env(e.Name, deps, opts)
 		if slices.Contains(e.Requires, roster.Snapshotters) {
 			ev.Snapshotters = sockets
+			ev.RemoteSnapshotters = remote
 		}
 		specs = append(specs, supervisor.Spec{Name: e.Name, Path: path, Args: args, Requires: requires, Env: ev, Limits: limits(cfg, e.Name)})
 	}

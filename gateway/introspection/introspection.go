@@ -34,6 +34,10 @@ type Plugin struct {
 	// Err, when set, is reported as the plugin's init error: ctr shows the
 	// plugin with status "error".
 	Err string
+	// InfoFrom names the service process that gives the plugin's extra
+	// information (PluginInfo with options), through Options.Info; empty
+	// when it has none.
+	InfoFrom string
 }
 
 // Options configure a Service.
@@ -45,6 +49,11 @@ type Options struct {
 	// Plugins lists the current plugins; it is called on every request, so
 	// the answer follows services as they restart.
 	Plugins func() []Plugin
+	// Info asks the named service process for a plugin's extra
+	// information: the process serves containerd's Introspection
+	// PluginInfo for its plugin (the tasks process runs the runtime's
+	// shim with -info, as containerd's runtime plugin does).
+	Info func(ctx context.Context, process string, req *api.PluginInfoRequest) (*api.PluginInfoResponse, error)
 }
 
 // Service is the containerd.services.introspection.v1.Introspection server.
@@ -86,18 +95,32 @@ func (s *Service) Plugins(ctx context.Context, r *api.PluginsRequest) (*api.Plug
 	return &api.PluginsResponse{Plugins: out}, nil
 }
 
-// PluginInfo describes one plugin. Flotilla's plugins have no extra dynamic
-// information to give, so a request with options is NotImplemented (as
-// containerd answers for a plugin that provides none).
+// PluginInfo describes one plugin. With options, the plugin's extra
+// information comes from the process that owns it (the runtime's features
+// from the tasks process); a plugin that gives none answers NotImplemented,
+// and one whose process is down FailedPrecondition, as containerd answers
+// for a plugin that provides none or did not load.
 func (s *Service) PluginInfo(ctx context.Context, r *api.PluginInfoRequest) (*api.PluginInfoResponse, error) {
 	for _, p := range s.o.Plugins() {
 		if p.Type != r.Type || p.ID != r.ID {
 			continue
 		}
-		if r.Options != nil {
+		resp := &api.PluginInfoResponse{Plugin: toProto(p)}
+		if r.Options == nil {
+			return resp, nil
+		}
+		if p.InfoFrom == "" || s.o.Info == nil {
 			return nil, fmt.Errorf("plugin %s.%s provides no extra information: %w", r.Type, r.ID, errdefs.ErrNotImplemented)
 		}
-		return &api.PluginInfoResponse{Plugin: toProto(p)}, nil
+		if p.Err != "" {
+			return nil, fmt.Errorf("cannot get extra information from plugin %s.%s: %s: %w", r.Type, r.ID, p.Err, errdefs.ErrFailedPrecondition)
+		}
+		info, err := s.o.Info(ctx, p.InfoFrom, r)
+		if err != nil {
+			return nil, err
+		}
+		resp.Extra = info.GetExtra()
+		return resp, nil
 	}
 	return nil, fmt.Errorf("plugin %s.%s not found: %w", r.Type, r.ID, errdefs.ErrNotFound)
 }

@@ -122,6 +122,40 @@ func TestPluginInfoFindsPluginByTypeAndID(t *testing.T) {
 	}
 }
 
+// A plugin whose extra information is its process's (the runtime's, from
+// the tasks process) gets PluginInfo with options answered there; the
+// gateway fills in the plugin's own description.
+func TestPluginInfoWithOptionsAsksThePluginsProcess(t *testing.T) {
+	plugins := append(slices.Clone(testPlugins),
+		Plugin{Type: "io.containerd.runtime.v2", ID: "task", InfoFrom: "tasks", Exports: map[string]string{"service": "tasks"}},
+		Plugin{Type: "io.containerd.runtime.v2", ID: "down", InfoFrom: "down", Err: "exited"})
+	var asked []string
+	c := serve(t, Options{
+		Plugins: func() []Plugin { return plugins },
+		Info: func(_ context.Context, process string, r *api.PluginInfoRequest) (*api.PluginInfoResponse, error) {
+			asked = append(asked, process+":"+r.Options.GetTypeUrl())
+			return &api.PluginInfoResponse{Plugin: &api.Plugin{ID: "ignored"}, Extra: &anypb.Any{TypeUrl: "answer"}}, nil
+		},
+	})
+	ctx := context.Background()
+	resp, err := c.PluginInfo(ctx, &api.PluginInfoRequest{Type: "io.containerd.runtime.v2", ID: "task", Options: &anypb.Any{TypeUrl: "request"}})
+	if err != nil {
+		t.Fatalf("plugin info of the runtime with options: %v", err)
+	}
+	if resp.Plugin.GetID() != "task" || resp.Plugin.Exports["service"] != "tasks" || resp.Extra.GetTypeUrl() != "answer" {
+		t.Errorf("plugin info = %v, want the gateway's plugin task with the process's extra", resp)
+	}
+	if !slices.Equal(asked, []string{"tasks:request"}) {
+		t.Errorf("processes asked: %v, want tasks once with the request's options", asked)
+	}
+	if _, err := c.PluginInfo(ctx, &api.PluginInfoRequest{Type: "io.containerd.runtime.v2", ID: "down", Options: &anypb.Any{TypeUrl: "request"}}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("plugin info of a plugin whose process is down: %v, want FailedPrecondition", err)
+	}
+	if _, err := c.PluginInfo(ctx, &api.PluginInfoRequest{Type: "io.containerd.content.v1", ID: "content", Options: &anypb.Any{TypeUrl: "x"}}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("plugin info with options of a plugin without extra information: %v, want Unimplemented", err)
+	}
+}
+
 func TestServerUUIDIsStableAcrossRestarts(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "gateway") // does not exist yet
 	ctx := context.Background()

@@ -140,6 +140,29 @@ func (r *Router) Backend(svc string) (string, bool) {
 	return be.name, true
 }
 
+// Call makes a unary call of the gateway's own to the named process (not
+// routed: the method need not be one the process routes), counted in flight
+// on it as routed calls are. It waits for a process that is restarting up
+// to ctx's deadline, or the default call timeout when ctx has none.
+func (r *Router) Call(ctx context.Context, name, method string, req, reply any) error {
+	r.mu.RLock()
+	be := r.backends[name]
+	if be != nil {
+		be.inflight.Add(1)
+	}
+	r.mu.RUnlock()
+	if be == nil {
+		return status.Errorf(codes.Unavailable, "service %s is not known to the gateway", name)
+	}
+	defer be.done()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rpc.DefaultCallTimeout)
+		defer cancel()
+	}
+	return be.conn.Invoke(ctx, method, req, reply)
+}
+
 // Close drops every backend connection.
 func (r *Router) Close() {
 	r.mu.Lock()

@@ -56,6 +56,11 @@ type Env struct {
 	// none.
 	MemoryLimit int64          `json:"memory_limit,omitempty"`
 	Options     map[string]any `json:"options,omitempty"`
+
+	// RemoteSnapshotters names those of Snapshotters that Flotilla does
+	// not run ([snapshotters.<name>] address): nobody restarts them, so a
+	// socket that refuses connections is an outage, not a restart.
+	RemoteSnapshotters []string `json:"remote_snapshotters,omitempty"`
 }
 
 // Encode renders e for EnvVar.

@@ -14,6 +14,8 @@ import (
 	"github.com/flotilla-project/flotilla/services/content"
 	"github.com/flotilla-project/flotilla/services/cri"
 	"github.com/flotilla-project/flotilla/services/metadata"
+	"github.com/flotilla-project/flotilla/services/mounts"
+	"github.com/flotilla-project/flotilla/services/restart"
 	"github.com/flotilla-project/flotilla/services/snapshotter"
 	"github.com/flotilla-project/flotilla/services/tasks"
 )
@@ -129,6 +131,36 @@ var Services = []Entry{
 		External: true,
 		GOGC:     50,
 		Options:  func() any { return cri.DefaultOptions() },
+	},
+	{
+		// containerd's mount manager and Mounts API; it mounts, so it
+		// runs where the shims see its mounts.
+		Name:     "mounts",
+		Build:    mounts.New,
+		External: true,
+		MaxProcs: 1,
+		GOGC:     50,
+		Options: map[string]any{
+			// How often activations are checked for a lease or
+			// back-reference that still holds them (also after
+			// each deletion the daemon publishes).
+			"collect_interval": "1m",
+		},
+	},
+	{
+		// containerd's restart monitor: a client of the gateway that
+		// restarts containers labelled containerd.io/restart.*.
+		Name:     "restart",
+		Build:    restart.New,
+		Requires: []string{"tasks"},
+		External: true,
+		MaxProcs: 1,
+		GOGC:     50,
+		Options: map[string]any{
+			// How often the labelled containers are checked
+			// (containerd's default).
+			"interval": "10s",
+		},
 	},
 }
 

@@ -134,7 +134,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	return &service.Instance{
 		Type:     "io.containerd.grpc.v1",
 		Routes:   []string{"runtime.v1.ImageService", "runtime.v1.RuntimeService"},
-		Requires: []string{"io.containerd.metadata.v1", "io.containerd.runtime.v2.task"},
+		Requires: []string{"io.containerd.metadata.v1", "io.containerd.runtime.v2"},
 		Exports:  map[string]string{"default_snapshotter": opts.Snapshotter, "namespace": server.Namespace},
 		Register: srv.Register,
 		Close: func(context.Context) error {

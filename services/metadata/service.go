@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
@@ -125,7 +126,11 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 			return nil, fmt.Errorf("snapshotter %s: %w", name, err)
 		}
 		conns = append(conns, sc)
-		sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(hybrid(sc, sock, p.CallTimeout())), name)
+		var cc grpc.ClientConnInterface = hybrid(sc, sock, p.CallTimeout())
+		if slices.Contains(p.Env.RemoteSnapshotters, name) {
+			cc = newFailFast(name, cc)
+		}
+		sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(cc), name)
 	}
 	db.SetSnapshotters(sns)
 	db.SetCallTimeout(p.CallTimeout())

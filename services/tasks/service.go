@@ -85,10 +85,16 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Debug:        opts.ShimDebug,
 		Logger:       p.Logger,
 	}, server.Publisher(events, p.Logger))
+	// What the default runtime's shim says of itself, for Introspection,
+	// is asked while the shims are loaded.
+	runtimeExports := make(chan map[string]string, 1)
+	go func() { runtimeExports <- server.RuntimeExports(ctx, shims) }()
 	if err := shims.Load(ctx); err != nil {
 		closeGW()
 		return nil, err
 	}
+	exports := <-runtimeExports
+	exports["socket_dir"], exports["runc_root"] = opts.SocketDir, opts.RuncRoot
 	metrics.GaugeFunc("tasks", "Tasks the tasks service holds (created, running or stopped and not yet deleted).", func() float64 {
 		n := 0
 		for _, ns := range shims.Namespaces() {
@@ -97,9 +103,9 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		return float64(n)
 	})
 	return &service.Instance{
-		Type:     "io.containerd.runtime.v2.task",
+		Type:     server.RuntimePluginType,
 		Routes:   []string{"containerd.services.tasks.v1.Tasks"},
-		Exports:  map[string]string{"socket_dir": opts.SocketDir, "runc_root": opts.RuncRoot},
+		Exports:  exports,
 		Register: server.New(shims, containers, p.Logger).Register,
 		Close: func(context.Context) error {
 			shims.Close()

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -70,6 +71,11 @@ func (s *Server) pull(ctx context.Context, named reference.Named, auth *runtime.
 		// Layers are referenced by their snapshots once unpacked;
 		// keeping them is the content store's choice, as in containerd.
 		containerd.WithChildLabelMap(images.ChildGCLabelsFilterLayers),
+		// Each layer's snapshot is labelled with the image reference,
+		// its digest and the image's layers (containerd's CRI snapshot
+		// annotations), which a lazy snapshotter (stargz) reads from its
+		// Prepare to mount the layer from the registry instead.
+		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(ref)),
 	)
 	if err != nil {
 		return "", fmt.Errorf("pull image %s: %w", ref, err)

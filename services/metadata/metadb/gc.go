@@ -475,7 +475,9 @@ func (db *DB) sweepSnapshotters() int {
 			removed.Add(int64(n))
 			if err != nil {
 				db.logger.Warn("snapshotter sweep stopped; the next collection resumes it", "snapshotter", b.name, "removed", n, "error", err)
+				return
 			}
+			db.cleanupSnapshotter(b, n)
 		}()
 	}
 	done := make(chan struct{})
@@ -553,6 +555,34 @@ func (db *DB) sweepSnapshotter(b *backend) (int, error) {
 		}
 	}
 	return removed, nil
+}
+
+// cleanupSnapshotter asks a snapshotter to release what its removed
+// snapshots left behind (a remote snapshotter's directories and FUSE
+// mounts), as containerd's collector does after each sweep when the
+// snapshotter is a snapshots.Cleaner (the proxy client is; a snapshotter
+// without Cleanup answers NotImplemented, which is no failure). It is asked
+// after a sweep that removed something, and after the first sweep of this
+// process, which finds what a crash left; it runs after the sweep released
+// the snapshotter's lock, as containerd's does.
+func (db *DB) cleanupSnapshotter(b *backend, removed int) {
+	c, ok := b.sn.(snapshots.Cleaner)
+	if !ok || (removed == 0 && b.cleaned.Load()) {
+		return
+	}
+	b.cleaned.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), db.callTimeout)
+	defer cancel()
+	start := time.Now()
+	err := c.Cleanup(ctx)
+	switch {
+	case err == nil:
+		db.logger.Debug("snapshotter cleaned up", "snapshotter", b.name, "removed", removed, "duration", time.Since(start))
+	case errdefs.IsNotImplemented(err):
+	default:
+		db.logger.Warn("snapshotter cleanup failed; the next collection asks again", "snapshotter", b.name, "error", err)
+		b.cleaned.Store(false)
+	}
 }
 
 // snapshotKeys is the set of the snapshotter's keys any namespace records.

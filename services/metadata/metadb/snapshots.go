@@ -34,6 +34,9 @@ type backend struct {
 	lock *semaphore.Weighted
 	// sweeping is set while a sweep of this snapshotter runs.
 	sweeping atomic.Bool
+	// cleaned is set once a sweep has asked the snapshotter to clean up
+	// (see cleanupSnapshotter).
+	cleaned atomic.Bool
 }
 
 // lockReaders is how many creators may hold a snapshotter's lock at once;

@@ -2,10 +2,12 @@ package server
 
 import (
 	"context"
+	"fmt"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
 
 	"github.com/flotilla-project/flotilla/services/metadata/metadb"
 )
@@ -58,4 +60,15 @@ func (p *publishing) Remove(ctx context.Context, key string) error {
 		p.pub.Publish(ctx, "/snapshot/remove", &eventstypes.SnapshotRemove{Key: key, Snapshotter: p.name}, "")
 	}
 	return err
+}
+
+// Cleanup passes through to the namespaced snapshotter's: the wrapper must
+// not hide it, or the Snapshots API answers NotImplemented for every
+// snapshotter (containerd serves it for any snapshots.Cleaner).
+func (p *publishing) Cleanup(ctx context.Context) error {
+	c, ok := p.Snapshotter.(snapshots.Cleaner)
+	if !ok {
+		return fmt.Errorf("snapshotter %s has no cleanup: %w", p.name, errdefs.ErrNotImplemented)
+	}
+	return c.Cleanup(ctx)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	cdiff "github.com/containerd/containerd/v2/core/diff"
@@ -326,15 +327,26 @@ func TestApplyReportsMissingBlobAndMalformedLayers(t *testing.T) {
 	}
 }
 
-func TestApplyRefusesDecryptionPayloads(t *testing.T) {
+// nerdctl passes imgcrypt's payloads with every layer it unpacks; containerd
+// hands them to a stream processor for the layer's media type and ignores
+// them otherwise. An encrypted layer with no processor to decrypt it is
+// refused, naming its media type.
+func TestApplyIgnoresPayloadsUnlessTheLayerNeedsAProcessor(t *testing.T) {
 	svc, cs := newTestService(t)
-	desc := cs.add(ocispec.MediaTypeImageLayerGzip, gzipBytes(t, sampleLayer(t)))
 	withPayload := func(_ context.Context, _ ocispec.Descriptor, c *cdiff.ApplyConfig) error {
 		c.ProcessorPayloads = map[string]typeurl.Any{"io.containerd.ocicrypt.decoder.v1.tar": nil}
 		return nil
 	}
-	if _, err := svc.Apply(context.Background(), desc, bindMount(t.TempDir()), withPayload); !errdefs.IsNotImplemented(err) {
-		t.Errorf("err = %v, want NotImplemented", err)
+	plain := cs.add(ocispec.MediaTypeImageLayerGzip, gzipBytes(t, sampleLayer(t)))
+	dir := t.TempDir()
+	if _, err := svc.Apply(context.Background(), plain, bindMount(dir), withPayload); err != nil {
+		t.Fatalf("plain gzip layer with payloads: %v", err)
+	}
+	checkSampleTree(t, dir)
+	encrypted := cs.add(ocispec.MediaTypeImageLayerGzip+"+encrypted", gzipBytes(t, sampleLayer(t)))
+	_, err := svc.Apply(context.Background(), encrypted, bindMount(t.TempDir()), withPayload)
+	if !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), encrypted.MediaType) {
+		t.Errorf("encrypted layer: err = %v, want NotImplemented naming %q", err, encrypted.MediaType)
 	}
 }
 

@@ -84,11 +84,17 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 			return ocispec.Descriptor{}, fmt.Errorf("apply option: %w", err)
 		}
 	}
-	if len(cfg.ProcessorPayloads) > 0 {
-		return ocispec.Descriptor{}, fmt.Errorf("stream processor payloads (layer decryption): %w", errdefs.ErrNotImplemented)
-	}
+	// Payloads are for a stream processor registered for the layer's
+	// media type (containerd's [stream_processors], imgcrypt's decoder).
+	// None is here: a plain layer is applied and its payloads ignored, as
+	// containerd ignores them (nerdctl sends imgcrypt's with every layer);
+	// a layer that needs a processor is refused by its media type below.
 	if err := checkLayerMediaType(desc.MediaType); err != nil {
 		return ocispec.Descriptor{}, err
+	}
+	if len(cfg.ProcessorPayloads) > 0 {
+		s.log.DebugContext(ctx, "stream processor payloads ignored: no processor is needed for the layer's media type",
+			"digest", desc.Digest, "media_type", desc.MediaType, "payloads", len(cfg.ProcessorPayloads))
 	}
 	if err := desc.Digest.Validate(); err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("layer digest %q: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
@@ -168,7 +174,7 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 // exist whose Docker media type claims gzip for a plain tar.
 func checkLayerMediaType(mt string) error {
 	if strings.Contains(mt, "+encrypted") {
-		return fmt.Errorf("encrypted layer media type %q: %w", mt, errdefs.ErrNotImplemented)
+		return fmt.Errorf("layer media type %q is encrypted and no stream processor to decrypt it is configured: %w", mt, errdefs.ErrNotImplemented)
 	}
 	c, err := images.DiffCompression(context.Background(), mt)
 	if err != nil {

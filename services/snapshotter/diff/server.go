@@ -36,8 +36,8 @@ func (g *grpcServer) Apply(ctx context.Context, req *diffapi.ApplyRequest) (*dif
 	ctx = forwardCallerContext(ctx)
 	opts := []diff.ApplyOpt{diff.WithSyncFs(req.SyncFs)}
 	if len(req.Payloads) > 0 {
-		// Apply refuses them (no stream processors here); pass them on so
-		// that it says so.
+		// Apply ignores them unless the layer needs a stream processor,
+		// which it then refuses to apply without.
 		payloads := make(map[string]typeurl.Any, len(req.Payloads))
 		for k, v := range req.Payloads {
 			payloads[k] = v

@@ -48,8 +48,12 @@ func New(shims *shim.Manager, containers containersapi.ContainersClient, logger 
 	return &Tasks{shims: shims, containers: containers, logger: logger}
 }
 
-// Register adds the Tasks API to srv.
-func (s *Tasks) Register(srv grpc.ServiceRegistrar) { api.RegisterTasksServer(srv, s) }
+// Register adds the Tasks API to srv, and Introspection's PluginInfo of
+// the runtime plugin (introspection.go).
+func (s *Tasks) Register(srv grpc.ServiceRegistrar) {
+	api.RegisterTasksServer(srv, s)
+	s.registerIntrospection(srv)
+}
 
 // namespace is the caller's namespace, also set on ctx for outgoing gRPC
 // and ttrpc calls (gRPC never copies incoming metadata to outgoing calls).

@@ -1,0 +1,76 @@
+// Package restart is Flotilla's restart monitor service: containerd's
+// restart monitor plugin (io.containerd.monitor.container.v1 restart) as a
+// process of its own, a client of the daemon through the gateway (container
+// records from metadata, tasks from tasks). It serves no API. See package
+// monitor for what it does with the containerd.io/restart.* labels.
+//
+// Options: interval, how often the containers are checked (a Go duration,
+// default "10s" as containerd's). Started by hand, it is told the gateway's
+// socket with --gateway.
+package restart
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"google.golang.org/grpc"
+
+	"github.com/flotilla-project/flotilla/pkg/rpc"
+	"github.com/flotilla-project/flotilla/pkg/service"
+	"github.com/flotilla-project/flotilla/services/restart/monitor"
+)
+
+type options struct {
+	Interval string `json:"interval"`
+}
+
+// New builds the restart monitor in its process.
+func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
+	var opts options
+	if err := p.Env.DecodeOptions(&opts); err != nil {
+		return nil, err
+	}
+	interval := monitor.DefaultInterval
+	if opts.Interval != "" {
+		d, err := time.ParseDuration(opts.Interval)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("option interval %q: want a duration such as \"10s\"", opts.Interval)
+		}
+		interval = d
+	}
+	if p.Env.Gateway == "" {
+		return nil, fmt.Errorf("the restart monitor is a client of the gateway: run it under flotillad or pass --gateway")
+	}
+	conn, err := rpc.DialTimeout(p.Env.Gateway, p.CallTimeout())
+	if err != nil {
+		return nil, err
+	}
+	client, err := containerd.NewWithConn(conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		monitor.New(client, interval, p.Env.State).Run(runCtx)
+	}()
+	return &service.Instance{
+		Type:         "io.containerd.monitor.container.v1",
+		Requires:     []string{"io.containerd.runtime.v2"},
+		Exports:      map[string]string{"interval": interval.String()},
+		Capabilities: monitor.Policies,
+		Register:     func(grpc.ServiceRegistrar) {},
+		Close: func(ctx context.Context) error {
+			stop()
+			select {
+			case <-done:
+			case <-ctx.Done():
+			}
+			return client.Close()
+		},
+	}, nil
+}

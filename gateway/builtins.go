@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -95,7 +96,57 @@ const processType = builtinType
 // plugin.<key>, whose extra information (PluginInfo with options) the
 // process gives.
 func servicePlugins(s Service) []introspection.Plugin {
-	p := servicePlugin(s)
+	p, hosted := hostedPlugins(servicePlugin(s))
+	return append(processPlugins(s, p), hosted...)
+}
+
+// hostedPrefix marks the exports that describe a service hosted in the
+// process: hosted.<name>.type and hosted.<name>.<export> (pkg/roster).
+const hostedPrefix = "hosted."
+
+// hostedPlugins takes the services hosted in a process out of its plugin's
+// exports, each a plugin of its own with the process's pid and socket.
+func hostedPlugins(p introspection.Plugin) (introspection.Plugin, []introspection.Plugin) {
+	byName := map[string]*introspection.Plugin{}
+	var names []string
+	exports := map[string]string{}
+	for k, v := range p.Exports {
+		rest, ok := strings.CutPrefix(k, hostedPrefix)
+		name, key, found := strings.Cut(rest, ".")
+		if !ok || !found {
+			exports[k] = v
+			continue
+		}
+		h := byName[name]
+		if h == nil {
+			h = &introspection.Plugin{ID: name, Type: unknownType, Exports: map[string]string{"hosted_by": p.ID}, Err: p.Err}
+			byName[name] = h
+			names = append(names, name)
+		}
+		if key == "type" {
+			h.Type = v
+			continue
+		}
+		h.Exports[key] = v
+	}
+	p.Exports = exports
+	sort.Strings(names)
+	var out []introspection.Plugin
+	for _, name := range names {
+		h := byName[name]
+		for _, k := range []string{"pid", "socket", "state"} {
+			if v, ok := exports[k]; ok {
+				h.Exports[k] = v
+			}
+		}
+		out = append(out, *h)
+	}
+	return p, out
+}
+
+// processPlugins is the plugin of a service process, and the plugin it
+// serves under another id when it names one (plugin_id).
+func processPlugins(s Service, p introspection.Plugin) []introspection.Plugin {
 	id := p.Exports["plugin_id"]
 	if id == "" || id == p.ID {
 		return []introspection.Plugin{p}

@@ -215,19 +215,45 @@ func TestNewLinesFindsWhereTheLastWindowEnded(t *testing.T) {
 	}
 }
 
+// lockedBuffer is a bytes.Buffer a command writes while the test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 func TestLogsFollowPrintsLinesAsTheyCome(t *testing.T) {
 	f := &fakeAdmin{logs: []string{"one", "two"}}
 	sock := serveAdmin(t, f)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*logsPollInterval)
+	// Interrupted (as by Ctrl-C) once the new lines are out, or after a
+	// while on a machine too loaded to poll in time.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*logsPollInterval)
 	defer cancel()
-	var out bytes.Buffer // read once the command has returned
+	out := &lockedBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		_, err := execute(ctx, []string{"--address", sock, "logs", "-f", "-n", "1", "metadata"}, &out, io.Discard)
+		_, err := execute(ctx, []string{"--address", sock, "logs", "-f", "-n", "1", "metadata"}, out, io.Discard)
 		done <- err
 	}()
-	time.Sleep(logsPollInterval / 2)
+	for !strings.Contains(out.String(), "two") && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
 	f.log("three", "four")
+	for !strings.Contains(out.String(), "four") && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

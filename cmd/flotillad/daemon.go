@@ -333,11 +333,24 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			specs = append(specs, supervisor.Spec{Name: e.Name, Address: sc.Address, Requires: requires})
 			continue
 		}
-		path, args, err := command(e.Name, e.Name)
+		opts, err := config.OptionsMap(sc.Options)
 		if err != nil {
 			return nil, err
 		}
-		opts, err := config.OptionsMap(sc.Options)
+		if e.HostedBy != "" && !cfg.Services[e.HostedBy].Disabled && cfg.External(e.HostedBy) == "" {
+			// Runs in its host's process, which flotillad starts
+			// before it (the roster lists hosts first).
+			host := specIndex(specs, e.HostedBy)
+			if host < 0 {
+				return nil, fmt.Errorf("service %s is hosted by %s, which is not started before it", e.Name, e.HostedBy)
+			}
+			if specs[host].Env.Hosted == nil {
+				specs[host].Env.Hosted = map[string]handshake.Env{}
+			}
+			specs[host].Env.Hosted[e.Name] = env(e.Name, deps, opts)
+			continue
+		}
+		path, args, err := command(e.Name, e.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -349,6 +362,16 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 		specs = append(specs, supervisor.Spec{Name: e.Name, Path: path, Args: args, Requires: requires, Env: ev, Limits: limits(cfg, e.Name)})
 	}
 	return specs, nil
+}
+
+// specIndex is the index of the named service's spec, -1 if none.
+func specIndex(specs []supervisor.Spec, name string) int {
+	for i, s := range specs {
+		if s.Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // limits are a service's cgroup limits (config.Load checked them).

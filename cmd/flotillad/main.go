@@ -26,14 +26,16 @@ func main() {
 	// `flotillad service <name>`, it is that service's process.
 	if name, ok := strings.CutPrefix(filepath.Base(os.Args[0]), "flotilla-"); ok {
 		if e, ok := roster.Lookup(name); ok {
-			service.RunArgs(e.Name, e.Build, os.Args[1:])
+			build, _ := roster.Constructor(name)
+			service.RunArgs(e.Name, build, os.Args[1:])
 		}
 	}
 	if env, supervised, err := handshake.FromEnviron(); supervised && err == nil {
 		// Started by a supervisor through a wrapper that could not keep
 		// argv[0]: the environment names the service.
 		if e, ok := roster.Lookup(env.Name); ok {
-			service.RunArgs(e.Name, e.Build, os.Args[1:])
+			build, _ := roster.Constructor(env.Name)
+			service.RunArgs(e.Name, build, os.Args[1:])
 		}
 	}
 	if len(os.Args) >= 3 && os.Args[1] == "service" {

@@ -45,7 +45,10 @@ type Env struct {
 	Deps map[string]string `json:"deps,omitempty"`
 	// Snapshotters maps snapshotter names to their sockets.
 	Snapshotters map[string]string `json:"snapshotters,omitempty"`
-	Log          logging.Options   `json:"log"`
+	// Hosted are the services that run in this process beside it (the
+	// roster's HostedBy), each with its own environment.
+	Hosted map[string]Env  `json:"hosted,omitempty"`
+	Log    logging.Options `json:"log"`
 	// CallTimeoutMS is the default deadline of an outgoing call, in ms.
 	CallTimeoutMS int64 `json:"call_timeout_ms,omitempty"`
 	// MaxProcs is the process's GOMAXPROCS; 0 leaves Go's default.

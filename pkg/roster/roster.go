@@ -8,7 +8,13 @@
 package roster
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
 	"strings"
+
+	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/content"
@@ -36,6 +42,12 @@ type Entry struct {
 	// Calls are services this one reaches without waiting for them at
 	// start (they may require it): it is given their sockets all the same.
 	Calls []string
+	// HostedBy names the service in whose process this one runs, beside
+	// it, when flotillad runs both: for a small service a Go runtime of its
+	// own would cost more memory (~8 MiB) than its work needs. It keeps its
+	// own package, options, root and state directories, and runs as its own
+	// process when run by hand (flotilla-<name>).
+	HostedBy string
 	// External says the service may run outside flotillad, which is then
 	// given its address ([services.<name>] address) instead of starting it.
 	External bool
@@ -136,32 +148,117 @@ var Services = []Entry{
 		// containerd's mount manager and Mounts API; it mounts, so it
 		// runs where the shims see its mounts.
 		Name:     "mounts",
+		HostedBy: "tasks",
+		Summary:  "Mounts: containerd's mount manager (activations of mounts for leases and references).",
 		Build:    mounts.New,
 		External: true,
 		MaxProcs: 1,
 		GOGC:     50,
-		Options: map[string]any{
-			// How often activations are checked for a lease or
-			// back-reference that still holds them (also after
-			// each deletion the daemon publishes).
-			"collect_interval": "1m",
-		},
+		Options:  func() any { return mounts.DefaultOptions() },
 	},
 	{
 		// containerd's restart monitor: a client of the gateway that
 		// restarts containers labelled containerd.io/restart.*.
 		Name:     "restart",
+		HostedBy: "tasks",
+		Summary:  "Restart: containerd's restart monitor for containers labelled containerd.io/restart.*.",
 		Build:    restart.New,
 		Requires: []string{"tasks"},
 		External: true,
 		MaxProcs: 1,
 		GOGC:     50,
-		Options: map[string]any{
-			// How often the labelled containers are checked
-			// (containerd's default).
-			"interval": "10s",
-		},
+		Options:  func() any { return restart.DefaultOptions() },
 	},
+}
+
+// Constructor builds the named service's process: its own service and
+// those the roster hosts in it, each with the environment flotillad handed
+// it (Env.Hosted; one not handed is disabled or runs elsewhere).
+func Constructor(name string) (service.Constructor, bool) {
+	host, ok := Lookup(name)
+	if !ok {
+		return nil, false
+	}
+	var guests []Entry
+	for _, e := range Services {
+		if e.HostedBy == host.Name {
+			guests = append(guests, e)
+		}
+	}
+	if len(guests) == 0 {
+		return host.Build, true
+	}
+	return func(ctx context.Context, p *service.Process) (*service.Instance, error) {
+		inst, err := host.Build(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		for _, g := range guests {
+			env, ok := p.Env.Hosted[g.Name]
+			if !ok {
+				continue
+			}
+			for _, d := range []string{env.Root, env.State} {
+				if d == "" {
+					continue
+				}
+				if err := os.MkdirAll(d, 0o711); err != nil {
+					return nil, errors.Join(fmt.Errorf("create %s: %w", d, err), closeInstance(ctx, inst))
+				}
+			}
+			gi, err := g.Build(ctx, &service.Process{Env: env, Logger: p.Logger.With("hosted", g.Name)})
+			if err != nil {
+				return nil, errors.Join(fmt.Errorf("start %s in %s's process: %w", g.Name, host.Name, err), closeInstance(ctx, inst))
+			}
+			inst = merge(inst, g.Name, gi)
+		}
+		return inst, nil
+	}, true
+}
+
+// HostedPrefix marks the exports of a service process that describe a
+// service hosted in it: hosted.<name>.type, hosted.<name>.<export>.
+const HostedPrefix = "hosted."
+
+// merge adds a hosted service's APIs and routes to its host's instance;
+// the hosted one closes first.
+func merge(host *service.Instance, name string, guest *service.Instance) *service.Instance {
+	out := *host
+	out.Routes = append(append([]string(nil), host.Routes...), guest.Routes...)
+	if len(guest.MethodRoutes) > 0 {
+		out.MethodRoutes = map[string]string{}
+		for k, v := range host.MethodRoutes {
+			out.MethodRoutes[k] = v
+		}
+		for k, v := range guest.MethodRoutes {
+			out.MethodRoutes[k] = v
+		}
+	}
+	out.Exports = map[string]string{}
+	for k, v := range host.Exports {
+		out.Exports[k] = v
+	}
+	// Introspection lists a hosted service as a plugin of its own, from
+	// these (see the gateway's servicePlugins).
+	for k, v := range guest.Exports {
+		out.Exports[HostedPrefix+name+"."+k] = v
+	}
+	out.Exports[HostedPrefix+name+".type"] = guest.Type
+	out.Register = func(srv grpc.ServiceRegistrar) {
+		host.Register(srv)
+		guest.Register(srv)
+	}
+	out.Close = func(ctx context.Context) error {
+		return errors.Join(closeInstance(ctx, guest), closeInstance(ctx, host))
+	}
+	return &out
+}
+
+func closeInstance(ctx context.Context, inst *service.Instance) error {
+	if inst.Close == nil {
+		return nil
+	}
+	return inst.Close(ctx)
 }
 
 // Lookup finds the entry of a service or of one of its processes

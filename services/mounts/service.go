@@ -27,14 +27,18 @@ import (
 	"github.com/flotilla-project/flotilla/services/mounts/refs"
 )
 
-type options struct {
-	CollectInterval string `json:"collect_interval"`
+// Options are the mounts service's options ([services.mounts.options]).
+type Options struct {
+	CollectInterval string `toml:"collect_interval" json:"collect_interval" comment:"How often activations are checked for a lease or back-reference that still holds them (also after each deletion the daemon publishes)."`
 }
+
+// DefaultOptions are the options the mounts service runs with unless told.
+func DefaultOptions() *Options { return &Options{CollectInterval: "1m"} }
 
 // New builds the mounts service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
-	opts := options{CollectInterval: "1m"}
-	if err := p.Env.DecodeOptions(&opts); err != nil {
+	opts := DefaultOptions()
+	if err := p.DecodeOptions(opts); err != nil {
 		return nil, err
 	}
 	every, err := time.ParseDuration(opts.CollectInterval)

@@ -22,14 +22,18 @@ import (
 	"github.com/flotilla-project/flotilla/services/restart/monitor"
 )
 
-type options struct {
-	Interval string `json:"interval"`
+// Options are the restart monitor's options ([services.restart.options]).
+type Options struct {
+	Interval string `toml:"interval" json:"interval" comment:"How often containers labelled containerd.io/restart.* are checked (containerd's default is 10s)."`
 }
+
+// DefaultOptions are the options the restart monitor runs with unless told.
+func DefaultOptions() *Options { return &Options{Interval: "10s"} }
 
 // New builds the restart monitor in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
-	var opts options
-	if err := p.Env.DecodeOptions(&opts); err != nil {
+	opts := DefaultOptions()
+	if err := p.DecodeOptions(opts); err != nil {
 		return nil, err
 	}
 	interval := monitor.DefaultInterval

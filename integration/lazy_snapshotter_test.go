@@ -71,7 +71,7 @@ func TestUnpackTakesAlreadyExistsFromARemoteSnapshotterAsTheLayer(t *testing.T) 
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "lazy.sock")
 	srv := rpc.NewServer(nil)
-	snapshotserver.New(lazy, nil).Register(srv.Server)
+	snapshotserver.New(lazy).Register(srv.Server)
 	l, err := rpc.Listen(sock)
 	if err != nil {
 		t.Fatal(err)

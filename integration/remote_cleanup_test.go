@@ -79,7 +79,7 @@ func startSpySnapshotter(t *testing.T) (*spySnapshotter, *remoteSnapshotter) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	spy := &spySnapshotter{Snapshotter: backend.raw(), socket: filepath.Join(dir, "spy.sock")}
 	srv := rpc.NewServer(nil)
-	snapshotserver.New(spy, nil).Register(srv.Server)
+	snapshotserver.New(spy).Register(srv.Server)
 	l, err := rpc.Listen(spy.socket)
 	if err != nil {
 		t.Fatal(err)

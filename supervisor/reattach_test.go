@@ -26,12 +26,12 @@ import (
 // logs "poked" on SIGHUP.
 func TestMain(m *testing.M) {
 	if _, ok := os.LookupEnv(handshake.EnvVar); ok {
-		service.Run("fake", func(_ context.Context, p *service.Process) (*service.Instance, error) {
+		service.Run("fake", func(ctx context.Context, p *service.Process) (*service.Instance, error) {
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			go func() {
 				for range hup {
-					p.Logger.Info("poked")
+					logging.G(ctx).Info("poked")
 				}
 			}()
 			// SIGUSR1 makes it use far more memory than cgroup_test.go's

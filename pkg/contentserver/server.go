@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"sync"
 
 	api "github.com/containerd/containerd/api/services/content/v1"
@@ -43,16 +42,12 @@ var readBuffers = sync.Pool{New: func() any { b := make([]byte, readChunk); retu
 // Service is the Content API over a store.
 type Service struct {
 	api.UnimplementedContentServer
-	store  content.Store
-	logger *slog.Logger
+	store content.Store
 }
 
 // New serves store.
-func New(store content.Store, logger *slog.Logger) *Service {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	return &Service{store: store, logger: logger}
+func New(store content.Store) *Service {
+	return &Service{store: store}
 }
 
 // Register adds the Content API to srv.

@@ -96,13 +96,13 @@ func FuzzWriteProtocol(f *testing.F) {
 			return // longer programs only repeat what shorter ones reach
 		}
 		parent := fastTempDir(t)
-		s, err := blobs.Open(filepath.Join(parent, "content"), nil)
+		s, err := blobs.Open(filepath.Join(parent, "content"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer s.Close()
 		fz := &writeFuzzer{
-			t: t, ctx: context.Background(), parent: parent, store: s, svc: New(s, nil),
+			t: t, ctx: context.Background(), parent: parent, store: s, svc: New(s),
 			prog: &program{prog}, data: data, held: map[string]content.Writer{},
 		}
 		defer func() {

@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/content"
 	"github.com/flotilla-project/flotilla/services/cri"
@@ -206,7 +207,7 @@ func Constructor(name string) (service.Constructor, bool) {
 					return nil, errors.Join(fmt.Errorf("create %s: %w", d, err), closeInstance(ctx, inst))
 				}
 			}
-			gi, err := g.Build(ctx, &service.Process{Env: env, Logger: p.Logger.With("hosted", g.Name)})
+			gi, err := g.Build(logging.With(ctx, "hosted", g.Name), &service.Process{Env: env})
 			if err != nil {
 				return nil, errors.Join(fmt.Errorf("start %s in %s's process: %w", g.Name, host.Name, err), closeInstance(ctx, inst))
 			}

@@ -56,10 +56,10 @@ type Instance struct {
 	Close func(context.Context) error
 }
 
-// Process is what a constructor gets: its environment and logger.
+// Process is what a constructor gets: its environment. The process's
+// logger travels in the constructor's context (logging.G).
 type Process struct {
-	Env    handshake.Env
-	Logger *slog.Logger
+	Env handshake.Env
 }
 
 // Dial connects to the socket of a service this one depends on.
@@ -73,11 +73,12 @@ func (p *Process) Dial(dep string) (*grpc.ClientConn, error) {
 
 // DecodeOptions fills v, a pointer to the service's options struct holding
 // its defaults, from the options it was given, refusing names it does not
-// know; a deprecated name is taken as its current one with a warning.
-func (p *Process) DecodeOptions(v any) error {
+// know; a deprecated name is taken as its current one with a warning,
+// logged through ctx.
+func (p *Process) DecodeOptions(ctx context.Context, v any) error {
 	renamed, err := p.Env.DecodeOptions(v)
 	for _, r := range renamed {
-		p.Logger.Warn("deprecated option name", "option", r.Old, "use", r.New)
+		logging.G(ctx).Warn("deprecated option name", "option", r.Old, "use", r.New)
 	}
 	return err
 }
@@ -189,7 +190,7 @@ func run(name string, build Constructor, args []string) error {
 		}
 	}
 
-	proc := &Process{Env: env, Logger: logger}
+	proc := &Process{Env: env}
 	inst, err := build(ctx, proc)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", env.Name, err)

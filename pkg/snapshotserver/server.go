@@ -12,7 +12,6 @@ package snapshotserver
 import (
 	"context"
 	"fmt"
-	"log/slog"
 
 	api "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -34,21 +33,17 @@ const (
 // Service is the Snapshots API over snapshotters picked by name.
 type Service struct {
 	api.UnimplementedSnapshotsServer
-	pick   func(name string) (snapshots.Snapshotter, error)
-	logger *slog.Logger
+	pick func(name string) (snapshots.Snapshotter, error)
 }
 
 // New serves sn, whatever name a request gives.
-func New(sn snapshots.Snapshotter, logger *slog.Logger) *Service {
-	return NewPicking(func(string) (snapshots.Snapshotter, error) { return sn, nil }, logger)
+func New(sn snapshots.Snapshotter) *Service {
+	return NewPicking(func(string) (snapshots.Snapshotter, error) { return sn, nil })
 }
 
 // NewPicking serves the snapshotter pick returns for each request's name.
-func NewPicking(pick func(name string) (snapshots.Snapshotter, error), logger *slog.Logger) *Service {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	return &Service{pick: pick, logger: logger}
+func NewPicking(pick func(name string) (snapshots.Snapshotter, error)) *Service {
+	return &Service{pick: pick}
 }
 
 // Register adds the Snapshots API to srv.

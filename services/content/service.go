@@ -25,14 +25,14 @@ const NamespacedService = "flotilla.content.v1.Namespaced"
 
 // New builds the content service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
-	store, err := blobs.Open(p.Env.Root, p.Logger)
+	store, err := blobs.Open(p.Env.Root)
 	if err != nil {
 		return nil, err
 	}
 	inst := &service.Instance{
 		Type:     "io.containerd.content.v1",
 		Exports:  map[string]string{"root": p.Env.Root},
-		Register: contentserver.New(store, p.Logger).Register,
+		Register: contentserver.New(store).Register,
 		Close:    func(context.Context) error { return store.Close() },
 	}
 	sock, ok := p.Env.Deps["metadata"]
@@ -46,7 +46,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		store.Close()
 		return nil, err
 	}
-	view := contentserver.New(namespaced.New(store, rpc.NewHybridConn(conn, service.TTRPCSocket(sock), p.CallTimeout())), p.Logger)
+	view := contentserver.New(namespaced.New(store, rpc.NewHybridConn(conn, service.TTRPCSocket(sock), p.CallTimeout())))
 	raw := inst.Register
 	inst.Register = func(srv grpc.ServiceRegistrar) {
 		raw(srv)

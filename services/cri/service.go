@@ -78,7 +78,7 @@ func (*Options) Aliases() map[string]string {
 // New builds the cri service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	opts := DefaultOptions()
-	if err := p.DecodeOptions(opts); err != nil {
+	if err := p.DecodeOptions(ctx, opts); err != nil {
 		return nil, err
 	}
 	gateway := p.Env.Gateway
@@ -107,7 +107,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		conn.Close()
 		return nil, err
 	}
-	srv := server.New(client, server.Config{
+	srv := server.New(ctx, client, server.Config{
 		Snapshotter:            opts.Snapshotter,
 		InsecureRegistries:     opts.InsecureRegistries,
 		ConfigPath:             opts.Registry.ConfigPath,
@@ -118,7 +118,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		CNIBinDirs:             opts.CNI.BinDirs,
 		StateDir:               p.Env.State,
 		RestrictOOMScoreAdj:    opts.RestrictOOMScoreAdj,
-	}, p.Logger)
+	})
 	if err := srv.StartStreaming(opts.StreamServerAddress, opts.StreamServerPort); err != nil {
 		srv.Close()
 		client.Close()

@@ -76,7 +76,7 @@ func hybrid(conn *grpc.ClientConn, sock string, timeout time.Duration) grpc.Clie
 // New builds the metadata service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	opts := DefaultOptions()
-	if err := p.DecodeOptions(opts); err != nil {
+	if err := p.DecodeOptions(ctx, opts); err != nil {
 		return nil, err
 	}
 	every, err := duration("gc_schedule", opts.GCSchedule, 10*time.Minute)
@@ -92,20 +92,20 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		return nil, err
 	}
 	var conns []*grpc.ClientConn
-	db, err := metadb.Open(p.Env.Root, proxy.NewContentStore(contentapi.NewContentClient(hybrid(conn, p.Env.Deps["content"], p.CallTimeout()))), p.Logger)
+	db, err := metadb.Open(p.Env.Root, proxy.NewContentStore(contentapi.NewContentClient(hybrid(conn, p.Env.Deps["content"], p.CallTimeout()))))
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
 	gcMetrics := metrics.NewGC()
-	sched := gc.NewScheduler(func(ctx context.Context) error {
+	sched := gc.NewScheduler(ctx, func(ctx context.Context) error {
 		st, err := db.GarbageCollect(ctx)
 		gcMetrics.Record(st.Duration, err, map[string]int{
 			"blobs": st.Blobs, "ingests": st.Ingests, "leases": st.Leases, "snapshots": st.Snapshots,
 			"backend_blobs": st.BackendBlobs, "backend_ingests": st.BackendIngests, "backend_snapshots": st.BackendSnapshots,
 		}, st.BytesReclaimed)
 		return err
-	}, delay, p.Logger)
+	}, delay)
 	db.OnDirty(sched.Trigger)
 	// Leases expire by the clock and a crash can leave an ingest
 	// behind, so collection also runs on a schedule. Not at start: a
@@ -143,13 +143,13 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		}
 		events = eventsapi.NewEventsClient(gw)
 	}
-	pub := server.NewPublisher(events, p.Logger)
+	pub := server.NewPublisher(ctx, events)
 
 	return &service.Instance{
 		Type:     "io.containerd.metadata.v1",
 		Routes:   server.Routes,
 		Requires: []string{"io.containerd.content.v1"},
-		Register: server.Register(db, pub, p.Logger),
+		Register: server.Register(db, pub),
 		Close: func(ctx context.Context) error {
 			stopTicker()
 			sched.Close()

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/mounts/manager"
@@ -38,7 +39,7 @@ func DefaultOptions() *Options { return &Options{CollectInterval: "1m"} }
 // New builds the mounts service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	opts := DefaultOptions()
-	if err := p.DecodeOptions(opts); err != nil {
+	if err := p.DecodeOptions(ctx, opts); err != nil {
 		return nil, err
 	}
 	every, err := time.ParseDuration(opts.CollectInterval)
@@ -51,7 +52,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	}
 	// What a crash left mounted or half-recorded goes before anyone asks.
 	if err := m.Recover(ctx); err != nil {
-		p.Logger.Warn("cleaning up after an earlier run", "error", err)
+		logging.G(ctx).Warn("cleaning up after an earlier run", "error", err)
 	}
 	stop := func() {}
 	if p.Env.Gateway != "" {
@@ -65,7 +66,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		go func() { defer close(done); refs.New(gw).Run(runCtx, every, m) }()
 		stop = func() { cancel(); <-done; gw.Close() }
 	} else {
-		p.Logger.Warn("no gateway (--gateway): activations are kept until deactivated, whatever holds them")
+		logging.G(ctx).Warn("no gateway (--gateway): activations are kept until deactivated, whatever holds them")
 	}
 	return &service.Instance{
 		Type:     "io.containerd.mount-manager.v1",

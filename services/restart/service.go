@@ -33,7 +33,7 @@ func DefaultOptions() *Options { return &Options{Interval: "10s"} }
 // New builds the restart monitor in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	opts := DefaultOptions()
-	if err := p.DecodeOptions(opts); err != nil {
+	if err := p.DecodeOptions(ctx, opts); err != nil {
 		return nil, err
 	}
 	interval := monitor.DefaultInterval

@@ -53,7 +53,7 @@ type options struct {
 // New builds the snapshotter service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	opts := options{Options: *DefaultOptions(), Driver: "overlayfs"}
-	if err := p.DecodeOptions(&opts); err != nil {
+	if err := p.DecodeOptions(ctx, &opts); err != nil {
 		return nil, err
 	}
 	exports := map[string]string{"driver": opts.Driver}
@@ -63,7 +63,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	var sn snapshots.Snapshotter
 	switch opts.Driver {
 	case "overlayfs", "overlay":
-		o, err := overlay.New(p.Env.Root, overlay.Options{MountOptions: opts.MountOptions}, p.Logger)
+		o, err := overlay.New(ctx, p.Env.Root, overlay.Options{MountOptions: opts.MountOptions})
 		if err != nil {
 			return nil, err
 		}
@@ -71,7 +71,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		exports["mount_options"] = strings.Join(o.MountOptions(), ",")
 		sn = o
 	case "native":
-		n, err := native.New(p.Env.Root, p.Logger)
+		n, err := native.New(ctx, p.Env.Root)
 		if err != nil {
 			return nil, err
 		}
@@ -82,7 +82,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	inst := &service.Instance{
 		Type:     "io.containerd.snapshotter.v1",
 		Exports:  exports,
-		Register: snapshotserver.New(sn, p.Logger).Register,
+		Register: snapshotserver.New(sn).Register,
 		Close:    func(context.Context) error { return sn.Close() },
 	}
 	if opts.ServeDiff && p.Env.Gateway != "" {
@@ -99,7 +99,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 				return nil, err
 			}
 		}
-		differ := diff.New(newGatewayContent(gw, raw), p.Logger)
+		differ := diff.New(newGatewayContent(gw, raw))
 		snapshots := inst.Register
 		inst.Register = func(srv grpc.ServiceRegistrar) {
 			snapshots(srv)

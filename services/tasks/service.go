@@ -45,7 +45,7 @@ const maxSocketDir = 107 - 65
 // New builds the tasks service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	opts := DefaultOptions()
-	if err := p.DecodeOptions(opts); err != nil {
+	if err := p.DecodeOptions(ctx, opts); err != nil {
 		return nil, err
 	}
 	if opts.SocketDir == "" {
@@ -75,7 +75,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if p.Env.Gateway != "" {
 		ttrpcAddress = p.Env.Gateway + ".ttrpc"
 	}
-	shims := shim.NewManager(shim.Config{
+	shims := shim.NewManager(ctx, shim.Config{
 		Root:         p.Env.Root,
 		State:        p.Env.State,
 		Address:      p.Env.Gateway,
@@ -83,8 +83,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		SocketDir:    opts.SocketDir,
 		RuncRoot:     opts.RuncRoot,
 		Debug:        opts.ShimDebug,
-		Logger:       p.Logger,
-	}, server.Publisher(events, p.Logger))
+	}, server.Publisher(events))
 	// What the default runtime's shim says of itself, for Introspection,
 	// is asked while the shims are loaded.
 	runtimeExports := make(chan map[string]string, 1)
@@ -106,7 +105,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Type:     server.RuntimePluginType,
 		Routes:   []string{"containerd.services.tasks.v1.Tasks"},
 		Exports:  exports,
-		Register: server.New(shims, containers, p.Logger).Register,
+		Register: server.New(shims, containers).Register,
 		Close: func(context.Context) error {
 			shims.Close()
 			closeGW()

@@ -31,7 +31,7 @@ func FuzzParseDigest(f *testing.F) {
 	f.Add("sha256:..%2f" + strings.Repeat("a", 59))
 
 	ctx := context.Background()
-	s, err := Open(filepath.Join(f.TempDir(), "content"), nil)
+	s, err := Open(filepath.Join(f.TempDir(), "content"))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func FuzzValidateRef(f *testing.F) {
 	} else {
 		f.Cleanup(func() { os.RemoveAll(dir) })
 	}
-	s, err := Open(filepath.Join(dir, "content"), nil)
+	s, err := Open(filepath.Join(dir, "content"))
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -17,6 +17,8 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // ingestStatus is the status file of an ingest: what must survive a restart
@@ -66,7 +68,7 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 		s.unlockRef(w)
 		return nil, fmt.Errorf("content %s: %w", wo.Desc.Digest, errdefs.ErrAlreadyExists)
 	}
-	if err := w.open(wo.Desc.Size, wo.Desc.Digest); err != nil {
+	if err := w.open(ctx, wo.Desc.Size, wo.Desc.Digest); err != nil {
 		s.unlockRef(w)
 		return nil, fmt.Errorf("ref %q: %w", wo.Ref, err)
 	}
@@ -294,7 +296,7 @@ type writer struct {
 
 // open resumes the ingest on disk when it is compatible with the expected
 // total and digest, and starts it afresh otherwise.
-func (w *writer) open(total int64, expected digest.Digest) error {
+func (w *writer) open(ctx context.Context, total int64, expected digest.Digest) error {
 	err := os.Mkdir(w.dir, 0o700)
 	if err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
@@ -305,14 +307,14 @@ func (w *writer) open(total int64, expected digest.Digest) error {
 	old, err := readStatus(w.dir)
 	switch {
 	case err != nil:
-		w.s.logger.Info("ingest unreadable, starting over", "ref", w.ref, "error", err)
+		logging.G(ctx).Info("ingest unreadable, starting over", "ref", w.ref, "error", err)
 		return w.start(total, expected)
 	case old.Ref != w.ref:
-		w.s.logger.Warn("ingest belongs to another ref, starting over", "ref", w.ref, "found", old.Ref)
+		logging.G(ctx).Warn("ingest belongs to another ref, starting over", "ref", w.ref, "found", old.Ref)
 		return w.start(total, expected)
 	case total > 0 && old.Total > 0 && total != old.Total,
 		expected != "" && old.Expected != "" && expected != old.Expected:
-		w.s.logger.Info("ingest expected other content, starting over", "ref", w.ref,
+		logging.G(ctx).Info("ingest expected other content, starting over", "ref", w.ref,
 			"total", total, "was_total", old.Total, "expected", expected, "was_expected", old.Expected)
 		return w.start(total, expected)
 	}
@@ -535,7 +537,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	defer func() {
 		if !committed {
 			if cerr := w.Close(); cerr != nil {
-				w.s.logger.Warn("close writer after failed commit", "ref", w.ref, "error", cerr)
+				logging.G(ctx).Warn("close writer after failed commit", "ref", w.ref, "error", cerr)
 			}
 		}
 	}()
@@ -556,7 +558,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 		if w.s.exists(expected) {
 			// containerd's answer, without reading the data: a client that
 			// knows the digest needs nothing more.
-			w.discard()
+			w.discard(ctx)
 			committed = true
 			return fmt.Errorf("content %s: %w", expected, errdefs.ErrAlreadyExists)
 		}
@@ -606,32 +608,32 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	committed = true
 	defer w.s.unlockRef(w)
 
-	if err := w.s.publish(filepath.Join(w.dir, "data"), dgst, base.Labels); err != nil {
+	if err := w.s.publish(ctx, filepath.Join(w.dir, "data"), dgst, base.Labels); err != nil {
 		if errdefs.IsAlreadyExists(err) {
-			w.discard()
+			w.discard(ctx)
 			return err
 		}
 		// The data is intact: leave the ingest to be committed again.
 		if cerr := os.Chmod(filepath.Join(w.dir, "data"), 0o600); cerr != nil {
-			w.s.logger.Warn("restore ingest mode", "ref", w.ref, "error", cerr)
+			logging.G(ctx).Warn("restore ingest mode", "ref", w.ref, "error", cerr)
 		}
 		return fmt.Errorf("ref %q: %w", w.ref, err)
 	}
-	w.discard()
+	w.discard(ctx)
 	return nil
 }
 
 // discard removes the ingest directory; the writer must hold the ref.
-func (w *writer) discard() {
+func (w *writer) discard(ctx context.Context) {
 	w.closeFile()
 	if err := os.RemoveAll(w.dir); err != nil {
-		w.s.logger.Warn("remove ingest", "ref", w.ref, "error", err)
+		logging.G(ctx).Warn("remove ingest", "ref", w.ref, "error", err)
 	}
 	w.s.unlockRef(w)
 }
 
 // publish moves a verified, synced file into place as blob d.
-func (s *Store) publish(src string, d digest.Digest, labels map[string]string) error {
+func (s *Store) publish(ctx context.Context, src string, d digest.Digest, labels map[string]string) error {
 	unlock := s.digests.lock(d)
 	defer unlock()
 	target := s.blobPath(d)
@@ -675,7 +677,7 @@ func (s *Store) publish(src string, d digest.Digest, labels map[string]string) e
 	if err != nil {
 		// The blob is committed and cannot be taken back cleanly; it is
 		// served without labels, as a crash at this point would leave it.
-		s.logger.Error("record blob metadata", "digest", d, "error", err)
+		logging.G(ctx).Error("record blob metadata", "digest", d, "error", err)
 	}
 	return nil
 }

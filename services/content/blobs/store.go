@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -29,14 +28,15 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Store is the blob store. It is safe for concurrent use; only one process
 // may use a root at a time.
 type Store struct {
-	root   string
-	meta   *metaDB
-	logger *slog.Logger
+	root string
+	meta *metaDB
 
 	mu      sync.Mutex
 	writers map[string]*writer // active ingests by ref: the ref lock
@@ -49,10 +49,7 @@ type Store struct {
 var _ content.Store = (*Store)(nil)
 
 // Open opens (creating if needed) the store at root.
-func Open(root string, logger *slog.Logger) (*Store, error) {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
+func Open(root string) (*Store, error) {
 	for _, d := range []string{root, filepath.Join(root, "blobs"), filepath.Join(root, "ingest")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
@@ -72,7 +69,6 @@ func Open(root string, logger *slog.Logger) (*Store, error) {
 	return &Store{
 		root:    root,
 		meta:    meta,
-		logger:  logger,
 		writers: map[string]*writer{},
 		digests: keyedMutex{held: map[digest.Digest]*keyedEntry{}},
 		held:    map[digest.Digest]int{},
@@ -276,7 +272,7 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 	if err := s.meta.delete(d); err != nil {
 		// The blob is gone, which is what the caller asked; the stale record
 		// is replaced if the digest is ever committed again.
-		s.logger.Warn("delete blob metadata", "digest", d, "error", err)
+		logging.G(ctx).Warn("delete blob metadata", "digest", d, "error", err)
 	}
 	return nil
 }

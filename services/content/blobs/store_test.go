@@ -19,7 +19,7 @@ import (
 
 func openTestStore(t testing.TB) *Store {
 	t.Helper()
-	s, err := Open(filepath.Join(t.TempDir(), "content"), nil)
+	s, err := Open(filepath.Join(t.TempDir(), "content"))
 	if err != nil {
 		t.Fatal(err)
 	}

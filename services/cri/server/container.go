@@ -22,6 +22,8 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // CreateContainer creates a container in a pod: the image's config merged
@@ -424,7 +426,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 		m.StartedAt, m.FinishedAt = nanos(time.Now()), nanos(time.Now())
 		m.ExitCode, m.Reason, m.Message = 128, "StartError", err.Error()
 		if serr := s.saveContainer(context.WithoutCancel(ctx), m); serr != nil {
-			s.logger.Warn("record start failure", "container", m.ID, "error", serr)
+			logging.G(ctx).Warn("record start failure", "container", m.ID, "error", serr)
 		}
 		return nil, err
 	}
@@ -497,22 +499,22 @@ func (s *Server) watchExit(id string, task exitedTask, exitC <-chan containerd.E
 	s.pods.mu.Unlock()
 	go func() {
 		defer close(done)
+		ctx := logging.With(s.pods.ctx, "container", id)
 		st := <-exitC
 		if st.Error() != nil {
 			// The process is stopping; the next one's Recover
 			// watches again.
-			s.logger.Debug("stopped watching container", "container", id, "error", st.Error())
+			logging.G(ctx).Debug("stopped watching container", "error", st.Error())
 			s.pods.mu.Lock()
 			delete(s.pods.exits, id)
 			delete(s.pods.logs, id)
 			s.pods.mu.Unlock()
 			return
 		}
-		ctx := s.pods.ctx
 		// The cgroup, and its OOM kill count, goes with the task.
 		oom := s.oomKilled(ctx, id)
 		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
-			s.logger.Warn("delete task of exited container", "container", id, "error", err)
+			logging.G(ctx).Warn("delete task of exited container", "error", err)
 		}
 		s.pods.mu.Lock()
 		delete(s.pods.logs, id)
@@ -524,11 +526,12 @@ func (s *Server) watchExit(id string, task exitedTask, exitC <-chan containerd.E
 }
 
 // recordExit records how a container ended; oom says the kernel's OOM
-// killer took a process of it, which the CRI reports as the reason.
+// killer took a process of it, which the CRI reports as the reason. ctx's
+// logger names the container.
 func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.Time, oom bool) {
 	m, _, err := s.getContainer(ctx, id)
 	if err != nil {
-		s.logger.Debug("exited container has no record", "container", id, "error", err)
+		logging.G(ctx).Debug("exited container has no record", "error", err)
 		return
 	}
 	if m.FinishedAt != 0 {
@@ -547,13 +550,13 @@ func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.
 		m.Reason = "Completed"
 	}
 	if err := s.saveContainer(ctx, m); err != nil {
-		s.logger.Warn("record container exit", "container", id, "error", err)
+		logging.G(ctx).Warn("record container exit", "error", err)
 	}
 }
 
 // ensureWatcher returns the exit watcher of a started container, starting
 // one (without log, unless lg is given) when this process has none: after
-// a restart.
+// a restart. ctx's logger names the container.
 func (s *Server) ensureWatcher(ctx context.Context, id string, lg *containerLog) (chan struct{}, error) {
 	s.pods.mu.Lock()
 	done, ok := s.pods.exits[id]
@@ -572,7 +575,7 @@ func (s *Server) ensureWatcher(ctx context.Context, id string, lg *containerLog)
 	}
 	task, err := c.Task(ctx, attach)
 	if err != nil && attach != nil {
-		s.logger.Warn("reattach container log, logs stop here", "container", id, "error", err)
+		logging.G(ctx).Warn("reattach container log, logs stop here", "error", err)
 		lg.Close()
 		lg = nil
 		task, err = c.Task(ctx, nil)
@@ -608,6 +611,7 @@ func (s *Server) StopContainer(ctx context.Context, req *runtime.StopContainerRe
 }
 
 func (s *Server) stopContainer(ctx context.Context, id string, timeout time.Duration) error {
+	ctx = logging.With(ctx, "container", id)
 	unlock := s.pods.lock(id)
 	defer unlock()
 	m, _, err := s.getContainer(ctx, id)
@@ -801,7 +805,7 @@ func (s *Server) ListContainers(ctx context.Context, req *runtime.ListContainers
 		}
 		m, err := decodeContainer(c)
 		if err != nil {
-			s.logger.Warn("unreadable container record", "id", c.ID, "error", err)
+			logging.G(ctx).Warn("unreadable container record", "id", c.ID, "error", err)
 			continue
 		}
 		if f.GetPodSandboxId() != "" && !strings.HasPrefix(m.SandboxID, f.GetPodSandboxId()) {
@@ -848,7 +852,7 @@ func (s *Server) Recover(ctx context.Context) {
 		}
 	}
 	if err != nil {
-		s.logger.Error("recover containers", "error", err)
+		logging.G(ctx).Error("recover containers", "error", err)
 		return
 	}
 	for _, c := range recs {
@@ -856,22 +860,23 @@ func (s *Server) Recover(ctx context.Context) {
 		if err != nil || m.StartedAt == 0 || m.FinishedAt != 0 {
 			continue
 		}
+		ctx := logging.With(ctx, "container", m.ID)
 		if _, err := s.taskState(ctx, m.ID); errdefs.IsNotFound(err) {
 			s.recordExit(ctx, m.ID, 255, time.Time{}, false)
 			continue
 		}
 		lg, err := newContainerLog(m.LogPath)
 		if err != nil {
-			s.logger.Warn("reopen container log", "container", m.ID, "error", err)
+			logging.G(ctx).Warn("reopen container log", "error", err)
 			lg = nil
 		} else {
 			lg.attach = s.newAttachPoint(m)
 		}
 		if _, err := s.ensureWatcher(ctx, m.ID, lg); err != nil {
-			s.logger.Warn("watch recovered container", "container", m.ID, "error", err)
+			logging.G(ctx).Warn("watch recovered container", "error", err)
 		}
 	}
-	s.logger.Debug("recovered containers", "count", len(recs))
+	logging.G(ctx).Debug("recovered containers", "count", len(recs))
 }
 
 // Close stops the exit watchers and the streaming server; the containers

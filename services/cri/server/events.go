@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // eventFilters select, in the CRI namespace, the lifecycle events that
@@ -127,7 +129,7 @@ func (s *Server) learnObjects(ctx context.Context, known map[string]string) erro
 func (s *Server) containerEvent(ctx context.Context, env *types.Envelope, known map[string]string) *runtime.ContainerEventResponse {
 	v, err := typeurl.UnmarshalAny(env.GetEvent())
 	if err != nil {
-		s.logger.Debug("undecodable event", "topic", env.GetTopic(), "error", err)
+		logging.G(ctx).Debug("undecodable event", "topic", env.GetTopic(), "error", err)
 		return nil
 	}
 	var id string

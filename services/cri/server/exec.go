@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // maxExecOutput bounds what ExecSync keeps of each stream, under the
@@ -57,7 +59,7 @@ func (s *Server) ExecSync(ctx context.Context, req *runtime.ExecSyncRequest) (*r
 	cleanup := context.WithoutCancel(ctx)
 	defer func() {
 		if _, err := process.Delete(cleanup, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			s.logger.Warn("delete exec process", "container", m.ID, "exec", execID, "error", err)
+			logging.G(ctx).Warn("delete exec process", "container", m.ID, "exec", execID, "error", err)
 		}
 	}()
 	exitC, err := process.Wait(cleanup)

@@ -10,6 +10,8 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // imageIndex keeps the namespace's image records as last listed, so that
@@ -98,7 +100,7 @@ func (s *Server) WatchImages() {
 		if ctx.Err() != nil {
 			return
 		}
-		s.logger.Debug("image event subscription ended, resubscribing", "error", err)
+		logging.G(ctx).Debug("image event subscription ended, resubscribing", "error", err)
 		select {
 		case <-time.After(time.Second):
 		case <-ctx.Done():

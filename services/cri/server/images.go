@@ -20,6 +20,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Labels containerd's CRI puts on the image records it creates; Flotilla
@@ -153,7 +155,7 @@ func (s *Server) images(ctx context.Context, fresh bool) (_ map[string]*criImage
 		if err != nil {
 			// Another client's image without content for this
 			// platform is not a CRI image; it is no error either.
-			s.logger.Debug("image is not usable by the CRI", "image", r.Name, "error", err)
+			logging.G(ctx).Debug("image is not usable by the CRI", "image", r.Name, "error", err)
 			continue
 		}
 		seen[r.Target.Digest] = true

@@ -17,6 +17,8 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Image volumes (KEP-4639): a mount whose source is an image, read-only.
@@ -154,22 +156,23 @@ func imageSubPath(root, sub string) (string, error) {
 // releaseImageVolumes unmounts a container's image volumes and ends the
 // lease holding their snapshots; with none, it does nothing.
 func (s *Server) releaseImageVolumes(ctx context.Context, containerID string) {
+	log := logging.G(ctx).With("container", containerID)
 	dir := s.imageVolumeDir(containerID)
 	entries, err := os.ReadDir(dir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		s.logger.Warn("list image volumes", "container", containerID, "error", err)
+		log.Warn("list image volumes", "error", err)
 	}
 	for _, e := range entries {
 		p := filepath.Join(dir, e.Name())
 		if err := mount.UnmountAll(p, 0); err != nil {
-			s.logger.Warn("unmount image volume", "container", containerID, "path", p, "error", err)
+			log.Warn("unmount image volume", "path", p, "error", err)
 		}
 	}
 	if err := os.RemoveAll(dir); err != nil {
-		s.logger.Warn("remove image volumes", "container", containerID, "error", err)
+		log.Warn("remove image volumes", "error", err)
 	}
 	err = s.client.LeasesService().Delete(ctx, leases.Lease{ID: imageVolumeLease(containerID)})
 	if err != nil && !errdefs.IsNotFound(err) {
-		s.logger.Warn("release image volumes", "container", containerID, "error", err)
+		log.Warn("release image volumes", "error", err)
 	}
 }

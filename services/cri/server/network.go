@@ -15,6 +15,8 @@ import (
 	cni100 "github.com/containernetworking/cni/pkg/types/100"
 	"golang.org/x/sys/unix"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 func withPodDefaults(cfg Config) Config {
@@ -94,7 +96,7 @@ const loopbackConf = `{"cniVersion":"1.0.0","name":"cni-loopback","plugins":[{"t
 
 // cniNetwork loads the first network configuration of the conf dir in
 // lexical order, as containerd (and the kubelet before it) picks it.
-func (s *Server) cniNetwork() (*libcni.NetworkConfigList, error) {
+func (s *Server) cniNetwork(ctx context.Context) (*libcni.NetworkConfigList, error) {
 	files, err := libcni.ConfFiles(s.cfg.CNIConfDir, []string{".conf", ".conflist", ".json"})
 	if err != nil {
 		return nil, fmt.Errorf("cni config dir %s: %w", s.cfg.CNIConfDir, err)
@@ -103,7 +105,7 @@ func (s *Server) cniNetwork() (*libcni.NetworkConfigList, error) {
 	for _, f := range files {
 		list, err := libcni.NetworkConfFromFile(f)
 		if err != nil {
-			s.logger.Warn("skipping unreadable CNI config", "file", f, "error", err)
+			logging.G(ctx).Warn("skipping unreadable CNI config", "file", f, "error", err)
 			continue
 		}
 		if len(list.Plugins) == 0 {
@@ -159,7 +161,7 @@ func podRuntimeConf(id, netns, ifName string, cfg *runtime.PodSandboxConfig) *li
 // setupPodNetwork runs CNI ADD for the loopback and the pod network and
 // returns the pod's addresses, the first one primary.
 func (s *Server) setupPodNetwork(ctx context.Context, id, netns string, cfg *runtime.PodSandboxConfig) ([]string, error) {
-	network, err := s.cniNetwork()
+	network, err := s.cniNetwork(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +183,7 @@ func (s *Server) setupPodNetwork(ctx context.Context, id, netns string, cfg *run
 // teardownPodNetwork runs CNI DEL; plugins treat a DEL of what is gone as
 // success, which makes a retry after a failure safe.
 func (s *Server) teardownPodNetwork(ctx context.Context, id, netns string, cfg *runtime.PodSandboxConfig) error {
-	network, err := s.cniNetwork()
+	network, err := s.cniNetwork(ctx)
 	if err != nil {
 		return err
 	}
@@ -191,7 +193,7 @@ func (s *Server) teardownPodNetwork(ctx context.Context, id, netns string, cfg *
 	}
 	if lo, err := libcni.ConfListFromBytes([]byte(loopbackConf)); err == nil {
 		if err := cni.DelNetworkList(ctx, lo, podRuntimeConf(id, netns, "lo", cfg)); err != nil {
-			s.logger.Debug("cni loopback del", "sandbox", id, "error", err)
+			logging.G(ctx).Debug("cni loopback del", "sandbox", id, "error", err)
 		}
 	}
 	return nil

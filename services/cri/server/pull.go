@@ -21,6 +21,8 @@ import (
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // PullImage fetches an image from its registry, unpacks it into the
@@ -40,7 +42,7 @@ func (s *Server) PullImage(ctx context.Context, req *runtime.PullImageRequest) (
 	if err != nil {
 		return nil, err
 	}
-	s.logger.Debug("pulled image", "image", named.String(), "id", id, "shared", shared)
+	logging.G(ctx).Debug("pulled image", "image", named.String(), "id", id, "shared", shared)
 	return &runtime.PullImageResponse{ImageRef: id}, nil
 }
 

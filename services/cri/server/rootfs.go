@@ -22,6 +22,8 @@ import (
 	"github.com/containerd/typeurl/v2"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Creating a sandbox or container with the client's stock options
@@ -75,7 +77,7 @@ func (s *Server) withCreateLease(ctx context.Context) (context.Context, func(), 
 	return lctx, func() {
 		go func() {
 			if err := done(context.WithoutCancel(ctx)); err != nil && !errdefs.IsNotFound(err) {
-				s.logger.Warn("delete create lease", "error", err)
+				logging.G(ctx).Warn("delete create lease", "error", err)
 			}
 		}()
 	}, nil
@@ -248,7 +250,7 @@ func (t *criTask) Delete(ctx context.Context, _ ...containerd.ProcessDeleteOpts)
 // abort kills and deletes a task that failed to start, and closes its IO.
 func (t *criTask) abort(ctx context.Context) {
 	if err := t.s.deleteTask(ctx, t.id); err != nil && !errdefs.IsNotFound(err) {
-		t.s.logger.Warn("delete task that failed to start", "container", t.id, "error", err)
+		logging.G(ctx).Warn("delete task that failed to start", "container", t.id, "error", err)
 	}
 	t.io.Cancel()
 	t.io.Close()

@@ -9,6 +9,8 @@ import (
 	"runtime/debug"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 const (
@@ -26,7 +28,7 @@ func (s *Server) Version(ctx context.Context, _ *runtime.VersionRequest) (*runti
 	v, err := s.client.Version(withNamespace(ctx))
 	version := v.Version
 	if err != nil || version == "" {
-		s.logger.Debug("daemon version unknown, reporting this binary's", "error", err)
+		logging.G(ctx).Debug("daemon version unknown, reporting this binary's", "error", err)
 		version = buildVersion()
 	}
 	return &runtime.VersionResponse{

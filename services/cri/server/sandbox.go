@@ -24,6 +24,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // runtimeType is the runtime v2 shim every pod runs on. Runtime handlers
@@ -165,7 +167,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		ips, err := s.setupPodNetwork(ctx, id, m.NetNS, cfg)
 		undo = append(undo, func() {
 			if err := s.teardownPodNetwork(cleanupCtx, id, m.NetNS, cfg); err != nil {
-				s.logger.Warn("undo pod network", "sandbox", id, "error", err)
+				logging.G(ctx).Warn("undo pod network", "sandbox", id, "error", err)
 			}
 		})
 		if err != nil {
@@ -256,7 +258,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 	undo = append(undo, func() {
 		if err := c.Delete(cleanupCtx, containerd.WithSnapshotCleanup); err != nil {
-			s.logger.Warn("undo sandbox container", "sandbox", id, "error", err)
+			logging.G(ctx).Warn("undo sandbox container", "sandbox", id, "error", err)
 		}
 	})
 	task, err := s.createTask(ctx, rec, rootfs.mounts, cio.NullIO)
@@ -269,7 +271,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 	s.rememberCreated(rec, rootfs.mounts)
 	s.addName(kindSandbox, name, id)
-	s.logger.Debug("sandbox running", "sandbox", id, "name", name, "ip", m.IP)
+	logging.G(ctx).Debug("sandbox running", "sandbox", id, "name", name, "ip", m.IP)
 	return &runtime.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
 
@@ -680,7 +682,7 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandbox
 		}
 		m, err := decodeSandbox(c)
 		if err != nil {
-			s.logger.Warn("unreadable sandbox record", "id", c.ID, "error", err)
+			logging.G(ctx).Warn("unreadable sandbox record", "id", c.ID, "error", err)
 			continue
 		}
 		if !matchLabels(m.config.GetLabels(), f.GetLabelSelector()) {

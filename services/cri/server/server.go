@@ -9,7 +9,6 @@ package server
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -64,7 +63,6 @@ type Server struct {
 
 	client   *containerd.Client
 	cfg      Config
-	logger   *slog.Logger
 	platform platforms.MatchComparer
 
 	pulls flightGroup[string]
@@ -87,7 +85,9 @@ type Server struct {
 }
 
 // New builds the server over a containerd client connected to the gateway.
-func New(client *containerd.Client, cfg Config, logger *slog.Logger) *Server {
+// Its background work (exit watchers, the image index's subscription, the
+// streaming server) logs through ctx.
+func New(ctx context.Context, client *containerd.Client, cfg Config) *Server {
 	if cfg.Snapshotter == "" {
 		cfg.Snapshotter = "overlayfs"
 	}
@@ -101,10 +101,9 @@ func New(client *containerd.Client, cfg Config, logger *slog.Logger) *Server {
 	return &Server{
 		client:   client,
 		cfg:      cfg,
-		logger:   logger,
 		platform: platforms.Default(),
 		infos:    map[digest.Digest]*imageInfo{},
-		pods:     newPodState(),
+		pods:     newPodState(ctx),
 	}
 }
 

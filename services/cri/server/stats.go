@@ -23,6 +23,8 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // cgroupSample is what a container's or pod's stats are made of, whichever
@@ -191,7 +193,7 @@ func (s *Server) taskSamples(ctx context.Context, ids ...string) (map[string]cgr
 		}
 		sample, err := sampleFromMetrics(m.GetData(), at)
 		if err != nil {
-			s.logger.Debug("unreadable task metrics", "task", m.GetID(), "error", err)
+			logging.G(ctx).Debug("unreadable task metrics", "task", m.GetID(), "error", err)
 			continue
 		}
 		out[m.GetID()] = sample
@@ -221,7 +223,7 @@ func (s *Server) containerStats(ctx context.Context, m *containerMeta, sample *c
 func (s *Server) writableLayer(ctx context.Context, id string) *runtime.FilesystemUsage {
 	u, err := s.client.SnapshotService(s.cfg.Snapshotter).Usage(ctx, id)
 	if err != nil {
-		s.logger.Debug("writable layer usage", "container", id, "error", err)
+		logging.G(ctx).Debug("writable layer usage", "container", id, "error", err)
 		return nil
 	}
 	return &runtime.FilesystemUsage{
@@ -361,7 +363,7 @@ func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.
 		if v, err := readCgroup(parent); err == nil {
 			pod = &v
 		} else {
-			s.logger.Debug("pod cgroup stats", "sandbox", sb.ID, "cgroup", parent, "error", err)
+			logging.G(ctx).Debug("pod cgroup stats", "sandbox", sb.ID, "cgroup", parent, "error", err)
 		}
 	}
 	if pod == nil {
@@ -383,7 +385,7 @@ func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.
 		if n, err := readNetDev(fmt.Sprintf("/proc/%d/net/dev", pid)); err == nil {
 			st.Linux.Network = n
 		} else {
-			s.logger.Debug("pod network stats", "sandbox", sb.ID, "error", err)
+			logging.G(ctx).Debug("pod network stats", "sandbox", sb.ID, "error", err)
 		}
 	}
 	for _, c := range cs {
@@ -474,11 +476,12 @@ func parseNetDev(r io.Reader, at time.Time) (*runtime.NetworkUsage, error) {
 }
 
 // oomKilled asks the task's cgroup whether the kernel's OOM killer took
-// one of its processes; false when that cannot be told.
+// one of its processes; false when that cannot be told. ctx's logger names
+// the container.
 func (s *Server) oomKilled(ctx context.Context, id string) bool {
 	resp, err := s.client.TaskService().Metrics(ctx, &tasksapi.MetricsRequest{Filters: []string{"id==" + id}})
 	if err != nil {
-		s.logger.Debug("metrics of exited container", "container", id, "error", err)
+		logging.G(ctx).Debug("metrics of exited container", "error", err)
 		return false
 	}
 	for _, m := range resp.GetMetrics() {

@@ -289,13 +289,14 @@ type podState struct {
 	names       map[string]string
 	nameOf      map[string]string
 	namesLoaded map[string]bool
-	// ctx bounds the exit watchers; cancelled when the process stops.
+	// ctx bounds the exit watchers and carries the process's logger;
+	// cancelled when the process stops.
 	ctx    context.Context
 	cancel context.CancelFunc
 }
 
-func newPodState() podState {
-	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.Background(), Namespace))
+func newPodState(ctx context.Context) podState {
+	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.WithoutCancel(ctx), Namespace))
 	return podState{
 		locks:       map[string]*sync.Mutex{},
 		exits:       map[string]chan struct{}{},

@@ -24,6 +24,8 @@ import (
 	"k8s.io/cri-streaming/pkg/streaming"
 	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Exec, Attach and PortForward answer with a URL on the streaming server
@@ -151,16 +153,23 @@ func (s *Server) StartStreaming(address, port string) error {
 		l.Close()
 		return fmt.Errorf("streaming server: %w", err)
 	}
-	hs := &http.Server{Handler: s.streams.serve(srv), ReadHeaderTimeout: 30 * time.Second}
+	// Exec, Attach and PortForward log through their request's context,
+	// which carries the process's logger.
+	logs := logging.WithLogger(context.Background(), logging.G(s.pods.ctx))
+	hs := &http.Server{
+		Handler:           s.streams.serve(srv),
+		ReadHeaderTimeout: 30 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return logs },
+	}
 	s.streams.mu.Lock()
 	s.streams.server, s.streams.http = srv, hs
 	s.streams.mu.Unlock()
 	go func() {
 		if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.logger.Error("streaming server stopped", "error", err)
+			logging.G(logs).Error("streaming server stopped", "error", err)
 		}
 	}()
-	s.logger.Info("streaming server listening", "address", l.Addr().String())
+	logging.G(logs).Info("streaming server listening", "address", l.Addr().String())
 	return nil
 }
 
@@ -319,7 +328,7 @@ func (r streamRuntime) Exec(ctx context.Context, id string, cmd []string, in io.
 			// The shim keeps the process's stdin open until told:
 			// without this the process never sees EOF.
 			if err := process.CloseIO(context.WithoutCancel(ctx), containerd.WithStdinCloser); err != nil && !errdefs.IsNotFound(err) {
-				s.logger.Debug("close exec stdin", "container", m.ID, "error", err)
+				logging.G(ctx).Debug("close exec stdin", "container", m.ID, "error", err)
 			}
 		}}
 	}
@@ -344,7 +353,7 @@ func (r streamRuntime) Exec(ctx context.Context, id string, cmd []string, in io.
 	cleanup := context.WithoutCancel(ctx)
 	defer func() {
 		if _, err := process.Delete(cleanup, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			s.logger.Warn("delete exec process", "container", m.ID, "exec", execID, "error", err)
+			logging.G(ctx).Warn("delete exec process", "container", m.ID, "exec", execID, "error", err)
 		}
 	}()
 	exitC, err := process.Wait(cleanup)
@@ -375,7 +384,7 @@ func (r streamRuntime) Exec(ctx context.Context, id string, cmd []string, in io.
 	select {
 	case <-drained:
 	case <-time.After(streamDrainTimeout):
-		s.logger.Warn("exec output still open after its process exited; closing it", "container", m.ID, "exec", execID)
+		logging.G(ctx).Warn("exec output still open after its process exited; closing it", "container", m.ID, "exec", execID)
 	}
 	if code := st.ExitCode(); code != 0 {
 		return utilexec.CodeExitError{Err: fmt.Errorf("command %q exited with code %d", cmd, code), Code: int(code)}
@@ -460,7 +469,7 @@ func (r streamRuntime) Attach(ctx context.Context, id string, in io.Reader, out,
 			if ap.stdinOnce && !ap.tty {
 				ap.closeStdin(func() {
 					if err := s.closeTaskStdin(context.WithoutCancel(ctx), m.ID); err != nil {
-						s.logger.Debug("close container stdin", "container", m.ID, "error", err)
+						logging.G(ctx).Debug("close container stdin", "container", m.ID, "error", err)
 					}
 				})
 			}

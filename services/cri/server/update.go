@@ -12,6 +12,8 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // RuntimeConfig reports the cgroup driver: cgroupfs, the only one the cri
@@ -24,9 +26,9 @@ func (s *Server) RuntimeConfig(context.Context, *runtime.RuntimeConfigRequest) (
 
 // UpdateRuntimeConfig accepts the node's pod CIDR. The CNI configuration
 // on disk decides pod addresses, so there is nothing to change.
-func (s *Server) UpdateRuntimeConfig(_ context.Context, req *runtime.UpdateRuntimeConfigRequest) (*runtime.UpdateRuntimeConfigResponse, error) {
+func (s *Server) UpdateRuntimeConfig(ctx context.Context, req *runtime.UpdateRuntimeConfigRequest) (*runtime.UpdateRuntimeConfigResponse, error) {
 	if cidr := req.GetRuntimeConfig().GetNetworkConfig().GetPodCidr(); cidr != "" {
-		s.logger.Debug("pod CIDR from the kubelet, CNI configuration decides", "cidr", cidr)
+		logging.G(ctx).Debug("pod CIDR from the kubelet, CNI configuration decides", "cidr", cidr)
 	}
 	return &runtime.UpdateRuntimeConfigResponse{}, nil
 }

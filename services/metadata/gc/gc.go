@@ -5,9 +5,10 @@ package gc
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Type is a kind of resource.
@@ -63,7 +64,8 @@ func Mark(roots []Node, refs func(Node, func(Node)) error) (map[Node]struct{}, e
 type Scheduler struct {
 	collect func(context.Context) error
 	delay   time.Duration
-	logger  *slog.Logger
+	// ctx is what scheduled collections run and log with.
+	ctx context.Context
 
 	run     sync.Mutex // one collection at a time
 	mu      sync.Mutex
@@ -72,9 +74,10 @@ type Scheduler struct {
 	closed  bool
 }
 
-// NewScheduler runs collect at most delay after Trigger(false).
-func NewScheduler(collect func(context.Context) error, delay time.Duration, logger *slog.Logger) *Scheduler {
-	return &Scheduler{collect: collect, delay: delay, logger: logger}
+// NewScheduler runs collect at most delay after Trigger(false). The
+// collections it starts run with ctx, and log through it.
+func NewScheduler(ctx context.Context, collect func(context.Context) error, delay time.Duration) *Scheduler {
+	return &Scheduler{collect: collect, delay: delay, ctx: ctx}
 }
 
 // Trigger notes that something became garbage. With wait set it collects
@@ -82,8 +85,8 @@ func NewScheduler(collect func(context.Context) error, delay time.Duration, logg
 // the space freed.
 func (s *Scheduler) Trigger(wait bool) {
 	if wait {
-		if err := s.RunNow(context.Background()); err != nil {
-			s.logger.Error("garbage collection failed", "error", err)
+		if err := s.RunNow(s.ctx); err != nil {
+			logging.G(s.ctx).Error("garbage collection failed", "error", err)
 		}
 		return
 	}
@@ -101,8 +104,8 @@ func (s *Scheduler) Trigger(wait bool) {
 		if closed {
 			return
 		}
-		if err := s.RunNow(context.Background()); err != nil {
-			s.logger.Error("garbage collection failed", "error", err)
+		if err := s.RunNow(s.ctx); err != nil {
+			logging.G(s.ctx).Error("garbage collection failed", "error", err)
 		}
 	})
 }
@@ -130,7 +133,7 @@ func (s *Scheduler) RunNow(ctx context.Context) error {
 	defer s.run.Unlock()
 	start := time.Now()
 	err := s.collect(ctx)
-	s.logger.Debug("garbage collected", "duration", time.Since(start), "error", err)
+	logging.G(ctx).Debug("garbage collected", "duration", time.Since(start), "error", err)
 	return err
 }
 

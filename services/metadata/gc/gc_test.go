@@ -1,12 +1,16 @@
 package gc
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"log/slog"
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 func TestMarkFollowsReferencesAndStopsAtCycles(t *testing.T) {
@@ -46,7 +50,7 @@ func TestMarkFollowsReferencesAndStopsAtCycles(t *testing.T) {
 
 func TestSchedulerCoalescesBurstsAndRunsSyncAtOnce(t *testing.T) {
 	var runs atomic.Int32
-	s := NewScheduler(func(context.Context) error { runs.Add(1); return nil }, 50*time.Millisecond, slog.New(slog.DiscardHandler))
+	s := NewScheduler(t.Context(), func(context.Context) error { runs.Add(1); return nil }, 50*time.Millisecond)
 	defer s.Close()
 	for i := 0; i < 20; i++ {
 		s.Trigger(false)
@@ -58,5 +62,17 @@ func TestSchedulerCoalescesBurstsAndRunsSyncAtOnce(t *testing.T) {
 	s.Trigger(true)
 	if got := runs.Load(); got != 2 {
 		t.Fatalf("a synchronous trigger returned before collecting (runs=%d)", got)
+	}
+}
+
+func TestSchedulerLogsAFailedCollectionThroughItsContext(t *testing.T) {
+	var buf bytes.Buffer
+	ctx := logging.With(logging.WithLogger(t.Context(), slog.New(slog.NewTextHandler(&buf, nil))), "service", "metadata")
+	s := NewScheduler(ctx, func(context.Context) error { return errors.New("disk on fire") }, time.Hour)
+	defer s.Close()
+	s.Trigger(true)
+	line := buf.String()
+	if !strings.Contains(line, `msg="garbage collection failed"`) || !strings.Contains(line, "service=metadata") || !strings.Contains(line, `error="disk on fire"`) {
+		t.Fatalf("log = %q, want the failure logged by the logger of the scheduler's context, with its fields", line)
 	}
 }

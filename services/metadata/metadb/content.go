@@ -15,6 +15,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Content is the namespaced content store: records here, bytes in the
@@ -527,10 +529,10 @@ type writer struct {
 func (w *writer) drop(ctx context.Context) {
 	w.Writer.Close()
 	if err := w.c.abortBackend(ctx, backendRef(w.ns, w.ref)); err != nil && !errdefs.IsNotFound(err) {
-		w.c.db.logger.Warn("abort of a failed ingest", "ref", w.ref, "namespace", w.ns, "error", err)
+		logging.G(ctx).Warn("abort of a failed ingest", "ref", w.ref, "error", err)
 	}
 	if err := w.c.db.bolt.Update(func(tx *bolt.Tx) error { return forgetIngest(tx, w.ns, w.ref) }); err != nil {
-		w.c.db.logger.Warn("forget a failed ingest", "ref", w.ref, "namespace", w.ns, "error", err)
+		logging.G(ctx).Warn("forget a failed ingest", "ref", w.ref, "error", err)
 	}
 }
 

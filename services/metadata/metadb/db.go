@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,7 +23,6 @@ import (
 type DB struct {
 	bolt    *bolt.DB
 	backend content.Store
-	logger  *slog.Logger
 
 	// gcLock keeps the collector's sweep of the backend from deleting a
 	// blob between its commit there and its record here: writers that
@@ -43,7 +41,7 @@ type DB struct {
 // Open opens (creating if needed) meta.db under root. The file lock is held
 // for as long as the DB is open: a second metadata service on the same root
 // fails here instead of corrupting it.
-func Open(root string, backend content.Store, logger *slog.Logger) (*DB, error) {
+func Open(root string, backend content.Store) (*DB, error) {
 	if err := os.MkdirAll(root, 0o711); err != nil {
 		return nil, fmt.Errorf("create metadata root: %w", err)
 	}
@@ -55,7 +53,7 @@ func Open(root string, backend content.Store, logger *slog.Logger) (*DB, error) 
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	db := &DB{bolt: b, backend: backend, logger: logger, callTimeout: defaultCallTimeout}
+	db := &DB{bolt: b, backend: backend, callTimeout: defaultCallTimeout}
 	if err := b.Update(func(tx *bolt.Tx) error {
 		v1, err := tx.CreateBucketIfNotExists(bucketV1)
 		if err != nil {

@@ -3,7 +3,6 @@ package metadb
 import (
 	"context"
 	"encoding/binary"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,13 +14,12 @@ import (
 
 func TestOpenTwiceOnTheSameRootFails(t *testing.T) {
 	root := t.TempDir()
-	logger := slog.New(slog.DiscardHandler)
-	db, err := Open(root, memstore.New(), logger)
+	db, err := Open(root, memstore.New())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	second, err := Open(root, memstore.New(), logger)
+	second, err := Open(root, memstore.New())
 	if err == nil {
 		second.Close()
 		t.Fatal("a second Open on the same root succeeded; two metadata services would share meta.db")
@@ -33,8 +31,7 @@ func TestOpenTwiceOnTheSameRootFails(t *testing.T) {
 
 func TestOpenKeepsRecordsAcrossRestarts(t *testing.T) {
 	root := t.TempDir()
-	logger := slog.New(slog.DiscardHandler)
-	db, err := Open(root, memstore.New(), logger)
+	db, err := Open(root, memstore.New())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +41,7 @@ func TestOpenKeepsRecordsAcrossRestarts(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err = Open(root, memstore.New(), logger)
+	db, err = Open(root, memstore.New())
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
@@ -57,8 +54,7 @@ func TestOpenKeepsRecordsAcrossRestarts(t *testing.T) {
 
 func TestOpenRefusesAnotherSchemaVersion(t *testing.T) {
 	root := t.TempDir()
-	logger := slog.New(slog.DiscardHandler)
-	db, err := Open(root, memstore.New(), logger)
+	db, err := Open(root, memstore.New())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +65,7 @@ func TestOpenRefusesAnotherSchemaVersion(t *testing.T) {
 	}
 	db.Close()
 
-	db, err = Open(root, memstore.New(), logger)
+	db, err = Open(root, memstore.New())
 	if err == nil {
 		db.Close()
 		t.Fatal("Open accepted a meta.db of a newer schema version")
@@ -79,7 +75,7 @@ func TestOpenRefusesAnotherSchemaVersion(t *testing.T) {
 	}
 	// The refused Open released the file: a later one gets the same answer,
 	// not a lock timeout.
-	_, err = Open(root, memstore.New(), logger)
+	_, err = Open(root, memstore.New())
 	if err == nil || strings.Contains(err.Error(), "another process") {
 		t.Errorf("Open after a refused Open: %v; want the schema error again", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/metadata/gc"
 )
 
@@ -55,9 +56,9 @@ func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
 	// Snapshotters are swept outside the collector's lock, which writes
 	// wait for: each sweep takes its snapshotter's own lock and reads what
 	// to keep afresh, and a hung snapshotter must not hold up a write.
-	st.BackendSnapshots = db.sweepSnapshotters()
+	st.BackendSnapshots = db.sweepSnapshotters(ctx)
 	st.Duration = time.Since(start)
-	db.logger.Debug("garbage collection", "blobs", st.Blobs, "ingests", st.Ingests, "leases", st.Leases, "snapshots", st.Snapshots, "backend_snapshots", st.BackendSnapshots,
+	logging.G(ctx).Debug("garbage collection", "blobs", st.Blobs, "ingests", st.Ingests, "leases", st.Leases, "snapshots", st.Snapshots, "backend_snapshots", st.BackendSnapshots,
 		"backend_blobs", st.BackendBlobs, "backend_ingests", st.BackendIngests, "duration", st.Duration)
 	return st, nil
 }
@@ -452,8 +453,9 @@ const sweepWait = 2 * time.Second
 // sweepSnapshotters removes from each snapshotter the snapshots no record
 // names, each snapshotter on its own: a hung one delays nobody else, and
 // since what remains to remove is read from the snapshotter each time,
-// nothing is forgotten when a sweep gives up.
-func (db *DB) sweepSnapshotters() int {
+// nothing is forgotten when a sweep gives up. A sweep logs through ctx, which
+// it may outlive.
+func (db *DB) sweepSnapshotters(ctx context.Context) int {
 	db.snapMu.RLock()
 	backends := make([]*backend, 0, len(db.backends))
 	for _, b := range db.backends {
@@ -468,13 +470,14 @@ func (db *DB) sweepSnapshotters() int {
 			continue // the previous sweep of this one is still going
 		}
 		wg.Add(1)
+		ctx := logging.With(ctx, "snapshotter", b.name)
 		go func() {
 			defer wg.Done()
 			defer b.sweeping.Store(false)
 			n, err := db.sweepSnapshotter(b)
 			removed.Add(int64(n))
 			if err != nil {
-				db.logger.Warn("snapshotter sweep stopped; the next collection resumes it", "snapshotter", b.name, "removed", n, "error", err)
+				logging.G(ctx).Warn("snapshotter sweep stopped; the next collection resumes it", "removed", n, "error", err)
 				return
 			}
 			db.cleanupSnapshotter(b, n)
@@ -577,10 +580,10 @@ func (db *DB) cleanupSnapshotter(b *backend, removed int) {
 	err := c.Cleanup(ctx)
 	switch {
 	case err == nil:
-		db.logger.Debug("snapshotter cleaned up", "snapshotter", b.name, "removed", removed, "duration", time.Since(start))
+		logging.G(ctx).Debug("snapshotter cleaned up", "snapshotter", b.name, "removed", removed, "duration", time.Since(start))
 	case errdefs.IsNotImplemented(err):
 	default:
-		db.logger.Warn("snapshotter cleanup failed; the next collection asks again", "snapshotter", b.name, "error", err)
+		logging.G(ctx).Warn("snapshotter cleanup failed; the next collection asks again", "snapshotter", b.name, "error", err)
 		b.cleaned.Store(false)
 	}
 }

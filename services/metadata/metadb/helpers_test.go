@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -23,7 +22,7 @@ import (
 func newTestDB(t *testing.T) (*DB, *memstore.Store) {
 	t.Helper()
 	be := memstore.New()
-	db, err := Open(t.TempDir(), be, slog.New(slog.DiscardHandler))
+	db, err := Open(t.TempDir(), be)
 	if err != nil {
 		t.Fatalf("open meta.db: %v", err)
 	}

@@ -3,7 +3,6 @@ package metadb
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"sync/atomic"
 	"testing"
 
@@ -41,7 +40,7 @@ func (w *statusCountingWriter) Status() (content.Status, error) {
 
 func TestWriterAsksTheContentServiceForItsStatusOnlyAfterAChange(t *testing.T) {
 	be := &statusCounting{Store: memstore.New()}
-	db, err := Open(t.TempDir(), be, slog.New(slog.DiscardHandler))
+	db, err := Open(t.TempDir(), be)
 	if err != nil {
 		t.Fatal(err)
 	}

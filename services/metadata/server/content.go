@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"log/slog"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	api "github.com/containerd/containerd/api/services/content/v1"
@@ -23,8 +22,8 @@ type Content struct {
 	pub *Publisher
 }
 
-func newContent(db *metadb.DB, pub *Publisher, logger *slog.Logger) *Content {
-	return &Content{Service: contentserver.New(db.Content(), logger), pub: pub}
+func newContent(db *metadb.DB, pub *Publisher) *Content {
+	return &Content{Service: contentserver.New(db.Content()), pub: pub}
 }
 
 func (s *Content) Register(srv grpc.ServiceRegistrar) { api.RegisterContentServer(srv, s) }

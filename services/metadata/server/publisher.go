@@ -2,13 +2,14 @@ package server
 
 import (
 	"context"
-	"log/slog"
 	"time"
 
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Publisher sends events to the gateway's exchange. Publishing never holds
@@ -16,7 +17,6 @@ import (
 // restarting gateway costs dropped events, logged, never a stuck API.
 type Publisher struct {
 	client eventsapi.EventsClient
-	logger *slog.Logger
 	queue  chan event
 	done   chan struct{}
 }
@@ -32,14 +32,15 @@ type event struct {
 const publishQueue = 1024
 
 // NewPublisher publishes through client; a nil client discards events (a
-// metadata service started by hand, without a gateway).
-func NewPublisher(client eventsapi.EventsClient, logger *slog.Logger) *Publisher {
-	p := &Publisher{client: client, logger: logger, queue: make(chan event, publishQueue), done: make(chan struct{})}
+// metadata service started by hand, without a gateway). What the sending
+// goroutine has to say is logged through ctx.
+func NewPublisher(ctx context.Context, client eventsapi.EventsClient) *Publisher {
+	p := &Publisher{client: client, queue: make(chan event, publishQueue), done: make(chan struct{})}
 	if client == nil {
 		close(p.done)
 		return p
 	}
-	go p.run()
+	go p.run(ctx)
 	return p
 }
 
@@ -50,7 +51,8 @@ func (p *Publisher) Publish(ctx context.Context, topic string, body any, fallbac
 		return
 	}
 	ns, ok := namespaces.Namespace(ctx)
-	if !ok || ns == "" {
+	fellBack := !ok || ns == ""
+	if fellBack {
 		ns = fallback
 	}
 	// The event outlives the call, but keeps its trace.
@@ -58,24 +60,29 @@ func (p *Publisher) Publish(ctx context.Context, topic string, body any, fallbac
 	select {
 	case p.queue <- ev:
 	default:
-		p.logger.Warn("event dropped: queue full", "topic", topic, "namespace", ns)
+		// The call's logger names the call's namespace, not a fallback.
+		log := logging.G(ctx)
+		if fellBack {
+			log = log.With("namespace", ns)
+		}
+		log.Warn("event dropped: queue full", "topic", topic)
 	}
 }
 
-func (p *Publisher) run() {
+func (p *Publisher) run(ctx context.Context) {
 	defer close(p.done)
 	for ev := range p.queue {
 		any, err := typeurl.MarshalAnyToProto(ev.body)
 		if err != nil {
-			p.logger.Error("event not encodable", "topic", ev.topic, "error", err)
+			logging.G(ctx).Error("event not encodable", "topic", ev.topic, "error", err)
 			continue
 		}
-		ctx := metadata.NewOutgoingContext(ev.ctx, metadata.Pairs(namespaces.GRPCHeader, ev.ns))
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err = p.client.Publish(ctx, &eventsapi.PublishRequest{Topic: ev.topic, Event: any})
+		pctx := metadata.NewOutgoingContext(ev.ctx, metadata.Pairs(namespaces.GRPCHeader, ev.ns))
+		pctx, cancel := context.WithTimeout(pctx, 5*time.Second)
+		_, err = p.client.Publish(pctx, &eventsapi.PublishRequest{Topic: ev.topic, Event: any})
 		cancel()
 		if err != nil {
-			p.logger.Warn("event not published", "topic", ev.topic, "namespace", ev.ns, "error", err)
+			logging.G(ctx).Warn("event not published", "topic", ev.topic, "namespace", ev.ns, "error", err)
 		}
 	}
 }

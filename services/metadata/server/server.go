@@ -4,8 +4,6 @@
 package server
 
 import (
-	"log/slog"
-
 	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/snapshotserver"
@@ -24,14 +22,14 @@ var Routes = []string{
 }
 
 // Register returns a function that adds every API over db to a server.
-func Register(db *metadb.DB, pub *Publisher, logger *slog.Logger) func(grpc.ServiceRegistrar) {
+func Register(db *metadb.DB, pub *Publisher) func(grpc.ServiceRegistrar) {
 	return func(srv grpc.ServiceRegistrar) {
 		(&Namespaces{db: db, pub: pub}).Register(srv)
 		(&Images{db: db, pub: pub}).Register(srv)
 		(&Leases{db: db}).Register(srv)
 		(&Containers{db: db, pub: pub}).Register(srv)
-		newContent(db, pub, logger).Register(srv)
+		newContent(db, pub).Register(srv)
 		(&Ingests{store: db.Content(), pub: pub}).Register(srv)
-		snapshotserver.NewPicking(pickSnapshotter(db, pub), logger).Register(srv)
+		snapshotserver.NewPicking(pickSnapshotter(db, pub)).Register(srv)
 	}
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/klauspost/pgzip"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Compare writes the changes from lower to upper as a layer into the
@@ -101,7 +103,7 @@ func (s *Service) writeDiff(ctx context.Context, lowerRoot, upperRoot string, cf
 		cw.Close()
 		if cfg.Reference == "" {
 			if err := s.content.Abort(ctx, ref); err != nil && !errdefs.IsNotFound(err) {
-				s.log.WarnContext(ctx, "abandoned diff upload not removed", "ref", ref, "error", err)
+				logging.G(ctx).Warn("abandoned diff upload not removed", "ref", ref, "error", err)
 			}
 		}
 	}()

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
 	"time"
 
@@ -28,6 +27,8 @@ import (
 	"github.com/containerd/errdefs"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Content is the part of a content store the Diff service uses: reading
@@ -52,7 +53,6 @@ type Streamer interface {
 // diff.Applier and diff.Comparer.
 type Service struct {
 	content Content
-	log     *slog.Logger
 }
 
 var (
@@ -61,11 +61,8 @@ var (
 )
 
 // New returns a Diff service reading and writing layers through cs.
-func New(cs Content, logger *slog.Logger) *Service {
-	if logger == nil {
-		logger = slog.Default()
-	}
-	return &Service{content: cs, log: logger}
+func New(cs Content) *Service {
+	return &Service{content: cs}
 }
 
 // Apply unpacks the layer desc onto mounts and returns the descriptor of
@@ -93,7 +90,7 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 		return ocispec.Descriptor{}, err
 	}
 	if len(cfg.ProcessorPayloads) > 0 {
-		s.log.DebugContext(ctx, "stream processor payloads ignored: no processor is needed for the layer's media type",
+		logging.G(ctx).Debug("stream processor payloads ignored: no processor is needed for the layer's media type",
 			"digest", desc.Digest, "media_type", desc.MediaType, "payloads", len(cfg.ProcessorPayloads))
 	}
 	if err := desc.Digest.Validate(); err != nil {
@@ -163,7 +160,7 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 		Digest:    tarStream.d.Digest(),
 		Size:      tarStream.n,
 	}
-	s.log.DebugContext(ctx, "layer applied", "digest", desc.Digest, "diff_id", applied.Digest,
+	logging.G(ctx).Debug("layer applied", "digest", desc.Digest, "diff_id", applied.Digest,
 		"media_type", desc.MediaType, "size", desc.Size, "duration", time.Since(start))
 	return applied, nil
 }

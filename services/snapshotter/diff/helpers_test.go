@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -169,7 +168,7 @@ func (w *memWriter) Commit(ctx context.Context, size int64, expected digest.Dige
 
 func newTestService(t testing.TB) (*Service, *memStore) {
 	cs := newMemStore()
-	return New(cs, slog.New(slog.NewTextHandler(io.Discard, nil))), cs
+	return New(cs), cs
 }
 
 // entry is one tar member for buildTar.

@@ -24,7 +24,6 @@ package driver
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +34,7 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/snapshotter/storage"
 )
 
@@ -63,7 +63,6 @@ type Snapshotter struct {
 	root   string
 	layout Layout
 	store  *storage.Store
-	logger *slog.Logger
 
 	// creating holds the temporary directories of creations in flight, so
 	// that Cleanup removes only those a crash left behind.
@@ -78,10 +77,7 @@ var (
 
 // New opens the snapshotter rooted at root. Temporary directories of
 // creations a crash interrupted are removed now: nothing can be using them.
-func New(root string, layout Layout, logger *slog.Logger) (*Snapshotter, error) {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
+func New(ctx context.Context, root string, layout Layout) (*Snapshotter, error) {
 	if err := os.MkdirAll(filepath.Join(root, "snapshots"), 0o700); err != nil {
 		return nil, fmt.Errorf("create snapshotter root: %w", err)
 	}
@@ -89,7 +85,7 @@ func New(root string, layout Layout, logger *slog.Logger) (*Snapshotter, error) 
 	if err != nil {
 		return nil, err
 	}
-	s := &Snapshotter{root: root, layout: layout, store: store, logger: logger, creating: map[string]struct{}{}}
+	s := &Snapshotter{root: root, layout: layout, store: store, creating: map[string]struct{}{}}
 	entries, err := os.ReadDir(s.snapshotsDir())
 	if err != nil {
 		store.Close()
@@ -97,7 +93,7 @@ func New(root string, layout Layout, logger *slog.Logger) (*Snapshotter, error) 
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), tempPrefix) {
-			s.removeDir(filepath.Join(s.snapshotsDir(), e.Name()))
+			s.removeDir(ctx, filepath.Join(s.snapshotsDir(), e.Name()))
 		}
 	}
 	return s, nil
@@ -115,9 +111,9 @@ func (s *Snapshotter) dirs(ids []string) []string {
 	return out
 }
 
-func (s *Snapshotter) removeDir(dir string) {
+func (s *Snapshotter) removeDir(ctx context.Context, dir string) {
 	if err := os.RemoveAll(dir); err != nil {
-		s.logger.Warn("remove snapshot directory; Cleanup will retry", "path", dir, "error", err)
+		logging.G(ctx).Warn("remove snapshot directory; Cleanup will retry", "path", dir, "error", err)
 	}
 }
 
@@ -240,7 +236,7 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		delete(s.creating, tmp)
 		s.mu.Unlock()
 		if tmp != "" {
-			s.removeDir(tmp)
+			s.removeDir(ctx, tmp)
 		}
 	}()
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -286,7 +282,7 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		if tmp == "" && snap.ID != "" {
 			// Renamed, but the transaction did not commit: the directory
 			// belongs to no snapshot.
-			s.removeDir(s.dir(snap.ID))
+			s.removeDir(ctx, s.dir(snap.ID))
 		}
 		return nil, err
 	}
@@ -368,7 +364,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	}); err != nil {
 		return err
 	}
-	s.removeDir(s.dir(id))
+	s.removeDir(ctx, s.dir(id))
 	return nil
 }
 
@@ -419,7 +415,7 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 		return err
 	}
 	for _, p := range orphans {
-		s.logger.Debug("removing orphan snapshot directory", "path", p)
+		logging.G(ctx).Debug("removing orphan snapshot directory", "path", p)
 		if err := os.RemoveAll(p); err != nil {
 			return fmt.Errorf("remove orphan %s: %w", p, err)
 		}

@@ -17,7 +17,7 @@ import (
 
 func open(t *testing.T, root string) *driver.Snapshotter {
 	t.Helper()
-	s, err := native.New(root, nil)
+	s, err := native.New(context.Background(), root)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,26 +10,21 @@ package native
 import (
 	"context"
 	"fmt"
-	"log/slog"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/continuity/fs"
 
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/snapshotter/driver"
 )
 
 // New opens the native snapshotter rooted at root.
-func New(root string, logger *slog.Logger) (*driver.Snapshotter, error) {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	return driver.New(root, &layout{logger: logger}, logger)
+func New(ctx context.Context, root string) (*driver.Snapshotter, error) {
+	return driver.New(ctx, root, &layout{})
 }
 
-type layout struct {
-	logger *slog.Logger
-}
+type layout struct{}
 
 func (l *layout) UsageDir(dir string) string { return dir }
 
@@ -41,7 +36,7 @@ func (l *layout) Populate(ctx context.Context, dir string, kind snapshots.Kind, 
 	// some, trusted.* without privilege) must not make the copy fail, as
 	// they do not in containerd's native snapshotter either.
 	skipXattr := func(dst, src, key string, err error) error {
-		l.logger.Debug("xattr not copied", "path", dst, "xattr", key, "error", err)
+		logging.G(ctx).Debug("xattr not copied", "path", dst, "xattr", key, "error", err)
 		return nil
 	}
 	if err := fs.CopyDir(dir, parents[0], fs.WithXAttrErrorHandler(skipXattr)); err != nil {

@@ -26,7 +26,6 @@ package overlay
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -40,6 +39,7 @@ import (
 	"github.com/moby/sys/userns"
 	"golang.org/x/sys/unix"
 
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/snapshotter/driver"
 )
 
@@ -59,10 +59,7 @@ type Snapshotter struct {
 
 // New opens the overlayfs snapshotter rooted at root, checking first that
 // overlayfs works there and deciding which mount options the kernel needs.
-func New(root string, opts Options, logger *slog.Logger) (*Snapshotter, error) {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
+func New(ctx context.Context, root string, opts Options) (*Snapshotter, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
@@ -74,7 +71,7 @@ func New(root string, opts Options, logger *slog.Logger) (*Snapshotter, error) {
 		return nil, fmt.Errorf("%s does not support d_type, which overlayfs needs (an xfs formatted without ftype=1?): use the native driver: %w", root, errdefs.ErrNotImplemented)
 	}
 	options := append([]string(nil), opts.MountOptions...)
-	if !hasOption(options, "userxattr") && needsUserXattr(root, logger) {
+	if !hasOption(options, "userxattr") && needsUserXattr(ctx, root) {
 		options = append(options, "userxattr")
 	}
 	// index=on (some distributions' default) makes a lower layer unusable
@@ -87,11 +84,11 @@ func New(root string, opts Options, logger *slog.Logger) (*Snapshotter, error) {
 	if err := probe(root, options); err != nil {
 		return nil, fmt.Errorf("overlayfs is not usable on %s (%w); the native driver works on any filesystem", root, err)
 	}
-	d, err := driver.New(root, &layout{options: options}, logger)
+	d, err := driver.New(ctx, root, &layout{options: options})
 	if err != nil {
 		return nil, err
 	}
-	logger.Info("overlayfs snapshotter ready", "root", root, "mount_options", options)
+	logging.G(ctx).Info("overlayfs snapshotter ready", "root", root, "mount_options", options)
 	return &Snapshotter{Snapshotter: d, options: options}, nil
 }
 
@@ -222,7 +219,7 @@ func supportsIndex() bool {
 // reach, and kernels from 5.11 can use user.* instead. tmpfs has no user.*
 // xattrs (before 6.6), and a kernel that does not know the option refuses
 // the probe mount.
-func needsUserXattr(root string, logger *slog.Logger) bool {
+func needsUserXattr(ctx context.Context, root string) bool {
 	if !userns.RunningInUserNS() {
 		return false
 	}
@@ -231,7 +228,7 @@ func needsUserXattr(root string, logger *slog.Logger) bool {
 		return false
 	}
 	if err := probe(root, []string{"userxattr"}); err != nil {
-		logger.Debug("overlayfs does not take userxattr here", "error", err)
+		logging.G(ctx).Debug("overlayfs does not take userxattr here", "error", err)
 		return false
 	}
 	return true

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	task "github.com/containerd/containerd/api/runtime/task/v3"
@@ -27,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/tasks/shim"
 )
 
@@ -39,13 +39,12 @@ type Tasks struct {
 	api.UnimplementedTasksServer
 	shims      *shim.Manager
 	containers containersapi.ContainersClient
-	logger     *slog.Logger
 }
 
 // New serves the tasks of shims; containers is where container records are
 // read from.
-func New(shims *shim.Manager, containers containersapi.ContainersClient, logger *slog.Logger) *Tasks {
-	return &Tasks{shims: shims, containers: containers, logger: logger}
+func New(shims *shim.Manager, containers containersapi.ContainersClient) *Tasks {
+	return &Tasks{shims: shims, containers: containers}
 }
 
 // Register adds the Tasks API to srv, and Introspection's PluginInfo of
@@ -220,7 +219,7 @@ func (s *Tasks) List(ctx context.Context, r *api.ListTasksRequest) (*api.ListTas
 		cancel()
 		if err != nil {
 			if !errdefs.IsNotFound(err) { // NotFound: deleted meanwhile
-				s.logger.Warn("task state", "task", t.ID, "namespace", ns, "error", err)
+				logging.G(ctx).Warn("task state", "task", t.ID, "error", err)
 			}
 			continue
 		}
@@ -346,7 +345,7 @@ func (s *Tasks) Metrics(ctx context.Context, r *api.MetricsRequest) (*api.Metric
 		cancel()
 		if err != nil {
 			if !errdefs.IsNotFound(err) {
-				s.logger.Warn("task metrics", "task", t.ID, "namespace", ns, "error", err)
+				logging.G(ctx).Warn("task metrics", "task", t.ID, "error", err)
 			}
 			continue
 		}

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/services/tasks/shim"
 )
@@ -175,6 +176,9 @@ type harness struct {
 	stop       func()
 	rootfs     string
 	ctx        context.Context
+	// logs carries the logger of the tasks service under test, as its
+	// process's context does.
+	logs context.Context
 }
 
 func newHarness(t *testing.T) *harness {
@@ -194,6 +198,7 @@ func newHarness(t *testing.T) *harness {
 		ctx:        namespaces.WithNamespace(context.Background(), testNS),
 	}
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.logs = logging.WithLogger(context.Background(), logger)
 	gw := filepath.Join(sock, "gw.sock")
 	gsrv := rpc.NewServer(logger)
 	containersapi.RegisterContainersServer(gsrv, h.containers)
@@ -228,7 +233,6 @@ func newHarness(t *testing.T) *harness {
 		RuncRoot:  filepath.Join(sock, "runc"),
 		Debug:     os.Getenv("FLOTILLA_SHIM_DEBUG") != "",
 		BinDir:    filepath.Dir(binary),
-		Logger:    logger,
 	}
 	h.rootfs = busyboxRootfs(t)
 	h.start(containersapi.NewContainersClient(gwc), filepath.Join(sock, "tasks.sock"))
@@ -239,12 +243,12 @@ func newHarness(t *testing.T) *harness {
 // directory, served on socket.
 func (h *harness) start(containers containersapi.ContainersClient, socket string) {
 	t := h.t
-	h.manager = shim.NewManager(h.cfg, Publisher(h.gwConn, h.cfg.Logger))
-	if err := h.manager.Load(context.Background()); err != nil {
+	h.manager = shim.NewManager(h.logs, h.cfg, Publisher(h.gwConn))
+	if err := h.manager.Load(h.logs); err != nil {
 		t.Fatal(err)
 	}
-	srv := rpc.NewServer(h.cfg.Logger)
-	New(h.manager, containers, h.cfg.Logger).Register(srv)
+	srv := rpc.NewServer(logging.G(h.logs))
+	New(h.manager, containers).Register(srv)
 	l, err := rpc.Listen(socket)
 	if err != nil {
 		t.Fatal(err)

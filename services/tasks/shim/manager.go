@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +25,8 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Version is the containerd version shims are told they are started by:
@@ -72,7 +73,9 @@ type CreateOpts struct {
 type Manager struct {
 	cfg     Config
 	publish Publisher
-	logger  *slog.Logger
+	// ctx is what the manager's own work logs through: shim log copiers,
+	// and the cleanups after deletions and lost shims.
+	ctx context.Context
 
 	mu sync.Mutex
 	// tasks maps namespace, then id, to its task; a nil task is one being
@@ -94,14 +97,18 @@ const deleteGrace = 20 * time.Millisecond
 
 // NewManager builds a manager; publish (may be nil) receives the exit and
 // delete events of tasks whose shim died, which no shim is left to send.
-func NewManager(cfg Config, publish Publisher) *Manager {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
+// What the manager does on its own, beyond any call (copying shim logs,
+// cleaning up after shims), logs through ctx.
+func NewManager(ctx context.Context, cfg Config, publish Publisher) *Manager {
 	if publish == nil {
 		publish = func(context.Context, string, string, any) {}
 	}
-	return &Manager{cfg: cfg, publish: publish, logger: cfg.Logger, tasks: map[string]map[string]*Task{}, deleting: map[taskKey]chan struct{}{}}
+	return &Manager{cfg: cfg, publish: publish, ctx: ctx, tasks: map[string]map[string]*Task{}, deleting: map[taskKey]chan struct{}{}}
+}
+
+// taskCtx is the manager's context, naming a task in what it logs.
+func (m *Manager) taskCtx(ns, id string) context.Context {
+	return logging.With(m.ctx, "task", id, "namespace", ns)
 }
 
 // ResolveRuntime finds the shim binary of a runtime: a path is taken as it
@@ -157,6 +164,7 @@ func (m *Manager) Create(ctx context.Context, ns, id string, opts CreateOpts) (_
 			m.release(ns, id, nil)
 		}
 	}()
+	ctx = logging.With(ctx, "task", id) // the call's logger names the namespace
 	binary, err := m.ResolveRuntime(opts.Runtime)
 	if err != nil {
 		return nil, 0, err
@@ -175,7 +183,7 @@ func (m *Manager) Create(ctx context.Context, ns, id string, opts CreateOpts) (_
 	defer func() {
 		if err != nil {
 			if derr := b.Delete(); derr != nil {
-				m.logger.Error("remove bundle of failed task", "task", id, "namespace", ns, "error", derr)
+				logging.G(ctx).Error("remove bundle of failed task", "error", derr)
 			}
 		}
 	}()
@@ -183,15 +191,15 @@ func (m *Manager) Create(ctx context.Context, ns, id string, opts CreateOpts) (_
 	lost := func() { m.lost(t) }
 	var s *Shim
 	if params := m.groupShim(ns, id, binary, opts.Spec); params != nil {
-		if s, err = join(ctx, &m.cfg, b, binary, params, lost); err != nil {
+		if s, err = join(ctx, m.taskCtx(ns, id), &m.cfg, b, binary, params, lost); err != nil {
 			// The group's shim went away meanwhile: start answers as it
 			// always does (a new shim, or the error).
-			m.logger.Debug("join shim of the task's group", "task", id, "namespace", ns, "address", params.Address, "error", err)
+			logging.G(ctx).Debug("join shim of the task's group", "address", params.Address, "error", err)
 			s = nil
 		}
 	}
 	if s == nil {
-		if s, err = start(ctx, &m.cfg, b, binary, opts.Options, lost); err != nil {
+		if s, err = start(ctx, m.taskCtx(ns, id), &m.cfg, b, binary, opts.Options, lost); err != nil {
 			return nil, 0, fmt.Errorf("start shim: %w", err)
 		}
 	}
@@ -278,21 +286,21 @@ func withRuncRoot(a *anypb.Any, root string) (*anypb.Any, error) {
 }
 
 // cleanupStarted tears down the shim of a task that failed to be created;
-// the caller removes the bundle.
+// the caller removes the bundle. ctx names the task in what it logs.
 func (m *Manager) cleanupStarted(ctx context.Context, t *Task) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if _, err := t.shim.Task().Delete(ctx, &task.DeleteRequest{ID: t.ID}); err != nil && !errdefs.IsNotFound(err) {
-		m.logger.Warn("delete failed task in shim", "task", t.ID, "error", err)
+		logging.G(ctx).Warn("delete failed task in shim", "error", err)
 	}
 	if err := t.shim.Shutdown(ctx); err != nil {
-		m.logger.Warn("shut down shim of failed task", "task", t.ID, "error", err)
+		logging.G(ctx).Warn("shut down shim of failed task", "error", err)
 	}
 	// The shim may have died halfway (its runc container left behind) or
 	// not answer: its binary cleans up either way, as it would after a
 	// crash.
 	if _, err := runDelete(ctx, &m.cfg, t.Bundle, t.Runtime); err != nil {
-		m.logger.Warn("shim delete of failed task", "task", t.ID, "error", err)
+		logging.G(ctx).Warn("shim delete of failed task", "error", err)
 	}
 }
 
@@ -403,6 +411,7 @@ func (m *Manager) Delete(ctx context.Context, ns, id string) (*task.DeleteRespon
 	if err != nil {
 		return nil, err
 	}
+	ctx = logging.With(ctx, "task", id) // the call's logger names the namespace
 	m.awaitExitRecorded(ctx, t)
 	resp, shimErr := t.shim.Task().Delete(ctx, &task.DeleteRequest{ID: id})
 	gone := errors.Is(shimErr, ttrpc.ErrClosed)
@@ -423,18 +432,18 @@ func (m *Manager) Delete(ctx context.Context, ns, id string) (*task.DeleteRespon
 		return nil, fmt.Errorf("task %s: %w", id, errdefs.ErrNotFound)
 	}
 	if err := t.shim.Shutdown(ctx); err != nil {
-		m.logger.Warn("shut down shim", "task", id, "namespace", ns, "error", err)
+		logging.G(ctx).Warn("shut down shim", "error", err)
 	}
 	if gone {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		resp, err = runDelete(dctx, &m.cfg, t.Bundle, t.Runtime)
 		cancel()
 		if err != nil {
-			m.logger.Warn("shim delete", "task", id, "namespace", ns, "error", err)
+			logging.G(ctx).Warn("shim delete", "error", err)
 		}
 	}
 	if err := t.Bundle.Delete(); err != nil {
-		m.logger.Error("remove bundle", "task", id, "namespace", ns, "error", err)
+		logging.G(ctx).Error("remove bundle", "error", err)
 	}
 	if resp == nil {
 		return nil, shimErr
@@ -453,19 +462,19 @@ func (m *Manager) finishDelete(t *Task, done chan struct{}) {
 		close(done)
 	}()
 	time.Sleep(deleteGrace)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(m.taskCtx(t.Namespace, t.ID)), 10*time.Second)
 	defer cancel()
 	if m.shimShared(t) {
 		// The shim stays for the other tasks: waiting for it to exit
 		// would hold this task's id for nothing.
 		if err := t.shim.Leave(ctx); err != nil {
-			m.logger.Warn("leave shared shim", "task", t.ID, "namespace", t.Namespace, "error", err)
+			logging.G(ctx).Warn("leave shared shim", "error", err)
 		}
 	} else if err := t.shim.Shutdown(ctx); err != nil {
-		m.logger.Warn("shut down shim", "task", t.ID, "namespace", t.Namespace, "error", err)
+		logging.G(ctx).Warn("shut down shim", "error", err)
 	}
 	if err := t.Bundle.Delete(); err != nil {
-		m.logger.Error("remove bundle", "task", t.ID, "namespace", t.Namespace, "error", err)
+		logging.G(ctx).Error("remove bundle", "error", err)
 	}
 }
 
@@ -523,17 +532,20 @@ func (m *Manager) lost(t *Task) {
 	if ok, _ := m.take(t, false); !ok {
 		return
 	}
-	m.logger.Warn("shim disconnected", "task", t.ID, "namespace", t.Namespace)
-	go m.cleanupDead(t.Namespace, t.ID, t.Bundle, t.Runtime)
+	ctx := m.taskCtx(t.Namespace, t.ID)
+	logging.G(ctx).Warn("shim disconnected")
+	go m.cleanupDead(ctx, t.Namespace, t.ID, t.Bundle, t.Runtime)
 }
 
-func (m *Manager) cleanupDead(ns, id string, b *Bundle, binary string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// cleanupDead cleans up after the shim of a task that is gone; ctx names the
+// task in what it logs.
+func (m *Manager) cleanupDead(ctx context.Context, ns, id string, b *Bundle, binary string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	exit := &task.DeleteResponse{ExitStatus: 255, ExitedAt: timestamppb.Now()}
 	if binary != "" {
 		if resp, err := runDelete(ctx, &m.cfg, b, binary); err != nil {
-			m.logger.Warn("shim delete after disconnect", "task", id, "namespace", ns, "error", err)
+			logging.G(ctx).Warn("shim delete after disconnect", "error", err)
 		} else {
 			exit = resp
 		}
@@ -542,7 +554,7 @@ func (m *Manager) cleanupDead(ns, id string, b *Bundle, binary string) {
 	// does not either (containerd leaves it too): nothing may stay behind.
 	removeShimSocket(b)
 	if err := b.Delete(); err != nil {
-		m.logger.Error("remove bundle", "task", id, "namespace", ns, "error", err)
+		logging.G(ctx).Error("remove bundle", "error", err)
 	}
 	m.publish(ctx, ns, "/tasks/exit", &eventstypes.TaskExit{
 		ContainerID: id, ID: id, Pid: exit.Pid, ExitStatus: exit.ExitStatus, ExitedAt: exit.ExitedAt,
@@ -574,7 +586,7 @@ func (m *Manager) Load(ctx context.Context) error {
 		}
 		ids, err := os.ReadDir(filepath.Join(m.cfg.State, ns))
 		if err != nil {
-			m.logger.Error("read bundles", "namespace", ns, "error", err)
+			logging.G(ctx).Error("read bundles", "namespace", ns, "error", err)
 			continue
 		}
 		var wg sync.WaitGroup
@@ -590,7 +602,7 @@ func (m *Manager) Load(ctx context.Context) error {
 			}
 			b, err := LoadBundle(m.cfg.Root, m.cfg.State, ns, id)
 			if err != nil {
-				m.logger.Error("bundle with a bad name", "namespace", ns, "id", id, "error", err)
+				logging.G(ctx).Error("bundle with a bad name", "namespace", ns, "id", id, "error", err)
 				continue
 			}
 			wg.Add(1)
@@ -606,7 +618,8 @@ func (m *Manager) Load(ctx context.Context) error {
 }
 
 func (m *Manager) loadTask(ctx context.Context, b *Bundle) {
-	logger := m.logger.With("task", b.ID, "namespace", b.Namespace)
+	ctx = logging.With(ctx, "task", b.ID, "namespace", b.Namespace)
+	logger := logging.G(ctx)
 	binary, _ := readBinaryPath(b)
 	if _, err := os.Stat(filepath.Join(b.Path, bootstrapFile)); err != nil {
 		// The tasks process died while creating this task; nobody was
@@ -627,11 +640,11 @@ func (m *Manager) loadTask(ctx context.Context, b *Bundle) {
 		return
 	}
 	t := &Task{ID: b.ID, Namespace: b.Namespace, Bundle: b, Runtime: binary}
-	s, err := load(&m.cfg, b, func() { m.lost(t) })
+	s, err := load(m.taskCtx(b.Namespace, b.ID), &m.cfg, b, func() { m.lost(t) })
 	if err != nil {
 		m.release(b.Namespace, b.ID, nil)
 		logger.Warn("shim is gone, cleaning up", "error", err)
-		m.cleanupDead(b.Namespace, b.ID, b, binary)
+		m.cleanupDead(ctx, b.Namespace, b.ID, b, binary)
 		return
 	}
 	t.shim = s

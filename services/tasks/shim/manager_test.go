@@ -58,7 +58,7 @@ func TestResolveRuntimeFindsShimInBinDirThenPath(t *testing.T) {
 	inBin := write(bin, "containerd-shim-runc-v2")
 	inPath := write(path, "containerd-shim-other-v1")
 	t.Setenv("PATH", path)
-	m := NewManager(Config{BinDir: bin}, nil)
+	m := NewManager(t.Context(), Config{BinDir: bin}, nil)
 	for _, c := range []struct{ runtime, want string }{
 		{"", inBin},
 		{"io.containerd.runc.v2", inBin},
@@ -96,7 +96,7 @@ func TestLoadClearsBundlesOfTasksNeverCreated(t *testing.T) {
 	if err := os.MkdirAll(orphan, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	m := NewManager(Config{Root: root, State: state}, nil)
+	m := NewManager(t.Context(), Config{Root: root, State: state}, nil)
 	if err := m.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestLoadCleansUpAndReportsTasksWhoseShimIsGone(t *testing.T) {
 		body      any
 	}
 	var got []event
-	m := NewManager(Config{Root: root, State: state}, func(_ context.Context, ns, topic string, body any) {
+	m := NewManager(t.Context(), Config{Root: root, State: state}, func(_ context.Context, ns, topic string, body any) {
 		got = append(got, event{ns, topic, body})
 	})
 	if err := m.Load(context.Background()); err != nil {
@@ -186,7 +186,7 @@ func TestRuncRootIsSetOnlyWhereRuncOptionsNameNone(t *testing.T) {
 
 func TestGroupShimIsTheConnectedShimTheRuncShimWouldGroupATaskWith(t *testing.T) {
 	cfg := Config{Address: "/run/flotilla/flotilla.sock", SocketDir: "/run/flotilla/tasks/.s"}
-	m := NewManager(cfg, nil)
+	m := NewManager(t.Context(), cfg, nil)
 	const runc, other = "/bin/containerd-shim-runc-v2", "/bin/containerd-shim-other-v1"
 	live := func(ns, group string) *Shim {
 		return &Shim{params: &bootapi.BootstrapResult{Version: 3, Protocol: "ttrpc", Address: socketAddress(&cfg, ns, group)}, closed: make(chan struct{})}

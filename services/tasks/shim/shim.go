@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -28,6 +27,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Config is how shims are started and reached.
@@ -49,8 +50,7 @@ type Config struct {
 	// tasks whose runtime options name none; empty keeps runc's default.
 	RuncRoot string
 	// Debug asks shims for debug logs.
-	Debug  bool
-	Logger *slog.Logger
+	Debug bool
 }
 
 // Shim is a connection to one running shim process.
@@ -154,11 +154,12 @@ func (s *Shim) Leave(ctx context.Context) error {
 // start runs `<binary> start` in the bundle and connects to the shim it
 // leaves running. opts (the runtime options, may be nil) travel as a
 // bootstrap extension, as containerd sends them. lost is called (once, from
-// a goroutine of ttrpc) if the shim drops the connection.
-func start(ctx context.Context, cfg *Config, b *Bundle, binary string, opts *anypb.Any, lost func()) (_ *Shim, err error) {
+// a goroutine of ttrpc) if the shim drops the connection. The shim's log
+// lines go to the logger of logs, which outlives the call (see openLog).
+func start(ctx, logs context.Context, cfg *Config, b *Bundle, binary string, opts *anypb.Any, lost func()) (_ *Shim, err error) {
 	ctx, end := step(ctx, "shim.start")
 	defer func() { end(err) }()
-	logf, err := openLog(cfg, b)
+	logf, err := openLog(logs, b)
 	if err != nil {
 		return nil, err
 	}
@@ -219,10 +220,10 @@ func start(ctx context.Context, cfg *Config, b *Bundle, binary string, opts *any
 // other containers of a pod), without running the binary: that exec is a
 // Go process start, the largest part of creating a task in a pod. The
 // bundle ends up as start leaves it.
-func join(ctx context.Context, cfg *Config, b *Bundle, binary string, params *bootapi.BootstrapResult, lost func()) (_ *Shim, err error) {
+func join(ctx, logs context.Context, cfg *Config, b *Bundle, binary string, params *bootapi.BootstrapResult, lost func()) (_ *Shim, err error) {
 	ctx, end := step(ctx, "shim.join")
 	defer func() { end(err) }()
-	logf, err := openLog(cfg, b)
+	logf, err := openLog(logs, b)
 	if err != nil {
 		return nil, err
 	}
@@ -263,8 +264,9 @@ func attach(ctx context.Context, b *Bundle, binary string, result *bootapi.Boots
 	return s, nil
 }
 
-// load reconnects to the shim of an existing bundle.
-func load(cfg *Config, b *Bundle, lost func()) (*Shim, error) {
+// load reconnects to the shim of an existing bundle; its log lines go to the
+// logger of logs.
+func load(logs context.Context, cfg *Config, b *Bundle, lost func()) (*Shim, error) {
 	data, err := os.ReadFile(filepath.Join(b.Path, bootstrapFile))
 	if err != nil {
 		return nil, fmt.Errorf("shim address of %s: %w", b.ID, err)
@@ -277,7 +279,7 @@ func load(cfg *Config, b *Bundle, lost func()) (*Shim, error) {
 	if err != nil {
 		return nil, err
 	}
-	logf, err := openLog(cfg, b)
+	logf, err := openLog(logs, b)
 	if err != nil {
 		return nil, err
 	}
@@ -489,10 +491,11 @@ func shimError(ctx context.Context, binary, action string, stderr []byte, err er
 }
 
 // openLog opens (creating it if needed) the FIFO the shim writes its log
-// to, and copies its lines into the service log. It is opened read-write so
-// that the shim's open for writing never blocks and the reader never sees
-// end-of-file while the shim restarts its writer.
-func openLog(cfg *Config, b *Bundle) (*os.File, error) {
+// to, and copies its lines into the service log, through the logger of ctx
+// (the tasks manager's, naming the task) for as long as the FIFO is open. It
+// is opened read-write so that the shim's open for writing never blocks and
+// the reader never sees end-of-file while the shim restarts its writer.
+func openLog(ctx context.Context, b *Bundle) (*os.File, error) {
 	path := filepath.Join(b.Path, logFifo)
 	if err := unix.Mkfifo(path, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("shim log fifo: %w", err)
@@ -501,16 +504,12 @@ func openLog(cfg *Config, b *Bundle) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("shim log fifo: %w", err)
 	}
-	logger := cfg.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	logger = logger.With("task", b.ID, "namespace", b.Namespace)
-	go copyLog(f, logger)
+	go copyLog(ctx, f)
 	return f, nil
 }
 
-func copyLog(r io.Reader, logger *slog.Logger) {
+func copyLog(ctx context.Context, r io.Reader) {
+	logger := logging.G(ctx)
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {

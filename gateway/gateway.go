@@ -88,6 +88,9 @@ func (g *Gateway) SetService(s Service) error {
 			return err
 		}
 		g.router.SetFast(s.Name, s.Info.Exports["ttrpc"])
+		if fd := s.Info.Exports["blobfd"]; fd != "" {
+			g.router.SetBlobFD(fd)
+		}
 	}
 	return nil
 }

@@ -44,6 +44,10 @@ type Router struct {
 
 	ready     chan struct{}
 	readyOnce sync.Once
+
+	// blobFD is the content process's socket handing out blob files: a
+	// client's content Read is served from the file here (blobread.go).
+	blobFD atomic.Pointer[string]
 }
 
 type methodRoute struct {
@@ -545,6 +549,11 @@ func (r *Router) route(_ any, ss grpc.ServerStream) error {
 	if !ok {
 		return status.Error(codes.Internal, "no method in stream")
 	}
+	if method == contentread.Method {
+		if done, err := r.readFromFile(ss); done {
+			return err
+		}
+	}
 	svc := serviceOf(method)
 	be, target, err := r.acquireMethod(ss.Context(), svc, method)
 	if err != nil {
@@ -632,6 +641,11 @@ func (r *Router) forwardReading(ctx context.Context, ss grpc.ServerStream, be *b
 	}
 	first := append([]byte(nil), req.Bytes()...)
 	req.Free()
+	return r.forwardReadingRequest(ctx, ss, be, svc, method, target, first)
+}
+
+// forwardReadingRequest is forwardReading of a request already received.
+func (r *Router) forwardReadingRequest(ctx context.Context, ss grpc.ServerStream, be *backend, svc, method, target string, first []byte) error {
 	var resume *contentread.Resume
 	if method == contentread.Method {
 		var err error

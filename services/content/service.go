@@ -8,11 +8,14 @@ package content
 
 import (
 	"context"
+	"os"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"google.golang.org/grpc"
 
+	"github.com/flotilla-project/flotilla/pkg/blobfd"
 	"github.com/flotilla-project/flotilla/pkg/contentserver"
+	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/content/blobs"
@@ -46,7 +49,8 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		store.Close()
 		return nil, err
 	}
-	view := contentserver.New(namespaced.New(store, rpc.NewHybridConn(conn, service.TTRPCSocket(sock), p.CallTimeout())))
+	ns := namespaced.New(store, rpc.NewHybridConn(conn, service.TTRPCSocket(sock), p.CallTimeout()))
+	view := contentserver.New(ns)
 	raw := inst.Register
 	inst.Register = func(srv grpc.ServiceRegistrar) {
 		raw(srv)
@@ -56,7 +60,26 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	for _, m := range []string{"Read", "Write"} {
 		inst.MethodRoutes["/"+contentapi.Content_ServiceDesc.ServiceName+"/"+m] = "/" + NamespacedService + "/" + m
 	}
+	// Whoever moves a blob's bytes (the gateway for a client's Read, the
+	// applier for a layer) may take its file instead, once this process
+	// has asked metadata whether the namespace holds it.
+	fdSocket := blobfd.SocketFor(p.Env.Socket)
+	fl, err := rpc.Listen(fdSocket)
+	if err != nil {
+		conn.Close()
+		store.Close()
+		return nil, err
+	}
+	fdCtx, stopFD := context.WithCancel(ctx)
+	go func() {
+		if err := blobfd.Serve(fdCtx, fl, ns.OpenFile); err != nil {
+			logging.G(ctx).Error("blob file socket stopped", "error", err)
+		}
+	}()
+	inst.Exports["blobfd"] = fdSocket
 	inst.Close = func(context.Context) error {
+		stopFD()
+		_ = os.Remove(fdSocket)
 		conn.Close()
 		return store.Close()
 	}

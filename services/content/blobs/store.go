@@ -277,6 +277,19 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 	return nil
 }
 
+// OpenFile opens a committed blob's file for reading, to hand to another
+// process.
+func (s *Store) OpenFile(d digest.Digest) (*os.File, error) {
+	if err := validateDigest(d); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(s.blobPath(d))
+	if err != nil {
+		return nil, notFound(err, "content %s", d)
+	}
+	return f, nil
+}
+
 // ReaderAt opens a committed blob for reading.
 func (s *Store) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
 	if err := validateDigest(desc.Digest); err != nil {

@@ -15,6 +15,7 @@ package namespaced
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
@@ -83,6 +84,19 @@ func (s *Store) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.
 		return nil, err
 	}
 	return s.blobs.ReaderAt(ctx, desc)
+}
+
+// OpenFile opens the file of a blob the namespace holds, for a process that
+// reads it itself (pkg/blobfd).
+func (s *Store) OpenFile(ctx context.Context, dgst string) (*os.File, error) {
+	d, err := digest.Parse(dgst)
+	if err != nil {
+		return nil, fmt.Errorf("digest %q: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
+	if _, err := s.Info(ctx, d); err != nil {
+		return nil, err
+	}
+	return s.blobs.OpenFile(d)
 }
 
 // backendRef is the local ingest of a namespace's ref, as metadata names it

@@ -1,0 +1,127 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	api "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/flotilla-project/flotilla/pkg/blobfd"
+	"github.com/flotilla-project/flotilla/pkg/rpc"
+)
+
+// A client's content Read is served here from the blob's file, which the
+// content process hands over once metadata has said the namespace holds the
+// blob (pkg/blobfd): the bytes go from the file to the client's socket in
+// this process alone, as they do in containerd. Were they relayed from the
+// content process instead, every byte would be encoded, sent and decoded
+// once more. When the content process cannot be reached (a restart), the
+// Read takes the relayed path, which waits for it.
+
+// SetBlobFD records the content process's blob file socket.
+func (r *Router) SetBlobFD(path string) { r.blobFD.Store(&path) }
+
+// readChunk is the data of one Read response, as the content service sends.
+const readChunk = 1 << 20
+
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
+
+// readFromFile serves the Read on ss from the blob's file. done is false
+// when it sent nothing and the Read should be relayed instead.
+func (r *Router) readFromFile(ss grpc.ServerStream) (done bool, _ error) {
+	sock := r.blobFD.Load()
+	if sock == nil || *sock == "" {
+		return false, nil
+	}
+	frame := &rpc.Frame{}
+	if err := ss.RecvMsg(frame); err != nil {
+		return true, err
+	}
+	req := &api.ReadContentRequest{}
+	err := proto.Unmarshal(frame.Bytes(), req)
+	frame.Free()
+	if err != nil {
+		return true, status.Errorf(codes.InvalidArgument, "decode read request: %v", err)
+	}
+	ctx := ss.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	bctx := ctx
+	if ns := md.Get("containerd-namespace"); len(ns) > 0 {
+		bctx = namespaces.WithNamespace(bctx, ns[0])
+	}
+	if l := md.Get("containerd-lease"); len(l) > 0 {
+		bctx = leases.WithLease(bctx, l[0])
+	}
+	f, total, err := blobfd.Open(bctx, *sock, req.GetDigest())
+	if status.Code(err) == codes.Unavailable {
+		r.logger.Debug("blob file socket unreachable, relaying the read", "error", err)
+		return true, r.relayRead(ss, req)
+	}
+	if err != nil {
+		return true, rpc.Relayed(err)
+	}
+	defer f.Close()
+
+	offset := max(req.GetOffset(), 0)
+	if offset > total {
+		return true, status.Error(codes.OutOfRange, fmt.Sprintf("read of %s at %d past its %d bytes", req.GetDigest(), offset, total))
+	}
+	remaining := req.GetSize()
+	if remaining <= 0 || remaining > total-offset {
+		remaining = total - offset
+	}
+	bp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bp)
+	buf := *bp
+	for remaining > 0 {
+		n, err := f.ReadAt(buf[:min(remaining, int64(len(buf)))], offset)
+		if n > 0 {
+			// SendMsg encodes before it returns: buf is free after.
+			if serr := ss.SendMsg(&api.ReadContentResponse{Offset: offset, Data: buf[:n]}); serr != nil {
+				return true, serr
+			}
+			offset += int64(n)
+			remaining -= int64(n)
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) && remaining > 0 {
+				return true, rpc.Errors(fmt.Errorf("read of %s: blob shorter than its %d bytes: %w", req.GetDigest(), total, errdefs.ErrDataLoss))
+			}
+			if !errors.Is(err, io.EOF) {
+				return true, status.Errorf(codes.Internal, "read of %s: %v", req.GetDigest(), err)
+			}
+		}
+	}
+	return true, nil
+}
+
+// relayRead relays a Read whose request was already taken from ss to the
+// process that serves it, as route would have.
+func (r *Router) relayRead(ss grpc.ServerStream, req *api.ReadContentRequest) error {
+	method := "/containerd.services.content.v1.Content/Read"
+	be, target, err := r.acquireMethod(ss.Context(), serviceOf(method), method)
+	if err != nil {
+		return err
+	}
+	defer be.done()
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	in, _ := metadata.FromIncomingContext(ctx)
+	octx := metadata.NewOutgoingContext(ctx, forwardable(in))
+	b, err := proto.Marshal(req)
+	if err != nil {
+		return status.Errorf(codes.Internal, "encode read request: %v", err)
+	}
+	return rpc.Relayed(r.forwardReadingRequest(octx, ss, be, serviceOf(method), method, target, b))
+}

@@ -209,12 +209,23 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			Deps:          deps,
 			Log:           logOpts,
 			CallTimeoutMS: cfg.Timeouts.Call.Milliseconds(),
+			RouteWaitMS:   cfg.Timeouts.RouteWait.Milliseconds(),
 			MaxProcs:      cfg.ServiceProcs(name),
 			GOGC:          cfg.ServiceGOGC(name),
 			// Go collects harder as it nears the cgroup's limit, rather
 			// than have the kernel kill the process at it.
 			MemoryLimit: mem / 10 * 9,
 			Options:     options,
+		}
+	}
+
+	// reaches adds the sockets of the services e calls once serving; one
+	// disabled is left out, and calls for it fail.
+	reaches := func(deps map[string]string, e roster.Entry) {
+		for _, r := range e.Reaches {
+			if r != roster.Snapshotters && !cfg.Services[r].Disabled {
+				deps[r] = socket(r)
+			}
 		}
 	}
 
@@ -252,19 +263,18 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 				var deps map[string]string
 				if i == 0 {
 					// Layer apply reads and writes blobs in the content
-					// process directly, which asks metadata whether the
-					// caller's namespace may.
+					// process directly, once metadata said the caller's
+					// namespace may.
 					opts["serve_diff"] = true
+					deps = map[string]string{}
 					for _, r := range e.Requires {
 						if cfg.Services[r].Disabled {
 							continue
 						}
 						requires = append(requires, r)
-						if deps == nil {
-							deps = map[string]string{}
-						}
 						deps[r] = socket(r)
 					}
+					reaches(deps, e)
 				}
 				specs = append(specs, supervisor.Spec{Name: svc, Path: path, Args: args, Requires: requires, Env: env(svc, deps, opts), Limits: limits(cfg, svc)})
 			}
@@ -289,6 +299,7 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			requires = append(requires, r)
 			deps[r] = socket(r)
 		}
+		reaches(deps, e)
 		if sc.Address != "" {
 			// Waited for in its place in the graph, after what it
 			// requires, before what requires it; given its own
@@ -301,7 +312,7 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			return nil, err
 		}
 		ev := env(e.Name, deps, sc.Options)
-		if slices.Contains(e.Requires, roster.Snapshotters) {
+		if slices.Contains(e.Requires, roster.Snapshotters) || slices.Contains(e.Reaches, roster.Snapshotters) {
 			ev.Snapshotters = sockets
 		}
 		specs = append(specs, supervisor.Spec{Name: e.Name, Path: path, Args: args, Requires: requires, Env: ev, Limits: limits(cfg, e.Name)})

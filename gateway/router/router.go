@@ -308,10 +308,11 @@ func (r *Router) unaryCall(ctx context.Context, be *backend, svc, method string,
 	if err := r.waitReady(ctx, be, svc); err != nil {
 		return nil, nil, nil, err
 	}
-	// A call that only reads is made again when its service went away
-	// under it (a restart): the client sees latency, not an error.
+	// A call that may be made again (it only reads, or is idempotent, by
+	// its method's descriptor) is, when its service went away under it
+	// (a restart): the client sees latency, not an error.
 	var again []byte
-	if rpc.ReadOnly(method[strings.LastIndex(method, "/")+1:]) {
+	if rpc.Repeatable(method) {
 		again = append([]byte(nil), req.Bytes()...)
 	}
 	var header, trailer metadata.MD
@@ -486,7 +487,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	if kind == unary {
 		return r.forwardUnary(octx, ss, be, svc, method)
 	}
-	if kind == serverStream && rpc.ReadOnly(method[strings.LastIndex(method, "/")+1:]) {
+	if kind == serverStream && rpc.ReadOnly(method) {
 		return r.forwardReading(octx, ss, be, svc, method)
 	}
 

@@ -28,6 +28,11 @@ type Entry struct {
 	// Requires are the services that must serve before this one starts;
 	// Snapshotters stands for every snapshotter process.
 	Requires []string
+	// Reaches are the services it calls once serving, which need not
+	// serve before it starts (the snapshotter that applies layers starts
+	// before metadata, whose content store it writes). It is given their
+	// sockets, as those of what it requires, and calls each on its own.
+	Reaches []string
 	// External says the service may run outside flotillad, which is then
 	// given its address ([services.<name>] address) instead of starting it.
 	External bool
@@ -75,10 +80,12 @@ var Services = []Entry{
 	},
 	{
 		// One process per [snapshotters.<name>] Flotilla runs; the first
-		// also applies layers (the Diff API), reading blobs from content.
+		// also applies layers (the Diff API), reading blobs from content
+		// once metadata's namespaced store has said the caller may.
 		Name:           "snapshotter",
 		Build:          snapshotter.New,
 		Requires:       []string{"content"},
+		Reaches:        []string{"metadata"},
 		External:       true,
 		PerSnapshotter: true,
 		GOGC:           50,
@@ -108,6 +115,7 @@ var Services = []Entry{
 		Name:     "cri",
 		Build:    cri.New,
 		Requires: []string{"tasks"},
+		Reaches:  []string{"metadata", "content", Snapshotters},
 		External: true,
 		GOGC:     50,
 	},

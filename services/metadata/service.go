@@ -6,7 +6,6 @@ package metadata
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
@@ -15,10 +14,8 @@ import (
 	"github.com/containerd/containerd/v2/core/content/proxy"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	snproxy "github.com/containerd/containerd/v2/core/snapshots/proxy"
-	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/metrics"
-	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/metadata/gc"
 	"github.com/flotilla-project/flotilla/services/metadata/metadb"
@@ -46,17 +43,6 @@ func duration(name, v string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// hybrid makes unary calls to a Flotilla service over its ttrpc socket when
-// it has one; a remote snapshotter (any containerd proxy snapshotter) has
-// none and is reached over gRPC alone.
-func hybrid(conn *grpc.ClientConn, sock string, timeout time.Duration) grpc.ClientConnInterface {
-	fast := service.TTRPCSocket(sock)
-	if _, err := os.Stat(fast); err != nil {
-		return conn
-	}
-	return rpc.NewHybridConn(conn, fast, timeout)
-}
-
 // New builds the metadata service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	var opts options
@@ -71,14 +57,23 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := p.Dial("content")
+	graph, err := p.Graph()
 	if err != nil {
 		return nil, err
 	}
-	var conns []*grpc.ClientConn
-	db, err := metadb.Open(p.Env.Root, proxy.NewContentStore(contentapi.NewContentClient(hybrid(conn, p.Env.Deps["content"], p.CallTimeout()))), p.Logger)
+	content, err := graph.Process("content")
+	if err != nil {
+		return nil, err
+	}
+	conn, err := p.Dial("content")
+	if err != nil {
+		graph.Close()
+		return nil, err
+	}
+	db, err := metadb.Open(p.Env.Root, proxy.NewContentStore(contentapi.NewContentClient(content)), p.Logger)
 	if err != nil {
 		conn.Close()
+		graph.Close()
 		return nil, err
 	}
 	gcMetrics := metrics.NewGC()
@@ -104,24 +99,19 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	// reaches a proxy snapshotter; each call carries the configured
 	// deadline, so a hung one fails its callers instead of holding them.
 	sns := map[string]snapshots.Snapshotter{}
-	for name, sock := range p.Env.Snapshotters {
-		sc, err := rpc.DialTimeout(sock, p.CallTimeout())
+	for name := range p.Env.Snapshotters {
+		sc, err := graph.Process(service.SnapshotterProcess(name))
 		if err != nil {
 			return nil, fmt.Errorf("snapshotter %s: %w", name, err)
 		}
-		conns = append(conns, sc)
-		sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(hybrid(sc, sock, p.CallTimeout())), name)
+		sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(sc), name)
 	}
 	db.SetSnapshotters(sns)
 	db.SetCallTimeout(p.CallTimeout())
 
 	var events eventsapi.EventsClient
 	if p.Env.Gateway != "" {
-		gw, err := rpc.Dial(p.Env.Gateway)
-		if err != nil {
-			return nil, err
-		}
-		events = eventsapi.NewEventsClient(gw)
+		events = eventsapi.NewEventsClient(graph)
 	}
 	pub := server.NewPublisher(events, p.Logger)
 
@@ -136,9 +126,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 			pub.Close(ctx)
 			err := db.Close()
 			conn.Close()
-			for _, c := range conns {
-				c.Close()
-			}
+			graph.Close()
 			return err
 		},
 	}, nil

@@ -12,26 +12,26 @@ import (
 	"google.golang.org/grpc"
 )
 
-// gatewayContent is the namespaced content store reached through the
-// gateway, able to stream a whole blob in one Read call — from the content
-// process itself when it is given its socket, once the namespaced store
-// has said the caller may see the blob.
-type gatewayContent struct {
+// namespacedContent is the namespaced content store (metadata's), able to
+// stream a whole blob in one Read call — from the content process itself
+// when it is given its socket, once the namespaced store has said the
+// caller may see the blob.
+type namespacedContent struct {
 	content.Store
 	client contentapi.ContentClient
-	raw    contentapi.ContentClient // nil: stream through the gateway too
+	raw    contentapi.ContentClient // nil: stream from the namespaced store
 }
 
-func newGatewayContent(gw, raw *grpc.ClientConn) *gatewayContent {
-	client := contentapi.NewContentClient(gw)
-	c := &gatewayContent{Store: proxy.NewContentStore(client), client: client}
+func newNamespacedContent(namespaced, raw grpc.ClientConnInterface) *namespacedContent {
+	client := contentapi.NewContentClient(namespaced)
+	c := &namespacedContent{Store: proxy.NewContentStore(client), client: client}
 	if raw != nil {
 		c.raw = contentapi.NewContentClient(raw)
 	}
 	return c
 }
 
-func (c *gatewayContent) Stream(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
+func (c *namespacedContent) Stream(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
 	client := c.client
 	if c.raw != nil {
 		if _, err := c.Store.Info(ctx, d); err != nil {

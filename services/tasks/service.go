@@ -6,8 +6,8 @@
 // reconnects to them from the bundles in its state directory.
 //
 // Shims are told the gateway's socket as the daemon's address and publish
-// their events to the gateway's ttrpc endpoint (<gateway socket>.ttrpc);
-// container records are read through the gateway too.
+// their events to the gateway's ttrpc endpoint (<gateway socket>.ttrpc),
+// the exchange the gateway owns; container records are read from metadata.
 //
 // Options: socket_dir, where shims put their sockets (default <state>/.s,
 // or the shim's own default when that path is too long for a socket);
@@ -24,7 +24,6 @@ import (
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/metrics"
-	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/tasks/server"
 	"github.com/flotilla-project/flotilla/services/tasks/shim"
@@ -55,19 +54,19 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if opts.RuncRoot == "" {
 		opts.RuncRoot = filepath.Join(p.Env.State, ".runc")
 	}
+	graph, err := p.Graph()
+	if err != nil {
+		return nil, err
+	}
 	var (
 		containers containersapi.ContainersClient
 		events     eventsapi.EventsClient
-		closeGW    = func() {}
 	)
+	if _, ok := p.Env.Deps["metadata"]; ok {
+		containers = containersapi.NewContainersClient(graph)
+	}
 	if p.Env.Gateway != "" {
-		gw, err := rpc.DialTimeout(p.Env.Gateway, p.CallTimeout())
-		if err != nil {
-			return nil, err
-		}
-		containers = containersapi.NewContainersClient(gw)
-		events = eventsapi.NewEventsClient(gw)
-		closeGW = func() { gw.Close() }
+		events = eventsapi.NewEventsClient(graph)
 	}
 	ttrpcAddress := ""
 	if p.Env.Gateway != "" {
@@ -84,7 +83,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Logger:       p.Logger,
 	}, server.Publisher(events, p.Logger))
 	if err := shims.Load(ctx); err != nil {
-		closeGW()
+		graph.Close()
 		return nil, err
 	}
 	metrics.GaugeFunc("tasks", "Tasks the tasks service holds (created, running or stopped and not yet deleted).", func() float64 {
@@ -101,8 +100,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Register: server.New(shims, containers, p.Logger).Register,
 		Close: func(context.Context) error {
 			shims.Close()
-			closeGW()
-			return nil
+			return graph.Close()
 		},
 	}, nil
 }

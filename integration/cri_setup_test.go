@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,8 +74,9 @@ type criPods struct {
 
 // startCRIPods pushes busybox and the pause image (tagged tag) to a
 // registry of the test's own, writes network, and starts flotillad with
-// the cri service using both. It skips as requireCRIPods does.
-func startCRIPods(t *testing.T, network cninet.Bridge, tag string) *criPods {
+// the cri service using both, and extraConfig added to its config. It
+// skips as requireCRIPods does.
+func startCRIPods(t *testing.T, network cninet.Bridge, tag string, extraConfig ...string) *criPods {
 	t.Helper()
 	requireCRIPods(t)
 	bb, err := testimage.Busybox()
@@ -91,7 +93,8 @@ func startCRIPods(t *testing.T, network cninet.Bridge, tag string) *criPods {
 
 	cniDir := filepath.Join(p.work, "cni")
 	writePodNetwork(t, cniDir, filepath.Join(p.work, "ipam"), network)
-	p.d = newDaemon(t, withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\n", p.pauseRef, cniDir))).start()
+	config := fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\n", p.pauseRef, cniDir)
+	p.d = newDaemon(t, withConfig(config+strings.Join(extraConfig, "\n"))).start()
 	p.rt, p.images = criClients(t, p.d)
 	return p
 }

@@ -134,7 +134,8 @@ address = %q
 }
 
 // startExternalGraph starts each service by hand in dependency order, each
-// given its dependencies' sockets and the gateway's, then flotillad.
+// given the sockets of the services it calls and the gateway's, then
+// flotillad.
 func startExternalGraph(t *testing.T) *externalGraph {
 	t.Helper()
 	requireRoot(t)
@@ -154,14 +155,18 @@ func startExternalGraph(t *testing.T) *externalGraph {
 	add("content", "content")
 	// The default snapshotter also serves layer apply, as flotillad asks
 	// the first snapshotter it starts to.
+	// It reaches metadata, which starts after it, once it is asked to
+	// apply a layer.
 	add("snapshotter-overlayfs", "snapshotter",
 		"--option", "driver=overlayfs", "--option", "name=overlayfs", "--option", "serve_diff=true",
-		"--gateway", d.address, "--dep", "content="+sock("content"))
+		"--gateway", d.address, "--dep", "content="+sock("content"), "--dep", "metadata="+sock("metadata"))
 	add("metadata", "metadata",
 		"--dep", "content="+sock("content"), "--snapshotter", "overlayfs="+sock("snapshotter-overlayfs"),
 		"--gateway", d.address)
-	add("tasks", "tasks", "--gateway", d.address)
-	add("cri", "cri", "--gateway", d.address)
+	add("tasks", "tasks", "--gateway", d.address, "--dep", "metadata="+sock("metadata"))
+	add("cri", "cri", "--gateway", d.address,
+		"--dep", "metadata="+sock("metadata"), "--dep", "tasks="+sock("tasks"), "--dep", "content="+sock("content"),
+		"--snapshotter", "overlayfs="+sock("snapshotter-overlayfs"))
 	d.start()
 	return g
 }

@@ -237,12 +237,23 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			Deps:          deps,
 			Log:           logOpts,
 			CallTimeoutMS: cfg.Timeouts.Call.Milliseconds(),
+			RouteWaitMS:   cfg.Timeouts.RouteWait.Milliseconds(),
 			MaxProcs:      cfg.ServiceProcs(name),
 			GOGC:          cfg.ServiceGOGC(name),
 			// Go collects harder as it nears the cgroup's limit, rather
 			// than have the kernel kill the process at it.
 			MemoryLimit: mem / 10 * 9,
 			Options:     options,
+		}
+	}
+
+	// reaches adds the sockets of the services e calls once serving; one
+	// disabled is left out, and calls for it fail.
+	reaches := func(deps map[string]string, e roster.Entry) {
+		for _, r := range e.Reaches {
+			if r != roster.Snapshotters && !cfg.Services[r].Disabled {
+				deps[r] = socket(r)
+			}
 		}
 	}
 
@@ -284,19 +295,18 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 				var deps map[string]string
 				if i == 0 {
 					// Layer apply reads and writes blobs in the content
-					// process directly, which asks metadata whether the
-					// caller's namespace may.
+					// process directly, once metadata said the caller's
+					// namespace may.
 					opts["serve_diff"] = true
+					deps = map[string]string{}
 					for _, r := range e.Requires {
 						if cfg.Services[r].Disabled {
 							continue
 						}
 						requires = append(requires, r)
-						if deps == nil {
-							deps = map[string]string{}
-						}
 						deps[r] = socket(r)
 					}
+					reaches(deps, e)
 				}
 				specs = append(specs, supervisor.Spec{Name: svc, Path: path, Args: args, Requires: requires, Env: env(svc, deps, opts), Limits: limits(cfg, svc)})
 			}
@@ -321,11 +331,7 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			requires = append(requires, r)
 			deps[r] = socket(r)
 		}
-		for _, c := range e.Calls {
-			if !cfg.Services[c].Disabled {
-				deps[c] = socket(c)
-			}
-		}
+		reaches(deps, e)
 		if sc.Address != "" {
 			// Waited for in its place in the graph, after what it
 			// requires, before what requires it; given its own
@@ -355,7 +361,7 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			return nil, err
 		}
 		ev := env(e.Name, deps, opts)
-		if slices.Contains(e.Requires, roster.Snapshotters) {
+		if slices.Contains(e.Requires, roster.Snapshotters) || slices.Contains(e.Reaches, roster.Snapshotters) {
 			ev.Snapshotters = sockets
 			ev.RemoteSnapshotters = remote
 		}

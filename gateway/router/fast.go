@@ -84,7 +84,7 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 	name := method[strings.LastIndex(method, "/")+1:]
 	// A request ttrpc cannot carry takes the gRPC path; so does a read
 	// whose reply is too large for it (the service refuses to send it).
-	if !rpc.TTRPCCarries(name, req.Len()) {
+	if !rpc.TTRPCCarries(method, req.Len()) {
 		return nil, false, nil
 	}
 	c, err := f.Client()
@@ -105,7 +105,7 @@ func (r *Router) forwardFast(ctx context.Context, be *backend, svc, method strin
 	cctx := ttrpc.WithMetadata(ctx, ttrpc.MD(md))
 	out := types.out.New().Interface()
 	if err := c.Call(cctx, svc, name, in, out); err != nil {
-		again, err := rpc.TTRPCFailed(name, fmt.Sprintf("service %s (%s)", be.name, svc), err)
+		again, err := rpc.TTRPCFailed(method, fmt.Sprintf("service %s (%s)", be.name, svc), err)
 		return nil, !again, err
 	}
 	return out, true, nil

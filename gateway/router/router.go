@@ -370,20 +370,21 @@ func (r *Router) unaryCall(ctx context.Context, be *backend, svc, method string,
 	if err := r.waitReady(ctx, be, svc); err != nil {
 		return nil, nil, nil, err
 	}
-	// A call that only reads is made again when its service went away
-	// under it (a restart): the client sees latency, not an error. Its
-	// request is kept apart (and may be empty: a List without a filter
-	// encodes to no bytes).
-	readOnly := rpc.ReadOnly(method[strings.LastIndex(method, "/")+1:])
+	// A call that may be made again (it only reads, or is idempotent, by
+	// its method's descriptor) is, when its service went away under it
+	// (a restart): the client sees latency, not an error. Its request is
+	// kept apart (and may be empty: a List without a filter encodes to no
+	// bytes).
+	repeatable := rpc.Repeatable(method)
 	var again []byte
-	if readOnly {
+	if repeatable {
 		again = append([]byte(nil), req.Bytes()...)
 	}
 	var header, trailer metadata.MD
 	resp := &rpc.Frame{}
 	err := be.conn.Invoke(ctx, method, req, resp, grpc.ForceCodecV2(rpc.FrameCodec{}),
 		grpc.WaitForReady(true), grpc.Header(&header), grpc.Trailer(&trailer))
-	if err != nil && readOnly && status.Code(err) == codes.Unavailable && ctx.Err() == nil {
+	if err != nil && repeatable && status.Code(err) == codes.Unavailable && ctx.Err() == nil {
 		if werr := r.waitReady(ctx, be, svc); werr == nil {
 			header, trailer = nil, nil
 			resp = &rpc.Frame{}
@@ -570,7 +571,7 @@ func (r *Router) route(_ any, ss grpc.ServerStream) error {
 	if kind == unary {
 		return r.forwardUnary(octx, ss, be, svc, target)
 	}
-	if kind == serverStream && rpc.ReadOnly(method[strings.LastIndex(method, "/")+1:]) {
+	if kind == serverStream && rpc.ReadOnly(method) {
 		return r.forwardReading(octx, ss, be, svc, method, target)
 	}
 

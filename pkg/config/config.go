@@ -96,7 +96,7 @@ type Debug struct {
 // Timeouts bound waits between processes.
 type Timeouts struct {
 	ServiceStart Duration `toml:"service_start" comment:"How long a service may take to come up before startup fails."`
-	RouteWait    Duration `toml:"route_wait" comment:"How long the gateway holds a call for a service that is restarting."`
+	RouteWait    Duration `toml:"route_wait" comment:"How long a call (a client's at the gateway, or one service's to another) waits for a service that is restarting."`
 	Call         Duration `toml:"call" comment:"Longest an inter-process call may take (a client's shorter deadline still applies)."`
 }
 

@@ -1,8 +1,9 @@
 // Package contentread resumes a content Read stream after the process
 // serving it went away mid-blob. The gateway and the metadata service relay
-// Read as undecoded frames; when the process behind them is killed or
-// restarted, they open the stream again from the first byte the client has
-// not been sent, so a restart costs the client latency, not an error.
+// Read as undecoded frames, the graph's client (pkg/rpc) receives it
+// decoded; when the process behind them is killed or restarted, they open
+// the stream again from the first byte the caller has not been given, so a
+// restart costs the caller latency, not an error.
 package contentread
 
 import (
@@ -90,10 +91,16 @@ func (r *Resume) Relayed(head []byte, size int) error {
 		}
 		b = b[l:]
 	}
+	r.Got(offset, n)
+	return nil
+}
+
+// Got records a decoded ReadContentResponse of n bytes at offset that
+// reached the caller.
+func (r *Resume) Got(offset int64, n int) {
 	if next := offset + int64(n); next > r.next {
 		r.next = next
 	}
-	return nil
 }
 
 // Rest is the request for the bytes not yet relayed, and false when every

@@ -41,7 +41,8 @@ type Env struct {
 	State   string `json:"state"`
 	Socket  string `json:"socket"`
 	Gateway string `json:"gateway"`
-	// Deps maps the services this one needs to their sockets.
+	// Deps maps the services this one calls to their sockets: those it
+	// requires and those it reaches once serving (roster Entry.Reaches).
 	Deps map[string]string `json:"deps,omitempty"`
 	// Snapshotters maps snapshotter names to their sockets.
 	Snapshotters map[string]string `json:"snapshotters,omitempty"`
@@ -51,6 +52,9 @@ type Env struct {
 	Log    logging.Options `json:"log"`
 	// CallTimeoutMS is the default deadline of an outgoing call, in ms.
 	CallTimeoutMS int64 `json:"call_timeout_ms,omitempty"`
+	// RouteWaitMS is how long an outgoing call waits for a service that
+	// is restarting, in ms (flotillad's [timeouts] route_wait).
+	RouteWaitMS int64 `json:"route_wait_ms,omitempty"`
 	// MaxProcs is the process's GOMAXPROCS; 0 leaves Go's default.
 	MaxProcs int `json:"max_procs,omitempty"`
 	// GOGC is the process's garbage collection target; 0 leaves Go's.

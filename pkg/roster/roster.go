@@ -40,9 +40,11 @@ type Entry struct {
 	// Requires are the services that must serve before this one starts;
 	// Snapshotters stands for every snapshotter process.
 	Requires []string
-	// Calls are services this one reaches without waiting for them at
-	// start (they may require it): it is given their sockets all the same.
-	Calls []string
+	// Reaches are the services it calls once serving, which need not
+	// serve before it starts (the snapshotter that applies layers starts
+	// before metadata, whose content store it writes). It is given their
+	// sockets, as those of what it requires, and calls each on its own.
+	Reaches []string
 	// HostedBy names the service in whose process this one runs, beside
 	// it, when flotillad runs both: for a small service a Go runtime of its
 	// own would cost more memory (~8 MiB) than its work needs. It keeps its
@@ -101,17 +103,19 @@ var Services = []Entry{
 		Build:   content.New,
 		// The namespaced Read and Write streams are served here, next to
 		// the files; metadata decides for them.
-		Calls:    []string{"metadata"},
+		Reaches:  []string{"metadata"},
 		External: true,
 		MaxProcs: 1,
 	},
 	{
 		// One process per [snapshotters.<name>] Flotilla runs; the first
-		// also applies layers (the Diff API), reading blobs from content.
+		// also applies layers (the Diff API), reading blobs from content
+		// once metadata's namespaced store has said the caller may.
 		Name:           "snapshotter",
 		Summary:        "Snapshotter: one process per [snapshotters.<name>] Flotilla runs; configured as [services.snapshotter-<name>].",
 		Build:          snapshotter.New,
 		Requires:       []string{"content"},
+		Reaches:        []string{"metadata"},
 		External:       true,
 		PerSnapshotter: true,
 		GOGC:           50,
@@ -141,6 +145,7 @@ var Services = []Entry{
 		Summary:  "CRI: the Kubernetes runtime and image services, for the kubelet and crictl.",
 		Build:    cri.New,
 		Requires: []string{"tasks"},
+		Reaches:  []string{"metadata", "content", Snapshotters},
 		External: true,
 		GOGC:     50,
 		Options:  func() any { return cri.DefaultOptions() },

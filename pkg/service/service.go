@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -60,6 +61,10 @@ type Instance struct {
 // logger travels in the constructor's context (logging.G).
 type Process struct {
 	Env handshake.Env
+
+	graphOnce sync.Once
+	graph     *rpc.Graph
+	graphErr  error
 }
 
 // Dial connects to the socket of a service this one depends on.
@@ -82,6 +87,37 @@ func (p *Process) DecodeOptions(ctx context.Context, v any) error {
 	}
 	return err
 }
+
+// GraphOptions describe the graph as this process was told it: the
+// services it calls, each snapshotter's process and the gateway.
+func (p *Process) GraphOptions() rpc.GraphOptions {
+	procs := map[string]string{}
+	for name, sock := range p.Env.Deps {
+		procs[name] = sock
+	}
+	for name, sock := range p.Env.Snapshotters {
+		procs[SnapshotterProcess(name)] = sock
+	}
+	return rpc.GraphOptions{
+		Processes: procs,
+		Gateway:   p.Env.Gateway,
+		Wait:      time.Duration(p.Env.RouteWaitMS) * time.Millisecond,
+		Timeout:   p.CallTimeout(),
+		// The process's logger (pkg/service sets it as slog's default).
+		Logger: slog.Default(),
+	}
+}
+
+// Graph is the process's client of the other services (and of the
+// gateway's own), each call on its owner's socket; see rpc.Graph. Unary
+// calls carry CallTimeout.
+func (p *Process) Graph() (*rpc.Graph, error) {
+	p.graphOnce.Do(func() { p.graph, p.graphErr = rpc.NewGraph(p.GraphOptions()) })
+	return p.graph, p.graphErr
+}
+
+// SnapshotterProcess names the process of the snapshotter called name.
+func SnapshotterProcess(name string) string { return "snapshotter-" + name }
 
 // CallTimeout is the deadline for outgoing calls that carry none.
 func (p *Process) CallTimeout() time.Duration {
@@ -304,9 +340,7 @@ func redirectStderr(path string) error {
 }
 
 // TTRPCSocket is where a service serving gRPC on socket serves ttrpc.
-func TTRPCSocket(socket string) string {
-	return strings.TrimSuffix(socket, ".sock") + ".ttrpc.sock"
-}
+func TTRPCSocket(socket string) string { return rpc.TTRPCSocket(socket) }
 
 // errVersion ends a process asked for its version alone.
 var errVersion = errors.New("version printed")
@@ -319,12 +353,13 @@ func standaloneEnv(name string, args []string) (handshake.Env, error) {
 	level := fs.String("log-level", "info", "log level")
 	format := fs.String("log-format", "text", "log format: text or json")
 	// What flotillad hands a service it starts, for one it does not.
-	gateway := fs.String("gateway", "", "flotillad's client socket, for services that call through it or publish events to it")
+	gateway := fs.String("gateway", "", "flotillad's client socket, for services that publish events to it or ask it the daemon's version")
 	callTimeout := fs.Duration("call-timeout", 0, "longest an outgoing call may take (default 30s, as flotillad's [timeouts] call)")
+	routeWait := fs.Duration("route-wait", 0, "longest an outgoing call waits for a restarting service (default 10s, as flotillad's [timeouts] route_wait)")
 	maxProcs := fs.Int("max-procs", 0, "GOMAXPROCS of this process (default Go's: every CPU; flotillad gives content and metadata 1)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	deps := map[string]string{}
-	fs.Func("dep", "socket of a service this one depends on, name=socket, repeatable (metadata: content=...)", keyValue("dep", deps))
+	fs.Func("dep", "socket of a service this one calls, name=socket, repeatable (metadata: content=...; tasks: metadata=...)", keyValue("dep", deps))
 	snapshotters := map[string]string{}
 	fs.Func("snapshotter", "socket of a snapshotter by its name, name=socket, repeatable (metadata: overlayfs=...)", keyValue("snapshotter", snapshotters))
 	options := map[string]any{}
@@ -361,6 +396,7 @@ func standaloneEnv(name string, args []string) (handshake.Env, error) {
 		Name: name, Socket: *socket, Root: *root, State: *state,
 		Gateway:       *gateway,
 		CallTimeoutMS: callTimeout.Milliseconds(),
+		RouteWaitMS:   routeWait.Milliseconds(),
 		MaxProcs:      *maxProcs,
 		Log:           logging.Options{Level: *level, Format: *format},
 		Options:       options,

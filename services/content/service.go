@@ -38,18 +38,23 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Register: contentserver.New(store).Register,
 		Close:    func(context.Context) error { return store.Close() },
 	}
-	sock, ok := p.Env.Deps["metadata"]
-	if !ok {
+	if _, ok := p.Env.Deps["metadata"]; !ok {
 		// Run alone (a remote content store, a proxy plugin of
 		// containerd's): the raw API only.
 		return inst, nil
 	}
-	conn, err := p.Dial("metadata")
+	graph, err := p.Graph()
 	if err != nil {
 		store.Close()
 		return nil, err
 	}
-	ns := namespaced.New(store, rpc.NewHybridConn(conn, service.TTRPCSocket(sock), p.CallTimeout()))
+	metadata, err := graph.Process("metadata")
+	if err != nil {
+		graph.Close()
+		store.Close()
+		return nil, err
+	}
+	ns := namespaced.New(store, metadata)
 	view := contentserver.New(ns)
 	raw := inst.Register
 	inst.Register = func(srv grpc.ServiceRegistrar) {
@@ -66,7 +71,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	fdSocket := blobfd.SocketFor(p.Env.Socket)
 	fl, err := rpc.Listen(fdSocket)
 	if err != nil {
-		conn.Close()
+		graph.Close()
 		store.Close()
 		return nil, err
 	}
@@ -80,7 +85,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	inst.Close = func(context.Context) error {
 		stopFD()
 		_ = os.Remove(fdSocket)
-		conn.Close()
+		graph.Close()
 		return store.Close()
 	}
 	return inst, nil

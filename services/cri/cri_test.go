@@ -1,5 +1,5 @@
 // End-to-end tests of the cri service: a real flotillad, the cri binary
-// started by hand against its gateway, Debian's docker-registry serving a
+// started by hand beside it, Debian's docker-registry serving a
 // locally built busybox image, and the kubelet's own CRI client. They need
 // root (flotillad mounts overlays) and skip with a message otherwise.
 package cri_test
@@ -141,8 +141,9 @@ type env struct {
 	criOut  *syncBuffer
 }
 
-// newEnv starts flotillad in temp dirs and flotilla-cri standalone against
-// its gateway, with the given extra --option values.
+// newEnv starts flotillad in temp dirs and flotilla-cri standalone beside
+// it, given the sockets of the services it calls and of the gateway, with
+// the given extra --option values.
 func newEnv(t *testing.T, criOptions ...string) *env {
 	t.Helper()
 	requireRoot(t)
@@ -163,12 +164,18 @@ func newEnv(t *testing.T, criOptions ...string) *env {
 	fdOut := startProcess(t, "flotillad", fd)
 	waitFor(t, "flotillad ready", fdOut, func() bool { return strings.Contains(fdOut.String(), "flotillad ready") })
 
+	sock := func(name string) string { return filepath.Join(dir, "state", name+".sock") }
 	args := []string{
 		"--socket", e.cri,
 		"--root", filepath.Join(dir, "root", "cri"),
 		"--state", filepath.Join(dir, "state", "cri"),
 		"--log-level", "debug",
-		"--option", "gateway=" + e.address,
+		"--gateway", e.address,
+		"--dep", "metadata=" + sock("metadata"),
+		"--dep", "tasks=" + sock("tasks"),
+		"--dep", "content=" + sock("content"),
+		"--snapshotter", "overlayfs=" + sock("snapshotter-overlayfs"),
+		"--snapshotter", "native=" + sock("snapshotter-native"),
 		"--option", "cni.conf_dir=" + filepath.Join(dir, "cni"),
 	}
 	for _, o := range criOptions {

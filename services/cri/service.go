@@ -1,21 +1,41 @@
 // Package cri is Flotilla's cri service: the Kubernetes CRI v1
 // (runtime.v1.ImageService and runtime.v1.RuntimeService), which the
-// gateway routes to it. It is a client of the other services through the
-// gateway, in the "k8s.io" namespace, as containerd's CRI plugin is a client
-// of containerd.
+// gateway routes to it. It is a client of the other services on their own
+// sockets — metadata, tasks, content, the snapshotter that applies layers —
+// in the "k8s.io" namespace, as containerd's CRI plugin is a client of
+// containerd; of the gateway it asks only what the gateway owns (events,
+// the daemon's version).
 //
 // Its options ([services.cri.options], or --option key=value by hand) are
 // Options; their names follow containerd 2.x's CRI plugins where it has the
 // same setting (sandbox_image is containerd 1.x's name for 2.x's
 // pinned_images.sandbox).
+// Started by hand it is given the other services' sockets with --dep
+// (metadata, tasks, content) and --snapshotter.
 package cri
 
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	diffapi "github.com/containerd/containerd/api/services/diff/v1"
+	imagesapi "github.com/containerd/containerd/api/services/images/v1"
+	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
+	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	containerd "github.com/containerd/containerd/v2/client"
+	contentproxy "github.com/containerd/containerd/v2/core/content/proxy"
+	eventsproxy "github.com/containerd/containerd/v2/core/events/proxy"
+	introspectionproxy "github.com/containerd/containerd/v2/core/introspection/proxy"
+	leasesproxy "github.com/containerd/containerd/v2/core/leases/proxy"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	snproxy "github.com/containerd/containerd/v2/core/snapshots/proxy"
 
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
@@ -81,33 +101,36 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if err := p.DecodeOptions(ctx, opts); err != nil {
 		return nil, err
 	}
-	gateway := p.Env.Gateway
-	if gateway == "" {
-		gateway = opts.Gateway
+	if p.Env.Gateway == "" {
+		p.Env.Gateway = opts.Gateway
 	}
-	if gateway == "" {
-		return nil, fmt.Errorf("cri reaches images and containers through the gateway: run it under flotillad or pass --option gateway=<flotilla.sock>")
+	for _, dep := range []string{"metadata", "tasks"} {
+		if _, ok := p.Env.Deps[dep]; !ok {
+			return nil, fmt.Errorf("cri calls %s on its socket: run it under flotillad or pass --dep %s=<socket>", dep, dep)
+		}
 	}
 	if opts.Snapshotter == "" {
 		opts.Snapshotter = "overlayfs"
 	}
 	if opts.ImageFSPath == "" {
 		// flotillad gives each service <root>/<name>.
-		opts.ImageFSPath = filepath.Join(filepath.Dir(p.Env.Root), "snapshotter-"+opts.Snapshotter)
+		opts.ImageFSPath = filepath.Join(filepath.Dir(p.Env.Root), service.SnapshotterProcess(opts.Snapshotter))
 	}
 	// No per-call deadline: unpacking a large layer is one Diff call
 	// that can take minutes. Every CRI call but PullImage comes with
 	// the kubelet's own deadline.
-	conn, err := rpc.DialTimeout(gateway, 0)
+	o := p.GraphOptions()
+	o.Timeout = 0
+	graph, err := rpc.NewGraph(o)
 	if err != nil {
 		return nil, err
 	}
-	client, err := containerd.NewWithConn(conn, containerd.WithDefaultNamespace(server.Namespace))
+	client, err := containerd.New("", containerd.WithDefaultNamespace(server.Namespace), containerd.WithServices(clientServices(graph, p.Env.Snapshotters, opts.Snapshotter)...))
 	if err != nil {
-		conn.Close()
+		graph.Close()
 		return nil, err
 	}
-	srv := server.New(ctx, client, server.Config{
+	srv := server.New(ctx, client, graph, server.Config{
 		Snapshotter:            opts.Snapshotter,
 		InsecureRegistries:     opts.InsecureRegistries,
 		ConfigPath:             opts.Registry.ConfigPath,
@@ -121,12 +144,12 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	})
 	if err := srv.StartStreaming(opts.StreamServerAddress, opts.StreamServerPort); err != nil {
 		srv.Close()
-		client.Close()
+		graph.Close()
 		return nil, err
 	}
 	// Pods and containers started before a restart get their exit
-	// watchers and log writers back; it needs the gateway, so it
-	// runs beside serving rather than before it.
+	// watchers and log writers back; it needs metadata and tasks, so
+	// it runs beside serving rather than before it.
 	go srv.Recover(context.WithoutCancel(ctx))
 	// Image references resolve from a listing kept current by
 	// image events; until the subscription is up, they list.
@@ -139,7 +162,29 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Register: srv.Register,
 		Close: func(context.Context) error {
 			srv.Close()
-			return client.Close()
+			return graph.Close()
 		},
 	}, nil
+}
+
+// clientServices are the containerd client's services, each on the graph:
+// a call goes to the process that owns it. Snapshotters are metadata's
+// namespaced ones, by name.
+func clientServices(graph *rpc.Graph, snapshotters map[string]string, def string) []containerd.ServicesOpt {
+	sns := map[string]snapshots.Snapshotter{}
+	for _, name := range append(slices.Collect(maps.Keys(snapshotters)), def) {
+		sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(graph), name)
+	}
+	return []containerd.ServicesOpt{
+		containerd.WithContentStore(contentproxy.NewContentStore(contentapi.NewContentClient(graph))),
+		containerd.WithImageClient(imagesapi.NewImagesClient(graph)),
+		containerd.WithContainerClient(containersapi.NewContainersClient(graph)),
+		containerd.WithTaskClient(tasksapi.NewTasksClient(graph)),
+		containerd.WithSnapshotters(sns),
+		containerd.WithLeasesService(leasesproxy.NewLeaseManager(leasesapi.NewLeasesClient(graph))),
+		containerd.WithDiffClient(diffapi.NewDiffClient(graph)),
+		containerd.WithNamespaceClient(namespacesapi.NewNamespacesClient(graph)),
+		containerd.WithIntrospectionService(introspectionproxy.NewIntrospectionProxy(graph)),
+		containerd.WithEventService(eventsproxy.NewRemoteEvents(graph)),
+	}
 }

@@ -6,7 +6,6 @@ package metadata
 import (
 	"context"
 	"fmt"
-	"os"
 	"slices"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/metrics"
-	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/metadata/gc"
 	"github.com/flotilla-project/flotilla/services/metadata/metadb"
@@ -62,17 +60,6 @@ func duration(name, v string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// hybrid makes unary calls to a Flotilla service over its ttrpc socket when
-// it has one; a remote snapshotter (any containerd proxy snapshotter) has
-// none and is reached over gRPC alone.
-func hybrid(conn *grpc.ClientConn, sock string, timeout time.Duration) grpc.ClientConnInterface {
-	fast := service.TTRPCSocket(sock)
-	if _, err := os.Stat(fast); err != nil {
-		return conn
-	}
-	return rpc.NewHybridConn(conn, fast, timeout)
-}
-
 // New builds the metadata service in its process.
 func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	opts := DefaultOptions()
@@ -87,14 +74,17 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := p.Dial("content")
+	graph, err := p.Graph()
 	if err != nil {
 		return nil, err
 	}
-	var conns []*grpc.ClientConn
-	db, err := metadb.Open(p.Env.Root, proxy.NewContentStore(contentapi.NewContentClient(hybrid(conn, p.Env.Deps["content"], p.CallTimeout()))))
+	content, err := graph.Process("content")
 	if err != nil {
-		conn.Close()
+		return nil, err
+	}
+	db, err := metadb.Open(p.Env.Root, proxy.NewContentStore(contentapi.NewContentClient(content)))
+	if err != nil {
+		graph.Close()
 		return nil, err
 	}
 	gcMetrics := metrics.NewGC()
@@ -120,13 +110,12 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	// reaches a proxy snapshotter; each call carries the configured
 	// deadline, so a hung one fails its callers instead of holding them.
 	sns := map[string]snapshots.Snapshotter{}
-	for name, sock := range p.Env.Snapshotters {
-		sc, err := rpc.DialTimeout(sock, p.CallTimeout())
+	for name := range p.Env.Snapshotters {
+		sc, err := graph.Process(service.SnapshotterProcess(name))
 		if err != nil {
 			return nil, fmt.Errorf("snapshotter %s: %w", name, err)
 		}
-		conns = append(conns, sc)
-		var cc grpc.ClientConnInterface = hybrid(sc, sock, p.CallTimeout())
+		var cc grpc.ClientConnInterface = sc
 		if slices.Contains(p.Env.RemoteSnapshotters, name) {
 			cc = newFailFast(name, cc)
 		}
@@ -137,11 +126,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 
 	var events eventsapi.EventsClient
 	if p.Env.Gateway != "" {
-		gw, err := rpc.Dial(p.Env.Gateway)
-		if err != nil {
-			return nil, err
-		}
-		events = eventsapi.NewEventsClient(gw)
+		events = eventsapi.NewEventsClient(graph)
 	}
 	pub := server.NewPublisher(ctx, events)
 
@@ -155,10 +140,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 			sched.Close()
 			pub.Close(ctx)
 			err := db.Close()
-			conn.Close()
-			for _, c := range conns {
-				c.Close()
-			}
+			graph.Close()
 			return err
 		},
 	}, nil

@@ -8,39 +8,45 @@ import (
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/content/proxy"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla-project/flotilla/pkg/blobfd"
 )
 
-// gatewayContent is the namespaced content store reached through the
-// gateway, able to stream a whole blob in one Read call — from the content
-// process itself when it is given its socket, once the namespaced store
-// has said the caller may see the blob.
-type gatewayContent struct {
+// namespacedContent is the namespaced content store, reached over the
+// graph (records are metadata's, bytes the content process's), able to hand
+// over a whole blob: its file, which the content process gives once metadata
+// has said the caller's namespace holds it (pkg/blobfd), so a layer's bytes
+// are read from the disk here, not relayed.
+type namespacedContent struct {
 	content.Store
 	client contentapi.ContentClient
-	raw    contentapi.ContentClient // nil: stream through the gateway too
+	fd     string // the content process's blob file socket; "" streams
 }
 
-func newGatewayContent(gw, raw *grpc.ClientConn) *gatewayContent {
-	client := contentapi.NewContentClient(gw)
-	c := &gatewayContent{Store: proxy.NewContentStore(client), client: client}
-	if raw != nil {
-		c.raw = contentapi.NewContentClient(raw)
-	}
-	return c
+func newNamespacedContent(graph grpc.ClientConnInterface, fd string) *namespacedContent {
+	client := contentapi.NewContentClient(graph)
+	return &namespacedContent{Store: proxy.NewContentStore(client), client: client, fd: fd}
 }
 
-func (c *gatewayContent) Stream(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
-	client := c.client
-	if c.raw != nil {
-		if _, err := c.Store.Info(ctx, d); err != nil {
-			return nil, err
+func (c *namespacedContent) Stream(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
+	if c.fd != "" {
+		f, _, err := blobfd.Open(ctx, c.fd, d.String())
+		if err == nil {
+			return f, nil
 		}
-		client = c.raw
+		if status.Code(err) != codes.Unavailable {
+			return nil, errgrpc.ToNative(err)
+		}
+		// The content process is restarting: its Read stream waits
+		// for it.
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	rs, err := client.Read(ctx, &contentapi.ReadContentRequest{Digest: d.String()})
+	rs, err := c.client.Read(ctx, &contentapi.ReadContentRequest{Digest: d.String()})
 	if err != nil {
 		cancel()
 		return nil, err

@@ -21,7 +21,7 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 
-	"github.com/flotilla-project/flotilla/pkg/rpc"
+	"github.com/flotilla-project/flotilla/pkg/blobfd"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/pkg/snapshotserver"
 	"github.com/flotilla-project/flotilla/services/snapshotter/diff"
@@ -85,21 +85,22 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Register: snapshotserver.New(sn).Register,
 		Close:    func(context.Context) error { return sn.Close() },
 	}
-	if opts.ServeDiff && p.Env.Gateway != "" {
+	if opts.ServeDiff {
 		// Layers are read from, and diffs written to, the namespaced
-		// content store, through the gateway, in the caller's
-		// namespace and lease.
-		gw, err := rpc.DialTimeout(p.Env.Gateway, p.CallTimeout())
+		// content store metadata serves, in the caller's namespace and
+		// lease; a layer's bytes come from the content process itself.
+		if _, ok := p.Env.Deps["metadata"]; !ok {
+			return nil, fmt.Errorf("layer apply (serve_diff) writes to metadata's content store: pass --dep metadata=<socket>")
+		}
+		graph, err := p.Graph()
 		if err != nil {
 			return nil, err
 		}
-		var raw *grpc.ClientConn
-		if _, ok := p.Env.Deps["content"]; ok {
-			if raw, err = p.Dial("content"); err != nil {
-				return nil, err
-			}
+		fd := ""
+		if sock, ok := p.Env.Deps["content"]; ok {
+			fd = blobfd.SocketFor(sock)
 		}
-		differ := diff.New(newGatewayContent(gw, raw))
+		differ := diff.New(newNamespacedContent(graph, fd))
 		snapshots := inst.Register
 		inst.Register = func(srv grpc.ServiceRegistrar) {
 			snapshots(srv)
@@ -109,10 +110,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		inst.Capabilities = []string{"diff"}
 		exports["diff"] = "walking"
 		inst.Close = func(context.Context) error {
-			gw.Close()
-			if raw != nil {
-				raw.Close()
-			}
+			graph.Close()
 			return sn.Close()
 		}
 	}

@@ -6,8 +6,8 @@
 // reconnects to them from the bundles in its state directory.
 //
 // Shims are told the gateway's socket as the daemon's address and publish
-// their events to the gateway's ttrpc endpoint (<gateway socket>.ttrpc);
-// container records are read through the gateway too.
+// their events to the gateway's ttrpc endpoint (<gateway socket>.ttrpc),
+// the exchange the gateway owns; container records are read from metadata.
 //
 // Its options ([services.tasks.options], or --option key=value by hand)
 // are Options.
@@ -21,7 +21,6 @@ import (
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/metrics"
-	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/tasks/server"
 	"github.com/flotilla-project/flotilla/services/tasks/shim"
@@ -57,19 +56,19 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if opts.RuncRoot == "" {
 		opts.RuncRoot = filepath.Join(p.Env.State, ".runc")
 	}
+	graph, err := p.Graph()
+	if err != nil {
+		return nil, err
+	}
 	var (
 		containers containersapi.ContainersClient
 		events     eventsapi.EventsClient
-		closeGW    = func() {}
 	)
+	if _, ok := p.Env.Deps["metadata"]; ok {
+		containers = containersapi.NewContainersClient(graph)
+	}
 	if p.Env.Gateway != "" {
-		gw, err := rpc.DialTimeout(p.Env.Gateway, p.CallTimeout())
-		if err != nil {
-			return nil, err
-		}
-		containers = containersapi.NewContainersClient(gw)
-		events = eventsapi.NewEventsClient(gw)
-		closeGW = func() { gw.Close() }
+		events = eventsapi.NewEventsClient(graph)
 	}
 	ttrpcAddress := ""
 	if p.Env.Gateway != "" {
@@ -89,7 +88,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	runtimeExports := make(chan map[string]string, 1)
 	go func() { runtimeExports <- server.RuntimeExports(ctx, shims) }()
 	if err := shims.Load(ctx); err != nil {
-		closeGW()
+		graph.Close()
 		return nil, err
 	}
 	exports := <-runtimeExports
@@ -108,8 +107,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Register: server.New(shims, containers).Register,
 		Close: func(context.Context) error {
 			shims.Close()
-			closeGW()
-			return nil
+			return graph.Close()
 		},
 	}, nil
 }

@@ -522,11 +522,11 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05lines\x18\x02 \x01(\x05R\x05lines\"$\n" +
 	"\fLogsResponse\x12\x14\n" +
-	"\x05lines\x18\x01 \x03(\tR\x05lines2\xf7\x01\n" +
-	"\x05Admin\x12S\n" +
-	"\bServices\x12\".flotilla.admin.v1.ServicesRequest\x1a#.flotilla.admin.v1.ServicesResponse\x12P\n" +
-	"\aRestart\x12!.flotilla.admin.v1.RestartRequest\x1a\".flotilla.admin.v1.RestartResponse\x12G\n" +
-	"\x04Logs\x12\x1e.flotilla.admin.v1.LogsRequest\x1a\x1f.flotilla.admin.v1.LogsResponseB=Z;github.com/flotilla-project/flotilla/proto/admin/v1;adminpbb\x06proto3"
+	"\x05lines\x18\x01 \x03(\tR\x05lines2\x81\x02\n" +
+	"\x05Admin\x12X\n" +
+	"\bServices\x12\".flotilla.admin.v1.ServicesRequest\x1a#.flotilla.admin.v1.ServicesResponse\"\x03\x90\x02\x01\x12P\n" +
+	"\aRestart\x12!.flotilla.admin.v1.RestartRequest\x1a\".flotilla.admin.v1.RestartResponse\x12L\n" +
+	"\x04Logs\x12\x1e.flotilla.admin.v1.LogsRequest\x1a\x1f.flotilla.admin.v1.LogsResponse\"\x03\x90\x02\x01B=Z;github.com/flotilla-project/flotilla/proto/admin/v1;adminpbb\x06proto3"
 
 var (
 	file_admin_v1_admin_proto_rawDescOnce sync.Once

@@ -201,9 +201,9 @@ const file_service_v1_service_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11MethodRoutesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012b\n" +
-	"\aService\x12W\n" +
-	"\bDescribe\x12$.flotilla.service.v1.DescribeRequest\x1a%.flotilla.service.v1.DescribeResponseBAZ?github.com/flotilla-project/flotilla/proto/service/v1;servicepbb\x06proto3"
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012g\n" +
+	"\aService\x12\\\n" +
+	"\bDescribe\x12$.flotilla.service.v1.DescribeRequest\x1a%.flotilla.service.v1.DescribeResponse\"\x03\x90\x02\x01BAZ?github.com/flotilla-project/flotilla/proto/service/v1;servicepbb\x06proto3"
 
 var (
 	file_service_v1_service_proto_rawDescOnce sync.Once

@@ -835,8 +835,8 @@ func (s *Server) ListContainers(ctx context.Context, req *runtime.ListContainers
 }
 
 // Recover gives the containers running when this process started their
-// exit watchers and log writers back. It retries until the gateway
-// answers, for at most a minute.
+// exit watchers and log writers back. It retries until metadata and
+// tasks answer, for at most a minute.
 func (s *Server) Recover(ctx context.Context) {
 	ctx = withNamespace(ctx)
 	var recs []containers.Container

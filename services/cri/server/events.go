@@ -8,7 +8,6 @@ import (
 	eventstypes "github.com/containerd/containerd/api/events"
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 	"github.com/containerd/containerd/api/types"
-	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc"
@@ -43,11 +42,7 @@ func awaitSubscribed(stream grpc.ClientStream) error {
 func (s *Server) GetContainerEvents(_ *runtime.GetEventsRequest, srv runtime.RuntimeService_GetContainerEventsServer) error {
 	ctx, cancel := context.WithCancel(withNamespace(srv.Context()))
 	defer cancel()
-	conn, ok := s.client.Conn().(grpc.ClientConnInterface)
-	if !ok {
-		return fmt.Errorf("gateway connection of type %T: %w", s.client.Conn(), errdefs.ErrNotImplemented)
-	}
-	stream, err := eventsapi.NewEventsClient(conn).Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: eventFilters})
+	stream, err := eventsapi.NewEventsClient(s.daemon).Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: eventFilters})
 	if err != nil {
 		return fmt.Errorf("subscribe to events: %w", errgrpc.ToNative(err))
 	}

@@ -8,15 +8,13 @@ import (
 
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 	"github.com/containerd/containerd/v2/core/images"
-	"github.com/containerd/errdefs"
-	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // imageIndex keeps the namespace's image records as last listed, so that
 // resolving an image reference (every sandbox and container create) is no
-// Images List through the gateway. A listing is reused only while an event
+// Images List call. A listing is reused only while an event
 // subscription is confirmed live (the exchange's header) and has seen no image event since the
 // listing began, and for at most imageIndexTTL, which bounds how long an
 // event the exchange dropped can leave it stale. This process's own pulls
@@ -112,11 +110,7 @@ func (s *Server) WatchImages() {
 func (s *Server) followImageEvents(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	conn, ok := s.client.Conn().(grpc.ClientConnInterface)
-	if !ok {
-		return fmt.Errorf("gateway connection of type %T: %w", s.client.Conn(), errdefs.ErrNotImplemented)
-	}
-	stream, err := eventsapi.NewEventsClient(conn).Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: imageEventFilters})
+	stream, err := eventsapi.NewEventsClient(s.daemon).Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: imageEventFilters})
 	if err != nil {
 		return err
 	}

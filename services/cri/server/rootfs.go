@@ -28,7 +28,7 @@ import (
 
 // Creating a sandbox or container with the client's stock options
 // (WithNewSnapshot, WithImageConfig, WithUser) costs a dozen calls
-// through the gateway: the manifest and config are each read twice (Info
+// between processes: the manifest and config are each read twice (Info
 // and Read, the read crossing three processes), the snapshotter's
 // capabilities asked, and the new snapshot's mounts asked again by every
 // option that looks at /etc/passwd or /etc/group. Everything those calls

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"runtime/debug"
 
+	versionapi "github.com/containerd/containerd/api/services/version/v1"
+	"google.golang.org/protobuf/types/known/emptypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
@@ -25,8 +27,8 @@ const (
 // Version reports the daemon's version: the one the gateway reports for
 // the whole daemon, or this binary's own when the gateway cannot tell.
 func (s *Server) Version(ctx context.Context, _ *runtime.VersionRequest) (*runtime.VersionResponse, error) {
-	v, err := s.client.Version(withNamespace(ctx))
-	version := v.Version
+	v, err := versionapi.NewVersionClient(s.daemon).Version(ctx, &emptypb.Empty{})
+	version := v.GetVersion()
 	if err != nil || version == "" {
 		logging.G(ctx).Debug("daemon version unknown, reporting this binary's", "error", err)
 		version = buildVersion()

@@ -1,7 +1,7 @@
 // Package server is the Kubernetes CRI v1 (runtime.v1.ImageService and
 // runtime.v1.RuntimeService) served by the cri process. Like containerd's CRI
 // plugin it is a smart client: images, content, snapshots and leases live in
-// the other services, reached through the gateway with the containerd Go
+// the other services, reached on their own sockets with the containerd Go
 // client in the "k8s.io" namespace. What this package keeps in memory is
 // derived from those records and rebuilt on demand, so a restart of the
 // process loses nothing.
@@ -61,7 +61,10 @@ type Server struct {
 	runtime.UnimplementedImageServiceServer
 	runtime.UnimplementedRuntimeServiceServer
 
-	client   *containerd.Client
+	client *containerd.Client
+	// daemon reaches the services of the daemon as a whole, which the
+	// gateway owns: events and the version.
+	daemon   grpc.ClientConnInterface
 	cfg      Config
 	platform platforms.MatchComparer
 
@@ -84,10 +87,11 @@ type Server struct {
 	streams streamState
 }
 
-// New builds the server over a containerd client connected to the gateway.
-// Its background work (exit watchers, the image index's subscription, the
+// New builds the server over a containerd client of the other services and
+// a connection to the gateway's own (daemon: events, the version). Its
+// background work (exit watchers, the image index's subscription, the
 // streaming server) logs through ctx.
-func New(ctx context.Context, client *containerd.Client, cfg Config) *Server {
+func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnInterface, cfg Config) *Server {
 	if cfg.Snapshotter == "" {
 		cfg.Snapshotter = "overlayfs"
 	}
@@ -100,6 +104,7 @@ func New(ctx context.Context, client *containerd.Client, cfg Config) *Server {
 	cfg = withPodDefaults(cfg)
 	return &Server{
 		client:   client,
+		daemon:   daemon,
 		cfg:      cfg,
 		platform: platforms.Default(),
 		infos:    map[digest.Digest]*imageInfo{},

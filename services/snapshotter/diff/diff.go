@@ -116,9 +116,9 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 	}
 	var src io.Reader = content.NewReader(ra)
 	if st, ok := s.content.(Streamer); ok {
-		// One stream for the whole blob instead of a call per chunk: over
-		// the gateway that is the difference between a pipeline and a
-		// round trip through three processes per MiB.
+		// One stream for the whole blob instead of a call per chunk:
+		// the difference between a pipeline and a round trip to another
+		// process per MiB.
 		rc, err := st.Stream(ctx, desc.Digest)
 		if err != nil {
 			return ocispec.Descriptor{}, fmt.Errorf("open layer %s: %w", desc.Digest, err)

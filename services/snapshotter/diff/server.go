@@ -78,8 +78,8 @@ func (g *grpcServer) Diff(ctx context.Context, req *diffapi.DiffRequest) (*diffa
 // calls the handler makes to the content store.
 //
 // In production the content store is containerd's core/content/proxy
-// client talking to the metadata service's namespaced Content API through
-// the gateway. gRPC never copies incoming metadata to outgoing calls, so
+// client talking to the metadata service's namespaced Content API on its
+// socket. gRPC never copies incoming metadata to outgoing calls, so
 // without this the content calls would arrive with no namespace (and be
 // refused), and a blob written by Compare would belong to no lease and be
 // garbage-collected before the caller could reference it.

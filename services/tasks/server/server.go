@@ -1,7 +1,7 @@
 // Package server is the gRPC façade of the tasks service: containerd's
 // Tasks API (containerd.services.tasks.v1) over the shims of the shim
 // package. Container records come from the Containers API (the metadata
-// service, through the gateway), as containerd's tasks service reads them
+// service, on its own socket), as containerd's tasks service reads them
 // from its metadata store.
 package server
 
@@ -95,7 +95,7 @@ func (s *Tasks) Create(ctx context.Context, r *api.CreateTaskRequest) (*api.Crea
 		return nil, err
 	}
 	if s.containers == nil {
-		return nil, fmt.Errorf("no container store (the tasks service runs without a gateway): %w", errdefs.ErrFailedPrecondition)
+		return nil, fmt.Errorf("no container store (the tasks service was not given metadata's socket): %w", errdefs.ErrFailedPrecondition)
 	}
 	got, err := s.containers.Get(ctx, &containersapi.GetContainerRequest{ID: r.ContainerID})
 	if err != nil {

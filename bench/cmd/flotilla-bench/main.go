@@ -175,6 +175,7 @@ func run(args []string, stdout io.Writer) error {
 
 	rep := &report{Date: time.Now().UTC(), Commit: gitCommit(repoRoot()), Host: hostInfo(), Go: runtime.Version(),
 		Iterations: f.n, Calls: f.calls, Runs: f.runs}
+	loadStart := loadAverage()
 	// The daemons' CRI is configured (and the registry started) only when
 	// a cri workload runs: the other workloads measure containerd as it
 	// is with its CRI off.
@@ -268,6 +269,9 @@ func run(args []string, stdout io.Writer) error {
 		}
 	}
 
+	if loadStart != "" {
+		rep.Load = fmt.Sprintf("%s at the start, %s at the end", loadStart, loadAverage())
+	}
 	var md strings.Builder
 	if err := writeMarkdown(&md, rep); err != nil {
 		return err

@@ -125,8 +125,12 @@ type report struct {
 	Commit string `json:"commit"`
 	// Complete is every workload on both daemons: no -only, no daemon
 	// skipped. Only a complete report goes into the README.
-	Complete   bool         `json:"complete"`
-	Host       string       `json:"host"`
+	Complete bool   `json:"complete"`
+	Host     string `json:"host"`
+	// Load is the host's 1-minute load average when the run started and
+	// when it ended: other work on the machine, which the figures share it
+	// with.
+	Load       string       `json:"load,omitempty"`
 	Go         string       `json:"go"`
 	Iterations int          `json:"iterations"`
 	Calls      int          `json:"calls"`
@@ -270,8 +274,12 @@ func writeMarkdown(w io.Writer, rep *report) error {
 	if !rep.Complete {
 		complete = "partial run"
 	}
-	fmt.Fprintf(&b, "%s, commit %s, %s, %s; %s. Iterations: %d per workload (latency workloads: %d calls each; run: %d containers each%s), daemons alternated A/B.\n\n",
-		rep.Date.UTC().Format("2006-01-02 15:04 UTC"), rep.Commit, rep.Host, rep.Go, complete, rep.Iterations, rep.Calls, rep.Runs, cri)
+	load := ""
+	if rep.Load != "" {
+		load = ", load average " + rep.Load
+	}
+	fmt.Fprintf(&b, "%s, commit %s, %s%s, %s; %s. Iterations: %d per workload (latency workloads: %d calls each; run: %d containers each%s), daemons alternated A/B.\n\n",
+		rep.Date.UTC().Format("2006-01-02 15:04 UTC"), rep.Commit, rep.Host, load, rep.Go, complete, rep.Iterations, rep.Calls, rep.Runs, cri)
 	for _, d := range rep.Daemons {
 		if d.Skipped != "" {
 			fmt.Fprintf(&b, "- %s: not measured: %s\n", d.Name, d.Skipped)

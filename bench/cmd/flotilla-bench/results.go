@@ -105,8 +105,12 @@ func readmeBlock(rep *report, mdPath string) string {
 	if d, ok := rep.daemon("flotilla"); ok {
 		versions = fmt.Sprintf(", Flotilla %s", d.Version)
 	}
-	fmt.Fprintf(&b, "Figures of [`%s`](%s): commit %s%s, %s, %s, %d iterations per workload.\n\n",
-		filepath.Base(mdPath), mdPath, rep.Commit, versions, rep.Date.UTC().Format("2006-01-02"), rep.Host, rep.Iterations)
+	load := ""
+	if rep.Load != "" {
+		load = ", load average " + rep.Load
+	}
+	fmt.Fprintf(&b, "Figures of [`%s`](%s): commit %s%s, %s, %s%s, %d iterations per workload.\n\n",
+		filepath.Base(mdPath), mdPath, rep.Commit, versions, rep.Date.UTC().Format("2006-01-02"), rep.Host, load, rep.Iterations)
 	b.WriteString("| workload | containerd | Flotilla | Flotilla/containerd | target | met |\n|---|---:|---:|---:|---|---|\n")
 	var met, notMet []string
 	for _, r := range rep.Rows {
@@ -237,4 +241,17 @@ func binaryNote(commit, flotillaVersion string) string {
 // isComplete tells whether a run covered every workload on both daemons.
 func isComplete(only string, measured []string) bool {
 	return only == "" && slices.Contains(measured, "containerd") && slices.Contains(measured, "flotilla")
+}
+
+// loadAverage is the 1-minute load average, or "" where there is none.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
 }

@@ -15,7 +15,7 @@ func ptr(v float64) *float64 { return &v }
 func sampleReport() *report {
 	return &report{
 		Date: time.Date(2026, 12, 7, 14, 5, 0, 0, time.UTC), Commit: "abc1234", Complete: true,
-		Host: "linux/amd64, 2 CPUs, kernel 6.1", Go: "go1.26.8", Iterations: 5, Calls: 200, Runs: 10,
+		Host: "linux/amd64, 2 CPUs, kernel 6.1", Load: "0.50 at the start, 0.70 at the end", Go: "go1.26.8", Iterations: 5, Calls: 200, Runs: 10,
 		Daemons: []daemonInfo{{Name: "containerd", Version: "2.4.2"}, {Name: "flotilla", Version: "abc1234"}},
 		Rows: []row{
 			{Name: "ingest", Title: "ingest of a 100 MiB blob", Unit: "ms", Ratio: ptr(0.95), Target: &target{1.0, 9},
@@ -36,7 +36,7 @@ func sampleReport() *report {
 func TestReadmeTableIsGeneratedFromTheReport(t *testing.T) {
 	got := readmeBlock(sampleReport(), "bench/results/2026-12-07-1405-abc1234.md")
 	want := readmeBegin + "\n" +
-		"Figures of [`2026-12-07-1405-abc1234.md`](bench/results/2026-12-07-1405-abc1234.md): commit abc1234, Flotilla abc1234, 2026-12-07, linux/amd64, 2 CPUs, kernel 6.1, 5 iterations per workload.\n\n" +
+		"Figures of [`2026-12-07-1405-abc1234.md`](bench/results/2026-12-07-1405-abc1234.md): commit abc1234, Flotilla abc1234, 2026-12-07, linux/amd64, 2 CPUs, kernel 6.1, load average 0.50 at the start, 0.70 at the end, 5 iterations per workload.\n\n" +
 		"| workload | containerd | Flotilla | Flotilla/containerd | target | met |\n|---|---:|---:|---:|---|---|\n" +
 		"| ingest of a 100 MiB blob | 400 ms | 380 ms | 0.95 | ≤ 1.00 | yes |\n" +
 		"| memory idle: PSS | 50.2 MiB | 90.7 MiB | 1.80 | ≤ 1.50 | **no** |\n" +

@@ -95,6 +95,33 @@ type params struct {
 func workloads(p params) []workload {
 	mib := p.blobSize >> 20
 	return []workload{
+		// The memory workloads come first: their figures are of daemons
+		// that have done nothing but import the run image, not of heaps
+		// that the workloads before them happened to grow.
+		{
+			name:  "memory-idle",
+			group: "memory",
+			title: "memory idle: PSS of every process of the daemon",
+			what:  "PSS (proportional set size, /proc/<pid>/smaps_rollup: a page shared by N processes counts 1/N in each) summed over every process of the daemon: its main process and every process below it (Flotilla's services); idle, with the run image imported and unpacked",
+			figures: []figure{{name: rssFigure, title: "memory idle: RSS (shared pages counted in every process)",
+				what: "the same processes' RSS summed (smaps_rollup Rss): a page shared by N processes counts N times"}},
+			unit: unitMiB,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newMemoryBench(ctx, d, p.runImage, 0)
+			},
+		},
+		{
+			name:  fmt.Sprintf("memory-%drunning", p.memContainers),
+			group: "memory",
+			title: fmt.Sprintf("memory with %d running containers: PSS, shims included", p.memContainers),
+			what:  fmt.Sprintf("the same PSS total with %d containers running `sleep 300`, their runtime v2 shims included (one each; the containers' own processes not counted), removed afterwards", p.memContainers),
+			figures: []figure{{name: rssFigure, title: fmt.Sprintf("memory with %d running containers: RSS", p.memContainers),
+				what: "the same processes' RSS summed: a page shared by N processes counts N times"}},
+			unit: unitMiB,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				return newMemoryBench(ctx, d, p.runImage, p.memContainers)
+			},
+		},
 		{
 			name:  "ingest",
 			title: fmt.Sprintf("ingest of a %d MiB blob (`ctr content ingest`)", mib),
@@ -193,30 +220,6 @@ func workloads(p params) []workload {
 			},
 			floor: func(ctx context.Context) (instance, error) {
 				return newRuncFloor(ctx, p.runc, p.runImage, 0, p.parallel)
-			},
-		},
-		{
-			name:  "memory-idle",
-			group: "memory",
-			title: "memory idle: PSS of every process of the daemon",
-			what:  "PSS (proportional set size, /proc/<pid>/smaps_rollup: a page shared by N processes counts 1/N in each) summed over every process of the daemon: its main process and every process below it (Flotilla's services); idle, with the run image imported and unpacked",
-			figures: []figure{{name: rssFigure, title: "memory idle: RSS (shared pages counted in every process)",
-				what: "the same processes' RSS summed (smaps_rollup Rss): a page shared by N processes counts N times"}},
-			unit: unitMiB,
-			prepare: func(ctx context.Context, d *daemon) (instance, error) {
-				return newMemoryBench(ctx, d, p.runImage, 0)
-			},
-		},
-		{
-			name:  fmt.Sprintf("memory-%drunning", p.memContainers),
-			group: "memory",
-			title: fmt.Sprintf("memory with %d running containers: PSS, shims included", p.memContainers),
-			what:  fmt.Sprintf("the same PSS total with %d containers running `sleep 300`, their runtime v2 shims included (one each; the containers' own processes not counted), removed afterwards", p.memContainers),
-			figures: []figure{{name: rssFigure, title: fmt.Sprintf("memory with %d running containers: RSS", p.memContainers),
-				what: "the same processes' RSS summed: a page shared by N processes counts N times"}},
-			unit: unitMiB,
-			prepare: func(ctx context.Context, d *daemon) (instance, error) {
-				return newMemoryBench(ctx, d, p.runImage, p.memContainers)
 			},
 		},
 		{

@@ -137,6 +137,10 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	memImg, err := testimage.Busybox(testimage.WithName(memoryImageName))
+	if err != nil {
+		return err
+	}
 	cri := &criEnv{busybox: runImg, pullMB: f.pullMB}
 	srcImg := sync.OnceValues(func() (*srcImage, error) {
 		root := f.gosrc
@@ -161,7 +165,7 @@ func run(args []string, stdout io.Writer) error {
 	})
 	all := workloads(params{
 		cri: cri, pods: f.pods,
-		runImage: runImg, runs: f.runs, parallel: f.parallel, memContainers: f.memContainers, runc: f.runc,
+		runImage: runImg, memoryImage: memImg, runs: f.runs, parallel: f.parallel, memContainers: f.memContainers, runc: f.runc,
 		blobSize: f.blobMB << 20, calls: f.calls, importImage: img,
 		unpackLayers: f.unpackLayers, unpackLayerSize: f.unpackLayerMB << 20,
 		unpackImage:  lazyImage(unpackOpts...),
@@ -297,6 +301,9 @@ func run(args []string, stdout io.Writer) error {
 	return nil
 }
 
+// selectWorkloads picks the workloads only names (or all), in the order
+// of all whatever the order of only: some workloads leave state behind
+// (the run image, kept from run on) that an earlier one must not find.
 func selectWorkloads(all []workload, only string) ([]workload, error) {
 	if only == "" {
 		return all, nil
@@ -305,23 +312,24 @@ func selectWorkloads(all []workload, only string) ([]workload, error) {
 	for _, w := range all {
 		names = append(names, w.name)
 	}
-	var out []workload
+	picked := map[string]bool{}
 	for _, n := range strings.Split(only, ",") {
 		n = strings.TrimSpace(n)
-		if i := slices.Index(names, n); i >= 0 {
-			out = append(out, all[i])
-			continue
-		}
-		var group []workload
+		found := false
 		for _, w := range all {
-			if w.group != "" && w.group == n {
-				group = append(group, w)
+			if w.name == n || (w.group != "" && w.group == n) {
+				picked[w.name], found = true, true
 			}
 		}
-		if len(group) == 0 {
+		if !found {
 			return nil, fmt.Errorf("unknown workload %q (have %s)", n, strings.Join(names, ", "))
 		}
-		out = append(out, group...)
+	}
+	var out []workload
+	for _, w := range all {
+		if picked[w.name] {
+			out = append(out, w)
+		}
 	}
 	return out, nil
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
 
 	"github.com/flotilla-project/flotilla/internal/testimage"
 )
@@ -205,6 +207,7 @@ func statusField(pid int, key string) (string, bool) {
 // prepared and removed by cleanup.
 type memoryBench struct {
 	d          *daemon
+	img        *testimage.Image
 	containers []*container
 	lastRSS    time.Duration
 	// PSS medians by process kind for the progress line: where the memory is.
@@ -215,17 +218,21 @@ type memoryBench struct {
 // RSS, in a row of its own (<workload>-rss).
 const rssFigure = "rss"
 
+// memoryImageName is the image the memory workloads import, run and delete
+// again: busybox, as the run image.
+const memoryImageName = "docker.io/flotilla/bench:memory"
+
 func newMemoryBench(ctx context.Context, d *daemon, img *testimage.Image, running int) (_ *memoryBench, err error) {
-	i, err := d.runImage(ctx, img)
-	if err != nil {
-		return nil, err
-	}
-	b := &memoryBench{d: d}
+	b := &memoryBench{d: d, img: img}
 	defer func() {
 		if err != nil {
 			_ = b.cleanup(context.WithoutCancel(ctx))
 		}
 	}()
+	i, err := importUnpack(ctx, d, img)
+	if err != nil {
+		return nil, err
+	}
 	for n := range running {
 		ct, err := startContainer(ctx, d, i, fmt.Sprintf("bench-mem-%d", n), "sleep", "300")
 		if err != nil {
@@ -340,5 +347,10 @@ func (b *memoryBench) cleanup(ctx context.Context) error {
 		}
 	}
 	b.containers = nil
+	// Synchronously, so that garbage collection has taken the layer and
+	// its snapshot before the next workload checks it starts cold.
+	if err := b.d.client.ImageService().Delete(ctx, b.img.Name, images.SynchronousDelete()); err != nil && !errdefs.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete image %s: %w", b.img.Name, err))
+	}
 	return errors.Join(errs...)
 }

@@ -79,12 +79,16 @@ type Image struct {
 type options struct {
 	name         string
 	uncompressed bool
-	random       []randomLayer
+	layers       []extraLayer // above busybox, in the order of the options
 	busybox      string
 }
 
-type randomLayer struct {
+// extraLayer is a layer above busybox: size bytes of random data from seed,
+// or, when tar is set, that tar gzipped at gzipLevel.
+type extraLayer struct {
 	size, seed int64
+	tar        []byte
+	gzipLevel  int
 }
 
 // Option changes what Busybox builds.
@@ -101,7 +105,15 @@ func WithName(ref string) Option {
 // pseudo-random data drawn from seed: incompressible, so it stays an
 // uncompressed tar, for benchmarks that need volume.
 func WithRandomLayer(size, seed int64) Option {
-	return func(o *options) { o.random = append(o.random, randomLayer{size: size, seed: seed}) }
+	return func(o *options) { o.layers = append(o.layers, extraLayer{size: size, seed: seed}) }
+}
+
+// WithGzipLayer adds a layer made of a tar stream the caller built (ordinary
+// files, say), gzip-compressed at level (compress/gzip's levels:
+// gzip.DefaultCompression is what image builders use): a layer as a
+// registry holds one. Layers are stacked in the order of the options.
+func WithGzipLayer(tar []byte, level int) Option {
+	return func(o *options) { o.layers = append(o.layers, extraLayer{tar: tar, gzipLevel: level}) }
 }
 
 // WithUncompressed stores the busybox layer as a plain tar instead of gzip.
@@ -155,15 +167,25 @@ func Busybox(opts ...Option) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := img.addLayer(rootfs, !o.uncompressed); err != nil {
+	level := gzip.BestSpeed
+	if o.uncompressed {
+		level = noGzip
+	}
+	if err := img.addLayer(rootfs, level); err != nil {
 		return nil, err
 	}
-	for _, r := range o.random {
-		t, err := randomTar(r.size, r.seed)
+	for _, l := range o.layers {
+		if l.tar != nil {
+			if err := img.addLayer(l.tar, l.gzipLevel); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		t, err := randomTar(l.size, l.seed)
 		if err != nil {
 			return nil, err
 		}
-		if err := img.addLayer(t, false); err != nil {
+		if err := img.addLayer(t, noGzip); err != nil {
 			return nil, err
 		}
 	}
@@ -288,15 +310,19 @@ func (img *Image) WriteArchive(w io.Writer) error {
 	return nil
 }
 
-// addLayer stores a layer tar, gzip-compressed if compress is set.
-func (img *Image) addLayer(t []byte, compress bool) error {
+// noGzip is addLayer's level for a layer stored as a plain tar.
+const noGzip = -100
+
+// addLayer stores a layer tar, gzip-compressed at level unless level is
+// noGzip.
+func (img *Image) addLayer(t []byte, level int) error {
 	diffID := digest.FromBytes(t)
 	blob, mediaType := t, ocispec.MediaTypeImageLayer
-	if compress {
+	if level != noGzip {
 		var buf bytes.Buffer
 		// The gzip header is left at its zero values (no name, no mtime,
 		// OS "unknown") so that it does not vary between builds.
-		zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+		zw, err := gzip.NewWriterLevel(&buf, level)
 		if err != nil {
 			return err
 		}

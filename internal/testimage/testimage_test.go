@@ -244,6 +244,51 @@ func TestOptionsNameAndUncompress(t *testing.T) {
 	}
 }
 
+func TestGzipLayersStackInOptionOrder(t *testing.T) {
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	body := []byte(strings.Repeat("package main\n", 1000))
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "src/main.go", Mode: 0o644, Size: int64(len(body))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(body); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	img := build(t, testimage.WithBusybox(fakeBusybox(t)), testimage.WithRandomLayer(1000, 1),
+		testimage.WithGzipLayer(tb.Bytes(), gzip.DefaultCompression))
+	if len(img.Layers) != 3 {
+		t.Fatalf("%d layers, want busybox, the random one, then the gzip one", len(img.Layers))
+	}
+	if img.Layers[1].MediaType != ocispec.MediaTypeImageLayer {
+		t.Errorf("second layer is %s, want the random layer (plain tar)", img.Layers[1].MediaType)
+	}
+	l := img.Layers[2]
+	if l.MediaType != ocispec.MediaTypeImageLayerGzip {
+		t.Fatalf("third layer is %s, want gzip", l.MediaType)
+	}
+	blob, ok := img.Blob(l.Digest)
+	if !ok || int64(len(blob)) >= int64(tb.Len()) {
+		t.Fatalf("gzip layer blob missing or not smaller than its %d-byte tar (%d bytes)", tb.Len(), len(blob))
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(blob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, tb.Bytes()) {
+		t.Error("the gzip layer does not decompress to the tar it was given")
+	}
+	if img.DiffIDs[2] != digest.FromBytes(tb.Bytes()) {
+		t.Errorf("diff_id %s, want the digest of the uncompressed tar", img.DiffIDs[2])
+	}
+}
+
 func TestMissingBusyboxFailsWithInstallHint(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	_, err := testimage.Busybox()

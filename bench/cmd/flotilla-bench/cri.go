@@ -400,19 +400,22 @@ func removeLabelled(ctx context.Context, rt internalapi.RuntimeService, workload
 	return errors.Join(errs...)
 }
 
-// ctrBench times CreateContainer ("create") or StartContainer ("start")
-// of busybox containers running `sleep`, one after another, in one ready
-// pod that lives for the workload. Each container is stopped (SIGKILL, no
-// grace period) and removed untimed after its sample.
+// ctrBench times CreateContainer ("create"), StartContainer ("start") or
+// RemoveContainer ("remove") of busybox containers running `sleep`, one
+// after another, in one ready pod that lives for the workload; the other
+// steps of each container's life run untimed around it (stop: SIGKILL, no
+// grace period). Step "status" times ContainerStatus calls on one running
+// container, started when the workload is prepared.
 type ctrBench struct {
-	d     *daemon
-	e     *criEnv
-	rt    internalapi.RuntimeService
-	name  string
-	step  string
-	ctrs  int
-	podID string
-	pod   *runtimeapi.PodSandboxConfig
+	d       *daemon
+	e       *criEnv
+	rt      internalapi.RuntimeService
+	name    string
+	step    string
+	ctrs    int // containers per iteration; calls for "status"
+	podID   string
+	pod     *runtimeapi.PodSandboxConfig
+	running string // "status": the container asked about
 }
 
 func newCtrBench(ctx context.Context, d *daemon, e *criEnv, name, step string, ctrs int) (*ctrBench, error) {
@@ -431,32 +434,53 @@ func newCtrBench(ctx context.Context, d *daemon, e *criEnv, name, step string, c
 		_ = removePod(context.WithoutCancel(ctx), rt, b.podID)
 		return nil, err
 	}
+	if step == "status" {
+		id, err := rt.CreateContainer(ctx, b.podID, b.config("status"), b.pod)
+		if err == nil {
+			if err = rt.StartContainer(ctx, id); err == nil {
+				err = checkRunning(ctx, rt, id)
+			}
+		}
+		if err != nil {
+			_ = removePod(context.WithoutCancel(ctx), rt, b.podID)
+			return nil, fmt.Errorf("start the container to ask about: %w", err)
+		}
+		b.running = id
+	}
 	return b, nil
 }
 
+// config is the container config of every bench container: busybox
+// sleeping, with a log file in the pod's log directory.
+func (b *ctrBench) config(name string) *runtimeapi.ContainerConfig {
+	return &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: name},
+		Image:    &runtimeapi.ImageSpec{Image: b.e.busyboxRef},
+		Command:  []string{"/bin/sleep", "300"},
+		LogPath:  name + ".log",
+		Linux:    &runtimeapi.LinuxContainerConfig{},
+	}
+}
+
 func (b *ctrBench) sample(ctx context.Context, iter int) ([]time.Duration, error) {
+	if b.step == "status" {
+		return b.sampleStatus(ctx)
+	}
 	it := fmt.Sprint(iter)
 	if iter == warmupIter {
 		it = "w"
 	}
 	out := make([]time.Duration, 0, b.ctrs)
 	for i := range b.ctrs {
-		cfg := &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: fmt.Sprintf("c-%s-%d", it, i)},
-			Image:    &runtimeapi.ImageSpec{Image: b.e.busyboxRef},
-			Command:  []string{"/bin/sleep", "300"},
-			LogPath:  fmt.Sprintf("c-%s-%d.log", it, i),
-			Linux:    &runtimeapi.LinuxContainerConfig{},
-		}
 		start := time.Now()
-		id, err := b.rt.CreateContainer(ctx, b.podID, cfg, b.pod)
+		id, err := b.rt.CreateContainer(ctx, b.podID, b.config(fmt.Sprintf("c-%s-%d", it, i)), b.pod)
 		if err != nil {
 			return nil, fmt.Errorf("CreateContainer: %w", err)
 		}
 		if b.step == "create" {
 			out = append(out, time.Since(start))
 		}
-		if b.step == "start" {
+		if b.step == "start" || b.step == "remove" {
 			start = time.Now()
 			err := b.rt.StartContainer(ctx, id)
 			elapsed := time.Since(start)
@@ -467,13 +491,67 @@ func (b *ctrBench) sample(ctx context.Context, iter int) ([]time.Duration, error
 				_ = b.remove(context.WithoutCancel(ctx), id)
 				return nil, err
 			}
-			out = append(out, elapsed)
+			if b.step == "start" {
+				out = append(out, elapsed)
+			}
+		}
+		if b.step == "remove" {
+			if err := b.rt.StopContainer(ctx, id, 0); err != nil {
+				_ = b.remove(context.WithoutCancel(ctx), id)
+				return nil, fmt.Errorf("StopContainer: %w", err)
+			}
+			if err := checkExited(ctx, b.rt, id); err != nil {
+				_ = b.remove(context.WithoutCancel(ctx), id)
+				return nil, err
+			}
+			start = time.Now()
+			if err := b.rt.RemoveContainer(ctx, id); err != nil {
+				return nil, fmt.Errorf("RemoveContainer: %w", err)
+			}
+			out = append(out, time.Since(start))
+			// Removed means gone from the list (asked by listing: the
+			// kubelet's client logs every NotFound of a status call).
+			if left, err := b.rt.ListContainers(ctx, &runtimeapi.ContainerFilter{Id: id}); err != nil || len(left) > 0 {
+				return nil, fmt.Errorf("ListContainers after RemoveContainer %s: %d left, %v", id, len(left), err)
+			}
+			continue
 		}
 		if err := b.remove(ctx, id); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// sampleStatus times ContainerStatus calls on the running container, each
+// of which must say RUNNING.
+func (b *ctrBench) sampleStatus(ctx context.Context) ([]time.Duration, error) {
+	out := make([]time.Duration, 0, b.ctrs)
+	for range b.ctrs {
+		start := time.Now()
+		st, err := b.rt.ContainerStatus(ctx, b.running, false)
+		elapsed := time.Since(start)
+		if err != nil {
+			return nil, fmt.Errorf("ContainerStatus: %w", err)
+		}
+		if s := st.GetStatus().GetState(); s != runtimeapi.ContainerState_CONTAINER_RUNNING {
+			return nil, fmt.Errorf("container %s is %v, want RUNNING", b.running, s)
+		}
+		out = append(out, elapsed)
+	}
+	return out, nil
+}
+
+// checkExited wants container id exited, as after StopContainer.
+func checkExited(ctx context.Context, rt internalapi.RuntimeService, id string) error {
+	st, err := rt.ContainerStatus(ctx, id, false)
+	if err != nil {
+		return fmt.Errorf("ContainerStatus %s: %w", id, err)
+	}
+	if s := st.GetStatus().GetState(); s != runtimeapi.ContainerState_CONTAINER_EXITED {
+		return fmt.Errorf("container %s is %v after StopContainer, want EXITED", id, s)
+	}
+	return nil
 }
 
 func checkRunning(ctx context.Context, rt internalapi.RuntimeService, id string) error {
@@ -550,3 +628,53 @@ func (b *pullBench) sample(ctx context.Context, iter int) ([]time.Duration, erro
 }
 
 func (b *pullBench) cleanup(context.Context) error { return nil }
+
+// imageCallBench times one CRI image call, one call at a time: ListImages
+// ("list") or ImageStatus of the pulled busybox image ("status").
+type imageCallBench struct {
+	img   internalapi.ImageManagerService
+	ref   string
+	call  string
+	calls int
+}
+
+func newImageCallBench(ctx context.Context, d *daemon, e *criEnv, call string, calls int) (*imageCallBench, error) {
+	_, img, err := d.criClients(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.criImages(ctx, e); err != nil {
+		return nil, err
+	}
+	return &imageCallBench{img: img, ref: e.busyboxRef, call: call, calls: calls}, nil
+}
+
+func (b *imageCallBench) sample(ctx context.Context, _ int) ([]time.Duration, error) {
+	out := make([]time.Duration, 0, b.calls)
+	spec := &runtimeapi.ImageSpec{Image: b.ref}
+	for range b.calls {
+		start := time.Now()
+		var err error
+		found := false
+		if b.call == "list" {
+			var imgs []*runtimeapi.Image
+			imgs, err = b.img.ListImages(ctx, nil)
+			found = len(imgs) >= 2 // pause and busybox at least
+		} else {
+			var st *runtimeapi.ImageStatusResponse
+			st, err = b.img.ImageStatus(ctx, spec, false)
+			found = st.GetImage() != nil
+		}
+		elapsed := time.Since(start)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", b.call, err)
+		}
+		if !found {
+			return nil, fmt.Errorf("%s: the pulled images are not there", b.call)
+		}
+		out = append(out, elapsed)
+	}
+	return out, nil
+}
+
+func (b *imageCallBench) cleanup(context.Context) error { return nil }

@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -46,6 +47,11 @@ type flags struct {
 	pods                 int
 	pullMB               int64
 	flotillaTraces       string
+	results              string
+	readme               bool
+	readmeFile           string
+	gosrc                string
+	gosrcLayers          int
 }
 
 func parseFlags(args []string) (flags, error) {
@@ -63,9 +69,14 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.flotillaTraces, "flotilla-traces", "", "run Flotilla with [trace] file = true and copy its span files into this directory (a traces/ subdirectory, for `flotilla trace --state <dir>`); for profiling: tracing costs time")
 	fs.IntVar(&f.n, "n", 5, "timed iterations per workload and daemon (after one untimed warm-up)")
 	fs.IntVar(&f.calls, "calls", 200, "calls per iteration of the latency workloads (namespaces, version) and prepare/commit/remove cycles per iteration of snapshots")
-	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, import, unpack, snapshots, run, run20, memory, namespaces, version, cri = pod-run, pod-stop, pod-remove, ctr-create, ctr-start, cri-pull); default all")
+	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, read-1m, import, unpack, unpack-gosrc, snapshots, run, run20, memory = memory-idle and memory-10running, cri = pod-run, pod-stop, pod-remove, ctr-create, ctr-start, ctr-status, ctr-remove, img-list, img-status, cri-pull; namespaces, version); default all")
 	fs.StringVar(&f.daemons, "daemons", "containerd,flotilla", "daemons to measure; one alone gives its medians without ratios")
 	fs.StringVar(&f.out, "out", "", "also write the markdown report to this file")
+	fs.StringVar(&f.results, "results", filepath.Join(repoRoot(), "bench", "results"), "write each run's report here as <date>-<commit>[-partial].md and .json (empty: do not)")
+	fs.BoolVar(&f.readme, "readme", false, "run nothing: rewrite the README's performance table from the newest complete report in -results")
+	fs.StringVar(&f.readmeFile, "readme-file", filepath.Join(repoRoot(), "README.md"), "the README -readme rewrites")
+	fs.StringVar(&f.gosrc, "gosrc", "", "Go installation whose src, pkg and test trees make the realistic image of unpack-gosrc (default: `go env GOROOT`)")
+	fs.IntVar(&f.gosrcLayers, "gosrc-layers", 4, "gzip layers the realistic image's trees are cut into")
 	fs.Int64Var(&f.blobMB, "blob-mb", 100, "size of the ingest/read blob in MiB")
 	fs.Int64Var(&f.importMB, "import-random-mb", 0, "add a random layer of this many MiB to the imported image")
 	fs.IntVar(&f.unpackLayers, "unpack-layers", 5, "random layers in the unpack image (on top of busybox)")
@@ -79,8 +90,8 @@ func parseFlags(args []string) (flags, error) {
 		return f, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	if f.n < 1 || f.calls < 1 || f.blobMB < 1 || f.importMB < 0 || f.unpackLayers < 1 || f.unpackLayerMB < 1 ||
-		f.runs < 1 || f.parallel < 1 || f.memContainers < 1 || f.pods < 1 || f.pullMB < 1 {
-		return f, errors.New("-n, -calls, -blob-mb, -unpack-layers, -unpack-layer-mb, -runs, -parallel, -memory-containers, -pods and -pull-mb must be at least 1, -import-random-mb at least 0")
+		f.runs < 1 || f.parallel < 1 || f.memContainers < 1 || f.pods < 1 || f.pullMB < 1 || f.gosrcLayers < 1 {
+		return f, errors.New("-n, -calls, -blob-mb, -unpack-layers, -unpack-layer-mb, -runs, -parallel, -memory-containers, -pods, -pull-mb and -gosrc-layers must be at least 1, -import-random-mb at least 0")
 	}
 	return f, nil
 }
@@ -103,6 +114,9 @@ func run(args []string, stdout io.Writer) error {
 		}
 		return err
 	}
+	if f.readme {
+		return updateReadme(f.readmeFile, f.results)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -123,22 +137,49 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	memImg, err := testimage.Busybox(testimage.WithName(memoryImageName))
+	if err != nil {
+		return err
+	}
 	cri := &criEnv{busybox: runImg, pullMB: f.pullMB}
+	srcImg := sync.OnceValues(func() (*srcImage, error) {
+		root := f.gosrc
+		if root == "" {
+			var err error
+			if root, err = goroot(); err != nil {
+				return nil, err
+			}
+		}
+		start := time.Now()
+		src, err := buildSrcImage(root, f.gosrcLayers)
+		if err == nil {
+			archive, _ := src.img.ArchiveBytes()
+			var layers []string
+			for _, n := range src.layerBytes {
+				layers = append(layers, fmt.Sprint(n>>20))
+			}
+			fmt.Fprintf(os.Stderr, "realistic image from %s: %d paths, %d MiB of files, layers of %s MiB (tar) above busybox, %d MiB archive; built in %s\n",
+				root, len(src.files), src.fileBytes>>20, strings.Join(layers, "+"), len(archive)>>20, time.Since(start).Round(time.Millisecond))
+		}
+		return src, err
+	})
 	all := workloads(params{
 		cri: cri, pods: f.pods,
-		runImage: runImg, runs: f.runs, parallel: f.parallel, memContainers: f.memContainers, runc: f.runc,
+		runImage: runImg, memoryImage: memImg, runs: f.runs, parallel: f.parallel, memContainers: f.memContainers, runc: f.runc,
 		blobSize: f.blobMB << 20, calls: f.calls, importImage: img,
 		unpackLayers: f.unpackLayers, unpackLayerSize: f.unpackLayerMB << 20,
 		unpackImage:  lazyImage(unpackOpts...),
 		snapshotBase: lazyImage(testimage.WithName("docker.io/flotilla/bench:snapshot-base")),
+		srcImage:     srcImg, srcLayers: f.gosrcLayers,
 	})
 	selected, err := selectWorkloads(all, f.only)
 	if err != nil {
 		return err
 	}
 
-	meta := reportMeta{date: time.Now(), host: hostInfo(), versions: map[string]string{}, skipped: map[string]string{},
-		n: f.n, calls: f.calls, runs: f.runs, goVersion: runtime.Version(), shims: map[string]string{}}
+	rep := &report{Date: time.Now().UTC(), Commit: gitCommit(repoRoot()), Host: hostInfo(), Go: runtime.Version(),
+		Iterations: f.n, Calls: f.calls, Runs: f.runs}
+	loadStart := loadAverage()
 	// The daemons' CRI is configured (and the registry started) only when
 	// a cri workload runs: the other workloads measure containerd as it
 	// is with its CRI off.
@@ -162,7 +203,7 @@ func run(args []string, stdout io.Writer) error {
 		}
 	}()
 	if criWanted {
-		meta.pods = f.pods
+		rep.Pods = f.pods
 		criStarted = true
 		if err := cri.start(ctx, f.tmp); err != nil {
 			return fmt.Errorf("set up the cri workloads: %w", err)
@@ -198,46 +239,71 @@ func run(args []string, stdout io.Writer) error {
 				return ctx.Err()
 			}
 			fmt.Fprintf(os.Stderr, "skipping %s: %v\n", name, err)
-			meta.skipped[name] = err.Error()
+			rep.Daemons = append(rep.Daemons, daemonInfo{Name: strings.TrimSpace(name), Skipped: firstLine(err.Error())})
 			continue
 		}
-		meta.versions[d.name] = d.version
-		meta.shims[d.name] = d.shimBinary
+		rep.Daemons = append(rep.Daemons, daemonInfo{Name: d.name, Version: d.version, Shim: d.shimBinary})
+		if d.name == "flotilla" {
+			if note := binaryNote(rep.Commit, d.version); note != "" {
+				fmt.Fprintf(os.Stderr, "warning: %s\n", note)
+				rep.Notes = append(rep.Notes, note)
+			}
+		}
 		fmt.Fprintf(os.Stderr, "%s %s ready on %s\n", d.name, d.version, d.address)
 	}
 	var up []*daemon
+	var measured []string
 	for _, d := range daemons {
-		if _, skipped := meta.skipped[d.name]; !skipped {
+		if info, _ := rep.daemon(d.name); info.Skipped == "" {
 			up = append(up, d)
+			measured = append(measured, d.name)
 		}
 	}
+	rep.Complete = isComplete(f.only, measured)
 	if len(up) == 0 {
 		return errors.New("no daemon started; nothing to measure")
 	}
 
-	var results []*result
 	for _, w := range selected {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		results = append(results, runWorkload(ctx, w, up, f.n))
+		for _, r := range runWorkload(ctx, w, up, f.n) {
+			rep.Rows = append(rep.Rows, r.row())
+		}
 	}
 
-	var report strings.Builder
-	if err := writeMarkdown(&report, meta, results); err != nil {
+	if loadStart != "" {
+		rep.Load = fmt.Sprintf("%s at the start, %s at the end", loadStart, loadAverage())
+	}
+	var md strings.Builder
+	if err := writeMarkdown(&md, rep); err != nil {
 		return err
 	}
-	if _, err := io.WriteString(stdout, report.String()); err != nil {
+	if _, err := io.WriteString(stdout, md.String()); err != nil {
 		return err
 	}
 	if f.out != "" {
-		if err := os.WriteFile(f.out, []byte(report.String()), 0o644); err != nil {
+		if err := os.WriteFile(f.out, []byte(md.String()), 0o644); err != nil {
 			return err
+		}
+	}
+	if f.results != "" {
+		path, err := writeResults(f.results, rep)
+		if err != nil {
+			return fmt.Errorf("write the report to %s: %w", f.results, err)
+		}
+		fmt.Fprintf(os.Stderr, "report written to %s (and .json)\n", path)
+		if rep.Complete {
+			fmt.Fprintf(os.Stderr, "commit it, then `go run ./bench/cmd/flotilla-bench -readme` puts its table in the README\n")
 		}
 	}
 	return nil
 }
 
+// selectWorkloads picks the workloads only names (or all), in the order
+// of all whatever the order of only: some workloads leave state behind
+// (the run image, kept from run on) that an earlier one must not find.
 func selectWorkloads(all []workload, only string) ([]workload, error) {
 	if only == "" {
 		return all, nil
@@ -246,23 +312,24 @@ func selectWorkloads(all []workload, only string) ([]workload, error) {
 	for _, w := range all {
 		names = append(names, w.name)
 	}
-	var out []workload
+	picked := map[string]bool{}
 	for _, n := range strings.Split(only, ",") {
 		n = strings.TrimSpace(n)
-		if i := slices.Index(names, n); i >= 0 {
-			out = append(out, all[i])
-			continue
-		}
-		var group []workload
+		found := false
 		for _, w := range all {
-			if w.group != "" && w.group == n {
-				group = append(group, w)
+			if w.name == n || (w.group != "" && w.group == n) {
+				picked[w.name], found = true, true
 			}
 		}
-		if len(group) == 0 {
+		if !found {
 			return nil, fmt.Errorf("unknown workload %q (have %s)", n, strings.Join(names, ", "))
 		}
-		out = append(out, group...)
+	}
+	var out []workload
+	for _, w := range all {
+		if picked[w.name] {
+			out = append(out, w)
+		}
 	}
 	return out, nil
 }
@@ -271,8 +338,22 @@ func selectWorkloads(all []workload, only string) ([]workload, error) {
 // then n timed iterations, alternating which daemon goes first. A daemon
 // that fails drops out of this workload with its error recorded; the others
 // carry on.
-func runWorkload(ctx context.Context, w workload, daemons []*daemon, n int) *result {
+func runWorkload(ctx context.Context, w workload, daemons []*daemon, n int) []*result {
 	r := newResult(w)
+	rs := []*result{r}
+	figs := map[string]*result{}
+	for _, f := range w.figures {
+		figs[f.name] = figureResult(w, f)
+		rs = append(rs, figs[f.name])
+	}
+	// A daemon's failure is its failure in every figure of the workload.
+	defer func() {
+		for _, fr := range figs {
+			for d, err := range r.errs {
+				fr.errs[d] = err
+			}
+		}
+	}()
 	type live struct {
 		d    *daemon
 		inst instance
@@ -328,6 +409,13 @@ func runWorkload(ctx context.Context, w workload, daemons []*daemon, n int) *res
 		}
 		if keep {
 			r.samples[l.d.name] = append(r.samples[l.d.name], ds...)
+			if fg, ok := l.inst.(figurer); ok {
+				for name, v := range fg.figures() {
+					if fr := figs[name]; fr != nil {
+						fr.samples[l.d.name] = append(fr.samples[l.d.name], v)
+					}
+				}
+			}
 		}
 	}
 	for _, l := range ls {
@@ -349,7 +437,7 @@ func runWorkload(ctx context.Context, w workload, daemons []*daemon, n int) *res
 		}
 	}
 	fmt.Fprintf(os.Stderr, "%-10s median: %s\n", w.name, strings.Join(line, ", "))
-	return r
+	return rs
 }
 
 func hostInfo() string {

@@ -39,27 +39,47 @@ func TestRatioIsFlotillaOverContainerd(t *testing.T) {
 		"containerd": {100 * time.Millisecond},
 		"flotilla":   {150 * time.Millisecond},
 	}, errs: map[string]error{}}
-	if got := r.ratio("flotilla", "containerd"); got != "1.50" {
+	if got := r.row().ratioText(); got != "1.50" {
 		t.Errorf("ratio = %s, want 1.50", got)
 	}
 	r.errs["flotilla"] = errors.New("boom")
-	if got := r.ratio("flotilla", "containerd"); got != "n/a" {
+	if got := r.row().ratioText(); got != "n/a" {
 		t.Errorf("ratio with a failed daemon = %s, want n/a", got)
 	}
 }
 
+func TestMetComparesTheRatioAsShown(t *testing.T) {
+	ratio := func(v float64) *float64 { return &v }
+	for _, tc := range []struct {
+		r    row
+		want string
+	}{
+		{row{Ratio: ratio(1.004), Target: &target{Max: 1.0, Issue: 9}}, "yes"}, // shown as 1.00
+		{row{Ratio: ratio(1.006), Target: &target{Max: 1.0, Issue: 9}}, "no"},  // shown as 1.01
+		{row{Ratio: ratio(1.6), Target: &target{Max: 1.5, Issue: 9}}, "no"},
+		{row{Target: &target{Max: 1.0, Issue: 9}}, "n/a"},
+		{row{Ratio: ratio(3)}, ""},
+	} {
+		if got := tc.r.met(); got != tc.want {
+			t.Errorf("met(ratio %v, target %v) = %q, want %q", tc.r.Ratio, tc.r.Target, got, tc.want)
+		}
+	}
+}
+
 func TestReportShowsSkippedDaemonAndErrors(t *testing.T) {
-	r := &result{name: "ingest", what: "w", unit: time.Millisecond, samples: map[string][]time.Duration{
+	r := &result{name: "ingest", what: "w", unit: time.Millisecond, target: &target{Max: 1, Issue: 9}, samples: map[string][]time.Duration{
 		"containerd": {12 * time.Millisecond, 14 * time.Millisecond, 13 * time.Millisecond},
 	}, errs: map[string]error{"flotilla": errors.New("prepare: lease\nwith detail")}}
 	var b strings.Builder
-	meta := reportMeta{date: time.Unix(0, 0), host: "h", versions: map[string]string{"containerd": "2.4.2"},
-		skipped: map[string]string{}, n: 3, calls: 10, goVersion: "go"}
-	if err := writeMarkdown(&b, meta, []*result{r}); err != nil {
+	rep := &report{Date: time.Unix(0, 0), Commit: "abc1234", Host: "h", Go: "go", Iterations: 3, Calls: 10,
+		Daemons: []daemonInfo{{Name: "containerd", Version: "2.4.2"}, {Name: "flotilla", Skipped: "no flotillad"}},
+		Rows:    []row{r.row()}}
+	if err := writeMarkdown(&b, rep); err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"| ingest | ms | 13.0 | error | n/a | 3/0 |", "flotilla failed: prepare: lease with detail"} {
+	for _, want := range []string{"| ingest | ms | 13.0 | error | n/a | ≤ 1.00 | n/a | 3/0 |", "flotilla failed: prepare: lease with detail",
+		"flotilla: not measured: no flotillad", "commit abc1234", "partial run"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}
@@ -94,7 +114,7 @@ func TestUnknownWorkloadIsRejected(t *testing.T) {
 	}
 }
 
-func TestGroupNameSelectsEveryWorkloadOfTheGroup(t *testing.T) {
+func TestOnlySelectsGroupsInTheOrderOfAll(t *testing.T) {
 	all := []workload{{name: "run"}, {name: "memory-idle", group: "memory"}, {name: "memory-10running", group: "memory"}}
 	got, err := selectWorkloads(all, "memory,run")
 	if err != nil {
@@ -104,7 +124,9 @@ func TestGroupNameSelectsEveryWorkloadOfTheGroup(t *testing.T) {
 	for _, w := range got {
 		names = append(names, w.name)
 	}
-	if strings.Join(names, ",") != "memory-idle,memory-10running,run" {
+	// In the order of all, not of -only: run keeps an image that earlier
+	// workloads must not find.
+	if strings.Join(names, ",") != "run,memory-idle,memory-10running" {
 		t.Fatalf("selectWorkloads(memory,run) = %v", names)
 	}
 }
@@ -117,15 +139,25 @@ func TestReportShowsFloorColumnAndMiB(t *testing.T) {
 		"containerd": {50 << 20}, "flotilla": {75 << 20},
 	}, errs: map[string]error{}}
 	var b strings.Builder
-	meta := reportMeta{date: time.Unix(0, 0), host: "h", versions: map[string]string{}, skipped: map[string]string{},
-		shims: map[string]string{}, n: 1, calls: 1, goVersion: "go"}
-	if err := writeMarkdown(&b, meta, []*result{run, mem}); err != nil {
+	rep := &report{Date: time.Unix(0, 0), Host: "h", Go: "go", Iterations: 1, Calls: 1, Rows: []row{run.row(), mem.row()}}
+	if err := writeMarkdown(&b, rep); err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"| runc floor |", "| run | ms | 80.0 | 88.0 | 1.10 | 24.0 | 1/1 |", "| memory-idle | MiB | 50.0 | 75.0 | 1.50 | — | 1/1 |"} {
+	for _, want := range []string{"| runc floor |", "| run | ms | 80.0 | 88.0 | 1.10 | — |  | 24.0 | 1/1 |", "| memory-idle | MiB | 50.0 | 75.0 | 1.50 | — |  | — | 1/1 |"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestStatsSummariseInTheUnit(t *testing.T) {
+	ds := []time.Duration{5 * time.Millisecond, 1 * time.Millisecond, 3 * time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond}
+	st, ok := statsOf(ds, time.Millisecond)
+	if !ok || st != (stats{N: 5, Median: 3, Min: 1, P25: 2, P75: 4, Max: 5}) {
+		t.Fatalf("statsOf = %+v, %v", st, ok)
+	}
+	if _, ok := statsOf(nil, time.Millisecond); ok {
+		t.Fatal("statsOf(nil) claims figures")
 	}
 }

@@ -31,6 +31,16 @@ func (d *daemon) runImage(ctx context.Context, img *testimage.Image) (client.Ima
 	if d.runImg != nil {
 		return d.runImg, nil
 	}
+	i, err := importUnpack(ctx, d, img)
+	if err != nil {
+		return nil, err
+	}
+	d.runImg = i
+	return i, nil
+}
+
+// importUnpack imports img into d and unpacks it into overlayfs.
+func importUnpack(ctx context.Context, d *daemon, img *testimage.Image) (client.Image, error) {
 	archive, err := img.ArchiveBytes()
 	if err != nil {
 		return nil, err
@@ -46,7 +56,6 @@ func (d *daemon) runImage(ctx context.Context, img *testimage.Image) (client.Ima
 	if err := i.Unpack(ctx, benchSnapshotter); err != nil {
 		return nil, fmt.Errorf("unpack %s: %w", img.Name, err)
 	}
-	d.runImg = i
 	return i, nil
 }
 

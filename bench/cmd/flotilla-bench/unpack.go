@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,24 +44,24 @@ const warmupIter = 1 << 30
 // committed). After timing, the image is deleted synchronously so garbage
 // collection takes its blobs and snapshots, and every iteration starts cold.
 type unpackBench struct {
-	d         *daemon
-	img       *testimage.Image
-	layers    int   // random layers, seeds unpackSeedBase onwards
-	layerSize int64 // bytes of random data in each
-	archive   []byte
-	chain     []digest.Digest // chain IDs of the layers, bottom first
+	d       *daemon
+	img     *testimage.Image
+	archive []byte
+	chain   []digest.Digest // chain IDs of the layers, bottom first
+	// verify checks the unpacked image's root filesystem, mounted at root.
+	verify func(root string) error
 
 	// The two halves of each timed iteration, for the progress line: they
 	// tell whether a ratio comes from writing content or from applying it.
 	importDs, unpackDs []time.Duration
 }
 
-func newUnpackBench(_ context.Context, d *daemon, img *testimage.Image, layers int, layerSize int64) (*unpackBench, error) {
+func newUnpackBench(_ context.Context, d *daemon, img *testimage.Image, verify func(root string) error) (*unpackBench, error) {
 	archive, err := img.ArchiveBytes()
 	if err != nil {
 		return nil, err
 	}
-	return &unpackBench{d: d, img: img, layers: layers, layerSize: layerSize, archive: archive, chain: chainIDs(img)}, nil
+	return &unpackBench{d: d, img: img, archive: archive, chain: chainIDs(img), verify: verify}, nil
 }
 
 // checkCold fails if anything of the image survived the previous delete:
@@ -133,9 +134,9 @@ func (b *unpackBench) sample(ctx context.Context, iter int) ([]time.Duration, er
 	return []time.Duration{end.Sub(start)}, nil
 }
 
-// verifyRootfs mounts a view of the unpacked chain and compares every
-// random file with the bytes it was made from: proof, once per daemon, that
-// the timed unpack really lands the data in the snapshotter.
+// verifyRootfs mounts a view of the unpacked chain and has verify compare
+// it with what the image was made from: proof, once per daemon, that the
+// timed unpack really lands the data in the snapshotter.
 func (b *unpackBench) verifyRootfs(ctx context.Context, chainID string) (err error) {
 	// Under a lease, or the collector may take the view before it is used
 	// (the unpack's own lease has just gone, which schedules a collection).
@@ -175,14 +176,25 @@ func (b *unpackBench) verifyRootfs(ctx context.Context, chainID string) (err err
 	if _, err := os.Stat(filepath.Join(target, "bin", "busybox")); err != nil {
 		return fmt.Errorf("unpacked rootfs lacks the busybox layer: %w", err)
 	}
-	for i := range b.layers {
-		seed := int64(unpackSeedBase + i)
-		name := filepath.Join(target, fmt.Sprintf("random-%d.bin", seed))
-		if err := sameBytes(name, testimage.RandomReader(seed), b.layerSize); err != nil {
-			return fmt.Errorf("unpacked rootfs: %w", err)
-		}
+	if err := b.verify(target); err != nil {
+		return fmt.Errorf("unpacked rootfs: %w", err)
 	}
 	return nil
+}
+
+// verifyRandomLayers checks that a root filesystem holds the unpack
+// image's random files, each byte for byte.
+func verifyRandomLayers(layers int, layerSize int64) func(root string) error {
+	return func(root string) error {
+		for i := range layers {
+			seed := int64(unpackSeedBase + i)
+			name := filepath.Join(root, fmt.Sprintf("random-%d.bin", seed))
+			if err := sameBytes(name, testimage.RandomReader(seed), layerSize); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }
 
 // sameBytes checks that the file at path holds exactly size bytes, those
@@ -225,8 +237,8 @@ func sameBytes(path string, want io.Reader, size int64) error {
 func (b *unpackBench) cleanup(ctx context.Context) error {
 	if mi, ok := median(b.importDs); ok {
 		mu, _ := median(b.unpackDs)
-		fmt.Fprintf(os.Stderr, "unpack on %s: medians of the halves: Import %s ms, Unpack %s ms\n",
-			b.d.name, formatIn(mi, time.Millisecond), formatIn(mu, time.Millisecond))
+		fmt.Fprintf(os.Stderr, "%s on %s: medians of the halves: Import %s ms, Unpack %s ms\n",
+			b.img.Name[strings.LastIndex(b.img.Name, ":")+1:], b.d.name, formatIn(mi, time.Millisecond), formatIn(mu, time.Millisecond))
 	}
 	err := b.d.client.ImageService().Delete(ctx, b.img.Name, images.SynchronousDelete())
 	if errdefs.IsNotFound(err) {

@@ -343,6 +343,11 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 		if err != nil {
 			return nil, err
 		}
+		ev := env(e.Name, deps, opts)
+		if slices.Contains(e.Requires, roster.Snapshotters) || slices.Contains(e.Reaches, roster.Snapshotters) {
+			ev.Snapshotters = sockets
+			ev.RemoteSnapshotters = remote
+		}
 		if e.HostedBy != "" && !cfg.Services[e.HostedBy].Disabled && cfg.External(e.HostedBy) == "" {
 			// Runs in its host's process, which flotillad starts
 			// before it (the roster lists hosts first).
@@ -353,17 +358,12 @@ func specsFor(cfg *config.Config, logOpts logging.Options) ([]supervisor.Spec, e
 			if specs[host].Env.Hosted == nil {
 				specs[host].Env.Hosted = map[string]handshake.Env{}
 			}
-			specs[host].Env.Hosted[e.Name] = env(e.Name, deps, opts)
+			specs[host].Env.Hosted[e.Name] = ev
 			continue
 		}
 		path, args, err := command(e.Name, e.Name)
 		if err != nil {
 			return nil, err
-		}
-		ev := env(e.Name, deps, opts)
-		if slices.Contains(e.Requires, roster.Snapshotters) || slices.Contains(e.Reaches, roster.Snapshotters) {
-			ev.Snapshotters = sockets
-			ev.RemoteSnapshotters = remote
 		}
 		specs = append(specs, supervisor.Spec{Name: e.Name, Path: path, Args: args, Requires: requires, Env: ev, Limits: limits(cfg, e.Name)})
 	}

@@ -155,6 +155,7 @@ var Services = []Entry{
 		// runs where the shims see its mounts.
 		Name:     "mounts",
 		HostedBy: "tasks",
+		Reaches:  []string{"metadata"},
 		Summary:  "Mounts: containerd's mount manager (activations of mounts for leases and references).",
 		Build:    mounts.New,
 		External: true,
@@ -163,13 +164,14 @@ var Services = []Entry{
 		Options:  func() any { return mounts.DefaultOptions() },
 	},
 	{
-		// containerd's restart monitor: a client of the gateway that
-		// restarts containers labelled containerd.io/restart.*.
+		// containerd's restart monitor: a client of metadata and tasks
+		// that restarts containers labelled containerd.io/restart.*.
 		Name:     "restart",
 		HostedBy: "tasks",
 		Summary:  "Restart: containerd's restart monitor for containers labelled containerd.io/restart.*.",
 		Build:    restart.New,
 		Requires: []string{"tasks"},
+		Reaches:  []string{"metadata", Snapshotters},
 		External: true,
 		MaxProcs: 1,
 		GOGC:     50,

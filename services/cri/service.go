@@ -17,26 +17,11 @@ package cri
 import (
 	"context"
 	"fmt"
-	"maps"
 	"path/filepath"
-	"slices"
 
-	containersapi "github.com/containerd/containerd/api/services/containers/v1"
-	contentapi "github.com/containerd/containerd/api/services/content/v1"
-	diffapi "github.com/containerd/containerd/api/services/diff/v1"
-	imagesapi "github.com/containerd/containerd/api/services/images/v1"
-	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
-	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
-	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
-	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	containerd "github.com/containerd/containerd/v2/client"
-	contentproxy "github.com/containerd/containerd/v2/core/content/proxy"
-	eventsproxy "github.com/containerd/containerd/v2/core/events/proxy"
-	introspectionproxy "github.com/containerd/containerd/v2/core/introspection/proxy"
-	leasesproxy "github.com/containerd/containerd/v2/core/leases/proxy"
-	"github.com/containerd/containerd/v2/core/snapshots"
-	snproxy "github.com/containerd/containerd/v2/core/snapshots/proxy"
 
+	"github.com/flotilla-project/flotilla/pkg/graphclient"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/cri/server"
@@ -125,7 +110,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := containerd.New("", containerd.WithDefaultNamespace(server.Namespace), containerd.WithServices(clientServices(graph, p.Env.Snapshotters, opts.Snapshotter)...))
+	client, err := containerd.New("", containerd.WithDefaultNamespace(server.Namespace), containerd.WithServices(graphclient.Services(graph, p.Env.Snapshotters, opts.Snapshotter)...))
 	if err != nil {
 		graph.Close()
 		return nil, err
@@ -165,26 +150,4 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 			return graph.Close()
 		},
 	}, nil
-}
-
-// clientServices are the containerd client's services, each on the graph:
-// a call goes to the process that owns it. Snapshotters are metadata's
-// namespaced ones, by name.
-func clientServices(graph *rpc.Graph, snapshotters map[string]string, def string) []containerd.ServicesOpt {
-	sns := map[string]snapshots.Snapshotter{}
-	for _, name := range append(slices.Collect(maps.Keys(snapshotters)), def) {
-		sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(graph), name)
-	}
-	return []containerd.ServicesOpt{
-		containerd.WithContentStore(contentproxy.NewContentStore(contentapi.NewContentClient(graph))),
-		containerd.WithImageClient(imagesapi.NewImagesClient(graph)),
-		containerd.WithContainerClient(containersapi.NewContainersClient(graph)),
-		containerd.WithTaskClient(tasksapi.NewTasksClient(graph)),
-		containerd.WithSnapshotters(sns),
-		containerd.WithLeasesService(leasesproxy.NewLeaseManager(leasesapi.NewLeasesClient(graph))),
-		containerd.WithDiffClient(diffapi.NewDiffClient(graph)),
-		containerd.WithNamespaceClient(namespacesapi.NewNamespacesClient(graph)),
-		containerd.WithIntrospectionService(introspectionproxy.NewIntrospectionProxy(graph)),
-		containerd.WithEventService(eventsproxy.NewRemoteEvents(graph)),
-	}
 }

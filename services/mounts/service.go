@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
-	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/mounts/manager"
 	"github.com/flotilla-project/flotilla/services/mounts/refs"
@@ -55,18 +54,20 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		logging.G(ctx).Warn("cleaning up after an earlier run", "error", err)
 	}
 	stop := func() {}
-	if p.Env.Gateway != "" {
-		gw, err := rpc.DialTimeout(p.Env.Gateway, p.CallTimeout())
+	if _, ok := p.Env.Deps["metadata"]; ok && p.Env.Gateway != "" {
+		// Leases and records are metadata's, deletion events the
+		// gateway's: each asked on its owner's socket.
+		graph, err := p.Graph()
 		if err != nil {
 			m.Close()
 			return nil, err
 		}
 		runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})
-		go func() { defer close(done); refs.New(gw).Run(runCtx, every, m) }()
-		stop = func() { cancel(); <-done; gw.Close() }
+		go func() { defer close(done); refs.New(graph).Run(runCtx, every, m) }()
+		stop = func() { cancel(); <-done; graph.Close() }
 	} else {
-		logging.G(ctx).Warn("no gateway (--gateway): activations are kept until deactivated, whatever holds them")
+		logging.G(ctx).Warn("no metadata and gateway (--dep metadata=..., --gateway): activations are kept until deactivated, whatever holds them")
 	}
 	return &service.Instance{
 		Type:     "io.containerd.mount-manager.v1",

@@ -14,10 +14,9 @@ import (
 	"fmt"
 	"time"
 
-	containerd "github.com/containerd/containerd/v2/client"
 	"google.golang.org/grpc"
 
-	"github.com/flotilla-project/flotilla/pkg/rpc"
+	"github.com/flotilla-project/flotilla/pkg/graphclient"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/restart/monitor"
 )
@@ -44,16 +43,18 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		}
 		interval = d
 	}
-	if p.Env.Gateway == "" {
-		return nil, fmt.Errorf("the restart monitor is a client of the gateway: run it under flotillad or pass --gateway")
+	for _, dep := range []string{"metadata", "tasks"} {
+		if _, ok := p.Env.Deps[dep]; !ok {
+			return nil, fmt.Errorf("the restart monitor calls %s on its socket: run it under flotillad or pass --dep %s=<socket>", dep, dep)
+		}
 	}
-	conn, err := rpc.DialTimeout(p.Env.Gateway, p.CallTimeout())
+	graph, err := p.Graph()
 	if err != nil {
 		return nil, err
 	}
-	client, err := containerd.NewWithConn(conn)
+	client, err := graphclient.New(graph, p.Env.Snapshotters, "overlayfs", "")
 	if err != nil {
-		conn.Close()
+		graph.Close()
 		return nil, err
 	}
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -74,7 +75,8 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 			case <-done:
 			case <-ctx.Done():
 			}
-			return client.Close()
+			client.Close()
+			return graph.Close()
 		},
 	}, nil
 }

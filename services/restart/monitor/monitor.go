@@ -77,8 +77,10 @@ func New(client *containerd.Client, interval time.Duration, state string) *Monit
 func (m *Monitor) Run(ctx context.Context) {
 	logger := logging.G(ctx)
 	for {
-		serving, err := m.client.IsServing(ctx)
-		if serving {
+		// The records it reconciles are metadata's: it starts once
+		// metadata answers.
+		_, err := m.client.NamespaceService().List(ctx)
+		if err == nil {
 			break
 		}
 		if ctx.Err() != nil {

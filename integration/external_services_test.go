@@ -152,7 +152,9 @@ func startExternalGraph(t *testing.T) *externalGraph {
 	add := func(name, binary string, args ...string) {
 		g.services[name] = startExternal(t, name, binary, sock(name), append(dirs(name), args...)...)
 	}
-	add("content", "content")
+	// It serves the namespaced reads and writes, asking metadata, which
+	// starts after it.
+	add("content", "content", "--dep", "metadata="+sock("metadata"))
 	// The default snapshotter also serves layer apply, as flotillad asks
 	// the first snapshotter it starts to.
 	// It reaches metadata, which starts after it, once it is asked to

@@ -62,7 +62,7 @@ func WithLogger(ctx context.Context, l *slog.Logger) context.Context {
 // has gathered on its way (as containerd's log.G). A context that carries
 // none gets slog's default logger, which a process sets to its own at start.
 func G(ctx context.Context) *slog.Logger {
-	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok {
+	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok && l != nil {
 		return l
 	}
 	return slog.Default()

@@ -41,16 +41,17 @@ const DefaultWait = 10 * time.Second
 // MethodOwners are methods whose owner is named here rather than found by
 // their gRPC service, by full method name, to the owning process's name:
 // what the gateway routes by method, the graph's client routes alike.
-var MethodOwners = map[string]string{
-	// The namespaced content streams: the content process moves their
-	// bytes, asking metadata only for the namespace's decisions.
-	contentread.Method: "content",
-	"/containerd.services.content.v1.Content/Write": "content",
-}
+//
+// None is by default: a process claims single methods in what it describes
+// of itself (the content process, the namespaced Content Read and Write it
+// moves the bytes of, when it can ask metadata), and what none claims goes
+// with its service (to metadata, for the rest of Content).
+var MethodOwners = map[string]string{}
 
 // MethodNames are the methods an owner serves under another name than the
-// one a client calls: the content process serves the raw Content API under
-// containerd's name, and the namespaced streams under its own.
+// one a client calls, as processes claim them: the content process serves
+// the raw Content API under containerd's name, and the namespaced streams
+// under its own.
 var MethodNames = map[string]string{
 	contentread.Method: "/flotilla.content.v1.Namespaced/Read",
 	"/containerd.services.content.v1.Content/Write": "/flotilla.content.v1.Namespaced/Write",
@@ -103,6 +104,8 @@ type Graph struct {
 	mu     sync.RWMutex
 	routes map[string]*Peer // service or full method -> owner
 	clash  map[string]string
+	// renames are the names claimed methods are served under.
+	renames map[string]string
 }
 
 var _ grpc.ClientConnInterface = (*Graph)(nil)
@@ -122,7 +125,7 @@ func NewGraph(o GraphOptions) (*Graph, error) {
 			o.Names = MethodNames
 		}
 	}
-	g := &Graph{opts: o, peers: map[string]*Peer{}, methods: o.Methods, routes: map[string]*Peer{}, clash: map[string]string{}}
+	g := &Graph{opts: o, peers: map[string]*Peer{}, methods: o.Methods, routes: map[string]*Peer{}, renames: map[string]string{}, clash: map[string]string{}}
 	for name, sock := range o.Processes {
 		p, err := newPeer(name, sock, o, g.claim)
 		if err != nil {
@@ -201,6 +204,11 @@ func (g *Graph) served(method string) string {
 		if as, ok := g.opts.Names[method]; ok {
 			return as
 		}
+	}
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if as, ok := g.renames[method]; ok {
+		return as
 	}
 	return method
 }
@@ -293,9 +301,17 @@ func (g *Graph) describeAll(ctx context.Context) (silent []string) {
 
 // claim records the routes a process serves: gRPC service names, or full
 // method names ("pkg.Service/Method") for a single method.
-func (g *Graph) claim(p *Peer, routes []string) {
+func (g *Graph) claim(p *Peer, routes []string, methods map[string]string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	for m, as := range methods {
+		if other, ok := g.routes[m]; ok && other != p {
+			g.clash[m] = other.name + " and " + p.name
+			continue
+		}
+		g.routes[m] = p
+		g.renames[m] = as
+	}
 	for _, r := range routes {
 		key := r
 		if strings.Contains(r, "/") {
@@ -327,7 +343,7 @@ type Peer struct {
 	logger  *slog.Logger
 	ttrpc   string // where its ttrpc socket is, if it serves one
 	// claim is told what the process serves once it said so.
-	claim func(*Peer, []string)
+	claim func(*Peer, []string, map[string]string)
 	// conn is replaced when the process has been away for the wait (see
 	// watch).
 	conn atomic.Pointer[grpc.ClientConn]
@@ -341,7 +357,7 @@ type Peer struct {
 
 var _ grpc.ClientConnInterface = (*Peer)(nil)
 
-func newPeer(name, socket string, o GraphOptions, claim func(*Peer, []string)) (*Peer, error) {
+func newPeer(name, socket string, o GraphOptions, claim func(*Peer, []string, map[string]string)) (*Peer, error) {
 	// Deadlines are the peer's to set, once for the whole call with the
 	// waits and attempts in it.
 	conn, err := DialTimeout(socket, 0)
@@ -426,7 +442,7 @@ func (p *Peer) describe(ctx context.Context) error {
 	// Claimed before it counts as described, so that whoever finds it
 	// described finds its routes too.
 	if p.claim != nil {
-		p.claim(p, info.GetRoutes())
+		p.claim(p, info.GetRoutes(), info.GetMethodRoutes())
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

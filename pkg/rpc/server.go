@@ -45,6 +45,9 @@ type Server struct {
 // gRPC codes, OpenTelemetry tracing, and containerd's message limits. Extra
 // options are appended.
 func NewServer(logger *slog.Logger, opts ...grpc.ServerOption) *Server {
+	if logger == nil {
+		logger = slog.Default()
+	}
 	recover := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		logger.Error("panic in RPC handler", "panic", p, "stack", string(debug.Stack()))
 		return status.Errorf(codes.Internal, "internal error: %v", p)

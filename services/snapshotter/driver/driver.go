@@ -224,13 +224,19 @@ func (s *Snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		return nil, err
 	}
 
+	// Made and registered under the lock Cleanup lists the directory
+	// under: otherwise it could find the new directory not yet
+	// registered, take it for an orphan, and remove it while it is
+	// populated (or, renamed into place, as a snapshot).
+	s.mu.Lock()
 	tmp, err := os.MkdirTemp(s.snapshotsDir(), tempPrefix)
+	if err == nil {
+		s.creating[tmp] = struct{}{}
+	}
+	s.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("create snapshot directory: %w", err)
 	}
-	s.mu.Lock()
-	s.creating[tmp] = struct{}{}
-	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.creating, tmp)
@@ -382,12 +388,15 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 	var orphans []string
 	if err := s.store.Update(func(tx *storage.Tx) error {
 		ids := tx.IDs()
+		// Listed under the lock a creation registers its directory
+		// under, so every directory listed is either registered or an
+		// orphan.
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		entries, err := os.ReadDir(s.snapshotsDir())
 		if err != nil {
 			return err
 		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
 		for _, e := range entries {
 			name := e.Name()
 			p := filepath.Join(s.snapshotsDir(), name)

@@ -2,6 +2,7 @@ package driver_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -205,4 +206,31 @@ func TestNativeViewSharesParentAndPrepareCopiesIt(t *testing.T) {
 	if _, err := s.Prepare(ctx, "b", "A"); !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("prepare of an existing key: %v, want AlreadyExists", err)
 	}
+}
+
+// A Cleanup running beside creations takes none of their directories for an
+// orphan: a snapshot prepared while the snapshotter cleans up is whole.
+func TestCleanupBesideCreationsLeavesThemWhole(t *testing.T) {
+	s := open(t, t.TempDir())
+	ctx := context.Background()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			if err := s.Cleanup(ctx); err != nil {
+				t.Errorf("cleanup: %v", err)
+				return
+			}
+		}
+	}()
+	for i := 0; i < 100; i++ {
+		key := fmt.Sprintf("active-%d", i)
+		if _, err := s.Prepare(ctx, key, ""); err != nil {
+			t.Fatalf("prepare %s beside a cleanup: %v", key, err)
+		}
+		if err := s.Commit(ctx, fmt.Sprintf("layer-%d", i), key); err != nil {
+			t.Fatalf("commit %s beside a cleanup: %v", key, err)
+		}
+	}
+	<-done
 }

@@ -134,7 +134,8 @@ func hostedPlugins(p introspection.Plugin) (introspection.Plugin, []introspectio
 	var out []introspection.Plugin
 	for _, name := range names {
 		h := byName[name]
-		for _, k := range []string{"pid", "socket", "state"} {
+		// What describes the process it runs in.
+		for _, k := range []string{"pid", "socket", "ttrpc", "state", "restarts", "started", "gomaxprocs"} {
 			if v, ok := exports[k]; ok {
 				h.Exports[k] = v
 			}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/metrics"
+	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/metadata/gc"
 	"github.com/flotilla-project/flotilla/services/metadata/metadb"
@@ -110,14 +111,25 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	// reaches a proxy snapshotter; each call carries the configured
 	// deadline, so a hung one fails its callers instead of holding them.
 	sns := map[string]snapshots.Snapshotter{}
+	var remotes []*grpc.ClientConn
 	for name := range p.Env.Snapshotters {
-		sc, err := graph.Process(service.SnapshotterProcess(name))
-		if err != nil {
-			return nil, fmt.Errorf("snapshotter %s: %w", name, err)
-		}
-		var cc grpc.ClientConnInterface = sc
+		var cc grpc.ClientConnInterface
 		if slices.Contains(p.Env.RemoteSnapshotters, name) {
-			cc = newFailFast(name, cc)
+			// Not a process of the graph: a call fails fast when it
+			// refuses connections instead of waiting for it as for a
+			// restarting service.
+			conn, err := rpc.DialTimeout(p.Env.Snapshotters[name], p.CallTimeout())
+			if err != nil {
+				return nil, fmt.Errorf("snapshotter %s: %w", name, err)
+			}
+			remotes = append(remotes, conn)
+			cc = newFailFast(name, conn)
+		} else {
+			sc, err := graph.Process(service.SnapshotterProcess(name))
+			if err != nil {
+				return nil, fmt.Errorf("snapshotter %s: %w", name, err)
+			}
+			cc = sc
 		}
 		sns[name] = snproxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(cc), name)
 	}
@@ -141,6 +153,9 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 			pub.Close(ctx)
 			err := db.Close()
 			graph.Close()
+			for _, c := range remotes {
+				c.Close()
+			}
 			return err
 		},
 	}, nil

@@ -89,7 +89,13 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	defer func() { _ = shutdownTracing(context.Background()) }()
+	defer func() {
+		// Spans not exported by then are lost rather than the stop held
+		// up by a collector that does not answer.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdownTracing(sctx)
+	}()
 
 	gwLogger, _ := logging.New("gateway", logOpts, os.Stderr)
 	gw, err := gateway.New(gateway.Options{

@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"strings"
 
+	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/typeurl/v2"
+
 	introspectionapi "github.com/containerd/containerd/api/services/introspection/v1"
 	"google.golang.org/grpc"
 
@@ -29,6 +32,9 @@ const unknownType = "io.flotilla.service.v1"
 func (g *Gateway) registerBuiltins(s *grpc.Server, o Options) error {
 	g.events = events.NewExchange(o.Logger, 0)
 	events.NewService(g.events).Register(s)
+	if err := g.forgetDeletedBlobs(); err != nil {
+		return err
+	}
 	version.NewService().Register(s)
 	g.admin = admin.New(o.Logger, g.router)
 	g.admin.Register(s)
@@ -38,6 +44,29 @@ func (g *Gateway) registerBuiltins(s *grpc.Server, o Options) error {
 		Plugins: g.plugins,
 		Info:    g.pluginInfo,
 	}).Register(s)
+	return nil
+}
+
+// forgetDeletedBlobs tells the router each blob a namespace deletes, which
+// it may have granted the namespace a moment before (router.ForgetBlob).
+func (g *Gateway) forgetDeletedBlobs() error {
+	sub, err := g.events.Subscribe(`topic=="/content/delete"`)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			select {
+			case env := <-sub.Events():
+				v, err := typeurl.UnmarshalAny(env.Event)
+				if ev, ok := v.(*eventstypes.ContentDelete); ok && err == nil {
+					g.router.ForgetBlob(env.Namespace, ev.Digest)
+				}
+			case <-sub.Done():
+				return
+			}
+		}
+	}()
 	return nil
 }
 

@@ -80,3 +80,20 @@ func TestBlobBytesCrossOnlyTheGatewayAndContent(t *testing.T) {
 		t.Errorf("namespace other read namespace default's blob: err %v, output %.200q", err, out)
 	}
 }
+
+// The gateway keeps a blob it read for a namespace a moment, for the calls
+// that follow (a content reader asks for each 32 KiB apart), but a blob the
+// namespace deletes is gone for its next read at once.
+func TestDeletedBlobIsNotReadAfterARead(t *testing.T) {
+	d := newDaemon(t).start()
+	data := []byte("read, deleted, read again")
+	want := digest.FromBytes(data)
+	d.ctrStdinMust(bytes.NewReader(data), "content", "ingest", "--expected-digest", want.String(), "grant")
+	if got, err := d.ctrBytes("content", "get", want.String()); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("content get: %q, %v", got, err)
+	}
+	d.mustCtr("content", "rm", want.String())
+	if out, err := d.ctr("content", "get", want.String()); err == nil || !strings.Contains(out, "not found") {
+		t.Errorf("content get right after content rm: err %v, output %.200q; want not found", err, out)
+	}
+}

@@ -32,6 +32,24 @@ import (
 // SetBlobFD records the content process's blob file socket.
 func (r *Router) SetBlobFD(path string) { r.blobFD.Store(&path) }
 
+// ForgetBlob drops what the router keeps of a namespace's blob (it was
+// deleted there).
+func (r *Router) ForgetBlob(namespace, digest string) {
+	r.grants.forget(grantKey{namespace, digest})
+}
+
+// contentDelete is the call after which a namespace's blob is not read.
+const contentDelete = "/containerd.services.content.v1.Content/Delete"
+
+// deletedDigest is the digest a Delete request names, "" if it names none.
+func deletedDigest(req *rpc.Frame) string {
+	var d api.DeleteContentRequest
+	if proto.Unmarshal(req.Bytes(), &d) != nil {
+		return ""
+	}
+	return d.GetDigest()
+}
+
 // readChunk is the data of one Read response, as the content service sends.
 const readChunk = 1 << 20
 
@@ -57,21 +75,28 @@ func (r *Router) readFromFile(ss grpc.ServerStream) (done bool, _ error) {
 	ctx := ss.Context()
 	md, _ := metadata.FromIncomingContext(ctx)
 	bctx := ctx
+	key := grantKey{digest: req.GetDigest()}
 	if ns := md.Get("containerd-namespace"); len(ns) > 0 {
 		bctx = namespaces.WithNamespace(bctx, ns[0])
+		key.namespace = ns[0]
 	}
 	if l := md.Get("containerd-lease"); len(l) > 0 {
 		bctx = leases.WithLease(bctx, l[0])
 	}
-	f, total, err := blobfd.Open(bctx, *sock, req.GetDigest())
-	if status.Code(err) == codes.Unavailable {
-		r.logger.Debug("blob file socket unreachable, relaying the read", "error", err)
-		return true, r.relayRead(ss, req)
+	gr := r.grants.take(key)
+	if gr == nil {
+		f, size, err := blobfd.Open(bctx, *sock, req.GetDigest())
+		if status.Code(err) == codes.Unavailable {
+			r.logger.Debug("blob file socket unreachable, relaying the read", "error", err)
+			return true, r.relayRead(ss, req)
+		}
+		if err != nil {
+			return true, rpc.Relayed(err)
+		}
+		gr = r.grants.add(key, f, size)
 	}
-	if err != nil {
-		return true, rpc.Relayed(err)
-	}
-	defer f.Close()
+	defer r.grants.release(gr)
+	f, total := gr.f, gr.size
 
 	offset := max(req.GetOffset(), 0)
 	if offset > total {

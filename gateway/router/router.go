@@ -48,6 +48,7 @@ type Router struct {
 	// blobFD is the content process's socket handing out blob files: a
 	// client's content Read is served from the file here (blobread.go).
 	blobFD atomic.Pointer[string]
+	grants grants
 }
 
 type methodRoute struct {
@@ -454,7 +455,18 @@ func (r *Router) routeUnary(ctx context.Context, svc, method string, req *rpc.Fr
 	defer be.done()
 	in, _ := metadata.FromIncomingContext(ctx)
 	octx := metadata.NewOutgoingContext(ctx, forwardable(in))
+	var deleted string
+	if method == contentDelete {
+		deleted = deletedDigest(req)
+	}
 	resp, header, trailer, err := r.unaryCall(octx, be, svc, method, req)
+	if err == nil && deleted != "" {
+		// Before the client hears of it: its next read must not find
+		// the blob granted still.
+		if ns := in.Get("containerd-namespace"); len(ns) > 0 {
+			r.ForgetBlob(ns[0], deleted)
+		}
+	}
 	if len(header) > 0 {
 		_ = grpc.SetHeader(ctx, header)
 	}

@@ -8,6 +8,7 @@ package idle
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -66,6 +67,10 @@ func (t *Tracker) Trim(ctx context.Context, quiet time.Duration) {
 			continue
 		}
 		t.busy.Store(false)
+		// Two collections: what sync.Pools held (1 MiB read buffers,
+		// say) survives the first as their victims, and goes with the
+		// second, whose free pages are then returned.
+		runtime.GC()
 		debug.FreeOSMemory()
 	}
 }

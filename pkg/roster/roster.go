@@ -16,6 +16,7 @@ import (
 	"github.com/flotilla-project/flotilla/services/metadata"
 	"github.com/flotilla-project/flotilla/services/snapshotter"
 	"github.com/flotilla-project/flotilla/services/tasks"
+	"github.com/flotilla-project/flotilla/services/transfer"
 )
 
 // Entry is one service of the graph.
@@ -111,6 +112,18 @@ var Services = []Entry{
 		MaxProcs: 1,
 		GOGC:     50,
 		Options:  func() any { return metadata.DefaultOptions() },
+	},
+	{
+		// Pulls, pushes, imports and exports (containerd's Transfer and
+		// Streaming APIs) next to the stores: a pull writes blobs to
+		// content and streams layers to the snapshotters as they
+		// download.
+		Name:     "transfer",
+		Summary:  "Transfer: pulls, pushes, imports and exports images (containerd's Transfer and Streaming APIs).",
+		Build:    transfer.New,
+		Requires: []string{"metadata", "content", Snapshotters},
+		External: true,
+		Options:  func() any { return transfer.DefaultOptions() },
 	},
 	{
 		Name:     "tasks",

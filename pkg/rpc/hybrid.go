@@ -103,6 +103,11 @@ const (
 // (without its service) is small enough to go over ttrpc; a larger one goes
 // over gRPC, which takes up to MaxMsgSize.
 func TTRPCCarries(name string, size int) bool {
+	// ttrpc carries no cancellation: a call that runs for minutes (a pull
+	// through Transfer) takes gRPC, so that a client giving up stops it.
+	if name == "Transfer" {
+		return false
+	}
 	if ReadOnly(name) {
 		return size <= MaxTTRPCRequest
 	}

@@ -87,14 +87,8 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 	if len(cfg.ProcessorPayloads) > 0 {
 		return ocispec.Descriptor{}, fmt.Errorf("stream processor payloads (layer decryption): %w", errdefs.ErrNotImplemented)
 	}
-	if err := checkLayerMediaType(desc.MediaType); err != nil {
+	if err := checkLayer(desc, mounts); err != nil {
 		return ocispec.Descriptor{}, err
-	}
-	if err := desc.Digest.Validate(); err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("layer digest %q: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
-	}
-	if len(mounts) == 0 {
-		return ocispec.Descriptor{}, fmt.Errorf("apply layer %s: no mounts to apply onto: %w", desc.Digest, errdefs.ErrInvalidArgument)
 	}
 
 	ra, err := s.content.ReaderAt(ctx, desc)
@@ -123,6 +117,35 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 		defer rc.Close()
 		src = rc
 	}
+	applied, err := applyBlob(ctx, desc, mounts, src, cfg)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	s.log.DebugContext(ctx, "layer applied", "digest", desc.Digest, "diff_id", applied.Digest,
+		"media_type", desc.MediaType, "size", desc.Size, "duration", time.Since(start))
+	return applied, nil
+}
+
+// checkLayer refuses, before anything is written, a layer Apply cannot
+// unpack: an unknown or encrypted media type, a malformed digest, no mounts.
+func checkLayer(desc ocispec.Descriptor, mounts []mount.Mount) error {
+	if err := checkLayerMediaType(desc.MediaType); err != nil {
+		return err
+	}
+	if err := desc.Digest.Validate(); err != nil {
+		return fmt.Errorf("layer digest %q: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	if len(mounts) == 0 {
+		return fmt.Errorf("apply layer %s: no mounts to apply onto: %w", desc.Digest, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// applyBlob unpacks the layer blob read from src onto mounts: the blob is
+// read and hashed ahead of the decompressor (readahead.go), the tar is
+// written as it is decompressed, and the blob's digest is checked once it
+// has been read to the end.
+func applyBlob(ctx context.Context, desc ocispec.Descriptor, mounts []mount.Mount, src io.Reader, cfg diff.ApplyConfig) (ocispec.Descriptor, error) {
 	blob := newReadAhead(src, desc.Digest.Algorithm(), cfg.Progress)
 	defer blob.Close()
 	layer, err := openLayer(blob)
@@ -132,7 +155,7 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 	defer layer.Close()
 
 	tarStream := &hashingReader{r: layer, d: digest.Canonical.Digester()}
-	if err := s.applyMounts(ctx, mounts, tarStream, cfg.SyncFs); err != nil {
+	if err := applyMounts(ctx, mounts, tarStream, cfg.SyncFs); err != nil {
 		return ocispec.Descriptor{}, layerError(desc, err)
 	}
 	// archive.Apply stops at the tar's end marker, but the diff ID covers
@@ -152,14 +175,11 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 		return ocispec.Descriptor{}, fmt.Errorf("layer %s: content read has digest %s: %w", desc.Digest, got, errdefs.ErrFailedPrecondition)
 	}
 
-	applied := ocispec.Descriptor{
+	return ocispec.Descriptor{
 		MediaType: ocispec.MediaTypeImageLayer,
 		Digest:    tarStream.d.Digest(),
 		Size:      tarStream.n,
-	}
-	s.log.DebugContext(ctx, "layer applied", "digest", desc.Digest, "diff_id", applied.Digest,
-		"media_type", desc.MediaType, "size", desc.Size, "duration", time.Since(start))
-	return applied, nil
+	}, nil
 }
 
 // checkLayerMediaType accepts the OCI and Docker layer media types,

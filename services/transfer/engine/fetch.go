@@ -30,6 +30,9 @@ type blobFetch struct {
 	commit func(applied ocispec.Descriptor) (map[string]string, error)
 	// moved counts the bytes downloaded.
 	moved func(int64)
+	// slot, when not nil, is called once this fetch holds a download
+	// slot, or once it knows it needs none.
+	slot func()
 }
 
 // fetchResult is how a blob came to be in the content store.
@@ -45,6 +48,10 @@ type fetchResult struct {
 func (e *Engine) fetchBlob(ctx context.Context, f blobFetch) (fetchResult, error) {
 	ns, _ := namespaces.Namespace(ctx)
 	key := ns + "/" + f.desc.Digest.String()
+	if f.slot != nil {
+		// However it ends, the caller learns it is under way.
+		defer f.slot()
+	}
 	for {
 		fl, lead := e.blobs.start(key)
 		if !lead {
@@ -72,6 +79,9 @@ func (e *Engine) download(ctx context.Context, f blobFetch) (res fetchResult, er
 		return res, err
 	}
 	defer e.downloads.Release(1)
+	if f.slot != nil {
+		f.slot()
+	}
 
 	ref := remotes.MakeRefKey(ctx, f.desc)
 	cw, err := content.OpenWriter(ctx, e.stores.Content, content.WithRef(ref), content.WithDescriptor(f.desc))

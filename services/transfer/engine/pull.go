@@ -126,13 +126,13 @@ type puller struct {
 
 // fetch puts a blob in the content store.
 func (pl *puller) fetch(ctx context.Context, desc ocispec.Descriptor) error {
-	return pl.fetchLive(ctx, desc, nil, nil)
+	return pl.fetchLive(ctx, desc, nil, nil, nil)
 }
 
 // fetchLive puts a blob in the content store, sending its bytes to the
 // writer live opens as they arrive when this pull downloads it (see
-// blobFetch).
-func (pl *puller) fetchLive(ctx context.Context, desc ocispec.Descriptor, live func() (LayerWriter, error), commit func(ocispec.Descriptor) (map[string]string, error)) error {
+// blobFetch); slot is told when the download is under way.
+func (pl *puller) fetchLive(ctx context.Context, desc ocispec.Descriptor, live func() (LayerWriter, error), commit func(ocispec.Descriptor) (map[string]string, error), slot func()) error {
 	res, err := pl.e.fetchBlob(ctx, blobFetch{
 		fetcher: pl.fetcher,
 		desc:    desc,
@@ -140,6 +140,7 @@ func (pl *puller) fetchLive(ctx context.Context, desc ocispec.Descriptor, live f
 		live:    live,
 		commit:  commit,
 		moved:   pl.t.moved(ctx, desc),
+		slot:    slot,
 	})
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -275,7 +276,7 @@ func (u *unpacker) unpackInOrder(ctx context.Context, sn snapshots.Snapshotter, 
 		}
 	}
 	for _, j := range jobs {
-		a := u.applyLayer(ctx, sn, j, j.parent, false)
+		a := u.applyLayer(ctx, sn, j, j.parent, false, nil)
 		if a.err != nil {
 			return a.err
 		}
@@ -296,19 +297,35 @@ func (u *unpacker) unpackParallel(ctx context.Context, sn snapshots.Snapshotter,
 	results := make([]chan applied, len(jobs))
 	for i := range jobs {
 		results[i] = make(chan applied, 1)
-		go func() {
+	}
+	// The unpack takes as long as its slowest layer: the largest layers
+	// are started first, each once the one before holds its download slot
+	// (downloads and unpacks are both limited), so that a small layer
+	// does not keep a large one waiting for a slot.
+	go func() {
+		for _, i := range largestFirst(jobs) {
 			if err := limit.Acquire(ctx, 1); err != nil {
 				results[i] <- applied{err: err}
-				return
+				continue
 			}
-			defer limit.Release(1)
-			a := u.applyLayer(ctx, sn, jobs[i], "", i > 0)
-			if a.err != nil {
-				cancel()
+			started := make(chan struct{})
+			var once sync.Once
+			go func() {
+				defer limit.Release(1)
+				slot := func() { once.Do(func() { close(started) }) }
+				defer slot()
+				a := u.applyLayer(ctx, sn, jobs[i], "", i > 0, slot)
+				if a.err != nil {
+					cancel()
+				}
+				results[i] <- a
+			}()
+			select {
+			case <-started:
+			case <-ctx.Done():
 			}
-			results[i] <- a
-		}()
-	}
+		}
+	}()
 	// The error to report is the first that is not the cancellation of
 	// the others it caused.
 	var first, cause error
@@ -345,7 +362,7 @@ func (u *unpacker) unpackParallel(ctx context.Context, sn snapshots.Snapshotter,
 // upper says the snapshot is an overlay layer prepared without its parent,
 // whose whiteouts must be kept as overlay whiteouts. A layer whose chain is
 // unpacked already (by another pull, say) is only fetched.
-func (u *unpacker) applyLayer(ctx context.Context, sn snapshots.Snapshotter, j layerJob, parent string, upper bool) applied {
+func (u *unpacker) applyLayer(ctx context.Context, sn snapshots.Snapshotter, j layerJob, parent string, upper bool, slot func()) applied {
 	ns, _ := namespaces.Namespace(ctx)
 	unlock, err := u.e.chains.lock(ctx, ns+"/"+u.snapshotter+"/"+j.chainID)
 	if err != nil {
@@ -394,7 +411,7 @@ func (u *unpacker) applyLayer(ctx context.Context, sn snapshots.Snapshotter, j l
 	if upper {
 		mounts = bindToOverlay(mounts)
 	}
-	if err := u.apply(ctx, j, mounts); err != nil {
+	if err := u.apply(ctx, j, mounts, slot); err != nil {
 		a.err = err
 		u.abort(ctx, sn, a)
 		return applied{err: err}
@@ -405,7 +422,7 @@ func (u *unpacker) applyLayer(ctx context.Context, sn snapshots.Snapshotter, j l
 // apply unpacks layer j onto mounts: as it downloads when it must be
 // downloaded and the snapshotter takes a stream, from the content store
 // otherwise.
-func (u *unpacker) apply(ctx context.Context, j layerJob, mounts []mount.Mount) error {
+func (u *unpacker) apply(ctx context.Context, j layerJob, mounts []mount.Mount, slot func()) error {
 	e := u.e
 	var done *ocispec.Descriptor
 	if u.pl != nil {
@@ -421,7 +438,7 @@ func (u *unpacker) apply(ctx context.Context, j layerJob, mounts []mount.Mount) 
 				return map[string]string{labels.LabelUncompressed: j.diffID.String()}, nil
 			}
 		}
-		if err := u.pl.fetchLive(ctx, j.desc, live, check); err != nil {
+		if err := u.pl.fetchLive(ctx, j.desc, live, check, slot); err != nil {
 			return err
 		}
 	}
@@ -441,6 +458,17 @@ func (u *unpacker) apply(ctx context.Context, j layerJob, mounts []mount.Mount) 
 	}
 	u.t.extracted(ctx, j.desc)
 	return nil
+}
+
+// largestFirst orders the jobs' indexes by their layers' size, largest
+// first.
+func largestFirst(jobs []layerJob) []int {
+	order := make([]int, len(jobs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(jobs[b].desc.Size, jobs[a].desc.Size) })
+	return order
 }
 
 func wrongDiffID(j layerJob, got digest.Digest) error {

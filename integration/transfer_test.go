@@ -13,6 +13,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -770,5 +771,173 @@ func corruptRegistryBlob(t *testing.T, storage string, d digest.Digest) {
 	}
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ctr2Version is the containerd release whose ctr drives the Transfer API
+// in TestCtr2ImagesGoThroughTransfer.
+const ctr2Version = "v2.4.2"
+
+var (
+	ctr2Once sync.Once
+	ctr2Path string
+	ctr2Err  error
+)
+
+// ctr2 is containerd 2.4.2's own ctr, which imports, exports, pulls, pushes
+// and tags through the Transfer API: $FLOTILLA_CTR2 when set, else built
+// once from the Go module proxy into ~/.cache/flotilla-tests. The test
+// skips, saying why, when it cannot be had.
+func ctr2(t *testing.T) string {
+	t.Helper()
+	ctr2Once.Do(func() {
+		if p := os.Getenv("FLOTILLA_CTR2"); p != "" {
+			ctr2Path = p
+			return
+		}
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			ctr2Err = err
+			return
+		}
+		dir := filepath.Join(cache, "flotilla-tests", "ctr-"+ctr2Version)
+		ctr2Path = filepath.Join(dir, "ctr")
+		if _, err := os.Stat(ctr2Path); err == nil {
+			return
+		}
+		mod := filepath.Join(dir, "build")
+		if err := os.MkdirAll(mod, 0o755); err != nil {
+			ctr2Err = err
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		for _, args := range [][]string{
+			{"mod", "init", "flotilla-tests/ctr2"},
+			{"get", "github.com/containerd/containerd/v2/cmd/ctr@" + ctr2Version},
+			{"build", "-tags", "no_btrfs no_devmapper no_zfs", "-o", ctr2Path + ".tmp", "github.com/containerd/containerd/v2/cmd/ctr"},
+		} {
+			if args[0] == "mod" {
+				if _, err := os.Stat(filepath.Join(mod, "go.mod")); err == nil {
+					continue
+				}
+			}
+			cmd := exec.CommandContext(ctx, "go", args...)
+			cmd.Dir = mod
+			cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				ctr2Err = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+				return
+			}
+		}
+		ctr2Err = os.Rename(ctr2Path+".tmp", ctr2Path)
+	})
+	if ctr2Err != nil {
+		t.Skipf("containerd %s's ctr could not be built from the Go module proxy (set FLOTILLA_CTR2 to one): %v", ctr2Version, ctr2Err)
+	}
+	return ctr2Path
+}
+
+// TestCtr2ImagesGoThroughTransfer drives containerd 2.4.2's own ctr, which
+// imports, exports, pulls, pushes and tags through the Transfer and
+// Streaming APIs unless told --local, against Flotilla and a local
+// registry: each works, shows its progress, and an image it imports runs.
+func TestCtr2ImagesGoThroughTransfer(t *testing.T) {
+	bin := ctr2(t)
+	bb, err := testimage.Busybox()
+	if err != nil {
+		t.Skip(err)
+	}
+	fresh, err := testimage.Busybox(testimage.WithRandomLayer(1<<20, 11))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startPodRegistry(t)
+	pulled, err := r.PushAsIs(fresh, "library/fresh", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t).start()
+	run := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bin, append([]string{"--address", d.address, "-n", "ctr2"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	must := func(args ...string) string {
+		t.Helper()
+		out, err := run(args...)
+		if err != nil {
+			t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	archive := filepath.Join(t.TempDir(), "busybox.tar")
+	b, _ := bb.ArchiveBytes()
+	if err := os.WriteFile(archive, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	must("images", "import", archive)
+	if out := must("images", "check"); !strings.Contains(out, bb.Name) || !strings.Contains(out, "complete") {
+		t.Errorf("ctr images check after the import:\n%s", out)
+	}
+	if out := must("snapshots", "ls"); !strings.Contains(out, "Committed") {
+		t.Errorf("no committed snapshot after the import:\n%s", out)
+	}
+	if _, err := exec.LookPath("runc"); err == nil {
+		if out := must("run", "--rm", "--fifo-dir", filepath.Join(d.state, "fifo"), bb.Name, "ctr2-run", "echo", "hi"); strings.TrimSpace(out) != "hi" {
+			t.Errorf("ctr run of the imported image printed %q; want hi", out)
+		}
+	}
+
+	exported := filepath.Join(t.TempDir(), "out.tar")
+	must("images", "export", exported, bb.Name)
+	f, err := os.Open(exported)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	found := false
+	for tr := tar.NewReader(f); ; {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		found = found || h.Name == "blobs/sha256/"+bb.Layers[0].Digest.Encoded()
+	}
+	if !found {
+		t.Errorf("exported archive has no blobs/sha256/%s", bb.Layers[0].Digest.Encoded())
+	}
+
+	must("images", "tag", bb.Name, "docker.io/library/bb:2")
+	if out := must("images", "ls", "-q"); !strings.Contains(out, "docker.io/library/bb:2") {
+		t.Errorf("ctr images ls after the tag:\n%s", out)
+	}
+
+	out := must("images", "pull", "--plain-http", pulled)
+	for _, want := range []string{"saved", "extracted", "complete"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ctr images pull output has no %q:\n%s", want, out)
+		}
+	}
+	if out := must("images", "check"); !strings.Contains(out, pulled) {
+		t.Errorf("ctr images check after the pull:\n%s", out)
+	}
+
+	pushed := r.Host + "/library/bbcopy:1"
+	must("images", "push", "--plain-http", pushed, bb.Name)
+	resp, err := http.Get("http://" + r.Host + "/v2/library/bbcopy/tags/list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tags, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(tags), `"1"`) {
+		t.Errorf("registry tags of library/bbcopy after the push: %s", tags)
+	}
+
+	if out, err := run("images", "pull", "--plain-http", r.Host+"/library/nope:0"); err == nil || !strings.Contains(out, "not found") {
+		t.Errorf("ctr pull of a reference the registry does not have: %v\n%s", err, out)
 	}
 }

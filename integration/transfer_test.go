@@ -23,6 +23,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/transfer"
@@ -341,6 +342,7 @@ func TestTransferExportsAnArchiveThatImportsBack(t *testing.T) {
 	if err := c.Transfer(other, tarchive.NewImageImportStream(bytes.NewReader(exported), ""), image.NewStore("", image.WithNamedPrefix("import", true), unpackHere())); err != nil {
 		t.Fatalf("import of the exported archive: %v", err)
 	}
+	collectGarbage(t, other, c)
 	requireUnpacked(t, other, c, img.Name)
 }
 
@@ -489,6 +491,10 @@ func TestTransferPullUnpacksLayersInParallelWithWhiteoutsKept(t *testing.T) {
 		t.Errorf("files of the layers missing from the rootfs: passwd %d bytes, busybox %d, data/big %d",
 			len(got["etc/passwd"]), len(got["bin/busybox"]), len(got["data/big"]))
 	}
+	// The image keeps all it needs once the transfer's lease is gone and
+	// a collection ran.
+	collectGarbage(t, ctx, c)
+	requireUnpacked(t, ctx, c, ref)
 	// Every layer blob is in the content store, labelled with its diff ID
 	// and where it came from.
 	for _, l := range layers {
@@ -511,6 +517,19 @@ func TestTransferPullUnpacksLayersInParallelWithWhiteoutsKept(t *testing.T) {
 	}
 }
 
+// collectGarbage runs a garbage collection now: the synchronous deletion
+// of a lease waits for one.
+func collectGarbage(t *testing.T, ctx context.Context, c *containerd.Client) {
+	t.Helper()
+	l, err := c.LeasesService().Create(ctx, leases.WithRandomID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.LeasesService().Delete(ctx, l, leases.SynchronousDelete); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // countingProxy sits in front of a registry, counts the blob downloads of
 // each digest, and holds each download back a little so that pulls started
 // together overlap.
@@ -521,6 +540,11 @@ type countingProxy struct {
 }
 
 func newCountingProxy(t *testing.T, host string) *countingProxy {
+	return newSlowProxy(t, host, 300*time.Millisecond)
+}
+
+// newSlowProxy is a countingProxy holding each blob download back by delay.
+func newSlowProxy(t *testing.T, host string, delay time.Duration) *countingProxy {
 	t.Helper()
 	target, _ := url.Parse("http://" + host)
 	p := &countingProxy{counts: map[string]int{}}
@@ -530,7 +554,11 @@ func newCountingProxy(t *testing.T, host string) *countingProxy {
 			p.mu.Lock()
 			p.counts[req.URL.Path[i+len("/blobs/"):]]++
 			p.mu.Unlock()
-			time.Sleep(300 * time.Millisecond)
+			select {
+			case <-time.After(delay):
+			case <-req.Context().Done():
+				return
+			}
 		}
 		rp.ServeHTTP(w, req)
 	}))
@@ -587,6 +615,45 @@ func TestConcurrentPullsOfOneImageShareEachDownload(t *testing.T) {
 	}
 	requireUnpacked(t, ctx, c, proxy.url.Host+"/library/shared:a")
 	requireUnpacked(t, ctx, c, proxy.url.Host+"/library/shared:b")
+}
+
+// TestCancelledPullStopsAndLeavesNothing cancels a pull while its blobs
+// download: the transfer service stops it (the cancellation travels
+// through the gateway), and what it had written goes with its lease.
+func TestCancelledPullStopsAndLeavesNothing(t *testing.T) {
+	r := startPodRegistry(t)
+	d := newDaemon(t).start()
+	c := d.client()
+	ctx := transferContext(t)
+	bb, err := testimage.Busybox(testimage.WithRandomLayer(4<<20, 9))
+	if err != nil {
+		t.Skip(err)
+	}
+	if _, err := r.PushAsIs(bb, "library/slow", "1"); err != nil {
+		t.Fatal(err)
+	}
+	proxy := newSlowProxy(t, r.Host, time.Minute)
+	ref := proxy.url.Host + "/library/slow:1"
+	before := namespaceBlobs(t, ctx, c)
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Transfer(pctx, pullFrom(t, pctx, ref), image.NewStore(ref, unpackHere())) }()
+	waitFor(t, 30*time.Second, "the pull to ask for a blob", func() bool { return proxy.count(bb.Config.Digest) > 0 })
+	cancel()
+	select {
+	case err := <-done:
+		if !errdefs.IsCanceled(err) {
+			t.Errorf("cancelled pull: %v; want Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a cancelled pull did not return")
+	}
+	requireNothingLeft(t, ctx, c, before, ref)
+	waitFor(t, 20*time.Second, "the cancelled pull's snapshots to be gone", func() bool {
+		n := 0
+		_ = c.SnapshotService("overlayfs").Walk(ctx, func(context.Context, snapshots.Info) error { n++; return nil })
+		return n == 0
+	})
 }
 
 // TestTransferPushesAndTags tags an image through the Transfer API and

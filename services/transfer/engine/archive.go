@@ -24,11 +24,11 @@ const labelRefSource = "io.containerd.import.ref-source"
 // into the content store, unpacks it when dst asks, and stores its images
 // under the names dst makes of the archive's.
 func (e *Engine) importArchive(ctx context.Context, src transfer.ImageImporter, dst transfer.ImageStorer, p *progress) error {
-	ctx, done, err := e.withLease(ctx)
+	ctx, lease, err := e.withLease(ctx)
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer lease.end(ctx)
 	p.status("Importing")
 	index, err := src.Import(ctx, e.stores.Content)
 	if err != nil {
@@ -81,6 +81,7 @@ func (e *Engine) importArchive(ctx context.Context, src transfer.ImageImporter, 
 			return err
 		}
 	}
+	lease.hold(index)
 	for _, desc := range descs {
 		imgs, err := dst.Store(ctx, desc, e.stores.Images)
 		if err != nil {
@@ -112,13 +113,11 @@ func archiveError(err error) error {
 
 // export writes the images src names to the archive dst.
 func (e *Engine) export(ctx context.Context, src transfer.ImageGetter, dst transfer.ImageExporter, p *progress) error {
-	ctx, done, err := e.withLease(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
 	p.status("Exporting")
-	var imgs []images.Image
+	var (
+		imgs []images.Image
+		err  error
+	)
 	if l, ok := src.(transfer.ImageLookup); ok {
 		if imgs, err = l.Lookup(ctx, e.stores.Images); err != nil {
 			return err

@@ -36,6 +36,8 @@ import (
 	"github.com/containerd/platforms"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
 // Stores are what the engine works on, in the namespace and lease of each
@@ -187,25 +189,60 @@ func nameOf(v any) string {
 	return fmt.Sprintf("%T", v)
 }
 
-// withLease runs the rest of a transfer under the call's lease or, when it
-// has none, under one of its own, deleted when done is called: what the
-// transfer wrote and nothing references then is collected.
-func (e *Engine) withLease(ctx context.Context) (context.Context, func(), error) {
-	if _, ok := leases.FromContext(ctx); ok || e.stores.Leases == nil {
-		return ctx, func() {}, nil
+// transferLease is the lease a transfer writes under: one of its own,
+// deleted when the transfer ends, so that whatever a failed or cancelled
+// transfer wrote is collected (a client cannot be relied on to delete its
+// own lease: ctr deletes it with the context it was cancelled with). What a
+// transfer that succeeds keeps for the client (an image it stored) is also
+// added to the client's lease, as containerd's transfer service, which
+// writes under the client's lease, leaves it.
+type transferLease struct {
+	e      *Engine
+	own    leases.Lease
+	client string
+	keep   []ocispec.Descriptor
+}
+
+// withLease returns ctx under a lease of the transfer's own; end ends it.
+func (e *Engine) withLease(ctx context.Context) (context.Context, *transferLease, error) {
+	l := &transferLease{e: e}
+	if e.stores.Leases == nil {
+		return ctx, l, nil
 	}
-	l, err := e.stores.Leases.Create(ctx, leases.WithRandomID(), leases.WithExpiration(24*time.Hour))
+	l.client, _ = leases.FromContext(ctx)
+	own, err := e.stores.Leases.Create(ctx, leases.WithRandomID(), leases.WithExpiration(24*time.Hour))
 	if err != nil {
 		return ctx, nil, fmt.Errorf("create the transfer's lease: %w", err)
 	}
-	done := func() {
-		// Deleted even when the call was cancelled: it would otherwise
-		// hold what the transfer wrote for a day.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		_ = e.stores.Leases.Delete(dctx, l)
+	l.own = own
+	return leases.WithLease(ctx, own.ID), l, nil
+}
+
+// hold records blobs to add to the client's lease when the transfer ends.
+func (l *transferLease) hold(descs ...ocispec.Descriptor) {
+	l.keep = append(l.keep, descs...)
+}
+
+// end hands what the transfer holds to the client's lease and deletes the
+// transfer's own; it runs even when the call was cancelled.
+func (l *transferLease) end(ctx context.Context) {
+	if l == nil || l.own.ID == "" {
+		return
 	}
-	return leases.WithLease(ctx, l.ID), done, nil
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	ls := l.e.stores.Leases
+	if l.client != "" {
+		for _, d := range l.keep {
+			r := leases.Resource{ID: d.Digest.String(), Type: "content"}
+			if err := ls.AddResource(ctx, leases.Lease{ID: l.client}, r); err != nil {
+				logging.G(ctx).Warn("add to the client's lease", "lease", l.client, "digest", d.Digest, "error", err)
+			}
+		}
+	}
+	if err := ls.Delete(ctx, l.own); err != nil && !errdefs.IsNotFound(err) {
+		logging.G(ctx).Warn("delete the transfer's lease; it expires in a day", "lease", l.own.ID, "error", err)
+	}
 }
 
 // echo copies an import stream to an export stream unchanged: containerd's
@@ -232,11 +269,6 @@ func (e *Engine) echo(ctx context.Context, i transfer.ImageImporter, x transfer.
 
 // tag stores the image src names under the names dst gives.
 func (e *Engine) tag(ctx context.Context, src transfer.ImageGetter, dst transfer.ImageStorer) error {
-	ctx, done, err := e.withLease(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
 	img, err := src.Get(ctx, e.stores.Images)
 	if err != nil {
 		return err

@@ -21,15 +21,15 @@ import (
 // pull fetches the image src resolves into the content store, unpacks it
 // when dst asks, and stores it under the names dst gives.
 func (e *Engine) pull(ctx context.Context, src transfer.ImageFetcher, dst transfer.ImageStorer, p *progress) error {
-	ctx, done, err := e.withLease(ctx)
+	ctx, lease, err := e.withLease(ctx)
 	if err != nil {
 		return err
 	}
-	defer done()
-	return registryError(e.pullImage(ctx, src, dst, p))
+	defer lease.end(ctx)
+	return registryError(e.pullImage(ctx, src, dst, p, lease))
 }
 
-func (e *Engine) pullImage(ctx context.Context, src transfer.ImageFetcher, dst transfer.ImageStorer, p *progress) error {
+func (e *Engine) pullImage(ctx context.Context, src transfer.ImageFetcher, dst transfer.ImageStorer, p *progress, lease *transferLease) error {
 	p.status(fmt.Sprintf("Resolving from %s", src))
 	if s, ok := src.(transfer.ImageResolverOptionSetter); ok {
 		s.SetResolverOptions(transfer.WithMaxConcurrentDownloads(e.config.MaxConcurrentDownloads))
@@ -109,6 +109,7 @@ func (e *Engine) pullImage(ctx context.Context, src transfer.ImageFetcher, dst t
 	if err != nil {
 		return err
 	}
+	lease.hold(desc)
 	for _, img := range imgs {
 		p.saved(img.Name, img.Target)
 	}

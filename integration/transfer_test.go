@@ -708,6 +708,49 @@ func TestTransferPushesAndTags(t *testing.T) {
 	requireUnpacked(t, other, c, ref)
 }
 
+// TestTransferPullFollowsHostsToml pulls an image by a registry name that
+// only hosts.toml maps to the local registry: from the directory the client
+// names, and from the transfer service's config_path when it names none.
+func TestTransferPullFollowsHostsToml(t *testing.T) {
+	r := startPodRegistry(t)
+	bb, err := testimage.Busybox()
+	if err != nil {
+		t.Skip(err)
+	}
+	if _, err := r.PushAsIs(bb, "library/busybox", "1"); err != nil {
+		t.Fatal(err)
+	}
+	hosts := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(hosts, "registry.flotilla.test"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	toml := fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", r.Host, r.Host)
+	if err := os.WriteFile(filepath.Join(hosts, "registry.flotilla.test", "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, withConfig(fmt.Sprintf("[services.transfer.options]\nconfig_path = %q\n", hosts))).start()
+	c := d.client()
+	ctx := transferContext(t)
+	ref := "registry.flotilla.test/library/busybox:1"
+	client, err := registry.NewOCIRegistry(ctx, ref, registry.WithHostDir(hosts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Transfer(ctx, client, image.NewStore(ref, unpackHere())); err != nil {
+		t.Fatalf("pull through the client's hosts directory: %v", err)
+	}
+	requireUnpacked(t, ctx, c, ref)
+	other := namespaces.WithNamespace(ctx, transferNS+"-hosts")
+	service, err := registry.NewOCIRegistry(other, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Transfer(other, service, image.NewStore(ref, unpackHere())); err != nil {
+		t.Fatalf("pull through the service's config_path: %v", err)
+	}
+	requireUnpacked(t, other, c, ref)
+}
+
 // staticCredentials answers the registry's question for credentials.
 type staticCredentials struct{ user, secret string }
 

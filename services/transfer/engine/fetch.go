@@ -30,8 +30,9 @@ type blobFetch struct {
 	commit func(applied ocispec.Descriptor) (map[string]string, error)
 	// moved counts the bytes downloaded.
 	moved func(int64)
-	// slot, when not nil, is called once this fetch holds a download
-	// slot, or once it knows it needs none.
+	// slot, when not nil, is called (maybe more than once) when this
+	// fetch holds a download slot, waits for another's download, or
+	// ends.
 	slot func()
 }
 
@@ -55,6 +56,10 @@ func (e *Engine) fetchBlob(ctx context.Context, f blobFetch) (fetchResult, error
 	for {
 		fl, lead := e.blobs.start(key)
 		if !lead {
+			// Another pull's download holds the slot.
+			if f.slot != nil {
+				f.slot()
+			}
 			if err := fl.wait(ctx); err != nil && ctx.Err() != nil {
 				return fetchResult{}, err
 			}

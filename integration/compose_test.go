@@ -191,6 +191,7 @@ var composeServices = map[string]string{
 	"content":     "content",
 	"snapshotter": "overlayfs",
 	"metadata":    "metadata",
+	"transfer":    "transfer",
 	"tasks":       "tasks",
 	"cri":         "cri",
 	"mounts":      "mounts",

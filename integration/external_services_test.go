@@ -126,11 +126,13 @@ address = %q
 address = %q
 [services.metadata]
 address = %q
+[services.transfer]
+address = %q
 [services.tasks]
 address = %q
 [services.cri]
 address = %q
-`, sock("content"), sock("snapshotter-overlayfs"), sock("metadata"), sock("tasks"), sock("cri"))
+`, sock("content"), sock("snapshotter-overlayfs"), sock("metadata"), sock("transfer"), sock("tasks"), sock("cri"))
 }
 
 // startExternalGraph starts each service by hand in dependency order, each
@@ -165,6 +167,8 @@ func startExternalGraph(t *testing.T) *externalGraph {
 	add("metadata", "metadata",
 		"--dep", "content="+sock("content"), "--snapshotter", "overlayfs="+sock("snapshotter-overlayfs"),
 		"--gateway", d.address)
+	add("transfer", "transfer", "--gateway", d.address, "--dep", "metadata="+sock("metadata"), "--dep", "content="+sock("content"),
+		"--snapshotter", "overlayfs="+sock("snapshotter-overlayfs"))
 	add("tasks", "tasks", "--gateway", d.address, "--dep", "metadata="+sock("metadata"))
 	add("cri", "cri", "--gateway", d.address,
 		"--dep", "metadata="+sock("metadata"), "--dep", "tasks="+sock("tasks"), "--dep", "content="+sock("content"),

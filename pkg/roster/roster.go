@@ -25,6 +25,7 @@ import (
 	"github.com/flotilla-project/flotilla/services/restart"
 	"github.com/flotilla-project/flotilla/services/snapshotter"
 	"github.com/flotilla-project/flotilla/services/tasks"
+	"github.com/flotilla-project/flotilla/services/transfer"
 )
 
 // Entry is one service of the graph.
@@ -149,6 +150,22 @@ var Services = []Entry{
 		External: true,
 		GOGC:     50,
 		Options:  func() any { return cri.DefaultOptions() },
+	},
+	{
+		// Pulls, pushes, imports and exports (containerd's Transfer and
+		// Streaming APIs) next to the stores: a pull writes blobs to
+		// content and streams layers to the snapshotters as they
+		// download.
+		// Pulls and imports run in cri's process when flotillad runs
+		// both: cri pulls too, and a Go runtime of its own would cost
+		// ~9 MiB for a service that idles between transfers.
+		Name:     "transfer",
+		HostedBy: "cri",
+		Summary:  "Transfer: pulls, pushes, imports and exports images (containerd's Transfer and Streaming APIs).",
+		Build:    transfer.New,
+		Requires: []string{"metadata", "content", Snapshotters},
+		External: true,
+		Options:  func() any { return transfer.DefaultOptions() },
 	},
 	{
 		// containerd's mount manager and Mounts API; it mounts, so it

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,6 +87,11 @@ const (
 // full name) is small enough to go over ttrpc; a larger one goes over gRPC,
 // which takes up to MaxMsgSize.
 func TTRPCCarries(method string, size int) bool {
+	// ttrpc carries no cancellation: a call that runs for minutes (a pull
+	// through Transfer) takes gRPC, so that a client giving up stops it.
+	if strings.HasSuffix(method, "/Transfer") {
+		return false
+	}
 	// A reply too large for ttrpc is refused after the call was made, and
 	// the call is made again over gRPC: only a repeatable one may take
 	// that chance. Any other's reply is mostly its request echoed, which

@@ -60,7 +60,10 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if opts.Name != "" {
 		exports["snapshotter"] = opts.Name
 	}
-	var sn snapshots.Snapshotter
+	var (
+		sn           snapshots.Snapshotter
+		capabilities []string
+	)
 	switch opts.Driver {
 	case "overlayfs", "overlay":
 		o, err := overlay.New(ctx, p.Env.Root, overlay.Options{MountOptions: opts.MountOptions})
@@ -69,6 +72,11 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		}
 		exports["driver"] = "overlayfs"
 		exports["mount_options"] = strings.Join(o.MountOptions(), ",")
+		// An overlay layer does not depend on its parent's files: it can
+		// be applied into a snapshot of its own and given its parent at
+		// commit (containerd's snapshots.RebaseCap), so a pull unpacks
+		// layers in parallel.
+		capabilities = append(capabilities, snapshots.RebaseCap)
 		sn = o
 	case "native":
 		n, err := native.New(ctx, p.Env.Root)
@@ -79,11 +87,18 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	default:
 		return nil, fmt.Errorf("snapshotter driver %q: want overlayfs or native: %w", opts.Driver, errdefs.ErrInvalidArgument)
 	}
+	// Every snapshotter process applies layers streamed to it (the
+	// Layers API): a pull unpacks a layer as it downloads.
+	snapshotsAPI, layersAPI := snapshotserver.New(sn).Register, diff.NewStreamServer().Register
 	inst := &service.Instance{
-		Type:     "io.containerd.snapshotter.v1",
-		Exports:  exports,
-		Register: snapshotserver.New(sn).Register,
-		Close:    func(context.Context) error { return sn.Close() },
+		Type:         "io.containerd.snapshotter.v1",
+		Exports:      exports,
+		Capabilities: capabilities,
+		Register: func(srv grpc.ServiceRegistrar) {
+			snapshotsAPI(srv)
+			layersAPI(srv)
+		},
+		Close: func(context.Context) error { return sn.Close() },
 	}
 	if opts.ServeDiff {
 		// Layers are read from, and diffs written to, the namespaced
@@ -107,7 +122,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 			differ.Register(srv)
 		}
 		inst.Routes = []string{"containerd.services.diff.v1.Diff"}
-		inst.Capabilities = []string{"diff"}
+		inst.Capabilities = append(inst.Capabilities, "diff")
 		exports["diff"] = "walking"
 		inst.Close = func(context.Context) error {
 			graph.Close()

@@ -453,22 +453,45 @@ func (s *nsSnapshotter) Commit(ctx context.Context, name, key string, opts ...sn
 	if err != nil {
 		return err
 	}
+	// A parent given at commit rebases a snapshot prepared without one
+	// onto it (containerd's snapshots.RebaseCap: a layer unpacked in
+	// parallel with those below it); it cannot change a parent.
+	parent := rec.parent
+	if base.Parent != "" && base.Parent != rec.parent {
+		if rec.parent != "" {
+			return fmt.Errorf("snapshot %q has parent %q, cannot commit it onto %q: %w", key, rec.parent, base.Parent, errdefs.ErrInvalidArgument)
+		}
+		parent = base.Parent
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.db.callTimeout)
 	defer cancel()
 	if err := s.b.rlock(ctx); err != nil {
 		return err
 	}
 	defer s.b.runlock()
+	bopts := []snapshots.Opt{snapshots.WithLabels(base.Labels)}
 	if err := s.db.bolt.View(func(tx *bolt.Tx) error {
 		if snapBucket(tx, ns, s.b.name, name) != nil {
 			return fmt.Errorf("snapshot %q on %s: %w", name, s.b.name, errdefs.ErrAlreadyExists)
 		}
+		if parent == rec.parent {
+			return nil
+		}
+		pb := snapBucket(tx, ns, s.b.name, parent)
+		if pb == nil {
+			return fmt.Errorf("parent snapshot %q on %s: %w", parent, s.b.name, errdefs.ErrNotFound)
+		}
+		prec := readSnap(parent, pb)
+		if prec.kind != snapshots.KindCommitted {
+			return fmt.Errorf("parent %q is not a committed snapshot: %w", parent, errdefs.ErrInvalidArgument)
+		}
+		bopts = append(bopts, snapshots.WithParent(prec.bkey))
 		return nil
 	}); err != nil {
 		return err
 	}
 	bname := backendKey(ns, name)
-	if err := s.b.sn.Commit(ctx, bname, rec.bkey, snapshots.WithLabels(base.Labels)); err != nil {
+	if err := s.b.sn.Commit(ctx, bname, rec.bkey, bopts...); err != nil {
 		return err
 	}
 	now := time.Now().UTC()
@@ -486,7 +509,7 @@ func (s *nsSnapshotter) Commit(ctx context.Context, name, key string, opts ...sn
 		if err := forgetLeaseSnapshot(ctx, tx, ns, s.b.name, key); err != nil {
 			return err
 		}
-		return putSnap(ctx, tx, ns, s.b.name, name, snapRecord{bkey: bname, parent: rec.parent, kind: snapshots.KindCommitted,
+		return putSnap(ctx, tx, ns, s.b.name, name, snapRecord{bkey: bname, parent: parent, kind: snapshots.KindCommitted,
 			info: snapshots.Info{Labels: base.Labels, Created: now, Updated: now}})
 	})
 	if err != nil {

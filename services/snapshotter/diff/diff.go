@@ -85,19 +85,13 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 	// media type (containerd's [stream_processors], imgcrypt's decoder).
 	// None is here: a plain layer is applied and its payloads ignored, as
 	// containerd ignores them (nerdctl sends imgcrypt's with every layer);
-	// a layer that needs a processor is refused by its media type below.
-	if err := checkLayerMediaType(desc.MediaType); err != nil {
+	// a layer that needs a processor is refused by its media type.
+	if err := checkLayer(desc, mounts); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	if len(cfg.ProcessorPayloads) > 0 {
 		logging.G(ctx).Debug("stream processor payloads ignored: no processor is needed for the layer's media type",
 			"digest", desc.Digest, "media_type", desc.MediaType, "payloads", len(cfg.ProcessorPayloads))
-	}
-	if err := desc.Digest.Validate(); err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("layer digest %q: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
-	}
-	if len(mounts) == 0 {
-		return ocispec.Descriptor{}, fmt.Errorf("apply layer %s: no mounts to apply onto: %w", desc.Digest, errdefs.ErrInvalidArgument)
 	}
 
 	ra, err := s.content.ReaderAt(ctx, desc)
@@ -126,6 +120,35 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 		defer rc.Close()
 		src = rc
 	}
+	applied, err := applyBlob(ctx, desc, mounts, src, cfg)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	logging.G(ctx).Debug("layer applied", "digest", desc.Digest, "diff_id", applied.Digest,
+		"media_type", desc.MediaType, "size", desc.Size, "duration", time.Since(start))
+	return applied, nil
+}
+
+// checkLayer refuses, before anything is written, a layer Apply cannot
+// unpack: an unknown or encrypted media type, a malformed digest, no mounts.
+func checkLayer(desc ocispec.Descriptor, mounts []mount.Mount) error {
+	if err := checkLayerMediaType(desc.MediaType); err != nil {
+		return err
+	}
+	if err := desc.Digest.Validate(); err != nil {
+		return fmt.Errorf("layer digest %q: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	if len(mounts) == 0 {
+		return fmt.Errorf("apply layer %s: no mounts to apply onto: %w", desc.Digest, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// applyBlob unpacks the layer blob read from src onto mounts: the blob is
+// read and hashed ahead of the decompressor (readahead.go), the tar is
+// written as it is decompressed, and the blob's digest is checked once it
+// has been read to the end.
+func applyBlob(ctx context.Context, desc ocispec.Descriptor, mounts []mount.Mount, src io.Reader, cfg diff.ApplyConfig) (ocispec.Descriptor, error) {
 	blob := newReadAhead(src, desc.Digest.Algorithm(), cfg.Progress)
 	defer blob.Close()
 	layer, err := openLayer(blob)
@@ -135,7 +158,7 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 	defer layer.Close()
 
 	tarStream := &hashingReader{r: layer, d: digest.Canonical.Digester()}
-	if err := s.applyMounts(ctx, mounts, tarStream, cfg.SyncFs); err != nil {
+	if err := applyMounts(ctx, mounts, tarStream, cfg.SyncFs); err != nil {
 		return ocispec.Descriptor{}, layerError(desc, err)
 	}
 	// archive.Apply stops at the tar's end marker, but the diff ID covers
@@ -155,14 +178,11 @@ func (s *Service) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 		return ocispec.Descriptor{}, fmt.Errorf("layer %s: content read has digest %s: %w", desc.Digest, got, errdefs.ErrFailedPrecondition)
 	}
 
-	applied := ocispec.Descriptor{
+	return ocispec.Descriptor{
 		MediaType: ocispec.MediaTypeImageLayer,
 		Digest:    tarStream.d.Digest(),
 		Size:      tarStream.n,
-	}
-	logging.G(ctx).Debug("layer applied", "digest", desc.Digest, "diff_id", applied.Digest,
-		"media_type", desc.MediaType, "size", desc.Size, "duration", time.Since(start))
-	return applied, nil
+	}, nil
 }
 
 // checkLayerMediaType accepts the OCI and Docker layer media types,

@@ -25,7 +25,7 @@ import (
 // inheriting new directories' attributes from the lower layers; a plain
 // read-write bind mount is applied into its source. Anything else is
 // mounted on a temporary directory and applied through the mount.
-func (s *Service) applyMounts(ctx context.Context, mounts []mount.Mount, r io.Reader, syncFs bool) error {
+func applyMounts(ctx context.Context, mounts []mount.Mount, r io.Reader, syncFs bool) error {
 	if len(mounts) == 1 {
 		m := mounts[0]
 		switch {

@@ -81,6 +81,7 @@ func New(ctx context.Context, root string, layout Layout) (*Snapshotter, error) 
 	if err := os.MkdirAll(filepath.Join(root, "snapshots"), 0o700); err != nil {
 		return nil, fmt.Errorf("create snapshotter root: %w", err)
 	}
+	spreadSubdirs(filepath.Join(root, "snapshots"))
 	store, err := storage.Open(filepath.Join(root, "metadata.db"))
 	if err != nil {
 		return nil, err

@@ -2,15 +2,11 @@ package router
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"sync"
 
 	api "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -18,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla-project/flotilla/pkg/blobfd"
+	"github.com/flotilla-project/flotilla/pkg/contentserver"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 )
 
@@ -49,11 +46,6 @@ func deletedDigest(req *rpc.Frame) string {
 	}
 	return d.GetDigest()
 }
-
-// readChunk is the data of one Read response, as the content service sends.
-const readChunk = 1 << 20
-
-var readBuffers = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
 
 // readFromFile serves the Read on ss from the blob's file. done is false
 // when it sent nothing and the Read should be relayed instead.
@@ -96,39 +88,12 @@ func (r *Router) readFromFile(ss grpc.ServerStream) (done bool, _ error) {
 		gr = r.grants.add(key, f, size)
 	}
 	defer r.grants.release(gr)
-	f, total := gr.f, gr.size
-
-	offset := max(req.GetOffset(), 0)
-	if offset > total {
-		return true, status.Error(codes.OutOfRange, fmt.Sprintf("read of %s at %d past its %d bytes", req.GetDigest(), offset, total))
+	d, err := digest.Parse(req.GetDigest())
+	if err != nil {
+		return true, status.Errorf(codes.InvalidArgument, "digest %q: %v", req.GetDigest(), err)
 	}
-	remaining := req.GetSize()
-	if remaining <= 0 || remaining > total-offset {
-		remaining = total - offset
-	}
-	bp := readBuffers.Get().(*[]byte)
-	defer readBuffers.Put(bp)
-	buf := *bp
-	for remaining > 0 {
-		n, err := f.ReadAt(buf[:min(remaining, int64(len(buf)))], offset)
-		if n > 0 {
-			// SendMsg encodes before it returns: buf is free after.
-			if serr := ss.SendMsg(&api.ReadContentResponse{Offset: offset, Data: buf[:n]}); serr != nil {
-				return true, serr
-			}
-			offset += int64(n)
-			remaining -= int64(n)
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) && remaining > 0 {
-				return true, rpc.Errors(fmt.Errorf("read of %s: blob shorter than its %d bytes: %w", req.GetDigest(), total, errdefs.ErrDataLoss))
-			}
-			if !errors.Is(err, io.EOF) {
-				return true, status.Errorf(codes.Internal, "read of %s: %v", req.GetDigest(), err)
-			}
-		}
-	}
-	return true, nil
+	send := func(resp *api.ReadContentResponse) error { return ss.SendMsg(resp) }
+	return true, rpc.Errors(contentserver.SendRange(gr.f, gr.size, d, req.GetOffset(), req.GetSize(), send))
 }
 
 // relayRead relays a Read whose request was already taken from ss to the

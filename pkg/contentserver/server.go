@@ -132,12 +132,19 @@ func (s *Service) Read(req *api.ReadContentRequest, stream api.Content_ReadServe
 	}
 	defer ra.Close()
 
-	total := ra.Size()
-	offset := max(req.GetOffset(), 0)
+	return SendRange(ra, ra.Size(), d, req.GetOffset(), req.GetSize(), stream.Send)
+}
+
+// SendRange sends size bytes of blob d (total bytes, read from ra) from
+// offset as Read responses of readChunk each; a size of zero (or one past
+// the end) sends to the end, as containerd does. A Read served from the
+// blob's file anywhere (the gateway's) answers through it.
+func SendRange(ra io.ReaderAt, total int64, d digest.Digest, offset, size int64, send func(*api.ReadContentResponse) error) error {
+	offset = max(offset, 0)
 	if offset > total {
 		return fmt.Errorf("read of %s at %d past its %d bytes: %w", d, offset, total, errdefs.ErrOutOfRange)
 	}
-	remaining := req.GetSize()
+	remaining := size
 	if remaining <= 0 || remaining > total-offset {
 		remaining = total - offset
 	}
@@ -148,7 +155,7 @@ func (s *Service) Read(req *api.ReadContentRequest, stream api.Content_ReadServe
 		n, err := ra.ReadAt(buf[:min(remaining, int64(len(buf)))], offset)
 		if n > 0 {
 			// Send marshals before it returns, so buf is free again after.
-			if serr := stream.Send(&api.ReadContentResponse{Offset: offset, Data: buf[:n]}); serr != nil {
+			if serr := send(&api.ReadContentResponse{Offset: offset, Data: buf[:n]}); serr != nil {
 				return serr
 			}
 			offset += int64(n)

@@ -548,7 +548,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 			return err
 		}
 	}
-	if err := validateLabels(base.Labels); err != nil {
+	if err := ValidateLabels(base.Labels); err != nil {
 		return err
 	}
 	if expected != "" {

@@ -154,7 +154,7 @@ func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...str
 			return content.Info{}, fmt.Errorf("cannot update field %q of content %s: %w", p, info.Digest, errdefs.ErrInvalidArgument)
 		}
 	}
-	if err := validateLabels(info.Labels); err != nil {
+	if err := ValidateLabels(info.Labels); err != nil {
 		return content.Info{}, err
 	}
 

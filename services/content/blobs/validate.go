@@ -61,7 +61,9 @@ func ValidateRef(ref string) error {
 	return nil
 }
 
-func validateLabels(l map[string]string) error {
+// ValidateLabels checks labels as containerd does: no empty key, no key
+// and value over its size limit.
+func ValidateLabels(l map[string]string) error {
 	for k, v := range l {
 		if k == "" {
 			return fmt.Errorf("label with empty key: %w", errdefs.ErrInvalidArgument)

@@ -22,7 +22,6 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/content/proxy"
 	"github.com/containerd/containerd/v2/core/leases"
-	"github.com/containerd/containerd/v2/pkg/labels"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -30,6 +29,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 
+	"github.com/flotilla-project/flotilla/pkg/contentserver"
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	ingestpb "github.com/flotilla-project/flotilla/proto/ingest/v1"
 	"github.com/flotilla-project/flotilla/services/content/blobs"
@@ -153,7 +153,23 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 		if err != nil {
 			return nil, err
 		}
-		return &sharedWriter{s: s, ref: wo.Ref, info: info, started: time.Now().UTC()}, nil
+		return &contentserver.StoredWriter{Ref: wo.Ref, Info: info, Started: time.Now().UTC(),
+			Record: func(ctx context.Context, labels map[string]string) error {
+				octx, _, err := outgoing(ctx)
+				if err != nil {
+					return err
+				}
+				release := s.blobs.Hold(info.Digest)
+				defer release()
+				// The bytes may have been collected since the writer
+				// opened.
+				stored, err := s.blobs.Info(ctx, info.Digest)
+				if err != nil {
+					return fmt.Errorf("shared content %s: %w", info.Digest, err)
+				}
+				_, err = s.ingests.Commit(octx, &ingestpb.CommitRequest{Ref: wo.Ref, Digest: stored.Digest.String(), Size: stored.Size, Labels: labels})
+				return errgrpc.ToNative(err)
+			}}, nil
 	}
 	if want := backendRef(ns, wo.Ref); resp.GetBackendRef() != want {
 		// Abort and Status find the ingest by this name.
@@ -178,18 +194,6 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 	return &writer{Writer: w, s: s, ns: ns, ref: wo.Ref, leased: leased && lease != ""}, nil
 }
 
-func validateLabels(l map[string]string) error {
-	for k, v := range l {
-		if k == "" {
-			return fmt.Errorf("label with empty key: %w", errdefs.ErrInvalidArgument)
-		}
-		if err := labels.Validate(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 func commitLabels(opts []content.Opt) (map[string]string, error) {
 	var base content.Info
 	for _, o := range opts {
@@ -197,7 +201,7 @@ func commitLabels(opts []content.Opt) (map[string]string, error) {
 			return nil, err
 		}
 	}
-	return base.Labels, validateLabels(base.Labels)
+	return base.Labels, blobs.ValidateLabels(base.Labels)
 }
 
 // writer is a local ingest of a namespace's ref.
@@ -263,88 +267,4 @@ func (w *writer) drop(ctx, octx context.Context) {
 	if _, err := w.s.ingests.Forget(octx, &ingestpb.ForgetRequest{Ref: w.ref}); err != nil {
 		logging.G(ctx).Warn("forget a failed ingest", "ref", w.ref, "namespace", w.ns, "error", err)
 	}
-}
-
-// sharedWriter is the writer of bytes the store holds already for another
-// namespace: it reports them all written, so a client (content.Copy) sends
-// nothing, and its commit only records them, with the labels the client
-// commits. A client that starts over (Truncate(0)) and sends the bytes
-// anyway has them checked against the known digest instead.
-type sharedWriter struct {
-	s       *Store
-	ref     string
-	info    content.Info
-	started time.Time
-
-	rewriting bool
-	written   int64
-	digester  digest.Digester
-}
-
-func (w *sharedWriter) Write(p []byte) (int, error) {
-	if !w.rewriting {
-		return 0, fmt.Errorf("content %s is complete; truncate to write it again: %w", w.info.Digest, errdefs.ErrFailedPrecondition)
-	}
-	w.digester.Hash().Write(p)
-	w.written += int64(len(p))
-	return len(p), nil
-}
-
-func (w *sharedWriter) Close() error { return nil }
-
-func (w *sharedWriter) Digest() digest.Digest {
-	if w.rewriting {
-		return w.digester.Digest()
-	}
-	return w.info.Digest
-}
-
-func (w *sharedWriter) Truncate(size int64) error {
-	if size != 0 {
-		return fmt.Errorf("truncate of shared content %s to %d: %w", w.info.Digest, size, errdefs.ErrInvalidArgument)
-	}
-	w.rewriting, w.written = true, 0
-	w.digester = w.info.Digest.Algorithm().Digester()
-	return nil
-}
-
-func (w *sharedWriter) Status() (content.Status, error) {
-	offset := w.info.Size
-	if w.rewriting {
-		offset = w.written
-	}
-	return content.Status{
-		Ref: w.ref, Offset: offset, Total: w.info.Size, Expected: w.info.Digest,
-		StartedAt: w.started, UpdatedAt: w.started,
-	}, nil
-}
-
-func (w *sharedWriter) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
-	labels, err := commitLabels(opts)
-	if err != nil {
-		return err
-	}
-	if size > 0 && size != w.info.Size {
-		return fmt.Errorf("commit size %d, content %s has %d bytes: %w", size, w.info.Digest, w.info.Size, errdefs.ErrFailedPrecondition)
-	}
-	if w.rewriting && (w.written != w.info.Size || w.digester.Digest() != w.info.Digest) {
-		return fmt.Errorf("rewritten content has %d bytes of digest %s, expected %d of %s: %w",
-			w.written, w.digester.Digest(), w.info.Size, w.info.Digest, errdefs.ErrFailedPrecondition)
-	}
-	if expected != "" && expected != w.info.Digest {
-		return fmt.Errorf("content has digest %s, expected %s: %w", w.info.Digest, expected, errdefs.ErrFailedPrecondition)
-	}
-	octx, _, err := outgoing(ctx)
-	if err != nil {
-		return err
-	}
-	release := w.s.blobs.Hold(w.info.Digest)
-	defer release()
-	// The bytes may have been collected since the writer opened.
-	info, err := w.s.blobs.Info(ctx, w.info.Digest)
-	if err != nil {
-		return fmt.Errorf("shared content %s: %w", w.info.Digest, err)
-	}
-	_, err = w.s.ingests.Commit(octx, &ingestpb.CommitRequest{Ref: w.ref, Digest: info.Digest.String(), Size: info.Size, Labels: labels})
-	return errgrpc.ToNative(err)
 }

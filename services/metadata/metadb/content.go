@@ -16,6 +16,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/flotilla-project/flotilla/pkg/contentserver"
 	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
@@ -317,7 +318,18 @@ func (c *Content) Writer(ctx context.Context, opts ...content.WriterOpt) (conten
 	if bref == "" {
 		// Another namespace wrote these bytes: this namespace's writer
 		// has nothing to send, only a record to commit.
-		return &sharedWriter{c: c, ns: ns, ref: wo.Ref, info: shared, started: time.Now().UTC()}, nil
+		return &contentserver.StoredWriter{Ref: wo.Ref, Info: shared, Started: time.Now().UTC(),
+			Record: func(ctx context.Context, labels map[string]string) error {
+				c.db.gcLock.RLock()
+				defer c.db.gcLock.RUnlock()
+				// The bytes may have been collected since the writer
+				// opened.
+				info, err := c.db.backend.Info(ctx, shared.Digest)
+				if err != nil {
+					return fmt.Errorf("shared content %s: %w", shared.Digest, err)
+				}
+				return c.record(ctx, ns, wo.Ref, info, labels)
+			}}, nil
 	}
 	lease, leased := leases.FromContext(ctx)
 	leased = leased && lease != ""
@@ -650,90 +662,6 @@ func (c *Content) record(ctx context.Context, ns, ref string, info content.Info,
 		err = fmt.Errorf("content %s: %w", info.Digest, errdefs.ErrAlreadyExists)
 	}
 	return err
-}
-
-// sharedWriter is the writer of bytes the content service already holds for
-// another namespace: it reports them all written, so a client (content.Copy)
-// sends nothing, and its commit only records them here, with the labels the
-// client commits. A client that starts over (Truncate(0)) and sends the bytes
-// anyway has them checked against the known digest instead.
-type sharedWriter struct {
-	c       *Content
-	ns, ref string
-	info    content.Info
-	started time.Time
-
-	rewriting bool
-	written   int64
-	digester  digest.Digester
-}
-
-func (w *sharedWriter) Write(p []byte) (int, error) {
-	if !w.rewriting {
-		return 0, fmt.Errorf("content %s is complete; truncate to write it again: %w", w.info.Digest, errdefs.ErrFailedPrecondition)
-	}
-	w.digester.Hash().Write(p)
-	w.written += int64(len(p))
-	return len(p), nil
-}
-
-func (w *sharedWriter) Close() error { return nil }
-
-func (w *sharedWriter) Digest() digest.Digest {
-	if w.rewriting {
-		return w.digester.Digest()
-	}
-	return w.info.Digest
-}
-
-func (w *sharedWriter) Truncate(size int64) error {
-	if size != 0 {
-		return fmt.Errorf("truncate of shared content %s to %d: %w", w.info.Digest, size, errdefs.ErrInvalidArgument)
-	}
-	w.rewriting, w.written = true, 0
-	w.digester = w.info.Digest.Algorithm().Digester()
-	return nil
-}
-
-func (w *sharedWriter) Status() (content.Status, error) {
-	offset := w.info.Size
-	if w.rewriting {
-		offset = w.written
-	}
-	return content.Status{
-		Ref: w.ref, Offset: offset, Total: w.info.Size, Expected: w.info.Digest,
-		StartedAt: w.started, UpdatedAt: w.started,
-	}, nil
-}
-
-func (w *sharedWriter) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
-	var base content.Info
-	for _, o := range opts {
-		if err := o(&base); err != nil {
-			return err
-		}
-	}
-	if err := validateLabels(base.Labels); err != nil {
-		return err
-	}
-	if size > 0 && size != w.info.Size {
-		return fmt.Errorf("commit size %d, content %s has %d bytes: %w", size, w.info.Digest, w.info.Size, errdefs.ErrFailedPrecondition)
-	}
-	if w.rewriting && (w.written != w.info.Size || w.digester.Digest() != w.info.Digest) {
-		return fmt.Errorf("rewritten content has %d bytes of digest %s, expected %d of %s: %w",
-			w.written, w.digester.Digest(), w.info.Size, w.info.Digest, errdefs.ErrFailedPrecondition)
-	}
-	if expected != "" && expected != w.info.Digest {
-		return fmt.Errorf("content has digest %s, expected %s: %w", w.info.Digest, expected, errdefs.ErrFailedPrecondition)
-	}
-	w.c.db.gcLock.RLock()
-	defer w.c.db.gcLock.RUnlock()
-	// The bytes may have been collected since the writer opened.
-	info, err := w.c.db.backend.Info(ctx, w.info.Digest)
-	if err != nil {
-		return fmt.Errorf("shared content %s: %w", w.info.Digest, err)
-	}
-	return w.c.record(ctx, w.ns, w.ref, info, base.Labels)
 }
 
 func adaptStatus(st content.Status) filters.Adaptor {

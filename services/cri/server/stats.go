@@ -19,7 +19,6 @@ import (
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -177,26 +176,18 @@ func (r *cpuRates) forget(id string) {
 // taskSamples asks the tasks service for the metrics of the given tasks
 // (all in the namespace when ids is empty).
 func (s *Server) taskSamples(ctx context.Context, ids ...string) (map[string]cgroupSample, error) {
-	var filters []string
-	for _, id := range ids {
-		filters = append(filters, fmt.Sprintf("id==%q", id))
-	}
-	resp, err := s.client.TaskService().Metrics(ctx, &tasksapi.MetricsRequest{Filters: filters})
+	raw, err := s.taskMetrics(ctx, ids...)
 	if err != nil {
-		return nil, fmt.Errorf("task metrics: %w", errgrpc.ToNative(err))
+		return nil, err
 	}
 	out := map[string]cgroupSample{}
-	for _, m := range resp.GetMetrics() {
-		at := time.Now()
-		if m.GetTimestamp() != nil {
-			at = m.GetTimestamp().AsTime()
-		}
-		sample, err := sampleFromMetrics(m.GetData(), at)
+	for id, m := range raw {
+		sample, err := sampleFrom(m.v, m.at)
 		if err != nil {
-			logging.G(ctx).Debug("unreadable task metrics", "task", m.GetID(), "error", err)
+			logging.G(ctx).Debug("unreadable task metrics", "task", id, "error", err)
 			continue
 		}
-		out[m.GetID()] = sample
+		out[id] = sample
 	}
 	return out, nil
 }
@@ -406,17 +397,8 @@ func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.
 // for an absolute cgroupsPath: /sys/fs/cgroup/<controller>/<path> on
 // cgroup v1 (and hybrid) hosts, /sys/fs/cgroup/<path> on cgroup v2 hosts.
 func readCgroup(path string) (cgroupSample, error) {
-	now := time.Now()
 	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroup2.Load(path)
-		if err != nil {
-			return cgroupSample{}, err
-		}
-		st, err := m.Stat()
-		if err != nil {
-			return cgroupSample{}, err
-		}
-		return sampleFrom(st, now)
+		return readCgroup2(cgroupRoot, path)
 	}
 	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
 	if err != nil {
@@ -426,7 +408,25 @@ func readCgroup(path string) (cgroupSample, error) {
 	if err != nil {
 		return cgroupSample{}, err
 	}
-	return sampleFrom(st, now)
+	return sampleFrom(st, time.Now())
+}
+
+// cgroupRoot is where the cgroup hierarchy is mounted (the unified one on
+// a cgroup v2 host).
+const cgroupRoot = "/sys/fs/cgroup"
+
+// readCgroup2 reads the cgroup v2 group path of the hierarchy mounted at
+// root.
+func readCgroup2(root, path string) (cgroupSample, error) {
+	m, err := cgroup2.Load(path, cgroup2.WithMountpoint(root))
+	if err != nil {
+		return cgroupSample{}, err
+	}
+	st, err := m.Stat()
+	if err != nil {
+		return cgroupSample{}, err
+	}
+	return sampleFrom(st, time.Now())
 }
 
 // readNetDev reads a network namespace's interface counters from
@@ -442,7 +442,43 @@ func readNetDev(path string) (*runtime.NetworkUsage, error) {
 }
 
 func parseNetDev(r io.Reader, at time.Time) (*runtime.NetworkUsage, error) {
+	ifaces, err := parseNetCounters(r)
+	if err != nil {
+		return nil, err
+	}
 	n := &runtime.NetworkUsage{Timestamp: at.UnixNano()}
+	def := defaultInterface(ifaces)
+	for _, c := range ifaces {
+		iface := &runtime.NetworkInterfaceUsage{Name: c.name, RxBytes: u64(c.rxBytes), RxErrors: u64(c.rxErrors), TxBytes: u64(c.txBytes), TxErrors: u64(c.txErrors)}
+		n.Interfaces = append(n.Interfaces, iface)
+		if def != nil && c.name == def.name {
+			n.DefaultInterface = iface
+		}
+	}
+	return n, nil
+}
+
+// netCounters is one interface's line of /proc/<pid>/net/dev.
+type netCounters struct {
+	name                                    string
+	rxBytes, rxPackets, rxErrors, rxDropped uint64
+	txBytes, txPackets, txErrors, txDropped uint64
+}
+
+// readNetCounters reads the interface counters of the network namespace
+// of a process inside it, from its /proc/<pid>/net/dev; the loopback is
+// left out.
+func readNetCounters(path string) ([]netCounters, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parseNetCounters(f)
+}
+
+func parseNetCounters(r io.Reader) ([]netCounters, error) {
+	var out []netCounters
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		name, rest, ok := strings.Cut(sc.Text(), ":")
@@ -452,27 +488,34 @@ func parseNetDev(r io.Reader, at time.Time) (*runtime.NetworkUsage, error) {
 		name = strings.TrimSpace(name)
 		fields := strings.Fields(rest)
 		// receive: bytes packets errs drop fifo frame compressed
-		// multicast; transmit: bytes packets errs ...
-		if name == "lo" || len(fields) < 11 {
+		// multicast; transmit: bytes packets errs drop ...
+		if name == "lo" || len(fields) < 12 {
 			continue
 		}
-		num := func(i int) *runtime.UInt64Value {
+		num := func(i int) uint64 {
 			v, _ := strconv.ParseUint(fields[i], 10, 64)
-			return u64(v)
+			return v
 		}
-		iface := &runtime.NetworkInterfaceUsage{Name: name, RxBytes: num(0), RxErrors: num(2), TxBytes: num(8), TxErrors: num(10)}
-		n.Interfaces = append(n.Interfaces, iface)
-		if name == "eth0" {
-			n.DefaultInterface = iface
+		out = append(out, netCounters{
+			name:    name,
+			rxBytes: num(0), rxPackets: num(1), rxErrors: num(2), rxDropped: num(3),
+			txBytes: num(8), txPackets: num(9), txErrors: num(10), txDropped: num(11),
+		})
+	}
+	return out, sc.Err()
+}
+
+// defaultInterface is eth0, the CNI default, or else the first interface.
+func defaultInterface(ifaces []netCounters) *netCounters {
+	for i := range ifaces {
+		if ifaces[i].name == "eth0" {
+			return &ifaces[i]
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, err
+	if len(ifaces) > 0 {
+		return &ifaces[0]
 	}
-	if n.DefaultInterface == nil && len(n.Interfaces) > 0 {
-		n.DefaultInterface = n.Interfaces[0]
-	}
-	return n, nil
+	return nil
 }
 
 // oomKilled asks the task's cgroup whether the kernel's OOM killer took

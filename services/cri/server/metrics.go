@@ -364,7 +364,7 @@ func (m *metricSet) cgroup(v any) {
 			m.counter(mOOMEvents, oom.GetOomKill())
 		}
 		for _, e := range s.GetBlkio().GetIoServiceBytesRecursive() {
-			m.counter(mBlkioUsage, e.GetValue(), e.GetDevice(), strconv.FormatUint(e.GetMajor(), 10), strconv.FormatUint(e.GetMinor(), 10), e.GetOp())
+			m.counter(mBlkioUsage, e.GetValue(), blkioDevice(e), strconv.FormatUint(e.GetMajor(), 10), strconv.FormatUint(e.GetMinor(), 10), e.GetOp())
 			switch strings.ToLower(e.GetOp()) {
 			case "read":
 				m.counter(mFsReadBytes, e.GetValue(), blkioDevice(e))

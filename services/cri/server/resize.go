@@ -3,6 +3,9 @@ package server
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -145,5 +148,18 @@ func updateCgroup2(root, path string, res *specs.LinuxResources) error {
 	if err != nil {
 		return err
 	}
-	return m.Update(cgroup2.ToResources(res))
+	if err := m.Update(cgroup2.ToResources(res)); err != nil {
+		return err
+	}
+	// Unified keys are cgroup v2 interface files, written as given (the
+	// library's resources do not carry them).
+	for k, v := range res.Unified {
+		if k == "" || k != filepath.Base(k) || strings.HasPrefix(k, ".") {
+			return fmt.Errorf("unified cgroup key %q: %w", k, errdefs.ErrInvalidArgument)
+		}
+		if err := os.WriteFile(filepath.Join(root, path, k), []byte(v), 0); err != nil {
+			return fmt.Errorf("unified cgroup key %s: %w", k, err)
+		}
+	}
+	return nil
 }

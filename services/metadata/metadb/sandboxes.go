@@ -133,7 +133,10 @@ func (db *DB) UpdateSandbox(ctx context.Context, in *types.Sandbox, paths ...str
 	if in == nil {
 		return nil, fmt.Errorf("request carries no sandbox: %w", errdefs.ErrInvalidArgument)
 	}
-	var out *types.Sandbox
+	var (
+		out     *types.Sandbox
+		dropped bool
+	)
 	err = db.bolt.Update(func(tx *bolt.Tx) error {
 		b := bucketPath(nsBucket(tx, ns), bucketSandboxes, []byte(in.SandboxID))
 		if b == nil {
@@ -178,7 +181,9 @@ func (db *DB) UpdateSandbox(ctx context.Context, in *types.Sandbox, paths ...str
 			}
 		}
 		if len(labelPaths) > 0 {
+			old := cur.Labels
 			cur.Labels, _ = applyLabelPaths(cur.Labels, in.Labels, labelPaths)
+			dropped = droppedGCRef(old, cur.Labels)
 			if err := validateLabels(cur.Labels); err != nil {
 				return fmt.Errorf("sandbox %q: %w", in.SandboxID, err)
 			}
@@ -190,31 +195,47 @@ func (db *DB) UpdateSandbox(ctx context.Context, in *types.Sandbox, paths ...str
 		out = cur
 		return nil
 	})
-	if err == nil && out != nil {
-		// Labels it no longer has may have been what kept a resource.
+	if err == nil && dropped {
+		// A reference it no longer holds may have been what kept a
+		// resource.
 		db.dirty(false)
 	}
 	return out, err
 }
 
+// droppedGCRef says whether a containerd.io/gc.ref label of before is gone
+// or changed in after.
+func droppedGCRef(before, after map[string]string) bool {
+	for k, v := range before {
+		if strings.HasPrefix(k, "containerd.io/gc.ref.") && after[k] != v {
+			return true
+		}
+	}
+	return false
+}
+
 // DeleteSandbox forgets a sandbox; what only its labels kept goes with the
-// next collection.
+// collection its removal asks for.
 func (db *DB) DeleteSandbox(ctx context.Context, id string) error {
 	ns, err := namespace(ctx)
 	if err != nil {
 		return err
 	}
+	var held bool
 	err = db.bolt.Update(func(tx *bolt.Tx) error {
 		sb := bucketPath(nsBucket(tx, ns), bucketSandboxes)
 		if sb == nil || sb.Bucket([]byte(id)) == nil {
 			return fmt.Errorf("sandbox %q in namespace %q: %w", id, ns, errdefs.ErrNotFound)
 		}
+		held = droppedGCRef(readMap(sb.Bucket([]byte(id)), bucketLabels), nil)
 		return sb.DeleteBucket([]byte(id))
 	})
 	if err != nil {
 		return err
 	}
-	db.dirty(false)
+	if held {
+		db.dirty(false)
+	}
 	return nil
 }
 

@@ -206,3 +206,31 @@ func TestGCSandboxLabelsKeepWhatTheyReference(t *testing.T) {
 	collect(t, db)
 	wantGone(t, db, be, "ns", "sandbox deleted", true, blobs.all()...)
 }
+
+// Dropping a sandbox's reference by an update lets the resource go.
+func TestGCSandboxUpdateDroppingAReferenceLetsItGo(t *testing.T) {
+	db, be := newTestDB(t)
+	ctx := nsCtx("ns")
+	var dirtied int
+	db.OnDirty(func(bool) { dirtied++ })
+	kept := writeBlob(t, ctx, db.Content(), []byte("kept by the sandbox"), nil)
+	if _, err := db.CreateSandbox(ctx, testSandbox("pod-1", map[string]string{"containerd.io/gc.ref.content.x": kept.String()})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.UpdateSandbox(ctx, &types.Sandbox{SandboxID: "pod-1", Labels: map[string]string{"other": "1"}}, "labels.other"); err != nil {
+		t.Fatal(err)
+	}
+	if dirtied != 0 {
+		t.Errorf("an update keeping every reference asked for a collection")
+	}
+	collect(t, db)
+	wantKept(t, db, be, "ns", "the reference is still held", kept)
+	if _, err := db.UpdateSandbox(ctx, &types.Sandbox{SandboxID: "pod-1"}, "labels.containerd.io/gc.ref.content.x"); err != nil {
+		t.Fatal(err)
+	}
+	if dirtied != 1 {
+		t.Errorf("dropping a reference asked for %d collections; want 1", dirtied)
+	}
+	collect(t, db)
+	wantGone(t, db, be, "ns", "the reference was dropped", true, kept)
+}

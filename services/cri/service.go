@@ -1,5 +1,6 @@
 // Package cri is Flotilla's cri service: the Kubernetes CRI v1
-// (runtime.v1.ImageService and runtime.v1.RuntimeService), which the
+// (runtime.v1.ImageService and runtime.v1.RuntimeService) and containerd's
+// Sandbox Controller API for CRI pods (sandboxer "podsandbox"), which the
 // gateway routes to it. It is a client of the other services on their own
 // sockets — metadata, tasks, content, the snapshotter that applies layers —
 // in the "k8s.io" namespace, as containerd's CRI plugin is a client of
@@ -20,6 +21,7 @@ import (
 	"path/filepath"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/graphclient"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
@@ -136,15 +138,21 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	// watchers and log writers back; it needs metadata and tasks, so
 	// it runs beside serving rather than before it.
 	go srv.Recover(context.WithoutCancel(ctx))
+	// The Sandbox Store's records of pods are mended after a crash
+	// between a pod's records (sandboxapi.go).
+	go srv.RecoverSandboxes(context.WithoutCancel(ctx))
 	// Image references resolve from a listing kept current by
 	// image events; until the subscription is up, they list.
 	go srv.WatchImages()
 	return &service.Instance{
 		Type:     "io.containerd.grpc.v1",
-		Routes:   []string{"runtime.v1.ImageService", "runtime.v1.RuntimeService"},
+		Routes:   []string{"runtime.v1.ImageService", "runtime.v1.RuntimeService", "containerd.services.sandbox.v1.Controller"},
 		Requires: []string{"io.containerd.metadata.v1", "io.containerd.runtime.v2"},
 		Exports:  map[string]string{"default_snapshotter": opts.Snapshotter, "namespace": server.Namespace},
-		Register: srv.Register,
+		Register: func(r grpc.ServiceRegistrar) {
+			srv.Register(r)
+			srv.RegisterSandboxController(r)
+		},
 		Close: func(context.Context) error {
 			srv.Close()
 			return graph.Close()

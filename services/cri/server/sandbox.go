@@ -261,6 +261,14 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 			logging.G(ctx).Warn("undo sandbox container", "sandbox", id, "error", err)
 		}
 	})
+	if err := s.createPodRecord(ctx, rec); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() {
+		if err := s.deletePodRecord(cleanupCtx, id); err != nil {
+			logging.G(ctx).Warn("undo sandbox store record", "sandbox", id, "error", err)
+		}
+	})
 	task, err := s.createTask(ctx, rec, rootfs.mounts, cio.NullIO)
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox task: %w", err)
@@ -503,7 +511,8 @@ func (s *Server) sandboxReady(ctx context.Context, id string) (bool, uint32) {
 
 // StopPodSandbox stops the pod's containers and its pause container and
 // tears its network down (CNI DEL once, recorded on the sandbox so that a
-// restarted cri process does not repeat it). The record stays.
+// restarted cri process does not repeat it). The records stay; the Sandbox
+// Store's is brought up to date.
 func (s *Server) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandboxRequest) (*runtime.StopPodSandboxResponse, error) {
 	ctx = withNamespace(ctx)
 	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
@@ -516,6 +525,9 @@ func (s *Server) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandbox
 		return nil, err
 	}
 	if err := s.stopSandbox(ctx, m); err != nil {
+		return nil, err
+	}
+	if err := s.refreshPodRecord(ctx, m.ID); err != nil {
 		return nil, err
 	}
 	return &runtime.StopPodSandboxResponse{}, nil
@@ -593,7 +605,8 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	ctx = withNamespace(ctx)
 	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
 	if errdefs.IsNotFound(err) {
-		return &runtime.RemovePodSandboxResponse{}, nil
+		// A Sandbox Store record left by a crash goes too.
+		return &runtime.RemovePodSandboxResponse{}, s.deletePodRecord(ctx, req.GetPodSandboxId())
 	}
 	if err != nil {
 		return nil, err
@@ -621,6 +634,9 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	}
 	if err != nil && !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("remove sandbox %s: %w", m.ID, err)
+	}
+	if err := s.deletePodRecord(ctx, m.ID); err != nil {
+		return nil, err
 	}
 	s.pods.forget(m.ID)
 	return &runtime.RemovePodSandboxResponse{}, nil

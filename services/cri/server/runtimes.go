@@ -3,12 +3,14 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
 	"path"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	introspectionapi "github.com/containerd/containerd/api/services/introspection/v1"
@@ -139,6 +141,14 @@ func runtimeOptions(typ string, opts map[string]any) (*anypb.Any, error) {
 		dec := toml.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&o); err != nil {
+			var missing *toml.StrictMissingError
+			if errors.As(err, &missing) {
+				var keys []string
+				for _, e := range missing.Errors {
+					keys = append(keys, strings.Join(e.Key(), "."))
+				}
+				return nil, fmt.Errorf("runc options have no %s: %w", strings.Join(keys, ", "), errdefs.ErrInvalidArgument)
+			}
 			return nil, fmt.Errorf("runc options: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
 		msg = &o

@@ -32,16 +32,20 @@ import (
 // Options are the cri service's options, with their defaults from
 // DefaultOptions.
 type Options struct {
-	SandboxImage           string   `toml:"sandbox_image" json:"sandbox_image" comment:"Image of every pod's sandbox (pause) container; pulled when missing."`
-	Snapshotter            string   `toml:"snapshotter" json:"snapshotter" comment:"Snapshotter that unpacks images and holds containers' root filesystems."`
-	MaxConcurrentDownloads int      `toml:"max_concurrent_downloads" json:"max_concurrent_downloads" comment:"Layers one pull fetches at once."`
-	InsecureRegistries     []string `toml:"insecure_registries" json:"insecure_registries" comment:"Registries (host or host:port) pulled from over HTTPS without verifying certificates, then plain HTTP."`
-	ImageFSPath            string   `toml:"image_fs_path" json:"image_fs_path" comment:"Filesystem ImageFsInfo reports to the kubelet; empty: the snapshotter's root."`
-	RestrictOOMScoreAdj    bool     `toml:"restrict_oom_score_adj" json:"restrict_oom_score_adj" comment:"Clamp a container's oom_score_adj to this service's own (done anyway without CAP_SYS_RESOURCE)."`
-	StreamServerAddress    string   `toml:"stream_server_address" json:"stream_server_address" comment:"Address the exec, attach and port-forward streaming server listens on."`
-	StreamServerPort       string   `toml:"stream_server_port" json:"stream_server_port" comment:"Its port; \"0\" picks a free one."`
-	CNI                    CNI      `toml:"cni" json:"cni" comment:"Pods' networks (containerd's [plugins.'io.containerd.cri.v1.runtime'.cni])."`
-	Registry               Registry `toml:"registry" json:"registry" comment:"Registry hosts (containerd's [plugins.'io.containerd.cri.v1.images'.registry])."`
+	SandboxImage           string             `toml:"sandbox_image" json:"sandbox_image" comment:"Image of every pod's sandbox (pause) container; pulled when missing."`
+	Snapshotter            string             `toml:"snapshotter" json:"snapshotter" comment:"Snapshotter that unpacks images and holds containers' root filesystems."`
+	MaxConcurrentDownloads int                `toml:"max_concurrent_downloads" json:"max_concurrent_downloads" comment:"Layers one pull fetches at once."`
+	InsecureRegistries     []string           `toml:"insecure_registries" json:"insecure_registries" comment:"Registries (host or host:port) pulled from over HTTPS without verifying certificates, then plain HTTP."`
+	ImageFSPath            string             `toml:"image_fs_path" json:"image_fs_path" comment:"Filesystem ImageFsInfo reports to the kubelet; empty: the snapshotter's root."`
+	RestrictOOMScoreAdj    bool               `toml:"restrict_oom_score_adj" json:"restrict_oom_score_adj" comment:"Clamp a container's oom_score_adj to this service's own (done anyway without CAP_SYS_RESOURCE)."`
+	StreamServerAddress    string             `toml:"stream_server_address" json:"stream_server_address" comment:"Address the exec, attach and port-forward streaming server listens on."`
+	StreamServerPort       string             `toml:"stream_server_port" json:"stream_server_port" comment:"Its port; \"0\" picks a free one."`
+	CNI                    CNI                `toml:"cni" json:"cni" comment:"Pods' networks (containerd's [plugins.'io.containerd.cri.v1.runtime'.cni])."`
+	Registry               Registry           `toml:"registry" json:"registry" comment:"Registry hosts (containerd's [plugins.'io.containerd.cri.v1.images'.registry])."`
+	DefaultRuntimeName     string             `toml:"default_runtime_name" json:"default_runtime_name" comment:"Runtime handler of pods that name none (RuntimeClass); one of runtimes."`
+	Runtimes               map[string]Runtime `toml:"runtimes" json:"runtimes" comment:"Runtime handlers by name, as a RuntimeClass's handler names them (containerd's [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes]); a pod's containers run on the pod's. Options of a handler go in [services.cri.options.runtimes.<name>.options]."`
+	EnableCDI              bool               `toml:"enable_cdi" json:"enable_cdi" comment:"Let containers ask for Container Device Interface devices (CDIDevices, cdi.k8s.io/ annotations); off, asking for one fails."`
+	CDISpecDirs            []string           `toml:"cdi_spec_dirs" json:"cdi_spec_dirs" comment:"Directories of CDI spec files, later ones taking precedence."`
 	// Gateway is flotillad's socket for a cri run by hand (flotillad
 	// tells the one it starts, and the config has no say).
 	Gateway string `toml:"-" json:"gateway"`
@@ -58,6 +62,14 @@ type Registry struct {
 	ConfigPath string `toml:"config_path" json:"config_path" comment:"Directory of containerd-format hosts.toml files (<config_path>/<host>/hosts.toml: mirrors, certificates); empty: none."`
 }
 
+// Runtime is a runtime handler: the shim its pods run on and how.
+type Runtime struct {
+	Type                 string         `toml:"runtime_type" json:"runtime_type" comment:"Runtime v2 shim type (io.containerd.runc.v2 runs containerd-shim-runc-v2), or a shim binary's path; empty: io.containerd.runc.v2."`
+	Options              map[string]any `toml:"options,omitempty" json:"options,omitempty" comment:"The shim's options; for runc, containerd's runc options by name: BinaryName (another runc), Root, SystemdCgroup, NoPivotRoot..."`
+	PodAnnotations       []string       `toml:"pod_annotations" json:"pod_annotations" comment:"Patterns of pod annotations passed into the OCI spec of the pod's sandbox and containers, for the runtime to read."`
+	ContainerAnnotations []string       `toml:"container_annotations" json:"container_annotations" comment:"Patterns of container annotations passed into its OCI spec."`
+}
+
 // DefaultOptions are the options the cri service runs with unless told.
 func DefaultOptions() *Options {
 	return &Options{
@@ -70,6 +82,12 @@ func DefaultOptions() *Options {
 			BinDirs: []string{"/opt/cni/bin", "/usr/lib/cni"},
 			ConfDir: "/etc/cni/net.d",
 		},
+		DefaultRuntimeName: server.DefaultRuntimeName,
+		Runtimes: map[string]Runtime{
+			server.DefaultRuntimeName: {Type: server.RuncRuntimeType},
+		},
+		EnableCDI:   true,
+		CDISpecDirs: []string{"/etc/cdi", "/var/run/cdi"},
 	}
 }
 
@@ -117,6 +135,14 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		graph.Close()
 		return nil, err
 	}
+	runtimes := map[string]server.RuntimeConfig{}
+	for name, r := range opts.Runtimes {
+		runtimes[name] = server.RuntimeConfig{Type: r.Type, Options: r.Options, PodAnnotations: r.PodAnnotations, ContainerAnnotations: r.ContainerAnnotations}
+	}
+	handlers, err := server.NewRuntimeHandlers(opts.DefaultRuntimeName, runtimes)
+	if err != nil {
+		return nil, fmt.Errorf("options of service cri: %w", err)
+	}
 	srv := server.New(ctx, client, graph, server.Config{
 		Snapshotter:            opts.Snapshotter,
 		InsecureRegistries:     opts.InsecureRegistries,
@@ -128,6 +154,9 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		CNIBinDirs:             opts.CNI.BinDirs,
 		StateDir:               p.Env.State,
 		RestrictOOMScoreAdj:    opts.RestrictOOMScoreAdj,
+		Runtimes:               handlers,
+		EnableCDI:              opts.EnableCDI,
+		CDISpecDirs:            opts.CDISpecDirs,
 	})
 	if err := srv.StartStreaming(opts.StreamServerAddress, opts.StreamServerPort); err != nil {
 		srv.Close()

@@ -83,9 +83,21 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 			s.releaseImageVolumes(context.WithoutCancel(ctx), id)
 		}
 	}()
+	ociRuntime, err := s.runtimeFor(sb.RuntimeHandler)
+	if err != nil {
+		return nil, fmt.Errorf("runtime of sandbox %s: %w", sb.ID, err)
+	}
+	cdiOpt, err := s.withCDI(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
 	specOpts, err := s.containerSpec(sb, pausePid, img, cfg, id, imageMounts)
 	if err != nil {
 		return nil, err
+	}
+	specOpts = append(specOpts, ociRuntime.withPassthroughAnnotations(sb.config.GetAnnotations(), cfg.GetAnnotations()))
+	if cdiOpt != nil {
+		specOpts = append(specOpts, cdiOpt)
 	}
 	ext, err := encodeExtension(containerExtension, m)
 	if err != nil {
@@ -106,7 +118,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	var rec containers.Container
 	if _, err := s.client.NewContainer(lctx, id,
 		s.withRootfs(id, img, &rootfs),
-		containerd.WithRuntime(runtimeType, nil),
+		ociRuntime.withRuntime(),
 		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(containerExtension, ext),

@@ -28,10 +28,6 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
-// runtimeType is the runtime v2 shim every pod runs on. Runtime handlers
-// other than the default are not mapped yet.
-const runtimeType = "io.containerd.runc.v2"
-
 // sandboxOOMScoreAdj keeps the pause container alive under memory
 // pressure, as containerd's CRI does.
 const sandboxOOMScoreAdj = -998
@@ -125,8 +121,9 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if md.GetName() == "" || md.GetNamespace() == "" || md.GetUid() == "" {
 		return nil, fmt.Errorf("sandbox metadata needs name, namespace and uid: %w", errdefs.ErrInvalidArgument)
 	}
-	if h := req.GetRuntimeHandler(); h != "" && h != "runc" {
-		return nil, fmt.Errorf("runtime handler %q: only the default (runc) is configured: %w", h, errdefs.ErrNotFound)
+	ociRuntime, err := s.runtimeFor(req.GetRuntimeHandler())
+	if err != nil {
+		return nil, fmt.Errorf("unable to get OCI runtime for sandbox %q: %w", md.GetName(), err)
 	}
 	name := strings.Join([]string{md.GetName(), md.GetNamespace(), md.GetUid(), strconv.Itoa(int(md.GetAttempt()))}, "_")
 	release, err := s.reserveName(ctx, kindSandbox, name)
@@ -203,6 +200,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		oci.WithCgroup(cgroupsPath(cfg.GetLinux().GetCgroupParent(), id)),
 		s.withOOMScoreAdj(sandboxOOMScoreAdj),
 		withShm(shm, true),
+		ociRuntime.withPassthroughAnnotations(cfg.GetAnnotations(), nil),
 	}
 	if hostNetwork(cfg) {
 		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
@@ -247,7 +245,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	var rec containers.Container
 	c, err := s.client.NewContainer(lctx, id,
 		s.withRootfs(id, pause, &rootfs),
-		containerd.WithRuntime(runtimeType, nil),
+		ociRuntime.withRuntime(),
 		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(sandboxExtension, ext),

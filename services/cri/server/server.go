@@ -54,6 +54,13 @@ type Config struct {
 	// daemon's own, as containerd's restrict_oom_score_adj; it is on
 	// anyway when the process lacks CAP_SYS_RESOURCE.
 	RestrictOOMScoreAdj bool
+	// Runtimes are the runtime handlers pods may ask for (see
+	// runtimes.go); nil: runc alone, as the default.
+	Runtimes *RuntimeHandlers
+	// EnableCDI lets containers ask for CDI devices, defined by the spec
+	// files in CDISpecDirs (see cdi.go).
+	EnableCDI   bool
+	CDISpecDirs []string
 }
 
 // Server implements runtime.v1.ImageService and runtime.v1.RuntimeService.
@@ -85,6 +92,8 @@ type Server struct {
 	// streams is the streaming server (Exec, Attach, PortForward) and
 	// the containers' attach points; see streaming.go.
 	streams streamState
+
+	cdi cdiRegistry
 }
 
 // New builds the server over a containerd client of the other services and
@@ -102,6 +111,9 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		cfg.MaxConcurrentDownloads = 3
 	}
 	cfg = withPodDefaults(cfg)
+	if cfg.Runtimes == nil {
+		cfg.Runtimes, _ = NewRuntimeHandlers("", nil) // the default cannot fail
+	}
 	return &Server{
 		client:   client,
 		daemon:   daemon,
@@ -109,6 +121,7 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		platform: platforms.Default(),
 		infos:    map[digest.Digest]*imageInfo{},
 		pods:     newPodState(ctx),
+		cdi:      cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
 	}
 }
 

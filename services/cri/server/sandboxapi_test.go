@@ -15,7 +15,7 @@ func TestPodRecordIsContainerdsPodsandboxRecord(t *testing.T) {
 	rec := containers.Container{
 		ID:      "abc",
 		Labels:  map[string]string{kindLabel: kindSandbox, "app": "web"},
-		Runtime: containers.RuntimeInfo{Name: runtimeType, Options: &anypb.Any{TypeUrl: "opts"}},
+		Runtime: containers.RuntimeInfo{Name: "io.containerd.runc.v2", Options: &anypb.Any{TypeUrl: "opts"}},
 		Spec:    &anypb.Any{TypeUrl: "spec", Value: []byte("{}")},
 		Extensions: map[string]typeurl.Any{
 			sandboxExtension: &anypb.Any{TypeUrl: sandboxExtension, Value: []byte(`{"id":"abc"}`)},
@@ -23,10 +23,10 @@ func TestPodRecordIsContainerdsPodsandboxRecord(t *testing.T) {
 		},
 	}
 	sb := podRecord(rec)
-	if sb.ID != "abc" || sb.Sandboxer != "podsandbox" || sb.Runtime.Name != runtimeType || sb.Runtime.Options.GetTypeUrl() != "opts" || sb.Spec.GetTypeUrl() != "spec" {
+	if sb.ID != "abc" || sb.Sandboxer != "podsandbox" || sb.Runtime.Name != "io.containerd.runc.v2" || sb.Runtime.Options.GetTypeUrl() != "opts" || sb.Spec.GetTypeUrl() != "spec" {
 		t.Errorf("record %+v", sb)
 	}
-	if sb.Labels["app"] != "web" || sb.Labels[kindLabel] != kindSandbox || sb.Labels["oci_runtime_type"] != runtimeType {
+	if sb.Labels["app"] != "web" || sb.Labels[kindLabel] != kindSandbox || sb.Labels["oci_runtime_type"] != "io.containerd.runc.v2" {
 		t.Errorf("labels %v", sb.Labels)
 	}
 	if len(sb.Extensions) != 1 || sb.Extensions[sandboxExtension] == nil {

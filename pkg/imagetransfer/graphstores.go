@@ -106,8 +106,12 @@ func (g *GraphStores) info(ctx context.Context, name string) (snapshotterInfo, e
 		i := snapshotterInfo{
 			capabilities: p.Capabilities,
 			remote:       p.Exports["remote"] == "true",
-			annotate:     p.Exports["enable_remote_snapshot_annotations"] == "true",
-			at:           now,
+			// containerd labels for a snapshotter configured to
+			// export enable_remote_snapshot_annotations; every
+			// snapshotter Flotilla does not run is labelled too, so
+			// a lazy one works without that line of config.
+			annotate: p.Exports["enable_remote_snapshot_annotations"] == "true" || p.Exports["remote"] == "true",
+			at:       now,
 		}
 		g.infos[id] = i
 		if id == name {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"sync"
@@ -111,7 +110,7 @@ func newTransferPullBench(ctx context.Context, d *daemon, src *srcImage, e *pull
 	b.pull = func(ctx context.Context) error {
 		cmd := exec.CommandContext(ctx, ctr, "--address", d.address, "--namespace", benchNamespace,
 			"images", "pull", "--plain-http", ref)
-		cmd.Stdout = io.Discard
+		// Its progress, kept for an error's sake.
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("ctr images pull %s: %v\n%s", ref, err, out)

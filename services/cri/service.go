@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/graphclient"
+	"github.com/flotilla-project/flotilla/pkg/imagetransfer"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
 	"github.com/flotilla-project/flotilla/services/cri/server"
@@ -34,7 +35,8 @@ import (
 type Options struct {
 	SandboxImage           string             `toml:"sandbox_image" json:"sandbox_image" comment:"Image of every pod's sandbox (pause) container; pulled when missing."`
 	Snapshotter            string             `toml:"snapshotter" json:"snapshotter" comment:"Snapshotter that unpacks images and holds containers' root filesystems."`
-	MaxConcurrentDownloads int                `toml:"max_concurrent_downloads" json:"max_concurrent_downloads" comment:"Layers one pull fetches at once."`
+	MaxConcurrentDownloads int                `toml:"max_concurrent_downloads" json:"max_concurrent_downloads" comment:"Blobs downloaded at once, across every pull."`
+	MaxConcurrentUnpacks   int                `toml:"max_concurrent_unpacks" json:"max_concurrent_unpacks" comment:"Layers one pull unpacks at once on a snapshotter that can rebase a layer onto its parent at commit (overlayfs); 1 unpacks them in order."`
 	InsecureRegistries     []string           `toml:"insecure_registries" json:"insecure_registries" comment:"Registries (host or host:port) pulled from over HTTPS without verifying certificates, then plain HTTP."`
 	ImageFSPath            string             `toml:"image_fs_path" json:"image_fs_path" comment:"Filesystem ImageFsInfo reports to the kubelet; empty: the snapshotter's root."`
 	RestrictOOMScoreAdj    bool               `toml:"restrict_oom_score_adj" json:"restrict_oom_score_adj" comment:"Clamp a container's oom_score_adj to this service's own (done anyway without CAP_SYS_RESOURCE)."`
@@ -76,6 +78,7 @@ func DefaultOptions() *Options {
 		SandboxImage:           "registry.k8s.io/pause:3.10",
 		Snapshotter:            "overlayfs",
 		MaxConcurrentDownloads: 3,
+		MaxConcurrentUnpacks:   4,
 		StreamServerAddress:    "127.0.0.1",
 		StreamServerPort:       "0",
 		CNI: CNI{
@@ -143,23 +146,31 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 	if err != nil {
 		return nil, fmt.Errorf("options of service cri: %w", err)
 	}
-	srv := server.New(ctx, client, graph, server.Config{
-		Snapshotter:            opts.Snapshotter,
-		InsecureRegistries:     opts.InsecureRegistries,
-		ConfigPath:             opts.Registry.ConfigPath,
-		ImageFSPath:            opts.ImageFSPath,
-		CNIConfDir:             opts.CNI.ConfDir,
+	// Pulls run here, on the transfer engine the transfer service runs
+	// too: layers fetched in parallel and unpacked as they download.
+	stores := imagetransfer.NewGraphStores(client, p.Env.Snapshotters)
+	transfers := imagetransfer.New(stores.Stores(), imagetransfer.Config{
 		MaxConcurrentDownloads: opts.MaxConcurrentDownloads,
-		SandboxImage:           opts.SandboxImage,
-		CNIBinDirs:             opts.CNI.BinDirs,
-		StateDir:               p.Env.State,
-		RestrictOOMScoreAdj:    opts.RestrictOOMScoreAdj,
-		Runtimes:               handlers,
-		EnableCDI:              opts.EnableCDI,
-		CDISpecDirs:            opts.CDISpecDirs,
+		MaxConcurrentUnpacks:   opts.MaxConcurrentUnpacks,
+		Snapshotter:            opts.Snapshotter,
+	})
+	srv := server.New(ctx, client, graph, transfers, server.Config{
+		Snapshotter:         opts.Snapshotter,
+		InsecureRegistries:  opts.InsecureRegistries,
+		ConfigPath:          opts.Registry.ConfigPath,
+		ImageFSPath:         opts.ImageFSPath,
+		CNIConfDir:          opts.CNI.ConfDir,
+		SandboxImage:        opts.SandboxImage,
+		CNIBinDirs:          opts.CNI.BinDirs,
+		StateDir:            p.Env.State,
+		RestrictOOMScoreAdj: opts.RestrictOOMScoreAdj,
+		Runtimes:            handlers,
+		EnableCDI:           opts.EnableCDI,
+		CDISpecDirs:         opts.CDISpecDirs,
 	})
 	if err := srv.StartStreaming(opts.StreamServerAddress, opts.StreamServerPort); err != nil {
 		srv.Close()
+		stores.Close()
 		graph.Close()
 		return nil, err
 	}
@@ -184,6 +195,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		},
 		Close: func(context.Context) error {
 			srv.Close()
+			stores.Close()
 			return graph.Close()
 		},
 	}, nil

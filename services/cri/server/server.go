@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/transfer"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
@@ -38,8 +39,6 @@ type Config struct {
 	// CNIConfDir is where a CNI network configuration makes the network
 	// ready (default /etc/cni/net.d).
 	CNIConfDir string
-	// MaxConcurrentDownloads bounds the layers one pull fetches at once.
-	MaxConcurrentDownloads int
 	// SandboxImage runs every pod's sandbox (pause) container (default
 	// registry.k8s.io/pause:3.10); pulled when missing.
 	SandboxImage string
@@ -75,7 +74,10 @@ type Server struct {
 	cfg      Config
 	platform platforms.MatchComparer
 
-	pulls flightGroup[string]
+	// transfers runs pulls (pkg/imagetransfer); pulls joins concurrent
+	// PullImage calls of one image with the same credentials into one.
+	transfers Transferrer
+	pulls     flightGroup[string]
 	// imageIdx saves resolving an image reference a listing of all
 	// images; see imageindex.go.
 	imageIdx imageIndex
@@ -96,32 +98,36 @@ type Server struct {
 	cdi cdiRegistry
 }
 
-// New builds the server over a containerd client of the other services and
-// a connection to the gateway's own (daemon: events, the version). Its
-// background work (exit watchers, the image index's subscription, the
+// Transferrer runs image transfers: the transfer engine
+// (pkg/imagetransfer) over the graph's stores.
+type Transferrer interface {
+	Transfer(ctx context.Context, src, dst any, progress transfer.ProgressFunc) error
+}
+
+// New builds the server over a containerd client of the other services, a
+// connection to the gateway's own (daemon: events, the version) and the
+// transfer engine its pulls run on. Its background work (exit watchers, the image index's subscription, the
 // streaming server) logs through ctx.
-func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnInterface, cfg Config) *Server {
+func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnInterface, transfers Transferrer, cfg Config) *Server {
 	if cfg.Snapshotter == "" {
 		cfg.Snapshotter = "overlayfs"
 	}
 	if cfg.CNIConfDir == "" {
 		cfg.CNIConfDir = "/etc/cni/net.d"
 	}
-	if cfg.MaxConcurrentDownloads <= 0 {
-		cfg.MaxConcurrentDownloads = 3
-	}
 	cfg = withPodDefaults(cfg)
 	if cfg.Runtimes == nil {
 		cfg.Runtimes, _ = NewRuntimeHandlers("", nil) // the default cannot fail
 	}
 	return &Server{
-		client:   client,
-		daemon:   daemon,
-		cfg:      cfg,
-		platform: platforms.Default(),
-		infos:    map[digest.Digest]*imageInfo{},
-		pods:     newPodState(ctx),
-		cdi:      cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
+		client:    client,
+		daemon:    daemon,
+		transfers: transfers,
+		cfg:       cfg,
+		platform:  platforms.Default(),
+		infos:     map[digest.Digest]*imageInfo{},
+		pods:      newPodState(ctx),
+		cdi:       cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
 	}
 }
 

@@ -18,12 +18,15 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/nri/pkg/adaptation"
 
 	"github.com/flotilla-project/flotilla/pkg/graphclient"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
+	"github.com/flotilla-project/flotilla/services/cri/nri"
 	"github.com/flotilla-project/flotilla/services/cri/server"
 )
 
@@ -40,6 +43,7 @@ type Options struct {
 	StreamServerPort       string   `toml:"stream_server_port" json:"stream_server_port" comment:"Its port; \"0\" picks a free one."`
 	CNI                    CNI      `toml:"cni" json:"cni" comment:"Pods' networks (containerd's [plugins.'io.containerd.cri.v1.runtime'.cni])."`
 	Registry               Registry `toml:"registry" json:"registry" comment:"Registry hosts (containerd's [plugins.'io.containerd.cri.v1.images'.registry])."`
+	NRI                    NRI      `toml:"nri" json:"nri" comment:"Node Resource Interface plugins (containerd's [plugins.'io.containerd.nri.v1.nri'])."`
 	// Gateway is flotillad's socket for a cri run by hand (flotillad
 	// tells the one it starts, and the config has no say).
 	Gateway string `toml:"-" json:"gateway"`
@@ -56,6 +60,17 @@ type Registry struct {
 	ConfigPath string `toml:"config_path" json:"config_path" comment:"Directory of containerd-format hosts.toml files (<config_path>/<host>/hosts.toml: mirrors, certificates); empty: none."`
 }
 
+// NRI is where NRI plugins connect, or are started from, and how long
+// they may take; containerd's names and defaults.
+type NRI struct {
+	Disable                   bool   `toml:"disable" json:"disable" comment:"Turn NRI off: no socket, no plugins."`
+	SocketPath                string `toml:"socket_path" json:"socket_path" comment:"Socket external NRI plugins connect to; empty: none can."`
+	PluginPath                string `toml:"plugin_path" json:"plugin_path" comment:"Directory of NRI plugins started with the service (NN-name, run in NN order)."`
+	PluginConfigPath          string `toml:"plugin_config_path" json:"plugin_config_path" comment:"Directory of those plugins' configuration."`
+	PluginRegistrationTimeout string `toml:"plugin_registration_timeout" json:"plugin_registration_timeout" comment:"How long a plugin may take to register."`
+	PluginRequestTimeout      string `toml:"plugin_request_timeout" json:"plugin_request_timeout" comment:"How long a plugin may take to answer one event."`
+}
+
 // DefaultOptions are the options the cri service runs with unless told.
 func DefaultOptions() *Options {
 	return &Options{
@@ -67,6 +82,13 @@ func DefaultOptions() *Options {
 		CNI: CNI{
 			BinDirs: []string{"/opt/cni/bin", "/usr/lib/cni"},
 			ConfDir: "/etc/cni/net.d",
+		},
+		NRI: NRI{
+			SocketPath:                adaptation.DefaultSocketPath,
+			PluginPath:                adaptation.DefaultPluginPath,
+			PluginConfigPath:          adaptation.DefaultPluginConfigPath,
+			PluginRegistrationTimeout: adaptation.DefaultPluginRegistrationTimeout.String(),
+			PluginRequestTimeout:      adaptation.DefaultPluginRequestTimeout.String(),
 		},
 	}
 }
@@ -132,6 +154,12 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		graph.Close()
 		return nil, err
 	}
+	nriAPI, err := startNRI(ctx, opts.NRI, srv)
+	if err != nil {
+		srv.Close()
+		graph.Close()
+		return nil, err
+	}
 	// Pods and containers started before a restart get their exit
 	// watchers and log writers back; it needs metadata and tasks, so
 	// it runs beside serving rather than before it.
@@ -146,8 +174,46 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Exports:  map[string]string{"default_snapshotter": opts.Snapshotter, "namespace": server.Namespace},
 		Register: srv.Register,
 		Close: func(context.Context) error {
+			nriAPI.Stop()
 			srv.Close()
 			return graph.Close()
 		},
 	}, nil
+}
+
+// startNRI starts the NRI adaptation, unless disabled: plugins may
+// connect from here on.
+func startNRI(ctx context.Context, o NRI, srv *server.Server) (*nri.API, error) {
+	if o.Disable {
+		return nil, nil
+	}
+	cfg := nri.Config{SocketPath: o.SocketPath, PluginPath: o.PluginPath, PluginConfigPath: o.PluginConfigPath}
+	var err error
+	if cfg.RegistrationTimeout, err = optionalDuration("nri.plugin_registration_timeout", o.PluginRegistrationTimeout); err != nil {
+		return nil, err
+	}
+	if cfg.RequestTimeout, err = optionalDuration("nri.plugin_request_timeout", o.PluginRequestTimeout); err != nil {
+		return nil, err
+	}
+	a, err := nri.New(cfg, srv.NRIRuntime())
+	if err != nil {
+		return nil, err
+	}
+	srv.SetNRI(a)
+	if err := a.Start(); err != nil {
+		return nil, err
+	}
+	go srv.SeedNRI(context.WithoutCancel(ctx))
+	return a, nil
+}
+
+func optionalDuration(name, v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("option %s: %w", name, err)
+	}
+	return d, nil
 }

@@ -17,6 +17,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/services/cri/nri"
 )
 
 // Namespace is the containerd namespace every CRI object lives in, as in
@@ -85,6 +87,12 @@ type Server struct {
 	// streams is the streaming server (Exec, Attach, PortForward) and
 	// the containers' attach points; see streaming.go.
 	streams streamState
+
+	// nri relays the pod and container lifecycle to NRI plugins (nil:
+	// NRI is off); starting holds the pods hidden until their
+	// RunPodSandbox returns. See nri.go.
+	nri      *nri.API
+	starting sync.Map
 }
 
 // New builds the server over a containerd client of the other services and

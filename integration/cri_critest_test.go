@@ -27,9 +27,9 @@ const critestVersion = "v1.37.0"
 
 // critestSkips are the critest specs that cannot pass on this machine or
 // with a registry of our own; each entry is a regular expression on the
-// spec's full name, with the reason. Specs critest skips by itself (NRI
-// without -nri-socket, AppArmor on a kernel without it, image volumes,
-// user namespaces without a handler) are not listed.
+// spec's full name, with the reason. Specs critest skips by itself
+// (AppArmor on a kernel without it, image volumes, user namespaces
+// without a handler) are not listed.
 var critestSkips = []struct{ spec, reason string }{
 	{`public image with digest should be pulled`,
 		"pins the manifest digest of the upstream image on gcr.io; a locally built image cannot have those bytes"},
@@ -74,8 +74,15 @@ func TestCRIPassesCritest(t *testing.T) {
 	network.PortMap = true
 	writePodNetwork(t, cniDir, filepath.Join(work, "ipam"), network)
 
-	d := newDaemon(t, withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\nconfig_path = %q\n",
-		"registry.k8s.io/pause:3.10", cniDir, hostsDir)))
+	d := newDaemon(t, func(d *daemon, args *[]string) {
+		// The NRI synchronisation specs hold a plugin's Synchronize
+		// for 2s while they create containers, and expect the plugin
+		// to hear of them; NRI's default request timeout (2s) would
+		// drop that plugin, as it does with containerd's defaults.
+		withConfig(fmt.Sprintf("[services.cri.options]\nsandbox_image = %q\ncni_conf_dir = %q\nconfig_path = %q\n"+
+			"[services.cri.options.nri]\nsocket_path = %q\nplugin_request_timeout = \"10s\"\n",
+			"registry.k8s.io/pause:3.10", cniDir, hostsDir, filepath.Join(d.state, "nri.sock")))(d, args)
+	})
 	// The daemon and critest share a mount namespace of their own whose
 	// mounts are shared, as systemd makes a node's: the bidirectional
 	// mount propagation spec needs it, and this machine's / is private.
@@ -92,6 +99,9 @@ func TestCRIPassesCritest(t *testing.T) {
 		"--ginkgo.no-color",
 		"--ginkgo.v",
 		"--ginkgo.timeout", "20m",
+		// The NRI specs connect plugins of their own to the cri
+		// service's NRI socket (the harness gives each daemon one).
+		"--nri-socket", filepath.Join(d.state, "nri.sock"),
 	}
 	for _, s := range critestSkips {
 		t.Logf("skipping critest specs matching %q: %s", s.spec, s.reason)

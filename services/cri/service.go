@@ -19,14 +19,17 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/nri/pkg/adaptation"
 	"google.golang.org/grpc"
 
 	"github.com/flotilla-project/flotilla/pkg/graphclient"
 	"github.com/flotilla-project/flotilla/pkg/imagetransfer"
 	"github.com/flotilla-project/flotilla/pkg/rpc"
 	"github.com/flotilla-project/flotilla/pkg/service"
+	"github.com/flotilla-project/flotilla/services/cri/nri"
 	"github.com/flotilla-project/flotilla/services/cri/server"
 )
 
@@ -48,6 +51,7 @@ type Options struct {
 	Runtimes               map[string]Runtime `toml:"runtimes" json:"runtimes" comment:"Runtime handlers by name, as a RuntimeClass's handler names them (containerd's [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes]); a pod's containers run on the pod's. Options of a handler go in [services.cri.options.runtimes.<name>.options]."`
 	EnableCDI              bool               `toml:"enable_cdi" json:"enable_cdi" comment:"Let containers ask for Container Device Interface devices (CDIDevices, cdi.k8s.io/ annotations); off, asking for one fails."`
 	CDISpecDirs            []string           `toml:"cdi_spec_dirs" json:"cdi_spec_dirs" comment:"Directories of CDI spec files, later ones taking precedence."`
+	NRI                    NRI                `toml:"nri" json:"nri" comment:"Node Resource Interface plugins (containerd's [plugins.'io.containerd.nri.v1.nri'])."`
 	// Gateway is flotillad's socket for a cri run by hand (flotillad
 	// tells the one it starts, and the config has no say).
 	Gateway string `toml:"-" json:"gateway"`
@@ -72,6 +76,17 @@ type Runtime struct {
 	ContainerAnnotations []string       `toml:"container_annotations" json:"container_annotations" comment:"Patterns of container annotations passed into its OCI spec."`
 }
 
+// NRI is where NRI plugins connect, or are started from, and how long
+// they may take; containerd's names and defaults.
+type NRI struct {
+	Disable                   bool   `toml:"disable" json:"disable" comment:"Turn NRI off: no socket, no plugins."`
+	SocketPath                string `toml:"socket_path" json:"socket_path" comment:"Socket external NRI plugins connect to; empty: none can."`
+	PluginPath                string `toml:"plugin_path" json:"plugin_path" comment:"Directory of NRI plugins started with the service (NN-name, run in NN order)."`
+	PluginConfigPath          string `toml:"plugin_config_path" json:"plugin_config_path" comment:"Directory of those plugins' configuration."`
+	PluginRegistrationTimeout string `toml:"plugin_registration_timeout" json:"plugin_registration_timeout" comment:"How long a plugin may take to register."`
+	PluginRequestTimeout      string `toml:"plugin_request_timeout" json:"plugin_request_timeout" comment:"How long a plugin may take to answer one event."`
+}
+
 // DefaultOptions are the options the cri service runs with unless told.
 func DefaultOptions() *Options {
 	return &Options{
@@ -91,6 +106,13 @@ func DefaultOptions() *Options {
 		},
 		EnableCDI:   true,
 		CDISpecDirs: []string{"/etc/cdi", "/var/run/cdi"},
+		NRI: NRI{
+			SocketPath:                adaptation.DefaultSocketPath,
+			PluginPath:                adaptation.DefaultPluginPath,
+			PluginConfigPath:          adaptation.DefaultPluginConfigPath,
+			PluginRegistrationTimeout: adaptation.DefaultPluginRegistrationTimeout.String(),
+			PluginRequestTimeout:      adaptation.DefaultPluginRequestTimeout.String(),
+		},
 	}
 }
 
@@ -174,6 +196,12 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		graph.Close()
 		return nil, err
 	}
+	nriAPI, err := startNRI(ctx, opts.NRI, srv)
+	if err != nil {
+		srv.Close()
+		graph.Close()
+		return nil, err
+	}
 	// Pods and containers started before a restart get their exit
 	// watchers and log writers back; it needs metadata and tasks, so
 	// it runs beside serving rather than before it.
@@ -194,9 +222,47 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 			srv.RegisterSandboxController(r)
 		},
 		Close: func(context.Context) error {
+			nriAPI.Stop()
 			srv.Close()
 			stores.Close()
 			return graph.Close()
 		},
 	}, nil
+}
+
+// startNRI starts the NRI adaptation, unless disabled: plugins may
+// connect from here on.
+func startNRI(ctx context.Context, o NRI, srv *server.Server) (*nri.API, error) {
+	if o.Disable {
+		return nil, nil
+	}
+	cfg := nri.Config{SocketPath: o.SocketPath, PluginPath: o.PluginPath, PluginConfigPath: o.PluginConfigPath}
+	var err error
+	if cfg.RegistrationTimeout, err = optionalDuration("nri.plugin_registration_timeout", o.PluginRegistrationTimeout); err != nil {
+		return nil, err
+	}
+	if cfg.RequestTimeout, err = optionalDuration("nri.plugin_request_timeout", o.PluginRequestTimeout); err != nil {
+		return nil, err
+	}
+	a, err := nri.New(cfg, srv.NRIRuntime())
+	if err != nil {
+		return nil, err
+	}
+	srv.SetNRI(a)
+	if err := a.Start(); err != nil {
+		return nil, err
+	}
+	go srv.SeedNRI(context.WithoutCancel(ctx))
+	return a, nil
+}
+
+func optionalDuration(name, v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("option %s: %w", name, err)
+	}
+	return d, nil
 }

@@ -112,15 +112,29 @@ func (s *Server) withCDI(ctx context.Context, cfg *runtime.ContainerConfig) (oci
 		return nil, fmt.Errorf("CDI devices %s: not defined by any spec in %s: %w", strings.Join(unknown, ", "), strings.Join(r.dirs, ", "), errdefs.ErrNotFound)
 	}
 	logging.G(ctx).Debug("CDI devices", "devices", devices)
+	inject := s.injectCDI(ctx)
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, spec *oci.Spec) error {
 		// Given last: the edits (environment, mounts, hooks) must not be
 		// reset by an option after them.
-		if unresolved, err := cache.InjectDevices(spec, devices...); err != nil {
+		return inject(spec, devices)
+	}, nil
+}
+
+// injectCDI injects CDI devices into a spec, for a container's own request
+// and for an NRI plugin's adjustment alike: CDI disabled or a device no
+// spec defines is an error, never a device dropped.
+func (s *Server) injectCDI(ctx context.Context) func(*oci.Spec, []string) error {
+	return func(spec *oci.Spec, devices []string) error {
+		r := &s.cdi
+		if !r.enabled {
+			return fmt.Errorf("CDI devices %s asked for, but CDI is disabled (enable_cdi = false): %w", strings.Join(devices, ", "), errdefs.ErrFailedPrecondition)
+		}
+		if unresolved, err := r.refreshed(ctx).InjectDevices(spec, devices...); err != nil {
 			if len(unresolved) > 0 {
 				return fmt.Errorf("CDI devices %s: %v: %w", strings.Join(unresolved, ", "), err, errdefs.ErrNotFound)
 			}
 			return fmt.Errorf("inject CDI devices %s: %w", strings.Join(devices, ", "), err)
 		}
 		return nil
-	}, nil
+	}
 }

@@ -116,12 +116,15 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	defer releaseLease()
 	var rootfs preparedRootfs
 	var rec containers.Container
+	nriHook := s.nriCreateHook(sb, m)
+	defer nriHook.finish(ctx, &rec, &retErr)
 	if _, err := s.client.NewContainer(lctx, id,
 		s.withRootfs(id, img, &rootfs),
 		ociRuntime.withRuntime(),
 		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(containerExtension, ext),
+		nriHook.adjust(),
 		withRecordCopy(&rec),
 	); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", md.GetName(), err)
@@ -433,6 +436,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	}
 	fail := func(err error) (*runtime.StartContainerResponse, error) {
 		lg.Close()
+		defer s.nriStopContainer(context.WithoutCancel(ctx), m.ID)
 		// As containerd: a container that failed to start is exited,
 		// with the reason recorded.
 		m.StartedAt, m.FinishedAt = nanos(time.Now()), nanos(time.Now())
@@ -441,6 +445,9 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 			logging.G(ctx).Warn("record start failure", "container", m.ID, "error", serr)
 		}
 		return nil, err
+	}
+	if err := s.nriStartContainer(ctx, m, rec); err != nil {
+		return fail(err)
 	}
 	lg.attach = s.newAttachPoint(m)
 	stdout, stderr := lg.writers()
@@ -464,6 +471,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 		return nil, err
 	}
 	s.watchExit(m.ID, task, exitC, lg)
+	s.nriPostStartContainer(ctx, m, rec)
 	return &runtime.StartContainerResponse{}, nil
 }
 
@@ -533,6 +541,7 @@ func (s *Server) watchExit(id string, task exitedTask, exitC <-chan containerd.E
 		s.pods.mu.Unlock()
 		lg.Close()
 		s.recordExit(ctx, id, int32(st.ExitCode()), st.ExitTime(), oom)
+		s.nriContainerExited(ctx, id)
 	}()
 	return done
 }
@@ -619,6 +628,7 @@ func (s *Server) StopContainer(ctx context.Context, req *runtime.StopContainerRe
 	if err := s.stopContainer(ctx, m.ID, time.Duration(req.GetTimeout())*time.Second); err != nil {
 		return nil, err
 	}
+	s.nriStopContainer(ctx, m.ID)
 	return &runtime.StopContainerResponse{}, nil
 }
 
@@ -720,6 +730,7 @@ func (s *Server) removeContainer(ctx context.Context, id string) error {
 	}
 	unlock := s.pods.lock(id)
 	defer unlock()
+	s.nriRemoveContainer(ctx, id)
 	if err := s.deleteTask(ctx, id); err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}

@@ -141,6 +141,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		return nil, err
 	}
 	id := newID()
+	defer s.hideStarting(id)()
 	m := &sandboxMeta{ID: id, Name: name, Config: cfgBytes, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: nanos(time.Now()), config: cfg}
 
 	// Undo what was done, in reverse, when a later step fails; the
@@ -274,6 +275,9 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	undo = append(undo, func() { task.abort(cleanupCtx) })
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start sandbox task: %w", err)
+	}
+	if err := s.nriRunPod(ctx, m, rec); err != nil {
+		return nil, err
 	}
 	s.rememberCreated(rec, rootfs.mounts)
 	s.addName(kindSandbox, name, id)
@@ -546,6 +550,7 @@ func (s *Server) stopSandbox(ctx context.Context, m *sandboxMeta) error {
 	if err := s.deleteTask(ctx, m.ID); err != nil {
 		return fmt.Errorf("stop sandbox %s: %w", m.ID, err)
 	}
+	s.nriStopPod(ctx, m)
 	// The pod's shared memory goes with its processes, as in containerd.
 	if !hostIPC(m.config) {
 		if err := unmountSandboxShm(s.sandboxShm(m)); err != nil {
@@ -623,6 +628,7 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	}
 	unlock := s.pods.lock(m.ID)
 	defer unlock()
+	s.nriRemovePod(ctx, m)
 	if err := os.RemoveAll(s.sandboxDir(m.ID)); err != nil {
 		return nil, fmt.Errorf("remove sandbox directory: %w", err)
 	}
@@ -691,7 +697,7 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandbox
 	f := req.GetFilter()
 	var out []*runtime.PodSandbox
 	for _, c := range recs {
-		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) {
+		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) || s.isStarting(c.ID) {
 			continue
 		}
 		m, err := decodeSandbox(c)

@@ -18,6 +18,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/services/cri/nri"
 )
 
 // Namespace is the containerd namespace every CRI object lives in, as in
@@ -96,6 +98,11 @@ type Server struct {
 	streams streamState
 
 	cdi cdiRegistry
+	// nri relays the pod and container lifecycle to NRI plugins (nil:
+	// NRI is off); starting holds the pods hidden until their
+	// RunPodSandbox returns. See nri.go.
+	nri      *nri.API
+	starting sync.Map
 }
 
 // Transferrer runs image transfers: the transfer engine

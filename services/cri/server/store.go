@@ -189,6 +189,9 @@ func (s *Server) getSandbox(ctx context.Context, id string) (*sandboxMeta, error
 	if err != nil {
 		return nil, err
 	}
+	if s.isStarting(c.ID) {
+		return nil, fmt.Errorf("sandbox %s is being created: %w", c.ID, errdefs.ErrNotFound)
+	}
 	return decodeSandbox(c)
 }
 

@@ -17,6 +17,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/services/cri/streaming"
 )
 
 // Namespace is the containerd namespace every CRI object lives in, as in
@@ -83,8 +85,8 @@ type Server struct {
 	pods podState
 
 	// streams is the streaming server (Exec, Attach, PortForward) and
-	// the containers' attach points; see streaming.go.
-	streams streamState
+	// the containers' attach points; see package streaming.
+	streams *streaming.Server
 }
 
 // New builds the server over a containerd client of the other services and
@@ -102,7 +104,7 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		cfg.MaxConcurrentDownloads = 3
 	}
 	cfg = withPodDefaults(cfg)
-	return &Server{
+	s := &Server{
 		client:   client,
 		daemon:   daemon,
 		cfg:      cfg,
@@ -110,6 +112,8 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		infos:    map[digest.Digest]*imageInfo{},
 		pods:     newPodState(ctx),
 	}
+	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})
+	return s
 }
 
 // Register adds both CRI services to s.

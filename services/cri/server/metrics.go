@@ -3,15 +3,9 @@ package server
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
-	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
-	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -21,95 +15,16 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/stats"
 )
 
-// The metrics of ListPodSandboxMetrics are cAdvisor's container_* series,
-// named, labelled and grouped as containerd's CRI names them, so that a
-// kubelet with PodAndContainerStatsFromCRI serves /metrics/cadvisor from
-// the runtime with the series cAdvisor gave it.
-var (
-	baseLabelKeys    = []string{"pod", "namespace", "container", "id", "image"}
-	networkLabelKeys = withKeys(baseLabelKeys, "interface")
-	diskLabelKeys    = withKeys(baseLabelKeys, "device")
-)
-
-func withKeys(keys []string, more ...string) []string {
-	return append(append([]string(nil), keys...), more...)
-}
-
-func descriptor(name, help string, keys []string) *runtime.MetricDescriptor {
-	return &runtime.MetricDescriptor{Name: name, Help: help, LabelKeys: keys}
-}
-
-var (
-	mCPUUser            = descriptor("container_cpu_user_seconds_total", "Cumulative user CPU time consumed in seconds.", baseLabelKeys)
-	mCPUSystem          = descriptor("container_cpu_system_seconds_total", "Cumulative system CPU time consumed in seconds.", baseLabelKeys)
-	mCPUUsage           = descriptor("container_cpu_usage_seconds_total", "Cumulative CPU time consumed in seconds.", baseLabelKeys)
-	mCPUPeriods         = descriptor("container_cpu_cfs_periods_total", "Number of elapsed enforcement period intervals.", baseLabelKeys)
-	mCPUThrottled       = descriptor("container_cpu_cfs_throttled_periods_total", "Number of CPU throttled period intervals.", baseLabelKeys)
-	mCPUThrottledTime   = descriptor("container_cpu_cfs_throttled_seconds_total", "Total time duration the container has been throttled.", baseLabelKeys)
-	mMemCache           = descriptor("container_memory_cache", "Number of bytes of memory used by the container for caching purposes.", baseLabelKeys)
-	mMemRSS             = descriptor("container_memory_rss", "Size of RSS in bytes, total anonymous memory and swap cache memory used by the container.", baseLabelKeys)
-	mMemKernel          = descriptor("container_memory_kernel_usage", "Size of kernel memory allocated to the container in bytes, includes page tables, socket buffers...", baseLabelKeys)
-	mMemMapped          = descriptor("container_memory_mapped_file", "Size of container's memory mapped files in bytes.", baseLabelKeys)
-	mMemSwap            = descriptor("container_memory_swap", "Container swap usage in bytes.", baseLabelKeys)
-	mMemFailcnt         = descriptor("container_memory_failcnt", "Number of times container memory usage has hit its cgroup v1 upper memory limit, for cg2 this value is not currently supported", baseLabelKeys)
-	mMemUsage           = descriptor("container_memory_usage_bytes", "Current memory usage in bytes, including all memory regardless of when it was accessed", baseLabelKeys)
-	mMemMaxUsage        = descriptor("container_memory_max_usage_bytes", "Maximum container memory usage recorded in bytes", baseLabelKeys)
-	mMemWorkingSet      = descriptor("container_memory_working_set_bytes", "Amount of memory that is actively used by the container, excluding cached memory.", baseLabelKeys)
-	mMemActiveFile      = descriptor("container_memory_total_active_file_bytes", "Amount of cache memory bytes, in use by the container, in file on disk.", baseLabelKeys)
-	mMemInactiveFile    = descriptor("container_memory_total_inactive_file_bytes", "Amount of inactive cache memory bytes, for the container, in file on disk.", baseLabelKeys)
-	mMemFailures        = descriptor("container_memory_failures_total", "Cumulative count of container memory allocation failures.", withKeys(baseLabelKeys, "failure_type", "scope"))
-	mOOMEvents          = descriptor("container_oom_events_total", "Count of out of memory events observed for the container", baseLabelKeys)
-	mFsInodesFree       = descriptor("container_fs_inodes_free", "Number of available Inodes", diskLabelKeys)
-	mFsInodesTotal      = descriptor("container_fs_inodes_total", "Number of Inodes", diskLabelKeys)
-	mFsLimit            = descriptor("container_fs_limit_bytes", "Number of bytes that can be consumed by the container on this filesystem.", diskLabelKeys)
-	mFsUsage            = descriptor("container_fs_usage_bytes", "Number of bytes that are consumed by the container on this filesystem.", diskLabelKeys)
-	mFsReadBytes        = descriptor("container_fs_reads_bytes_total", "Cumulative count of bytes read", diskLabelKeys)
-	mFsReads            = descriptor("container_fs_reads_total", "Cumulative count of reads completed", diskLabelKeys)
-	mFsWriteBytes       = descriptor("container_fs_writes_bytes_total", "Cumulative count of bytes written", diskLabelKeys)
-	mFsWrites           = descriptor("container_fs_writes_total", "Cumulative count of writes completed", diskLabelKeys)
-	mBlkioUsage         = descriptor("container_blkio_device_usage_total", "Blkio device bytes usage", withKeys(diskLabelKeys, "major", "minor", "operation"))
-	mNetRxBytes         = descriptor("container_network_receive_bytes_total", "Cumulative count of bytes received", networkLabelKeys)
-	mNetRxPackets       = descriptor("container_network_receive_packets_total", "Cumulative count of packets received", networkLabelKeys)
-	mNetRxDropped       = descriptor("container_network_receive_packets_dropped_total", "Cumulative count of packets dropped while receiving", networkLabelKeys)
-	mNetRxErrors        = descriptor("container_network_receive_errors_total", "Cumulative count of errors encountered while receiving", networkLabelKeys)
-	mNetTxBytes         = descriptor("container_network_transmit_bytes_total", "Cumulative count of bytes transmitted", networkLabelKeys)
-	mNetTxPackets       = descriptor("container_network_transmit_packets_total", "Cumulative count of packets transmitted", networkLabelKeys)
-	mNetTxDropped       = descriptor("container_network_transmit_packets_dropped_total", "Cumulative count of packets dropped while transmitting", networkLabelKeys)
-	mNetTxErrors        = descriptor("container_network_transmit_errors_total", "Cumulative count of errors encountered while transmitting", networkLabelKeys)
-	mProcesses          = descriptor("container_processes", "Number of processes running inside the container.", baseLabelKeys)
-	mFileDescriptors    = descriptor("container_file_descriptors", "Number of open file descriptors for the container.", baseLabelKeys)
-	mSockets            = descriptor("container_sockets", "Number of open sockets for the container.", baseLabelKeys)
-	mThreadsMax         = descriptor("container_threads_max", "Maximum number of threads allowed inside the container, infinity if value is zero", baseLabelKeys)
-	mThreads            = descriptor("container_threads", "Number of threads running inside the container", baseLabelKeys)
-	mUlimitsSoft        = descriptor("container_ulimits_soft", "Soft ulimit values for the container root process. Unlimited if -1, except priority and nice", withKeys(baseLabelKeys, "ulimit"))
-	mLastSeen           = descriptor("container_last_seen", "Last time a container was seen by the exporter", baseLabelKeys)
-	mStartTime          = descriptor("container_start_time_seconds", "Start time of the container since unix epoch in seconds", baseLabelKeys)
-	mSpecCPUPeriod      = descriptor("container_spec_cpu_period", "CPU period of the container", baseLabelKeys)
-	mSpecCPUShares      = descriptor("container_spec_cpu_shares", "CPU share of the container", baseLabelKeys)
-	mSpecMemLimit       = descriptor("container_spec_memory_limit_bytes", "Memory limit for the container", baseLabelKeys)
-	mSpecMemReservation = descriptor("container_spec_memory_reservation_limit_bytes", "Memory reservation limit for the container", baseLabelKeys)
-	mSpecMemSwapLimit   = descriptor("container_spec_memory_swap_limit_bytes", "Memory swap limit for the container", baseLabelKeys)
-)
-
-// metricDescriptors is every series ListPodSandboxMetrics may carry; the
-// kubelet drops a series it was not told of here, so the list is fixed.
-var metricDescriptors = []*runtime.MetricDescriptor{
-	mCPUUser, mCPUSystem, mCPUUsage, mCPUPeriods, mCPUThrottled, mCPUThrottledTime,
-	mMemCache, mMemRSS, mMemKernel, mMemMapped, mMemSwap, mMemFailcnt, mMemUsage, mMemMaxUsage,
-	mMemWorkingSet, mMemActiveFile, mMemInactiveFile, mMemFailures, mOOMEvents,
-	mNetRxBytes, mNetRxPackets, mNetRxDropped, mNetRxErrors, mNetTxBytes, mNetTxPackets, mNetTxDropped, mNetTxErrors,
-	mFsInodesFree, mFsInodesTotal, mFsLimit, mFsUsage,
-	mFsReadBytes, mFsReads, mFsWriteBytes, mFsWrites, mBlkioUsage,
-	mProcesses, mFileDescriptors, mSockets, mThreadsMax, mThreads, mUlimitsSoft,
-	mLastSeen, mStartTime,
-	mSpecCPUPeriod, mSpecCPUShares, mSpecMemLimit, mSpecMemReservation, mSpecMemSwapLimit,
-}
+// The series of ListPodSandboxMetrics are built by package stats (see
+// stats.MetricSet) from the shims' cgroup metrics, the pod's network
+// counters, the writable layer, open files and the container's spec.
 
 // ListMetricDescriptors names the series ListPodSandboxMetrics reports.
 func (s *Server) ListMetricDescriptors(context.Context, *runtime.ListMetricDescriptorsRequest) (*runtime.ListMetricDescriptorsResponse, error) {
-	return &runtime.ListMetricDescriptorsResponse{Descriptors: metricDescriptors}, nil
+	return &runtime.ListMetricDescriptorsResponse{Descriptors: stats.Descriptors()}, nil
 }
 
 // ListPodSandboxMetrics reports the metrics of every ready pod: its
@@ -167,13 +82,13 @@ func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMe
 		md := sb.config.GetMetadata()
 		pod := &runtime.PodSandboxMetrics{PodSandboxId: sb.ID}
 		if sb.NetNS != "" && pid != 0 {
-			ifaces, err := readNetCounters(fmt.Sprintf("/proc/%d/net/dev", pid))
+			ifaces, err := stats.ReadNetCounters(fmt.Sprintf("/proc/%d/net/dev", pid))
 			if err != nil {
 				logging.G(ctx).Debug("pod network metrics", "sandbox", sb.ID, "error", err)
-			} else if iface := defaultInterface(ifaces); iface != nil {
-				ms := newMetricSet(time.Now(), md.GetName(), md.GetNamespace(), "", sb.ID, "")
-				ms.network(*iface)
-				pod.Metrics = ms.out
+			} else if iface := stats.DefaultInterface(ifaces); iface != nil {
+				ms := stats.NewMetricSet(time.Now(), md.GetName(), md.GetNamespace(), "", sb.ID, "")
+				ms.Network(*iface)
+				pod.Metrics = ms.Metrics()
 			}
 		}
 		for _, c := range bySandbox[sb.ID] {
@@ -189,9 +104,9 @@ func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMe
 			if image == "" {
 				image = m.config.GetImage().GetImage()
 			}
-			ms := newMetricSet(time.Now(), md.GetName(), md.GetNamespace(), m.config.GetMetadata().GetName(), m.ID, image)
+			ms := stats.NewMetricSet(time.Now(), md.GetName(), md.GetNamespace(), m.config.GetMetadata().GetName(), m.ID, image)
 			s.containerMetrics(ctx, ms, c, m, tm)
-			pod.ContainerMetrics = append(pod.ContainerMetrics, &runtime.ContainerMetrics{ContainerId: m.ID, Metrics: ms.out})
+			pod.ContainerMetrics = append(pod.ContainerMetrics, &runtime.ContainerMetrics{ContainerId: m.ID, Metrics: ms.Metrics()})
 		}
 		out = append(out, pod)
 	}
@@ -199,17 +114,16 @@ func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMe
 }
 
 // containerMetrics adds one running container's series to ms.
-func (s *Server) containerMetrics(ctx context.Context, ms *metricSet, rec containers.Container, m *containerMeta, tm taskMetric) {
-	ms.gauge(mLastSeen, uint64(time.Now().Unix()))
-	ms.gauge(mStartTime, uint64(m.StartedAt/int64(time.Second)))
-	ms.cgroup(tm.v)
+func (s *Server) containerMetrics(ctx context.Context, ms *stats.MetricSet, rec containers.Container, m *containerMeta, tm taskMetric) {
+	ms.Lifetime(time.Now(), time.Unix(0, m.StartedAt))
+	ms.Cgroup(tm.v)
 	var spec *specs.Spec
 	if rec.Spec != nil {
 		if v, err := typeurl.UnmarshalAny(rec.Spec); err == nil {
 			spec, _ = v.(*specs.Spec)
 		}
 	}
-	ms.spec(spec)
+	ms.Spec(spec)
 	s.filesystemMetrics(ctx, ms, rec)
 	resp, err := s.client.TaskService().ListPids(ctx, &tasksapi.ListPidsRequest{ContainerID: rec.ID})
 	if err != nil {
@@ -218,17 +132,16 @@ func (s *Server) containerMetrics(ctx context.Context, ms *metricSet, rec contai
 	}
 	var fds, sockets uint64
 	for _, p := range resp.GetProcesses() {
-		f, so := countDescriptors(fmt.Sprintf("/proc/%d/fd", p.GetPid()))
+		f, so := stats.CountOpenFiles(fmt.Sprintf("/proc/%d/fd", p.GetPid()))
 		fds += f
 		sockets += so
 	}
-	ms.gauge(mFileDescriptors, fds)
-	ms.gauge(mSockets, sockets)
+	ms.OpenFiles(fds, sockets)
 }
 
 // filesystemMetrics reports the container's writable layer (its
 // snapshot's usage) on the image filesystem, whose size is the limit.
-func (s *Server) filesystemMetrics(ctx context.Context, ms *metricSet, rec containers.Container) {
+func (s *Server) filesystemMetrics(ctx context.Context, ms *stats.MetricSet, rec containers.Container) {
 	var st syscall.Statfs_t
 	haveFS := s.cfg.ImageFSPath != "" && syscall.Statfs(s.cfg.ImageFSPath, &st) == nil
 	u, err := s.client.SnapshotService(rec.Snapshotter).Usage(ctx, rec.SnapshotKey)
@@ -238,12 +151,10 @@ func (s *Server) filesystemMetrics(ctx context.Context, ms *metricSet, rec conta
 			return
 		}
 	} else {
-		ms.gauge(mFsUsage, uint64(u.Size), "/")
+		ms.WritableLayer(uint64(u.Size))
 	}
 	if haveFS {
-		ms.gauge(mFsLimit, st.Blocks*uint64(st.Bsize), "/")
-		ms.gauge(mFsInodesTotal, st.Files, "/")
-		ms.gauge(mFsInodesFree, st.Ffree, "/")
+		ms.ImageFilesystem(st.Blocks*uint64(st.Bsize), st.Files, st.Ffree)
 	}
 }
 
@@ -282,226 +193,4 @@ func (s *Server) taskMetrics(ctx context.Context, ids ...string) (map[string]tas
 		out[m.GetID()] = taskMetric{at: at, v: v}
 	}
 	return out, nil
-}
-
-// metricSet gathers the series of one pod or container: every metric
-// carries the same timestamp and base label values.
-type metricSet struct {
-	ts     int64
-	labels []string
-	out    []*runtime.Metric
-}
-
-// newMetricSet's label values follow baseLabelKeys: pod, namespace,
-// container, id, image.
-func newMetricSet(at time.Time, labels ...string) *metricSet {
-	return &metricSet{ts: at.UnixNano(), labels: labels}
-}
-
-func (m *metricSet) add(d *runtime.MetricDescriptor, t runtime.MetricType, v uint64, extra ...string) {
-	m.out = append(m.out, &runtime.Metric{
-		Name:        d.Name,
-		Timestamp:   m.ts,
-		MetricType:  t,
-		LabelValues: withKeys(m.labels, extra...),
-		Value:       &runtime.UInt64Value{Value: v},
-	})
-}
-
-func (m *metricSet) counter(d *runtime.MetricDescriptor, v uint64, extra ...string) {
-	m.add(d, runtime.MetricType_COUNTER, v, extra...)
-}
-
-func (m *metricSet) gauge(d *runtime.MetricDescriptor, v uint64, extra ...string) {
-	m.add(d, runtime.MetricType_GAUGE, v, extra...)
-}
-
-// seconds is what the CRI's integer values can carry of a duration in
-// seconds (containerd truncates the same way).
-func seconds(nanos uint64) uint64 { return nanos / uint64(time.Second) }
-
-// cgroup adds the CPU, memory, block I/O and process series of a shim's
-// metrics, cgroup v1 or v2.
-func (m *metricSet) cgroup(v any) {
-	switch s := v.(type) {
-	case *v1stats.Metrics:
-		if u := s.GetCPU().GetUsage(); u != nil {
-			m.counter(mCPUUsage, seconds(u.GetTotal()))
-			m.counter(mCPUUser, seconds(u.GetUser()))
-			m.counter(mCPUSystem, seconds(u.GetKernel()))
-			if t := s.GetCPU().GetThrottling(); t != nil {
-				m.counter(mCPUPeriods, t.GetPeriods())
-				m.counter(mCPUThrottled, t.GetThrottledPeriods())
-				m.counter(mCPUThrottledTime, seconds(t.GetThrottledTime()))
-			}
-		}
-		if mem := s.GetMemory(); mem != nil {
-			if u := mem.GetUsage(); u != nil {
-				m.gauge(mMemUsage, u.GetUsage())
-				ws := uint64(0)
-				if u.GetUsage() > mem.GetTotalInactiveFile() {
-					ws = u.GetUsage() - mem.GetTotalInactiveFile()
-				}
-				m.gauge(mMemWorkingSet, ws)
-				m.gauge(mMemMaxUsage, u.GetMax())
-				m.counter(mMemFailcnt, u.GetFailcnt())
-			}
-			m.gauge(mMemRSS, mem.GetTotalRSS())
-			m.gauge(mMemCache, mem.GetTotalCache())
-			m.gauge(mMemMapped, mem.GetTotalMappedFile())
-			m.gauge(mMemActiveFile, mem.GetTotalActiveFile())
-			m.gauge(mMemInactiveFile, mem.GetTotalInactiveFile())
-			m.counter(mMemFailures, mem.GetPgFault(), "pgfault", "container")
-			m.counter(mMemFailures, mem.GetPgMajFault(), "pgmajfault", "container")
-			if k := mem.GetKernel(); k != nil {
-				m.gauge(mMemKernel, k.GetUsage())
-			}
-			if sw := mem.GetSwap(); sw != nil {
-				m.gauge(mMemSwap, sw.GetUsage())
-			}
-		}
-		if oom := s.GetMemoryOomControl(); oom != nil {
-			m.counter(mOOMEvents, oom.GetOomKill())
-		}
-		for _, e := range s.GetBlkio().GetIoServiceBytesRecursive() {
-			m.counter(mBlkioUsage, e.GetValue(), blkioDevice(e), strconv.FormatUint(e.GetMajor(), 10), strconv.FormatUint(e.GetMinor(), 10), e.GetOp())
-			switch strings.ToLower(e.GetOp()) {
-			case "read":
-				m.counter(mFsReadBytes, e.GetValue(), blkioDevice(e))
-			case "write":
-				m.counter(mFsWriteBytes, e.GetValue(), blkioDevice(e))
-			}
-		}
-		for _, e := range s.GetBlkio().GetIoServicedRecursive() {
-			switch strings.ToLower(e.GetOp()) {
-			case "read":
-				m.counter(mFsReads, e.GetValue(), blkioDevice(e))
-			case "write":
-				m.counter(mFsWrites, e.GetValue(), blkioDevice(e))
-			}
-		}
-		if p := s.GetPids(); p != nil {
-			m.gauge(mProcesses, p.GetCurrent())
-			m.gauge(mThreadsMax, p.GetLimit())
-			m.gauge(mThreads, p.GetCurrent())
-		}
-	case *v2stats.Metrics:
-		if c := s.GetCPU(); c != nil {
-			m.counter(mCPUUsage, seconds(c.GetUsageUsec()*1000))
-			m.counter(mCPUUser, seconds(c.GetUserUsec()*1000))
-			m.counter(mCPUSystem, seconds(c.GetSystemUsec()*1000))
-			m.counter(mCPUPeriods, c.GetNrPeriods())
-			m.counter(mCPUThrottled, c.GetNrThrottled())
-			m.counter(mCPUThrottledTime, seconds(c.GetThrottledUsec()*1000))
-		}
-		if mem := s.GetMemory(); mem != nil {
-			ws := uint64(0)
-			if mem.GetUsage() > mem.GetInactiveFile() {
-				ws = mem.GetUsage() - mem.GetInactiveFile()
-			}
-			m.gauge(mMemUsage, mem.GetUsage())
-			// memory.peak, which cAdvisor reports here (containerd
-			// reports the limit).
-			m.gauge(mMemMaxUsage, mem.GetMaxUsage())
-			m.gauge(mMemWorkingSet, ws)
-			m.gauge(mMemRSS, mem.GetAnon())
-			m.gauge(mMemCache, mem.GetFile())
-			m.gauge(mMemKernel, mem.GetKernelStack())
-			m.gauge(mMemMapped, mem.GetFileMapped())
-			m.gauge(mMemSwap, mem.GetSwapUsage())
-			m.counter(mMemFailcnt, 0) // cgroup v2 has no failcnt
-			m.gauge(mMemActiveFile, mem.GetActiveFile())
-			m.gauge(mMemInactiveFile, mem.GetInactiveFile())
-			m.counter(mMemFailures, mem.GetPgfault(), "pgfault", "container")
-			m.counter(mMemFailures, mem.GetPgmajfault(), "pgmajfault", "container")
-		}
-		if ev := s.GetMemoryEvents(); ev != nil {
-			m.counter(mOOMEvents, ev.GetOomKill())
-		}
-		for _, e := range s.GetIo().GetUsage() {
-			dev := fmt.Sprintf("%d:%d", e.GetMajor(), e.GetMinor())
-			m.counter(mFsReadBytes, e.GetRbytes(), dev)
-			m.counter(mFsWriteBytes, e.GetWbytes(), dev)
-			m.counter(mFsReads, e.GetRios(), dev)
-			m.counter(mFsWrites, e.GetWios(), dev)
-		}
-		if p := s.GetPids(); p != nil {
-			m.gauge(mProcesses, p.GetCurrent())
-			m.gauge(mThreadsMax, p.GetLimit())
-			m.gauge(mThreads, p.GetCurrent())
-		}
-	}
-}
-
-// blkioDevice names a cgroup v1 blkio entry's device: the shim's device
-// path when it found one, else major:minor.
-func blkioDevice(e *v1stats.BlkIOEntry) string {
-	if e.GetDevice() != "" {
-		return e.GetDevice()
-	}
-	return fmt.Sprintf("%d:%d", e.GetMajor(), e.GetMinor())
-}
-
-// spec adds what the container's OCI spec asks for: its rlimits and its
-// CPU and memory resources.
-func (m *metricSet) spec(sp *specs.Spec) {
-	if sp == nil {
-		return
-	}
-	if sp.Process != nil {
-		for _, r := range sp.Process.Rlimits {
-			m.gauge(mUlimitsSoft, r.Soft, r.Type)
-		}
-	}
-	if sp.Linux == nil || sp.Linux.Resources == nil {
-		return
-	}
-	if c := sp.Linux.Resources.CPU; c != nil {
-		if c.Period != nil {
-			m.gauge(mSpecCPUPeriod, *c.Period)
-		}
-		if c.Shares != nil {
-			m.gauge(mSpecCPUShares, *c.Shares)
-		}
-	}
-	if mem := sp.Linux.Resources.Memory; mem != nil {
-		if mem.Limit != nil {
-			m.gauge(mSpecMemLimit, uint64(*mem.Limit))
-		}
-		if mem.Reservation != nil {
-			m.gauge(mSpecMemReservation, uint64(*mem.Reservation))
-		}
-		if mem.Swap != nil {
-			m.gauge(mSpecMemSwapLimit, uint64(*mem.Swap))
-		}
-	}
-}
-
-// network adds one interface's counters, labelled with its name.
-func (m *metricSet) network(c netCounters) {
-	m.counter(mNetRxBytes, c.rxBytes, c.name)
-	m.counter(mNetRxPackets, c.rxPackets, c.name)
-	m.counter(mNetRxDropped, c.rxDropped, c.name)
-	m.counter(mNetRxErrors, c.rxErrors, c.name)
-	m.counter(mNetTxBytes, c.txBytes, c.name)
-	m.counter(mNetTxPackets, c.txPackets, c.name)
-	m.counter(mNetTxDropped, c.txDropped, c.name)
-	m.counter(mNetTxErrors, c.txErrors, c.name)
-}
-
-// countDescriptors counts the open files of a process, and of them the
-// sockets, from its fd directory (as cAdvisor does); a process that is
-// gone counts nothing.
-func countDescriptors(fdDir string) (fds, sockets uint64) {
-	entries, err := os.ReadDir(fdDir)
-	if err != nil {
-		return 0, 0
-	}
-	for _, e := range entries {
-		fds++
-		if target, err := os.Readlink(filepath.Join(fdDir, e.Name())); err == nil && strings.HasPrefix(target, "socket:") {
-			sockets++
-		}
-	}
-	return fds, sockets
 }

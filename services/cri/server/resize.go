@@ -19,6 +19,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/stats"
 )
 
 // sandboxResourcesExtension holds, on a sandbox's record, the pod-level
@@ -129,7 +130,7 @@ func podCgroupResources(r, overhead *runtime.LinuxContainerResources) *specs.Lin
 // cgroup version.
 func updateCgroup(path string, res *specs.LinuxResources) error {
 	if cgroups.Mode() == cgroups.Unified {
-		return updateCgroup2(cgroupRoot, path, res)
+		return updateCgroup2(stats.CgroupRoot, path, res)
 	}
 	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
 	if err != nil {

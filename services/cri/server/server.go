@@ -20,6 +20,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/services/cri/nri"
+	"github.com/flotilla-project/flotilla/services/cri/streaming"
 )
 
 // Namespace is the containerd namespace every CRI object lives in, as in
@@ -94,8 +95,8 @@ type Server struct {
 	pods podState
 
 	// streams is the streaming server (Exec, Attach, PortForward) and
-	// the containers' attach points; see streaming.go.
-	streams streamState
+	// the containers' attach points; see package streaming.
+	streams *streaming.Server
 
 	cdi cdiRegistry
 	// nri relays the pod and container lifecycle to NRI plugins (nil:
@@ -126,7 +127,7 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 	if cfg.Runtimes == nil {
 		cfg.Runtimes, _ = NewRuntimeHandlers("", nil) // the default cannot fail
 	}
-	return &Server{
+	s := &Server{
 		client:    client,
 		daemon:    daemon,
 		transfers: transfers,
@@ -136,6 +137,8 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		pods:      newPodState(ctx),
 		cdi:       cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
 	}
+	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})
+	return s
 }
 
 // Register adds both CRI services to s.

@@ -338,7 +338,7 @@ func (p *podState) forget(id string) {
 	delete(p.logs, id)
 	delete(p.created, id)
 	p.mu.Unlock()
-	rates.forget(id)
+	rates.Forget(id)
 }
 
 func nanos(t time.Time) int64 { return t.UnixNano() }

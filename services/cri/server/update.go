@@ -155,7 +155,7 @@ func (s *Server) ReopenContainerLog(ctx context.Context, req *runtime.ReopenCont
 	if lg == nil || lg.file == nil {
 		return nil, fmt.Errorf("container %s has no log this process writes: %w", m.ID, errdefs.ErrFailedPrecondition)
 	}
-	if err := lg.file.reopen(); err != nil {
+	if err := lg.file.Reopen(); err != nil {
 		return nil, err
 	}
 	return &runtime.ReopenContainerLogResponse{}, nil

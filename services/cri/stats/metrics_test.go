@@ -1,4 +1,4 @@
-package server
+package stats
 
 import (
 	"strings"
@@ -12,7 +12,7 @@ import (
 )
 
 // metricValues indexes a set's series by name and extra label values.
-func metricValues(t *testing.T, ms *metricSet) map[string]uint64 {
+func metricValues(t *testing.T, ms *MetricSet) map[string]uint64 {
 	t.Helper()
 	described := map[string]*runtime.MetricDescriptor{}
 	for _, d := range metricDescriptors {
@@ -111,8 +111,8 @@ func TestCgroupMetricsOfEitherVersionBecomeCAdvisorSeries(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ms := newMetricSet(time.Unix(100, 0), "pod", "ns", "ctr", "id", "busybox")
-			ms.cgroup(tc.metrics)
+			ms := NewMetricSet(time.Unix(100, 0), "pod", "ns", "ctr", "id", "busybox")
+			ms.Cgroup(tc.metrics)
 			got := metricValues(t, ms)
 			for k, v := range tc.want {
 				if g, ok := got[k]; !ok || g != v {
@@ -129,9 +129,9 @@ func TestCgroupMetricsOfEitherVersionBecomeCAdvisorSeries(t *testing.T) {
 }
 
 func TestSpecAndNetworkSeries(t *testing.T) {
-	ms := newMetricSet(time.Unix(100, 0), "pod", "ns", "", "sb", "")
+	ms := NewMetricSet(time.Unix(100, 0), "pod", "ns", "", "sb", "")
 	limit, period, shares := int64(64<<20), uint64(100000), uint64(512)
-	ms.spec(&specs.Spec{
+	ms.Spec(&specs.Spec{
 		Process: &specs.Process{Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1024, Hard: 4096}}},
 		Linux:   &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}, CPU: &specs.LinuxCPU{Period: &period, Shares: &shares}}},
 	})
@@ -139,7 +139,7 @@ func TestSpecAndNetworkSeries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ms.network(*defaultInterface(ifaces))
+	ms.Network(*DefaultInterface(ifaces))
 	got := metricValues(t, ms)
 	for k, v := range map[string]uint64{
 		"container_ulimits_soft/RLIMIT_NOFILE":                  1024,

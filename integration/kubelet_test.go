@@ -174,27 +174,48 @@ func TestKubeletRunsStaticPods(t *testing.T) {
 		n.addPod(t)
 		k.waitPod(t, 90*time.Second, "the pod running with both containers ready", func(p *kubeletPod) bool { return p.running(2) })
 		n.putBackSysctls(t)
-		before := n.podState(ctx, t)
-		// Stats from the CRI: what /stats/summary and /metrics/resource
-		// serve (the eviction manager asks every 10 s besides), and
-		// PLEG's relist every second lists through the streaming calls.
+		n.podState(ctx, t)
+		// Stats from the CRI: /stats/summary and /metrics/resource
+		// (the eviction manager asks every 10 s besides), metrics from
+		// the CRI: /metrics/cadvisor; PLEG's relist every second lists
+		// through the streaming calls.
 		var summary kubeletSummary
-		waitFor(t, 30*time.Second, "stats of both containers in /stats/summary", func() bool {
+		var last string
+		deadline := time.Now().Add(30 * time.Second)
+		for {
 			b, err := k.get("/stats/summary")
-			if err != nil || json.Unmarshal(b, &summary) != nil {
-				return false
+			last = fmt.Sprintf("%v: %.2000s", err, b)
+			if err == nil && json.Unmarshal(b, &summary) == nil &&
+				summary.containerStats(kubeletPodName, "hello") && summary.containerStats(kubeletPodName, "probed") {
+				break
 			}
-			return summary.containerStats(kubeletPodName, "hello") && summary.containerStats(kubeletPodName, "probed")
-		})
-		if b, err := k.get("/metrics/resource"); err != nil || !strings.Contains(string(b), `container_cpu_usage_seconds_total{container="hello"`) {
-			t.Errorf("/metrics/resource has no CPU figure of the hello container: %v\n%s", err, b)
+			if time.Now().After(deadline) {
+				t.Errorf("/stats/summary has no CPU and memory figures of both containers: %s", last)
+				break
+			}
+			time.Sleep(time.Second)
 		}
-		time.Sleep(12 * time.Second)
+		for path, want := range map[string]string{
+			"/metrics/resource": `container_cpu_usage_seconds_total{container="hello"`,
+			"/metrics/cadvisor": `container="hello"`,
+		} {
+			if b, err := k.get(path); err != nil || !strings.Contains(string(b), want) {
+				t.Errorf("%s has no figure of the hello container (%s): %v\n%.2000s", path, want, err, b)
+			}
+		}
+		time.Sleep(3 * time.Second)
 		if lines := k.unimplemented(); len(lines) > 0 {
 			t.Errorf("the kubelet found CRI methods missing:\n%s", strings.Join(lines, "\n"))
 		}
-		n.removePod(ctx, t, k)
-		n.checkNothingLeft(t, before)
+		// The pod goes with its manifest; its sandbox, which the
+		// kubelet removes a minute later, goes with the node's cleanup.
+		if err := os.Remove(filepath.Join(n.manifests, "e2e.yaml")); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 60*time.Second, "the pod and its containers gone", func() bool {
+			cs, err := n.rt.ListContainers(ctx, nil)
+			return k.pod(t) == nil && err == nil && len(cs) == 0
+		})
 	})
 }
 

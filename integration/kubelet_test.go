@@ -152,6 +152,7 @@ func TestKubeletRunsStaticPods(t *testing.T) {
 		k.stop(t)
 		k = n.startKubelet(t, "")
 		k.waitPod(t, 60*time.Second, "the pod adopted by the restarted kubelet", func(p *kubeletPod) bool { return p.running(2) })
+		n.putBackSysctls(t)
 		// Long enough for the kubelet to have synced the pod and acted
 		// on anything it disliked.
 		time.Sleep(5 * time.Second)

@@ -201,7 +201,7 @@ func TestKubeletRunsStaticPods(t *testing.T) {
 			"/metrics/cadvisor": `container="hello"`,
 		} {
 			if b, err := k.get(path); err != nil || !strings.Contains(string(b), want) {
-				t.Errorf("%s has no figure of the hello container (%s): %v\n%.2000s", path, want, err, b)
+				t.Errorf("%s has no figure of the hello container (%s): %v; its container series:\n%s", path, want, err, containerSeries(b))
 			}
 		}
 		time.Sleep(3 * time.Second)
@@ -501,6 +501,8 @@ func (n *kubeletNode) putBackSysctls(t *testing.T) {
 		if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) != v {
 			if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
 				t.Errorf("put back %s=%s: %v", s, v, err)
+			} else {
+				t.Logf("put back %s=%s (the kubelet set %s)", s, v, strings.TrimSpace(string(b)))
 			}
 		}
 	}
@@ -556,6 +558,7 @@ func removeNewChains(t *testing.T, bin string, before map[string][]string) {
 		for _, c := range added {
 			ipt("-t", table, "-X", c)
 		}
+		t.Logf("removed the chains the kubelet added to %s's %s table: %s", filepath.Base(bin), table, strings.Join(added, ", "))
 	}
 }
 
@@ -833,7 +836,8 @@ func (k *kubeletProc) run(container, cmd string) (string, error) {
 // asks the CRI for a streaming URL and relays the session to it.
 func (k *kubeletProc) exec(t *testing.T, container string, cmd ...string) *streamSession {
 	t.Helper()
-	q := url.Values{"stdout": {"true"}, "stderr": {"true"}, "command": cmd}
+	// The kubelet's names for the streams: output, error (and input, tty).
+	q := url.Values{"output": {"1"}, "error": {"1"}, "command": cmd}
 	u := fmt.Sprintf("wss://127.0.0.1:%d/exec/default/%s/%s?%s", k.port, kubeletPodName, container, q.Encode())
 	dialer := websocket.Dialer{
 		Subprotocols:     []string{"v5.channel.k8s.io"},
@@ -881,6 +885,20 @@ func (k *kubeletProc) unimplemented() []string {
 		}
 	}
 	return lines
+}
+
+// containerSeries is the first few container_ lines of a metrics page.
+func containerSeries(page []byte) string {
+	var lines []string
+	for _, l := range strings.Split(string(page), "\n") {
+		if strings.HasPrefix(l, "container_") && len(lines) < 10 {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		return "(none)"
+	}
+	return strings.Join(lines, "\n")
 }
 
 // kubeletSummary is the part of /stats/summary the test reads.
@@ -980,7 +998,12 @@ func buildKubelet(t *testing.T) string {
 	}
 	gocmd(edit...)
 	gocmd("get", "k8s.io/kubernetes/cmd/kubelet@"+kubeletVersion)
-	gocmd("build", "-o", bin+".tmp", "k8s.io/kubernetes/cmd/kubelet")
+	// The version stamp Kubernetes' own build gives (hack/lib/version.sh),
+	// so that --version and the logs say which kubelet this is.
+	ldflags := fmt.Sprintf("-X k8s.io/component-base/version.gitVersion=%[1]s -X k8s.io/component-base/version.gitMajor=%[2]s "+
+		"-X k8s.io/component-base/version.gitMinor=%[3]s -X k8s.io/component-base/version.gitTreeState=clean",
+		kubeletVersion, strings.Split(kubeletVersion[1:], ".")[0], strings.Split(kubeletVersion, ".")[1])
+	gocmd("build", "-ldflags", ldflags, "-o", bin+".tmp", "k8s.io/kubernetes/cmd/kubelet")
 	if err := os.Rename(bin+".tmp", bin); err != nil {
 		t.Fatal(err)
 	}

@@ -452,8 +452,11 @@ func mapValues(m map[string]string) []string {
 
 // restoreHostAfter records what the kubelet changes on the host and puts
 // it back when the test ends: the sysctls it tunes, the iptables chains
-// it creates (and the rules jumping to them), and the directories it
-// makes outside its root directory.
+// it creates (and the rules jumping to them; none with
+// makeIPTablesUtilChains off, as here, but KUBE-IPTABLES-HINT,
+// KUBE-KUBELET-CANARY and KUBE-FIREWALL with it on), and the directories
+// it makes outside its root directory (/var/lib/kubelet/device-plugins
+// is fixed).
 func (n *kubeletNode) restoreHostAfter(t *testing.T) {
 	t.Helper()
 	for _, s := range kubeletSysctls {

@@ -149,6 +149,7 @@ func TestKubeletRunsStaticPods(t *testing.T) {
 
 		// A restarted kubelet adopts the pod: no new sandbox, no
 		// container started again.
+		first := k
 		k.stop(t)
 		k = n.startKubelet(t, "")
 		k.waitPod(t, 60*time.Second, "the pod adopted by the restarted kubelet", func(p *kubeletPod) bool { return p.running(2) })
@@ -166,6 +167,12 @@ func TestKubeletRunsStaticPods(t *testing.T) {
 		// Without its manifest the pod goes, and leaves nothing.
 		n.removePod(ctx, t, k)
 		n.checkNothingLeft(t, before)
+		// Without feature gates, the kubelet needs nothing the CRI lacks.
+		for _, k := range []*kubeletProc{first, k} {
+			if lines := k.unimplemented(); len(lines) > 0 {
+				t.Errorf("the kubelet found CRI methods missing:\n%s", strings.Join(lines, "\n"))
+			}
+		}
 	})
 
 	t.Run("CRIStatsAndListStreaming", func(t *testing.T) {

@@ -94,6 +94,9 @@ type daemon struct {
 	out     *syncBuffer
 	done    chan struct{}
 	exitErr error
+	// onDefaults: no config file at all, not even the private NRI
+	// socket's (the daemon's NRI socket is then the host's default).
+	onDefaults bool
 }
 
 type daemonOption func(*daemon, *[]string)
@@ -108,6 +111,10 @@ func withConfig(toml string) daemonOption {
 		*args = append(*args, "--config", p)
 	}
 }
+
+// onDefaults runs the daemon with no configuration file, as a new user's
+// first start does.
+func onDefaults(d *daemon, _ *[]string) { d.onDefaults = true }
 
 // withEnv adds environment variables to the daemon.
 func withEnv(kv ...string) daemonOption {
@@ -323,6 +330,9 @@ func (d *daemon) ctrBytes(args ...string) ([]byte, error) {
 // /var/run/nri/nri.sock, is the host's, and daemons running side by side
 // would take it from each other (or from a containerd on the host).
 func withPrivateNRISocket(d *daemon, args []string) []string {
+	if d.onDefaults {
+		return args
+	}
 	section := fmt.Sprintf("\n[services.cri.options.nri]\nsocket_path = %q\n", filepath.Join(d.state, "nri.sock"))
 	p := filepath.Join(d.dir, "config.toml")
 	if !slices.Contains(args, "--config") {

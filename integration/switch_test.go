@@ -171,8 +171,9 @@ func TestConfigMigrateConvertsContainerdsConfiguration(t *testing.T) {
 		{"containerd-v2.toml",
 			[]string{"sandbox_image = 'registry.example:5000/pause:3.9'", "config_path = '/etc/containerd/certs.d'",
 				"bin_dirs = ['/usr/lib/cni']", "snapshotter = 'stargz'",
-				"[snapshotters.stargz]\n# from proxy_plugins.stargz.address\naddress = '/run/containerd-stargz-grpc/containerd-stargz-grpc.sock'"},
-			[]string{"runtimes.kata", "SystemdCgroup = true"}},
+				"[snapshotters.stargz]\n# from proxy_plugins.stargz.address\naddress = '/run/containerd-stargz-grpc/containerd-stargz-grpc.sock'",
+				"[services.cri.options.runtimes.kata]", "runtime_type = 'io.containerd.kata.v2'"},
+			[]string{"SystemdCgroup = true"}},
 		{"containerd-v3.toml",
 			[]string{"sandbox_image = 'registry.example:5000/pause:3.10'", "config_path = '/etc/containerd/certs.d'",
 				"bin_dirs = ['/usr/lib/cni']", "mount_options = ['volatile']",
@@ -271,7 +272,7 @@ func TestSystemdHearsReadyThenStopping(t *testing.T) {
 		}
 	}
 
-	d := newDaemon(t, withEnv("NOTIFY_SOCKET="+sock))
+	d := newDaemon(t, withEnv("NOTIFY_SOCKET="+sock), onDefaults)
 	d.done = make(chan struct{})
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -38,6 +38,7 @@ type Options struct {
 	RestrictOOMScoreAdj    bool     `toml:"restrict_oom_score_adj" json:"restrict_oom_score_adj" comment:"Clamp a container's oom_score_adj to this service's own (done anyway without CAP_SYS_RESOURCE)."`
 	StreamServerAddress    string   `toml:"stream_server_address" json:"stream_server_address" comment:"Address the exec, attach and port-forward streaming server listens on."`
 	StreamServerPort       string   `toml:"stream_server_port" json:"stream_server_port" comment:"Its port; \"0\" picks a free one."`
+	RuncBinary             string   `toml:"runc_binary" json:"runc_binary" comment:"runc binary the runc shim runs pods with (its BinaryName option); empty: runc in the shim's PATH. User namespaces need runc 1.2 or later."`
 	CNI                    CNI      `toml:"cni" json:"cni" comment:"Pods' networks (containerd's [plugins.'io.containerd.cri.v1.runtime'.cni])."`
 	Registry               Registry `toml:"registry" json:"registry" comment:"Registry hosts (containerd's [plugins.'io.containerd.cri.v1.images'.registry])."`
 	// Gateway is flotillad's socket for a cri run by hand (flotillad
@@ -126,6 +127,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		CNIBinDirs:             opts.CNI.BinDirs,
 		StateDir:               p.Env.State,
 		RestrictOOMScoreAdj:    opts.RestrictOOMScoreAdj,
+		RuncBinary:             opts.RuncBinary,
 	})
 	if err := srv.StartStreaming(opts.StreamServerAddress, opts.StreamServerPort); err != nil {
 		srv.Close()

@@ -106,7 +106,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	var rec containers.Container
 	if _, err := s.client.NewContainer(lctx, id,
 		s.withRootfs(id, img, &rootfs),
-		containerd.WithRuntime(runtimeType, nil),
+		containerd.WithRuntime(runtimeType, s.runtimeOptions()),
 		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(containerExtension, ext),
@@ -206,10 +206,17 @@ func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, 
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.PIDNamespace, Path: pause("pid")}))
 	}
 
+	usernsOpts, err := usernsContainerOpts(sb.config, cfg, pausePid)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, usernsOpts...)
+
 	mounts, propagation, err := s.containerMounts(sb, cfg, imageMounts)
 	if err != nil {
 		return nil, err
 	}
+	mounts = idmapContainerMounts(mounts, s.sandboxDir(sb.ID), cfg, sb.config)
 	if propagation != "" {
 		opts = append(opts, withRootfsPropagation(propagation))
 	}

@@ -69,7 +69,7 @@ func (s *Server) Status(_ context.Context, req *runtime.StatusRequest) (*runtime
 		Features: &runtime.RuntimeFeatures{SupplementalGroupsPolicy: true},
 	}
 	// The one handler, under the default name and its own.
-	features := &runtime.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: recursiveReadOnlySupported()}
+	features := &runtime.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: recursiveReadOnlySupported(), UserNamespaces: s.usernsSupported() == nil}
 	for _, name := range []string{"", "runc"} {
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtime.RuntimeHandler{Name: name, Features: features})
 	}

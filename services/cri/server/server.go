@@ -54,6 +54,9 @@ type Config struct {
 	// daemon's own, as containerd's restrict_oom_score_adj; it is on
 	// anyway when the process lacks CAP_SYS_RESOURCE.
 	RestrictOOMScoreAdj bool
+	// RuncBinary is the runc the runc shim runs containers with (its
+	// BinaryName option); empty: the shim's default, runc in its PATH.
+	RuncBinary string
 }
 
 // Server implements runtime.v1.ImageService and runtime.v1.RuntimeService.

@@ -70,6 +70,17 @@ func buildRunc(t *testing.T) string {
 	return bin
 }
 
+// allowRemappedRoot lets a user-namespaced container's root, an
+// unprivileged user on the host, traverse the daemon's directory down to
+// its rootfs, as it can on a node (/var/lib, /run); the test's temporary
+// directory is private.
+func allowRemappedRoot(t *testing.T, d *daemon) {
+	t.Helper()
+	if err := os.Chmod(d.dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // usernsOptions is a pod user namespace mapping IDs 0..size-1 to
 // host..host+size-1.
 func usernsOptions(host, size uint32) *runtimeapi.NamespaceOption {
@@ -87,6 +98,7 @@ func TestCRIUserNamespacePod(t *testing.T) {
 	requireCRIPods(t)
 	runc := buildRunc(t)
 	p := startCRIPods(t, podNetwork("flotilla-test"), "test", fmt.Sprintf("runc_binary = %q", runc))
+	allowRemappedRoot(t, p.d)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 

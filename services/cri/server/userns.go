@@ -199,7 +199,7 @@ func (s *Server) usernsSandboxOpts(id string, cfg *runtime.PodSandboxConfig, u *
 	if !u.enabled() {
 		return nil
 	}
-	opts := []oci.SpecOpts{oci.WithUserNamespace(u.uids, u.gids)}
+	opts := []oci.SpecOpts{oci.WithUserNamespace(u.uids, u.gids), withoutForeignRlimits}
 	if hostNetwork(cfg) {
 		opts = append(opts, withSysBind)
 	} else {
@@ -236,6 +236,7 @@ func usernsContainerOpts(sbCfg *runtime.PodSandboxConfig, cfg *runtime.Container
 	opts := []oci.SpecOpts{
 		oci.WithUserNamespace(ctr.uids, ctr.gids),
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.UserNamespace, Path: fmt.Sprintf("/proc/%d/ns/user", pausePid)}),
+		withoutForeignRlimits,
 	}
 	if hostNetwork(sbCfg) {
 		opts = append(opts, withSysBind)
@@ -248,6 +249,19 @@ func sameUserns(a, b *podUserns) bool {
 		return a.enabled() == b.enabled()
 	}
 	return a.uids[0] == b.uids[0] && a.gids[0] == b.gids[0]
+}
+
+// withoutForeignRlimits drops the spec's rlimits when this process lacks
+// CAP_SYS_RESOURCE (a host that withholds it from root): runc sets them
+// from outside on the container's first process, which in a joined user
+// namespace runs as another host user, and prlimit on another user's
+// process needs that capability. The process keeps the shim's limits,
+// as a lowered oom_score_adj is raised to the daemon's own.
+func withoutForeignRlimits(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	if s.Process != nil && !hasCapSysResource() {
+		s.Process.Rlimits = nil
+	}
+	return nil
 }
 
 // withSysBind binds the host's /sys read-only instead of mounting sysfs,

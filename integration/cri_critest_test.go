@@ -28,10 +28,10 @@ const critestVersion = "v1.37.0"
 
 // critestSkips are the critest specs that cannot pass on this machine or
 // with a registry of our own; each entry is a regular expression on the
-// spec's full name, with the reason. Specs critest skips by itself (NRI
-// without -nri-socket, AppArmor on a kernel without it, image volumes,
-// user namespaces on Debian's runc, which the second pass runs) are not
-// listed.
+// spec's full name, with the reason. Specs critest skips by itself
+// (AppArmor on a kernel without it, image volumes, user namespaces on a
+// handler without them: Debian's runc, which the second pass replaces)
+// are not listed.
 var critestSkips = []struct{ spec, reason string }{
 	{`public image with digest should be pulled`,
 		"pins the manifest digest of the upstream image on gcr.io; a locally built image cannot have those bytes"},
@@ -97,15 +97,15 @@ func TestCRIPassesCritest(t *testing.T) {
 
 	// The user namespace specs run only on a runtime handler that
 	// reports user namespaces, which Debian's runc (1.1) cannot give:
-	// they run again, alone, against a daemon whose pods run on a
-	// current runc.
+	// they run again, alone, on a second handler of a current runc,
+	// which critest's pods ask for by name.
 	if focus != "" && !regexp.MustCompile(focus).MatchString(critestUsernsFocus) {
 		return
 	}
 	runc := buildRunc(t)
-	t.Logf("critest's user namespace specs, with runc %s", runcVersion)
-	out := runCritest(t, critest, work, config+fmt.Sprintf("runc_binary = %q\n", runc), allowRemappedRoot,
-		[]string{"--ginkgo.focus", critestUsernsFocus})
+	t.Logf("critest's user namespace specs, on handler runc-userns (runc %s)", usernsRuncVersion)
+	out := runCritest(t, critest, work, config+usernsHandler(runc), allowRemappedRoot,
+		[]string{"--ginkgo.focus", critestUsernsFocus, "--runtime-handler", "runc-userns"})
 	// Every spec of the context ran: none skipped for want of a
 	// handler with user namespaces or of idmapped mounts.
 	if m := regexp.MustCompile(`Ran (\d+) of \d+ Specs`).FindStringSubmatch(out); m == nil || m[1] != strconv.Itoa(critestUsernsSpecs) {
@@ -125,7 +125,14 @@ const (
 // spec fails; it returns the suite's output and stops the daemon.
 func runCritest(t *testing.T, critest, work, config string, edit func(*testing.T, *daemon), args []string) string {
 	t.Helper()
-	d := newDaemon(t, withConfig(config))
+	d := newDaemon(t, func(d *daemon, a *[]string) {
+		// The NRI synchronisation specs hold a plugin's Synchronize
+		// for 2s while they create containers, and expect the plugin
+		// to hear of them; NRI's default request timeout (2s) would
+		// drop that plugin, as it does with containerd's defaults.
+		withConfig(config+fmt.Sprintf("[services.cri.options.nri]\nsocket_path = %q\nplugin_request_timeout = \"10s\"\n",
+			filepath.Join(d.state, "nri.sock")))(d, a)
+	})
 	// The daemon and critest share a mount namespace of their own whose
 	// mounts are shared, as systemd makes a node's: the bidirectional
 	// mount propagation spec needs it, and this machine's / is private.
@@ -146,6 +153,9 @@ func runCritest(t *testing.T, critest, work, config string, edit func(*testing.T
 		"--ginkgo.no-color",
 		"--ginkgo.v",
 		"--ginkgo.timeout", "20m",
+		// The NRI specs connect plugins of their own to the cri
+		// service's NRI socket (the harness gives each daemon one).
+		"--nri-socket", filepath.Join(d.state, "nri.sock"),
 	}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()

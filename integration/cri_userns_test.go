@@ -19,9 +19,9 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// runcVersion is the runc the user namespace tests run pods with:
+// usernsRuncVersion is the runc the user namespace tests run pods with:
 // Debian's (1.1.5) cannot make idmapped mounts.
-const runcVersion = "v1.5.3"
+const usernsRuncVersion = "v1.5.3"
 
 // buildRunc builds runc from the Go module proxy (with seccomp, which
 // needs cgo, pkg-config and libseccomp-dev) and caches it under the
@@ -36,7 +36,7 @@ func buildRunc(t *testing.T) string {
 	if err != nil {
 		cache = t.TempDir()
 	}
-	bin := filepath.Join(cache, "flotilla-tests", "runc-"+runcVersion, "runc")
+	bin := filepath.Join(cache, "flotilla-tests", "runc-"+usernsRuncVersion, "runc")
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
@@ -45,11 +45,11 @@ func buildRunc(t *testing.T) string {
 		t.Skip("building runc needs libseccomp's headers (apt-get install libseccomp-dev)")
 	}
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	dl := exec.Command(goBin, "mod", "download", "-json", "github.com/opencontainers/runc@"+runcVersion)
+	dl := exec.Command(goBin, "mod", "download", "-json", "github.com/opencontainers/runc@"+usernsRuncVersion)
 	dl.Dir = t.TempDir() // outside this module: its go.mod must not be touched
 	b, err := dl.Output()
 	if err != nil {
-		t.Fatalf("download runc %s: %v", runcVersion, err)
+		t.Fatalf("download runc %s: %v", usernsRuncVersion, err)
 	}
 	var mod struct{ Dir string }
 	if err := json.Unmarshal(b, &mod); err != nil || mod.Dir == "" {
@@ -62,12 +62,27 @@ func buildRunc(t *testing.T) string {
 	build.Dir = mod.Dir
 	build.Env = append(os.Environ(), "CGO_ENABLED=1", "GOFLAGS=-mod=mod")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build runc %s: %v\n%s", runcVersion, err, out)
+		t.Fatalf("build runc %s: %v\n%s", usernsRuncVersion, err, out)
 	}
 	if err := os.Rename(tmp, bin); err != nil {
 		t.Fatal(err)
 	}
 	return bin
+}
+
+// usernsHandler is the cri's config of a runtime handler, runc-userns,
+// whose pods run on the runc at path, beside the default one.
+func usernsHandler(runc string) string {
+	return fmt.Sprintf("[services.cri.options.runtimes.runc-userns]\nruntime_type = \"io.containerd.runc.v2\"\n"+
+		"[services.cri.options.runtimes.runc-userns.options]\nBinaryName = %q\n", runc)
+}
+
+// oldRunc says whether the host's runc (the default handler's) is one
+// without idmapped mounts, as Debian's 1.1; its version line otherwise.
+func oldRunc(t *testing.T) (bool, string) {
+	runc := requireTool(t, "runc", "runc")
+	v := runcVersion(runc)
+	return strings.Contains(v, "version 1.1.") || strings.Contains(v, "version 1.0."), v
 }
 
 // allowRemappedRoot lets a user-namespaced container's root, an
@@ -89,28 +104,40 @@ func usernsOptions(host, size uint32) *runtimeapi.NamespaceOption {
 }
 
 // TestCRIUserNamespacePod runs a pod with a user namespace of its own
-// (UsernsOptions mode POD) on runc 1.5: its containers see the mapping in
-// /proc/self/uid_map and share the pause container's user namespace; the
-// image's files and the pod's files appear owned by root inside, through
-// idmapped mounts, while on the host the snapshot's layers stay owned by
-// root and what the container writes is owned by the mapped root.
+// (UsernsOptions mode POD) on a runtime handler whose runc (1.5) can:
+// its containers see the mapping in /proc/self/uid_map and share the
+// pause container's user namespace; the image's files and the pod's
+// files appear owned by root inside, through idmapped mounts, while on
+// the host the snapshot's layers stay owned by root and what the
+// container writes is owned by the mapped root. The default handler, on
+// Debian's runc, refuses the same pod.
 func TestCRIUserNamespacePod(t *testing.T) {
 	requireCRIPods(t)
 	runc := buildRunc(t)
-	p := startCRIPods(t, podNetwork("flotilla-test"), "test", fmt.Sprintf("runc_binary = %q", runc))
+	p := startCRIPods(t, podNetwork("flotilla-test"), "test", usernsHandler(runc))
 	allowRemappedRoot(t, p.d)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
+	old, oldVersion := oldRunc(t)
 	st, err := p.rt.Status(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
+	seen := map[string]bool{}
 	for _, h := range st.GetRuntimeHandlers() {
-		if !h.GetFeatures().GetUserNamespaces() {
-			t.Errorf("Status: handler %q does not report user namespaces with runc %s", h.GetName(), runcVersion)
+		seen[h.GetName()] = true
+		switch userns := h.GetFeatures().GetUserNamespaces(); {
+		case h.GetName() == "runc-userns" && !userns:
+			t.Errorf("Status: handler runc-userns does not report user namespaces with runc %s", usernsRuncVersion)
+		case h.GetName() != "runc-userns" && old && userns:
+			t.Errorf("Status: handler %q reports user namespaces on %s", h.GetName(), oldVersion)
 		}
 	}
+	if !seen["runc-userns"] || !seen["runc"] {
+		t.Errorf("Status lists handlers %v; want runc and runc-userns", seen)
+	}
+	p.pullImages(ctx, t)
 	p.pullImages(ctx, t)
 
 	const hostID, size = 200000, 65536
@@ -119,7 +146,27 @@ func TestCRIUserNamespacePod(t *testing.T) {
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: "userns", Namespace: "default", Uid: "uid-userns-1"},
 		Linux:    &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: ns}},
 	}
-	podID := p.runPod(ctx, t, podCfg)
+	if old {
+		// The default handler's runc cannot: refused, naming the handler.
+		_, err := p.rt.RunPodSandbox(ctx, podCfg, "")
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), `runtime handler "runc"`) {
+			t.Fatalf("RunPodSandbox with a user namespace on the default handler (%s): %v; want FailedPrecondition naming handler \"runc\"", oldVersion, err)
+		}
+	}
+	podID, err := p.rt.RunPodSandbox(ctx, podCfg, "runc-userns")
+	if err != nil {
+		t.Fatalf("RunPodSandbox on runc-userns: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := p.rt.RemovePodSandbox(ctx, podID); err != nil {
+			t.Logf("cleanup: RemovePodSandbox: %v", err)
+		}
+	})
+	if pst, err := p.rt.PodSandboxStatus(ctx, podID, false); err != nil || pst.GetStatus().GetRuntimeHandler() != "runc-userns" {
+		t.Errorf("PodSandboxStatus: handler %q, %v; want runc-userns", pst.GetStatus().GetRuntimeHandler(), err)
+	}
 	ctrCfg := func(name string) *runtimeapi.ContainerConfig {
 		return &runtimeapi.ContainerConfig{
 			Metadata: &runtimeapi.ContainerMetadata{Name: name},
@@ -214,7 +261,7 @@ func TestCRIUserNamespacePod(t *testing.T) {
 			Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
 				NamespaceOptions: &runtimeapi.NamespaceOption{UsernsOptions: o}}},
 		}
-		if _, err := p.rt.RunPodSandbox(ctx, cfg, ""); status.Code(err) != codes.InvalidArgument {
+		if _, err := p.rt.RunPodSandbox(ctx, cfg, "runc-userns"); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("RunPodSandbox with user namespace %s: %v; want InvalidArgument", name, err)
 		}
 	}
@@ -231,15 +278,14 @@ func TestCRIUserNamespacePod(t *testing.T) {
 }
 
 // TestCRIUserNamespaceNeedsCapableRunc asks Debian's runc (1.1.5, the
-// default runtime) for a pod with a user namespace: it is refused with
-// FailedPrecondition naming the runc and what it lacks, and Status does
-// not claim the feature.
+// default handler's runtime) for a pod with a user namespace: it is
+// refused with FailedPrecondition naming the handler, its runc and what
+// it lacks, and Status does not claim the feature.
 func TestCRIUserNamespaceNeedsCapableRunc(t *testing.T) {
 	requireRoot(t)
-	runc := requireTool(t, "runc", "runc")
-	out, _ := exec.Command(runc, "--version").Output()
-	if !strings.Contains(string(out), "version 1.1.") && !strings.Contains(string(out), "version 1.0.") {
-		t.Skipf("the default runc is not one without idmapped mounts: %s", out)
+	old, version := oldRunc(t)
+	if !old {
+		t.Skipf("the default runc is not one without idmapped mounts: %s", version)
 	}
 	d := newDaemon(t).start()
 	rt, _ := criClients(t, d)
@@ -250,8 +296,11 @@ func TestCRIUserNamespaceNeedsCapableRunc(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, h := range st.GetRuntimeHandlers() {
+		if h.GetFeatures() == nil {
+			t.Errorf("Status: handler %q reports no features", h.GetName())
+		}
 		if h.GetFeatures().GetUserNamespaces() {
-			t.Errorf("Status: handler %q reports user namespaces on %s", h.GetName(), strings.TrimSpace(string(out)))
+			t.Errorf("Status: handler %q reports user namespaces on %s", h.GetName(), version)
 		}
 	}
 	cfg := &runtimeapi.PodSandboxConfig{
@@ -259,9 +308,16 @@ func TestCRIUserNamespaceNeedsCapableRunc(t *testing.T) {
 		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
 			NamespaceOptions: usernsOptions(200000, 65536)}},
 	}
-	_, err = rt.RunPodSandbox(ctx, cfg, "")
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "runc 1.2 or later") {
-		t.Fatalf("RunPodSandbox with a user namespace on Debian's runc: %v; want FailedPrecondition saying runc 1.2 or later is needed", err)
+	for _, handler := range []string{"", "runc"} {
+		_, err = rt.RunPodSandbox(ctx, cfg, handler)
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("RunPodSandbox (handler %q) with a user namespace on %s: %v; want FailedPrecondition", handler, version, err)
+		}
+		for _, want := range []string{`runtime handler "runc"`, "cannot make idmapped mounts", "version 1.1", "runc 1.2 or later"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("RunPodSandbox (handler %q) refused with %q; want it to say %q", handler, err, want)
+			}
+		}
 	}
 	t.Logf("refused as expected: %v", err)
 	pods, err := rt.ListPodSandbox(ctx, nil)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -135,6 +136,7 @@ func newDaemon(t testing.TB, opts ...daemonOption) *daemon {
 	for _, o := range opts {
 		o(d, &args)
 	}
+	args = withPrivateNRISocket(d, args)
 	d.cmd.Args = append(d.cmd.Args, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	t.Cleanup(func() {
@@ -314,4 +316,27 @@ func (d *daemon) ctrBytes(args ...string) ([]byte, error) {
 		return out, fmt.Errorf("ctr %s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	return out, nil
+}
+
+// withPrivateNRISocket gives the daemon's cri service an NRI socket of its
+// own (<state>/nri.sock) unless its config names one: NRI's default,
+// /var/run/nri/nri.sock, is the host's, and daemons running side by side
+// would take it from each other (or from a containerd on the host).
+func withPrivateNRISocket(d *daemon, args []string) []string {
+	section := fmt.Sprintf("\n[services.cri.options.nri]\nsocket_path = %q\n", filepath.Join(d.state, "nri.sock"))
+	p := filepath.Join(d.dir, "config.toml")
+	if !slices.Contains(args, "--config") {
+		if err := os.WriteFile(p, []byte(section), 0o600); err != nil {
+			d.t.Fatal(err)
+		}
+		return append(args, "--config", p)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil || strings.Contains(string(b), "options.nri") {
+		return args
+	}
+	if err := os.WriteFile(p, append(b, section...), 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+	return args
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -71,6 +72,17 @@ func TestRuntimeInfoIsWhatTheShimSays(t *testing.T) {
 	for _, want := range []string{"runtime.name", "io.containerd.runc.v2", "features.mount_options", "rro", "features.namespaces", "log-uri-schemes"} {
 		if !strings.Contains(detail, want) {
 			t.Errorf("ctr plugins ls -d id==task does not show %q:\n%s", want, detail)
+		}
+	}
+
+	// containerd 2.4.2's ctr asks the same questions with its own client.
+	out, err := exec.Command(ctr2(t), "--address", d.address, "plugins", "ls", "-d", "id==task").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctr 2.4.2 plugins ls -d: %v\n%s", err, out)
+	}
+	for _, want := range []string{"io.containerd.runtime.v2", "io.containerd.runc.v2", "rro"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ctr 2.4.2 plugins ls -d id==task does not show %q:\n%s", want, out)
 		}
 	}
 }

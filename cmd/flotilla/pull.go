@@ -5,12 +5,12 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/images"
-	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/transfer"
+	"github.com/containerd/containerd/v2/core/transfer/image"
+	"github.com/containerd/containerd/v2/core/transfer/registry"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/log"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/containerd/platforms"
 	"github.com/spf13/cobra"
 )
 
@@ -46,35 +46,36 @@ func pull(ctx context.Context, g *globals, ref, ns, snapshotter string, plainHTT
 	// returns says the same, once.
 	_ = log.SetLevel("warn")
 
-	var hostOpts []docker.RegistryOpt
+	var regOpts []registry.Opt
 	if plainHTTP {
-		hostOpts = append(hostOpts, docker.WithPlainHTTP(docker.MatchAllHosts))
+		regOpts = append(regOpts, registry.WithDefaultScheme("http"))
 	}
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(hostOpts...)})
+	src, err := registry.NewOCIRegistry(ctx, ref, regOpts...)
+	if err != nil {
+		return err
+	}
+	// The pull runs in the daemon's transfer service, next to the stores
+	// (layers fetched in parallel and unpacked as they download), for the
+	// host's platform as ctr pulls.
+	dst := image.NewStore(ref, image.WithPlatforms(platforms.DefaultSpec()), image.WithUnpack(platforms.DefaultSpec(), snapshotter))
 
-	// The client unpacks layers as they arrive, so unpacking may be under
-	// way from the start.
+	// Layers are unpacked as they arrive, so unpacking may be under way
+	// from the start. The transfer's progress names each blob; the
+	// display follows them in the stores.
 	tr := newTracker(true)
 	tr.startUnpack()
 	start := time.Now()
 	w := watch(ctx, tr, client.ContentStore(), client.SnapshotService(snapshotter), newDisplay(out))
-	img, err := client.Pull(ctx, ref,
-		containerd.WithResolver(resolver),
-		containerd.WithPullUnpack,
-		containerd.WithPullSnapshotter(snapshotter),
-		containerd.WithImageHandler(images.HandlerFunc(func(_ context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
-			tr.add(desc)
-			return nil, nil
-		})),
-		// The snapshot labels a lazy snapshotter reads (image reference,
-		// layer digest, the image's layers), as containerd's pulls add.
-		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(ref)),
-	)
+	err = client.Transfer(ctx, src, dst, transfer.WithProgress(func(p transfer.Progress) {
+		if p.Desc != nil {
+			tr.add(*p.Desc)
+		}
+	}))
 	rows := w.stop(ctx)
 	if err != nil {
 		w.disp.finish(rows, "")
 		return err
 	}
-	w.disp.finish(rows, summaryLine("pulled", []string{img.Name()}, rows, true, snapshotter, time.Since(start)))
+	w.disp.finish(rows, summaryLine("pulled", []string{ref}, rows, true, snapshotter, time.Since(start)))
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
 	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	sandboxapi "github.com/containerd/containerd/api/services/sandbox/v1"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	containerd "github.com/containerd/containerd/v2/client"
@@ -21,6 +22,7 @@ import (
 	eventsproxy "github.com/containerd/containerd/v2/core/events/proxy"
 	introspectionproxy "github.com/containerd/containerd/v2/core/introspection/proxy"
 	leasesproxy "github.com/containerd/containerd/v2/core/leases/proxy"
+	sandboxproxy "github.com/containerd/containerd/v2/core/sandbox/proxy"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	snproxy "github.com/containerd/containerd/v2/core/snapshots/proxy"
 
@@ -46,6 +48,7 @@ func Services(graph *rpc.Graph, snapshotters map[string]string, def string) []co
 		containerd.WithNamespaceClient(namespacesapi.NewNamespacesClient(graph)),
 		containerd.WithIntrospectionService(introspectionproxy.NewIntrospectionProxy(graph)),
 		containerd.WithEventService(eventsproxy.NewRemoteEvents(graph)),
+		containerd.WithSandboxStore(sandboxproxy.NewSandboxStore(sandboxapi.NewStoreClient(graph))),
 	}
 }
 

@@ -3,7 +3,7 @@
 // containerd.services.streaming.v1.Streaming), which containerd 2.x's ctr
 // and Go client use to pull, push, import, export and tag images. Pulls
 // run here, next to the stores: layers are fetched in parallel and unpacked
-// as they download (engine). The streams a client opens for a transfer
+// as they download (pkg/imagetransfer). The streams a client opens for a transfer
 // (an archive's bytes, progress, registry credentials) are held here too
 // (streams), since the transfer that uses them runs here.
 //
@@ -20,8 +20,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 
+	"github.com/flotilla-project/flotilla/pkg/imagetransfer"
 	"github.com/flotilla-project/flotilla/pkg/service"
-	"github.com/flotilla-project/flotilla/services/transfer/engine"
 	"github.com/flotilla-project/flotilla/services/transfer/server"
 	"github.com/flotilla-project/flotilla/services/transfer/streams"
 )
@@ -82,7 +82,7 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		peers.Close()
 		return nil, err
 	}
-	eng := engine.New(g.stores(), engine.Config{
+	eng := imagetransfer.New(g.stores.Stores(), imagetransfer.Config{
 		MaxConcurrentDownloads: opts.MaxConcurrentDownloads,
 		MaxConcurrentUploads:   opts.MaxConcurrentUploadedLayers,
 		MaxConcurrentUnpacks:   opts.MaxConcurrentUnpacks,

@@ -69,6 +69,11 @@ type criEnv struct {
 
 	pullMu   sync.Mutex
 	pullRefs map[int]string // cri-pull iteration -> an image no daemon has pulled
+
+	// The realistic image, pushed for cri-pull-gosrc on first use.
+	srcOnce sync.Once
+	srcRefV string
+	srcErr  error
 }
 
 // start runs the registry, pushes the pause and busybox images and writes

@@ -69,7 +69,7 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.flotillaTraces, "flotilla-traces", "", "run Flotilla with [trace] file = true and copy its span files into this directory (a traces/ subdirectory, for `flotilla trace --state <dir>`); for profiling: tracing costs time")
 	fs.IntVar(&f.n, "n", 5, "timed iterations per workload and daemon (after one untimed warm-up)")
 	fs.IntVar(&f.calls, "calls", 200, "calls per iteration of the latency workloads (namespaces, version) and prepare/commit/remove cycles per iteration of snapshots")
-	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, read-1m, import, unpack, unpack-gosrc, snapshots, run, run20, memory = memory-idle and memory-10running, cri = pod-run, pod-stop, pod-remove, ctr-create, ctr-start, ctr-status, ctr-remove, img-list, img-status, cri-pull; namespaces, version); default all")
+	fs.StringVar(&f.only, "only", "", "comma-separated workloads to run (ingest, read, read-1m, import, unpack, unpack-gosrc, snapshots, run, run20, memory = memory-idle and memory-10running, cri = pod-run, pod-stop, pod-remove, ctr-create, ctr-start, ctr-status, ctr-remove, img-list, img-status, cri-pull, cri-pull-gosrc; pull-gosrc, namespaces, version); default all")
 	fs.StringVar(&f.daemons, "daemons", "containerd,flotilla", "daemons to measure; one alone gives its medians without ratios")
 	fs.StringVar(&f.out, "out", "", "also write the markdown report to this file")
 	fs.StringVar(&f.results, "results", filepath.Join(repoRoot(), "bench", "results"), "write each run's report here as <date>-<commit>[-partial].md and .json (empty: do not)")
@@ -163,8 +163,11 @@ func run(args []string, stdout io.Writer) error {
 		}
 		return src, err
 	})
+	pulls := &pullEnv{tmp: f.tmp, ctrBinary: func(ctx context.Context) (string, error) { return goInstall(ctx, f.cache, "ctr") }}
+	defer pulls.close()
 	all := workloads(params{
-		cri: cri, pods: f.pods,
+		pull: pulls,
+		cri:  cri, pods: f.pods,
 		runImage: runImg, memoryImage: memImg, runs: f.runs, parallel: f.parallel, memContainers: f.memContainers, runc: f.runc,
 		blobSize: f.blobMB << 20, calls: f.calls, importImage: img,
 		unpackLayers: f.unpackLayers, unpackLayerSize: f.unpackLayerMB << 20,

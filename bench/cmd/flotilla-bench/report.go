@@ -63,6 +63,8 @@ var targets = map[string]target{
 	"pod-stop":         {1.0, 5},
 	"pod-remove":       {1.0, 5},
 	"cri-pull":         {1.0, 5},
+	"pull-gosrc":       {0.8, 10},
+	"cri-pull-gosrc":   {0.8, 10},
 }
 
 // currentIssue is the issue whose targets the report is about; targets

@@ -91,6 +91,8 @@ type params struct {
 	// pods the pods or containers per iteration.
 	cri  *criEnv
 	pods int
+	// pull is the registry the Transfer pull workload pulls from.
+	pull *pullEnv
 }
 
 func workloads(p params) []workload {
@@ -326,6 +328,35 @@ func workloads(p params) []workload {
 			unit: time.Millisecond,
 			prepare: func(ctx context.Context, d *daemon) (instance, error) {
 				return newPullBench(ctx, d, p.cri)
+			},
+		},
+		{
+			name:  "pull-gosrc",
+			title: fmt.Sprintf("pull of a realistic image (Go tree, %d gzip layers) through Transfer, `ctr images pull`", p.srcLayers),
+			what: fmt.Sprintf("containerd %s's `ctr images pull --plain-http` (through the Transfer API) of unpack-gosrc's realistic image from a local registry (loopback), unpacked into %s, each daemon with its defaults (containerd unpacks layers in order: its parallel unpack is off by default and was slower on this 2-core machine; Flotilla in parallel); busybox's layer may be present, the %d tree layers never are (image deleted and collected, untimed, before each pull); every file checked untimed once per daemon",
+				containerdVersion, benchSnapshotter, p.srcLayers),
+			unit: time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				src, err := p.srcImage()
+				if err != nil {
+					return nil, err
+				}
+				return newTransferPullBench(ctx, d, src, p.pull)
+			},
+		},
+		{
+			name:  "cri-pull-gosrc",
+			group: criGroup,
+			title: fmt.Sprintf("CRI PullImage of a realistic image (Go tree, %d gzip layers)", p.srcLayers),
+			what: fmt.Sprintf("CRI PullImage through the kubelet's CRI client of unpack-gosrc's realistic image from the local registry (loopback, plain HTTP by hosts.toml), unpacked into %s, each daemon's CRI with its defaults; busybox's layer is present (the cri workloads pulled it), the %d tree layers never are (RemoveImage and the collector, untimed, before each pull); every file checked untimed once per daemon",
+				benchSnapshotter, p.srcLayers),
+			unit: time.Millisecond,
+			prepare: func(ctx context.Context, d *daemon) (instance, error) {
+				src, err := p.srcImage()
+				if err != nil {
+					return nil, err
+				}
+				return newCRIPullBench(ctx, d, src, p.cri)
 			},
 		},
 		{

@@ -123,6 +123,7 @@ func (c *converter) criV2() {
 	c.cni(p("cni"))
 	c.registry(p("registry"))
 	c.runtimes(p("containerd"))
+	c.cdi(p())
 	if v, ok := c.get(p("systemd_cgroup")...); ok && v == true {
 		c.note("%s = true: not carried over: Flotilla's containers' cgroups are cgroupfs ones (the kubelet's cgroupDriver: cgroupfs)", keyName(p("systemd_cgroup")))
 	}
@@ -140,6 +141,7 @@ func (c *converter) criV3() {
 	c.carry(rt("restrict_oom_score_adj"), criKey("restrict_oom_score_adj"))
 	c.cni(rt("cni"))
 	c.runtimes(rt("containerd"))
+	c.cdi(rt())
 	c.carry(plugin(criServer, "stream_server_address"), criKey("stream_server_address"))
 	c.carry(plugin(criServer, "stream_server_port"), criKey("stream_server_port"))
 }
@@ -211,33 +213,50 @@ func (c *converter) registry(table []string) {
 	}
 }
 
-// runtimes: Flotilla's cri has one runtime handler, runc, run by
-// containerd's runc shim; a runc runtime of containerd's is that one.
+// runtimes carries the runtime handlers: each one's shim type, options
+// and annotations passed through, and the default's name. What Flotilla's
+// handlers lack (runtime_path, privileged_without_host_devices, a
+// snapshotter or sandboxer of their own...) is left for leftOver to note.
 func (c *converter) runtimes(table []string) {
 	key := func(parts ...string) []string { return append(append([]string{}, table...), parts...) }
-	if v, ok := c.str(key("default_runtime_name")...); ok && v != "" && v != "runc" {
-		c.note("%s = %s: not carried over: Flotilla's cri runs pods with its one runtime handler, runc", keyName(key("default_runtime_name")), value(v))
-	}
+	c.carry(key("default_runtime_name"), criKey("default_runtime_name"))
 	v, _ := lookup(c.in, key("runtimes"))
 	runtimes, _ := v.(map[string]any)
 	for _, name := range sortedKeys(runtimes) {
 		r := key("runtimes", name)
-		typ, _ := c.str(append(r, "runtime_type")...)
-		if name != "runc" || typ != runcV2 {
-			c.note("%s (runtime_type %q): not carried over: Flotilla's cri has one runtime handler, runc (%s)", keyName(r), typ, runcV2)
-			c.use(r...)
-			continue
-		}
-		if v, ok := c.get(append(r, "options", "SystemdCgroup")...); ok && v == true {
-			c.note("%s.options.SystemdCgroup = true: not carried over: Flotilla's containers' cgroups are cgroupfs ones; give the kubelet cgroupDriver: cgroupfs", keyName(r))
+		to := func(parts ...string) []string { return criKey(append([]string{"runtimes", name}, parts...)...) }
+		c.carry(append(r, "runtime_type"), to("runtime_type"))
+		c.carry(append(r, "pod_annotations"), to("pod_annotations"))
+		c.carry(append(r, "container_annotations"), to("container_annotations"))
+		ov, _ := c.get(append(r, "options")...)
+		opts, _ := ov.(map[string]any)
+		for _, k := range sortedKeys(opts) {
+			from := append(append([]string{}, r...), "options", k)
+			if k == "SystemdCgroup" {
+				if opts[k] == true {
+					c.note("%s = true: not carried over: Flotilla's containers' cgroups are cgroupfs ones; give the kubelet cgroupDriver: cgroupfs", keyName(from))
+				}
+				continue
+			}
+			c.set(to("options", k), opts[k], keyName(from))
 		}
 	}
 	// The runtimes containerd 1.x had before runtimes.<name>.
 	for _, k := range []string{"default_runtime", "untrusted_workload_runtime"} {
 		if v, ok := c.str(key(k, "runtime_type")...); ok && v != "" {
-			c.note("%s (runtime_type %q): not carried over: Flotilla's cri has one runtime handler, runc (%s)", keyName(key(k)), v, runcV2)
+			c.note("%s (runtime_type %q): not carried over: name it under runtimes.<name> (%s)", keyName(key(k)), v, runcV2)
 			c.use(key(k)...)
 		}
+	}
+}
+
+// cdi carries the CDI spec directories. containerd 2.x always enables
+// CDI, whatever enable_cdi says, and so does Flotilla by default.
+func (c *converter) cdi(table []string) {
+	key := func(parts ...string) []string { return append(append([]string{}, table...), parts...) }
+	c.carry(key("cdi_spec_dirs"), criKey("cdi_spec_dirs"))
+	if v, ok := c.get(key("enable_cdi")...); ok && v == false {
+		c.note("%s = false: not carried over: containerd 2.x enables CDI always; Flotilla's [services.cri.options] enable_cdi = false turns it off", keyName(key("enable_cdi")))
 	}
 }
 

@@ -55,15 +55,16 @@ func hasNote(notes []string, parts ...string) bool {
 func TestVersion2CarriesCRIRegistriesCNIAndProxySnapshotters(t *testing.T) {
 	r, c, cri := migrated(t, "containerd-v2.toml")
 	for path, want := range map[string]string{
-		"sandbox_image":            "registry.example:5000/pause:3.9",
-		"snapshotter":              "stargz",
-		"max_concurrent_downloads": "5",
-		"restrict_oom_score_adj":   "true",
-		"stream_server_port":       "10010",
-		"cni.bin_dirs":             "[/usr/lib/cni]",
-		"cni.conf_dir":             "/etc/cni/net.d",
-		"registry.config_path":     "/etc/containerd/certs.d",
-		"insecure_registries":      "[registry.example:5000]",
+		"sandbox_image":              "registry.example:5000/pause:3.9",
+		"snapshotter":                "stargz",
+		"max_concurrent_downloads":   "5",
+		"restrict_oom_score_adj":     "true",
+		"stream_server_port":         "10010",
+		"cni.bin_dirs":               "[/usr/lib/cni]",
+		"cni.conf_dir":               "/etc/cni/net.d",
+		"registry.config_path":       "/etc/containerd/certs.d",
+		"insecure_registries":        "[registry.example:5000]",
+		"runtimes.kata.runtime_type": "io.containerd.kata.v2",
 	} {
 		if got := at(cri, path); got != want {
 			t.Errorf("cri %s = %s; want %s", path, got, want)
@@ -79,7 +80,6 @@ func TestVersion2CarriesCRIRegistriesCNIAndProxySnapshotters(t *testing.T) {
 		t.Errorf("root %q; containerd's root is not Flotilla's", c.Root)
 	}
 	for _, n := range [][]string{
-		{"runtimes.kata", "io.containerd.kata.v2", "not carried over"},
 		{"SystemdCgroup = true", "cgroupfs"},
 		{"oom_score = -999", "not carried over"},
 		{"pause_threshold = 0.05", "gc_schedule"},
@@ -153,5 +153,49 @@ func TestVersionsContainerdDoesNotReadAreRefused(t *testing.T) {
 		if _, err := Containerd([]byte(doc), "f"); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v; want %q", doc, err, want)
 		}
+	}
+}
+
+// Runtime handlers and CDI spec directories carry over: a second runc
+// with its own binary, its pod annotations, the default's name.
+func TestRuntimeHandlersAndCDICarryOver(t *testing.T) {
+	doc := `version = 3
+[plugins.'io.containerd.cri.v1.runtime']
+  cdi_spec_dirs = ['/etc/cdi', '/opt/cdi']
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = 'alt'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.alt]
+      runtime_type = 'io.containerd.runc.v2'
+      pod_annotations = ['example.com/*']
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.alt.options]
+        BinaryName = '/usr/local/bin/runc'
+        Root = '/run/alt'
+`
+	r, err := Containerd([]byte(doc), "inline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Parse(r.Config)
+	if err != nil {
+		t.Fatalf("the converted configuration does not load: %v\n%s", err, r.Config)
+	}
+	cri, err := config.OptionsMap(c.Services["cri"].Options)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		"default_runtime_name":            "alt",
+		"cdi_spec_dirs":                   "[/etc/cdi /opt/cdi]",
+		"runtimes.alt.runtime_type":       "io.containerd.runc.v2",
+		"runtimes.alt.pod_annotations":    "[example.com/*]",
+		"runtimes.alt.options.BinaryName": "/usr/local/bin/runc",
+		"runtimes.alt.options.Root":       "/run/alt",
+	} {
+		if got := at(cri, path); got != want {
+			t.Errorf("cri %s = %s; want %s\n%s", path, got, want, r.Config)
+		}
+	}
+	if len(r.Notes) != 0 {
+		t.Errorf("notes on what was carried over:\n%s", strings.Join(r.Notes, "\n"))
 	}
 }

@@ -83,9 +83,21 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 			s.releaseImageVolumes(context.WithoutCancel(ctx), id)
 		}
 	}()
+	ociRuntime, err := s.runtimeFor(sb.RuntimeHandler)
+	if err != nil {
+		return nil, fmt.Errorf("runtime of sandbox %s: %w", sb.ID, err)
+	}
+	cdiOpt, err := s.withCDI(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
 	specOpts, err := s.containerSpec(sb, pausePid, img, cfg, id, imageMounts)
 	if err != nil {
 		return nil, err
+	}
+	specOpts = append(specOpts, ociRuntime.withPassthroughAnnotations(sb.config.GetAnnotations(), cfg.GetAnnotations()))
+	if cdiOpt != nil {
+		specOpts = append(specOpts, cdiOpt)
 	}
 	ext, err := encodeExtension(containerExtension, m)
 	if err != nil {
@@ -104,12 +116,15 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	defer releaseLease()
 	var rootfs preparedRootfs
 	var rec containers.Container
+	nriHook := s.nriCreateHook(sb, m)
+	defer nriHook.finish(ctx, &rec, &retErr)
 	if _, err := s.client.NewContainer(lctx, id,
 		s.withRootfs(id, img, &rootfs),
-		containerd.WithRuntime(runtimeType, s.runtimeOptions()),
+		ociRuntime.withRuntime(),
 		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(containerExtension, ext),
+		nriHook.adjust(),
 		withRecordCopy(&rec),
 	); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", md.GetName(), err)
@@ -428,6 +443,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	}
 	fail := func(err error) (*runtime.StartContainerResponse, error) {
 		lg.Close()
+		defer s.nriStopContainer(context.WithoutCancel(ctx), m.ID)
 		// As containerd: a container that failed to start is exited,
 		// with the reason recorded.
 		m.StartedAt, m.FinishedAt = nanos(time.Now()), nanos(time.Now())
@@ -436,6 +452,9 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 			logging.G(ctx).Warn("record start failure", "container", m.ID, "error", serr)
 		}
 		return nil, err
+	}
+	if err := s.nriStartContainer(ctx, m, rec); err != nil {
+		return fail(err)
 	}
 	lg.attach = s.newAttachPoint(m)
 	stdout, stderr := lg.writers()
@@ -459,6 +478,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 		return nil, err
 	}
 	s.watchExit(m.ID, task, exitC, lg)
+	s.nriPostStartContainer(ctx, m, rec)
 	return &runtime.StartContainerResponse{}, nil
 }
 
@@ -528,6 +548,7 @@ func (s *Server) watchExit(id string, task exitedTask, exitC <-chan containerd.E
 		s.pods.mu.Unlock()
 		lg.Close()
 		s.recordExit(ctx, id, int32(st.ExitCode()), st.ExitTime(), oom)
+		s.nriContainerExited(ctx, id)
 	}()
 	return done
 }
@@ -614,6 +635,7 @@ func (s *Server) StopContainer(ctx context.Context, req *runtime.StopContainerRe
 	if err := s.stopContainer(ctx, m.ID, time.Duration(req.GetTimeout())*time.Second); err != nil {
 		return nil, err
 	}
+	s.nriStopContainer(ctx, m.ID)
 	return &runtime.StopContainerResponse{}, nil
 }
 
@@ -715,6 +737,7 @@ func (s *Server) removeContainer(ctx context.Context, id string) error {
 	}
 	unlock := s.pods.lock(id)
 	defer unlock()
+	s.nriRemoveContainer(ctx, id)
 	if err := s.deleteTask(ctx, id); err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}

@@ -12,16 +12,18 @@ import (
 	"slices"
 	"strings"
 
-	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
-	"github.com/containerd/containerd/v2/pkg/snapshotters"
+	"github.com/containerd/containerd/v2/core/transfer"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/flotilla-project/flotilla/pkg/imagetransfer"
 	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
@@ -61,44 +63,77 @@ func (s *Server) pull(ctx context.Context, named reference.Named, auth *runtime.
 	// The records change: the next resolve must see them.
 	defer s.imageIdx.invalidate()
 	ref := named.String()
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: s.registryHosts(ctx, auth)})
-	labels := map[string]string{imageLabelKey: imageLabelValue}
-	img, err := s.client.Pull(ctx, ref,
-		containerd.WithResolver(resolver),
-		containerd.WithPullUnpack,
-		containerd.WithPullSnapshotter(s.cfg.Snapshotter),
-		containerd.WithPullLabels(labels),
-		containerd.WithPlatformMatcher(s.platform),
-		containerd.WithMaxConcurrentDownloads(s.cfg.MaxConcurrentDownloads),
-		// Layers are referenced by their snapshots once unpacked;
-		// keeping them is the content store's choice, as in containerd.
-		containerd.WithChildLabelMap(images.ChildGCLabelsFilterLayers),
-		// Each layer's snapshot is labelled with the image reference,
-		// its digest and the image's layers (containerd's CRI snapshot
-		// annotations), which a lazy snapshotter (stargz) reads from its
-		// Prepare to mount the layer from the registry instead.
-		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(ref)),
-	)
-	if err != nil {
+	src := &imagetransfer.Registry{
+		Ref:      ref,
+		Resolver: docker.NewResolver(docker.ResolverOptions{Hosts: s.registryHosts(ctx, auth)}),
+	}
+	dst := &pulledImage{s: s, named: named}
+	// The transfer engine fetches the layers in parallel, unpacks each
+	// as it downloads (in parallel on overlayfs) and shares downloads
+	// and unpacks with the pulls running beside it.
+	if err := s.transfers.Transfer(ctx, src, dst, nil); err != nil {
 		return "", fmt.Errorf("pull image %s: %w", ref, err)
 	}
-	cfg, err := img.Config(ctx)
+	return dst.id, nil
+}
+
+// pulledImage is where a CRI pull puts its image: unpacked into cri's
+// snapshotter for the host's platform, and recorded, labelled as the CRI's
+// own, under its reference, its digest reference and its ID.
+type pulledImage struct {
+	s     *Server
+	named reference.Named
+	// id is the image's config digest, once stored.
+	id string
+}
+
+var (
+	_ transfer.ImageStorer            = (*pulledImage)(nil)
+	_ transfer.ImageFilterer          = (*pulledImage)(nil)
+	_ transfer.ImageUnpacker          = (*pulledImage)(nil)
+	_ imagetransfer.SnapshotAnnotator = (*pulledImage)(nil)
+)
+
+func (c *pulledImage) String() string { return fmt.Sprintf("CRI image store (%s)", c.named) }
+
+// ImageFilter walks the host's platform only, and has the manifests refer
+// to their layers for the collector only until those are unpacked (their
+// snapshots then hold them), as containerd's CRI pulls.
+func (c *pulledImage) ImageFilter(h images.HandlerFunc, cs content.Store) images.HandlerFunc {
+	h = images.SetChildrenMappedLabels(cs, h, images.ChildGCLabelsFilterLayers)
+	h = images.FilterPlatforms(h, c.s.platform)
+	return images.LimitManifests(h, c.s.platform, 1)
+}
+
+func (c *pulledImage) UnpackPlatforms() []transfer.UnpackConfiguration {
+	return []transfer.UnpackConfiguration{{Platform: platforms.DefaultSpec(), Snapshotter: c.s.cfg.Snapshotter}}
+}
+
+// AnnotateSnapshots: each layer's snapshot is labelled with the image
+// reference, its digest and the image's layers (containerd's CRI snapshot
+// annotations), which a lazy snapshotter (stargz) reads from its Prepare to
+// mount the layer from the registry instead.
+func (c *pulledImage) AnnotateSnapshots() bool { return true }
+
+func (c *pulledImage) Store(ctx context.Context, target ocispec.Descriptor, is images.Store) ([]images.Image, error) {
+	cfg, err := images.Config(ctx, c.s.client.ContentStore(), target, c.s.platform)
 	if err != nil {
-		return "", fmt.Errorf("config of image %s: %w", ref, err)
+		return nil, fmt.Errorf("config of image %s: %w", c.named, err)
 	}
-	id := cfg.Digest.String()
-	target := img.Target()
-	repoDigest, repoTag := repoDigestAndTag(named, target)
-	for _, name := range []string{id, repoTag, repoDigest} {
-		// Pull recorded the image under ref, with these labels, already.
-		if name == "" || name == ref {
+	c.id = cfg.Digest.String()
+	labels := map[string]string{imageLabelKey: imageLabelValue}
+	repoDigest, repoTag := repoDigestAndTag(c.named, target)
+	var stored []images.Image
+	for _, name := range []string{c.named.String(), c.id, repoTag, repoDigest} {
+		if name == "" || slices.ContainsFunc(stored, func(i images.Image) bool { return i.Name == name }) {
 			continue
 		}
-		if err := s.createImageRecord(ctx, name, target, labels); err != nil {
-			return "", err
+		if err := c.s.createImageRecord(ctx, name, target, labels); err != nil {
+			return nil, err
 		}
+		stored = append(stored, images.Image{Name: name, Target: target, Labels: labels})
 	}
-	return id, nil
+	return stored, nil
 }
 
 // repoDigestAndTag are the digest reference and (for a tagged reference)

@@ -49,8 +49,9 @@ func buildVersion() string {
 }
 
 // Status reports the runtime ready and the network ready once a CNI
-// network configuration exists.
-func (s *Server) Status(_ context.Context, req *runtime.StatusRequest) (*runtime.StatusResponse, error) {
+// network configuration exists, and the runtime handlers with what each
+// supports.
+func (s *Server) Status(ctx context.Context, req *runtime.StatusRequest) (*runtime.StatusResponse, error) {
 	networkReady := &runtime.RuntimeCondition{Type: runtime.NetworkReady, Status: true}
 	if ok, err := hasCNIConfig(s.cfg.CNIConfDir); !ok {
 		networkReady.Status = false
@@ -68,17 +69,17 @@ func (s *Server) Status(_ context.Context, req *runtime.StatusRequest) (*runtime
 		// Both supplemental groups policies are applied (see userOpts).
 		Features: &runtime.RuntimeFeatures{SupplementalGroupsPolicy: true},
 	}
-	// The one handler, under the default name and its own.
-	features := &runtime.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: recursiveReadOnlySupported(), UserNamespaces: s.usernsSupported() == nil}
-	for _, name := range []string{"", "runc"} {
-		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtime.RuntimeHandler{Name: name, Features: features})
-	}
+	resp.RuntimeHandlers = s.handlerFeatures(ctx)
 	if req.GetVerbose() {
 		b, err := json.Marshal(map[string]any{
 			"snapshotter":        s.cfg.Snapshotter,
 			"insecureRegistries": s.cfg.InsecureRegistries,
 			"configPath":         s.cfg.ConfigPath,
 			"cniConfDir":         s.cfg.CNIConfDir,
+			"defaultRuntimeName": s.cfg.Runtimes.def,
+			"runtimes":           s.cfg.Runtimes.describe(),
+			"enableCDI":          s.cfg.EnableCDI,
+			"cdiSpecDirs":        s.cfg.CDISpecDirs,
 		})
 		if err != nil {
 			return nil, err

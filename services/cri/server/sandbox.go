@@ -28,10 +28,6 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
-// runtimeType is the runtime v2 shim every pod runs on. Runtime handlers
-// other than the default are not mapped yet.
-const runtimeType = "io.containerd.runc.v2"
-
 // sandboxOOMScoreAdj keeps the pause container alive under memory
 // pressure, as containerd's CRI does.
 const sandboxOOMScoreAdj = -998
@@ -125,10 +121,11 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if md.GetName() == "" || md.GetNamespace() == "" || md.GetUid() == "" {
 		return nil, fmt.Errorf("sandbox metadata needs name, namespace and uid: %w", errdefs.ErrInvalidArgument)
 	}
-	if h := req.GetRuntimeHandler(); h != "" && h != "runc" {
-		return nil, fmt.Errorf("runtime handler %q: only the default (runc) is configured: %w", h, errdefs.ErrNotFound)
+	ociRuntime, err := s.runtimeFor(req.GetRuntimeHandler())
+	if err != nil {
+		return nil, fmt.Errorf("unable to get OCI runtime for sandbox %q: %w", md.GetName(), err)
 	}
-	userns, err := s.sandboxUserns(cfg)
+	userns, err := s.sandboxUserns(ctx, cfg, ociRuntime)
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +145,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		return nil, err
 	}
 	id := newID()
+	defer s.hideStarting(id)()
 	m := &sandboxMeta{ID: id, Name: name, Config: cfgBytes, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: nanos(time.Now()), config: cfg}
 
 	// Undo what was done, in reverse, when a later step fails; the
@@ -207,6 +205,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		oci.WithCgroup(cgroupsPath(cfg.GetLinux().GetCgroupParent(), id)),
 		s.withOOMScoreAdj(sandboxOOMScoreAdj),
 		withShm(shm, true),
+		ociRuntime.withPassthroughAnnotations(cfg.GetAnnotations(), nil),
 	}
 	if hostNetwork(cfg) {
 		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
@@ -252,7 +251,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	var rec containers.Container
 	c, err := s.client.NewContainer(lctx, id,
 		s.withRootfs(id, pause, &rootfs),
-		containerd.WithRuntime(runtimeType, s.runtimeOptions()),
+		ociRuntime.withRuntime(),
 		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(sandboxExtension, ext),
@@ -266,6 +265,14 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 			logging.G(ctx).Warn("undo sandbox container", "sandbox", id, "error", err)
 		}
 	})
+	if err := s.createPodRecord(ctx, rec); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() {
+		if err := s.deletePodRecord(cleanupCtx, id); err != nil {
+			logging.G(ctx).Warn("undo sandbox store record", "sandbox", id, "error", err)
+		}
+	})
 	task, err := s.createTask(ctx, rec, rootfs.mounts, cio.NullIO)
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox task: %w", err)
@@ -273,6 +280,9 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	undo = append(undo, func() { task.abort(cleanupCtx) })
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start sandbox task: %w", err)
+	}
+	if err := s.nriRunPod(ctx, m, rec); err != nil {
+		return nil, err
 	}
 	s.rememberCreated(rec, rootfs.mounts)
 	s.addName(kindSandbox, name, id)
@@ -508,7 +518,8 @@ func (s *Server) sandboxReady(ctx context.Context, id string) (bool, uint32) {
 
 // StopPodSandbox stops the pod's containers and its pause container and
 // tears its network down (CNI DEL once, recorded on the sandbox so that a
-// restarted cri process does not repeat it). The record stays.
+// restarted cri process does not repeat it). The records stay; the Sandbox
+// Store's is brought up to date.
 func (s *Server) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandboxRequest) (*runtime.StopPodSandboxResponse, error) {
 	ctx = withNamespace(ctx)
 	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
@@ -521,6 +532,9 @@ func (s *Server) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandbox
 		return nil, err
 	}
 	if err := s.stopSandbox(ctx, m); err != nil {
+		return nil, err
+	}
+	if err := s.refreshPodRecord(ctx, m.ID); err != nil {
 		return nil, err
 	}
 	return &runtime.StopPodSandboxResponse{}, nil
@@ -541,6 +555,7 @@ func (s *Server) stopSandbox(ctx context.Context, m *sandboxMeta) error {
 	if err := s.deleteTask(ctx, m.ID); err != nil {
 		return fmt.Errorf("stop sandbox %s: %w", m.ID, err)
 	}
+	s.nriStopPod(ctx, m)
 	// The pod's shared memory goes with its processes, as in containerd.
 	if !hostIPC(m.config) {
 		if err := unmountSandboxShm(s.sandboxShm(m)); err != nil {
@@ -598,7 +613,8 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	ctx = withNamespace(ctx)
 	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
 	if errdefs.IsNotFound(err) {
-		return &runtime.RemovePodSandboxResponse{}, nil
+		// A Sandbox Store record left by a crash goes too.
+		return &runtime.RemovePodSandboxResponse{}, s.deletePodRecord(ctx, req.GetPodSandboxId())
 	}
 	if err != nil {
 		return nil, err
@@ -617,6 +633,7 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	}
 	unlock := s.pods.lock(m.ID)
 	defer unlock()
+	s.nriRemovePod(ctx, m)
 	if err := os.RemoveAll(s.sandboxDir(m.ID)); err != nil {
 		return nil, fmt.Errorf("remove sandbox directory: %w", err)
 	}
@@ -626,6 +643,9 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	}
 	if err != nil && !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("remove sandbox %s: %w", m.ID, err)
+	}
+	if err := s.deletePodRecord(ctx, m.ID); err != nil {
+		return nil, err
 	}
 	s.pods.forget(m.ID)
 	return &runtime.RemovePodSandboxResponse{}, nil
@@ -682,7 +702,7 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandbox
 	f := req.GetFilter()
 	var out []*runtime.PodSandbox
 	for _, c := range recs {
-		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) {
+		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) || s.isStarting(c.ID) {
 			continue
 		}
 		m, err := decodeSandbox(c)

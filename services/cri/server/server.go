@@ -12,11 +12,15 @@ import (
 	"sync"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/transfer"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/services/cri/nri"
+	"github.com/flotilla-project/flotilla/services/cri/streaming"
 )
 
 // Namespace is the containerd namespace every CRI object lives in, as in
@@ -38,8 +42,6 @@ type Config struct {
 	// CNIConfDir is where a CNI network configuration makes the network
 	// ready (default /etc/cni/net.d).
 	CNIConfDir string
-	// MaxConcurrentDownloads bounds the layers one pull fetches at once.
-	MaxConcurrentDownloads int
 	// SandboxImage runs every pod's sandbox (pause) container (default
 	// registry.k8s.io/pause:3.10); pulled when missing.
 	SandboxImage string
@@ -54,9 +56,13 @@ type Config struct {
 	// daemon's own, as containerd's restrict_oom_score_adj; it is on
 	// anyway when the process lacks CAP_SYS_RESOURCE.
 	RestrictOOMScoreAdj bool
-	// RuncBinary is the runc the runc shim runs containers with (its
-	// BinaryName option); empty: the shim's default, runc in its PATH.
-	RuncBinary string
+	// Runtimes are the runtime handlers pods may ask for (see
+	// runtimes.go); nil: runc alone, as the default.
+	Runtimes *RuntimeHandlers
+	// EnableCDI lets containers ask for CDI devices, defined by the spec
+	// files in CDISpecDirs (see cdi.go).
+	EnableCDI   bool
+	CDISpecDirs []string
 }
 
 // Server implements runtime.v1.ImageService and runtime.v1.RuntimeService.
@@ -71,7 +77,10 @@ type Server struct {
 	cfg      Config
 	platform platforms.MatchComparer
 
-	pulls flightGroup[string]
+	// transfers runs pulls (pkg/imagetransfer); pulls joins concurrent
+	// PullImage calls of one image with the same credentials into one.
+	transfers Transferrer
+	pulls     flightGroup[string]
 	// imageIdx saves resolving an image reference a listing of all
 	// images; see imageindex.go.
 	imageIdx imageIndex
@@ -86,33 +95,50 @@ type Server struct {
 	pods podState
 
 	// streams is the streaming server (Exec, Attach, PortForward) and
-	// the containers' attach points; see streaming.go.
-	streams streamState
+	// the containers' attach points; see package streaming.
+	streams *streaming.Server
+
+	cdi cdiRegistry
+	// nri relays the pod and container lifecycle to NRI plugins (nil:
+	// NRI is off); starting holds the pods hidden until their
+	// RunPodSandbox returns. See nri.go.
+	nri      *nri.API
+	starting sync.Map
 }
 
-// New builds the server over a containerd client of the other services and
-// a connection to the gateway's own (daemon: events, the version). Its
-// background work (exit watchers, the image index's subscription, the
+// Transferrer runs image transfers: the transfer engine
+// (pkg/imagetransfer) over the graph's stores.
+type Transferrer interface {
+	Transfer(ctx context.Context, src, dst any, progress transfer.ProgressFunc) error
+}
+
+// New builds the server over a containerd client of the other services, a
+// connection to the gateway's own (daemon: events, the version) and the
+// transfer engine its pulls run on. Its background work (exit watchers, the image index's subscription, the
 // streaming server) logs through ctx.
-func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnInterface, cfg Config) *Server {
+func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnInterface, transfers Transferrer, cfg Config) *Server {
 	if cfg.Snapshotter == "" {
 		cfg.Snapshotter = "overlayfs"
 	}
 	if cfg.CNIConfDir == "" {
 		cfg.CNIConfDir = "/etc/cni/net.d"
 	}
-	if cfg.MaxConcurrentDownloads <= 0 {
-		cfg.MaxConcurrentDownloads = 3
-	}
 	cfg = withPodDefaults(cfg)
-	return &Server{
-		client:   client,
-		daemon:   daemon,
-		cfg:      cfg,
-		platform: platforms.Default(),
-		infos:    map[digest.Digest]*imageInfo{},
-		pods:     newPodState(ctx),
+	if cfg.Runtimes == nil {
+		cfg.Runtimes, _ = NewRuntimeHandlers("", nil) // the default cannot fail
 	}
+	s := &Server{
+		client:    client,
+		daemon:    daemon,
+		transfers: transfers,
+		cfg:       cfg,
+		platform:  platforms.Default(),
+		infos:     map[digest.Digest]*imageInfo{},
+		pods:      newPodState(ctx),
+		cdi:       cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
+	}
+	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})
+	return s
 }
 
 // Register adds both CRI services to s.

@@ -1,209 +1,46 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
-	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
-	"github.com/containerd/cgroups/v3/cgroup2"
-	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/errdefs"
-	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
-	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/stats"
 )
 
-// cgroupSample is what a container's or pod's stats are made of, whichever
-// cgroup version the shim (or this process) read them from.
-type cgroupSample struct {
-	at           time.Time
-	cpuNanos     uint64 // cumulative CPU time
-	memUsage     uint64
-	memLimit     uint64 // 0: none
-	inactiveFile uint64
-	rss          uint64
-	pgFault      uint64
-	pgMajFault   uint64
-	pids         uint64
-}
-
-// noMemoryLimit is what cgroup v1 reports for an unlimited cgroup
-// (PAGE_COUNTER_MAX pages) or more; anything above it means "no limit".
-const noMemoryLimit = uint64(1) << 62
-
-// sampleFromMetrics decodes what containerd-shim-runc-v2 answers to Stats:
-// an Any holding io.containerd.cgroups.v1.Metrics on cgroup v1 hosts and
-// io.containerd.cgroups.v2.Metrics on cgroup v2 hosts.
-func sampleFromMetrics(data *anypb.Any, at time.Time) (cgroupSample, error) {
-	if data == nil {
-		return cgroupSample{}, fmt.Errorf("task metrics carry no data: %w", errdefs.ErrNotFound)
-	}
-	v, err := typeurl.UnmarshalAny(data)
-	if err != nil {
-		return cgroupSample{}, fmt.Errorf("decode task metrics %s: %w", data.GetTypeUrl(), err)
-	}
-	return sampleFrom(v, at)
-}
-
-func sampleFrom(v any, at time.Time) (cgroupSample, error) {
-	s := cgroupSample{at: at}
-	switch m := v.(type) {
-	case *v1stats.Metrics:
-		s.cpuNanos = m.GetCPU().GetUsage().GetTotal()
-		mem := m.GetMemory()
-		s.memUsage, s.memLimit = mem.GetUsage().GetUsage(), mem.GetUsage().GetLimit()
-		s.inactiveFile, s.rss = mem.GetTotalInactiveFile(), mem.GetTotalRSS()
-		s.pgFault, s.pgMajFault = mem.GetTotalPgFault(), mem.GetTotalPgMajFault()
-		s.pids = m.GetPids().GetCurrent()
-	case *v2stats.Metrics:
-		s.cpuNanos = m.GetCPU().GetUsageUsec() * 1000
-		mem := m.GetMemory()
-		s.memUsage, s.memLimit = mem.GetUsage(), mem.GetUsageLimit()
-		s.inactiveFile, s.rss = mem.GetInactiveFile(), mem.GetAnon()
-		s.pgFault, s.pgMajFault = mem.GetPgfault(), mem.GetPgmajfault()
-		s.pids = m.GetPids().GetCurrent()
-	default:
-		return cgroupSample{}, fmt.Errorf("task metrics of type %T: %w", v, errdefs.ErrNotImplemented)
-	}
-	if s.memLimit >= noMemoryLimit {
-		s.memLimit = 0
-	}
-	return s, nil
-}
-
-// add sums two samples (a pod without a cgroup of its own is the sum of
-// its containers).
-func (s cgroupSample) add(o cgroupSample) cgroupSample {
-	if o.at.After(s.at) {
-		s.at = o.at
-	}
-	s.cpuNanos += o.cpuNanos
-	s.memUsage += o.memUsage
-	s.inactiveFile += o.inactiveFile
-	s.rss += o.rss
-	s.pgFault += o.pgFault
-	s.pgMajFault += o.pgMajFault
-	s.pids += o.pids
-	return s
-}
-
-// workingSet is usage less the inactive file cache, the kubelet's
-// eviction signal (as cAdvisor and containerd compute it).
-func (s cgroupSample) workingSet() uint64 {
-	if s.inactiveFile < s.memUsage {
-		return s.memUsage - s.inactiveFile
-	}
-	return 0
-}
-
-func u64(v uint64) *runtime.UInt64Value { return &runtime.UInt64Value{Value: v} }
-
-func (s cgroupSample) cpu(nanoCores *uint64) *runtime.CpuUsage {
-	c := &runtime.CpuUsage{Timestamp: s.at.UnixNano(), UsageCoreNanoSeconds: u64(s.cpuNanos)}
-	if nanoCores != nil {
-		c.UsageNanoCores = u64(*nanoCores)
-	}
-	return c
-}
-
-func (s cgroupSample) memory() *runtime.MemoryUsage {
-	ws := s.workingSet()
-	m := &runtime.MemoryUsage{
-		Timestamp:       s.at.UnixNano(),
-		WorkingSetBytes: u64(ws),
-		UsageBytes:      u64(s.memUsage),
-		RssBytes:        u64(s.rss),
-		PageFaults:      u64(s.pgFault),
-		MajorPageFaults: u64(s.pgMajFault),
-	}
-	if s.memLimit > 0 {
-		avail := uint64(0)
-		if s.memLimit > ws {
-			avail = s.memLimit - ws
-		}
-		m.AvailableBytes = u64(avail)
-	}
-	return m
-}
-
-// cpuRates turns cumulative CPU time into nano-cores, from the previous
-// sample of the same object. The samples live in this process only: after
-// a restart the first call reports no rate, as a new object's does.
-type cpuRates struct {
-	mu   sync.Mutex
-	last map[string]cgroupSample
-}
-
-var rates = &cpuRates{last: map[string]cgroupSample{}}
-
-func (r *cpuRates) nanoCores(id string, s cgroupSample) *uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	prev, ok := r.last[id]
-	if !ok || !s.at.After(prev.at) {
-		if !ok {
-			r.last[id] = s
-		}
-		return nil
-	}
-	r.last[id] = s
-	if s.cpuNanos < prev.cpuNanos {
-		return nil
-	}
-	v := uint64(float64(s.cpuNanos-prev.cpuNanos) / float64(s.at.Sub(prev.at).Nanoseconds()) * 1e9)
-	return &v
-}
-
-func (r *cpuRates) forget(id string) {
-	r.mu.Lock()
-	delete(r.last, id)
-	r.mu.Unlock()
-}
+// rates gives the stats their CPU rates; podState.forget drops an
+// object's samples with the object.
+var rates = stats.NewCPURates()
 
 // taskSamples asks the tasks service for the metrics of the given tasks
 // (all in the namespace when ids is empty).
-func (s *Server) taskSamples(ctx context.Context, ids ...string) (map[string]cgroupSample, error) {
-	var filters []string
-	for _, id := range ids {
-		filters = append(filters, fmt.Sprintf("id==%q", id))
-	}
-	resp, err := s.client.TaskService().Metrics(ctx, &tasksapi.MetricsRequest{Filters: filters})
+func (s *Server) taskSamples(ctx context.Context, ids ...string) (map[string]stats.Sample, error) {
+	raw, err := s.taskMetrics(ctx, ids...)
 	if err != nil {
-		return nil, fmt.Errorf("task metrics: %w", errgrpc.ToNative(err))
+		return nil, err
 	}
-	out := map[string]cgroupSample{}
-	for _, m := range resp.GetMetrics() {
-		at := time.Now()
-		if m.GetTimestamp() != nil {
-			at = m.GetTimestamp().AsTime()
-		}
-		sample, err := sampleFromMetrics(m.GetData(), at)
+	out := map[string]stats.Sample{}
+	for id, m := range raw {
+		sample, err := stats.FromMetrics(m.v, m.at)
 		if err != nil {
-			logging.G(ctx).Debug("unreadable task metrics", "task", m.GetID(), "error", err)
+			logging.G(ctx).Debug("unreadable task metrics", "task", id, "error", err)
 			continue
 		}
-		out[m.GetID()] = sample
+		out[id] = sample
 	}
 	return out, nil
 }
 
 // containerStats builds one container's stats from its task's sample
 // (none for a container that does not run) and its writable layer.
-func (s *Server) containerStats(ctx context.Context, m *containerMeta, sample *cgroupSample) *runtime.ContainerStats {
+func (s *Server) containerStats(ctx context.Context, m *containerMeta, sample *stats.Sample) *runtime.ContainerStats {
 	st := &runtime.ContainerStats{Attributes: &runtime.ContainerAttributes{
 		Id:          m.ID,
 		Metadata:    m.config.GetMetadata(),
@@ -211,8 +48,8 @@ func (s *Server) containerStats(ctx context.Context, m *containerMeta, sample *c
 		Annotations: m.config.GetAnnotations(),
 	}}
 	if sample != nil {
-		st.Cpu = sample.cpu(rates.nanoCores(m.ID, *sample))
-		st.Memory = sample.memory()
+		st.Cpu = sample.CPU(rates.NanoCores(m.ID, *sample))
+		st.Memory = sample.Memory()
 	}
 	st.WritableLayer = s.writableLayer(ctx, m.ID)
 	return st
@@ -229,8 +66,8 @@ func (s *Server) writableLayer(ctx context.Context, id string) *runtime.Filesyst
 	return &runtime.FilesystemUsage{
 		Timestamp:  time.Now().UnixNano(),
 		FsId:       &runtime.FilesystemIdentifier{Mountpoint: s.cfg.ImageFSPath},
-		UsedBytes:  u64(uint64(u.Size)),
-		InodesUsed: u64(uint64(u.Inodes)),
+		UsedBytes:  &runtime.UInt64Value{Value: uint64(u.Size)},
+		InodesUsed: &runtime.UInt64Value{Value: uint64(u.Inodes)},
 	}
 }
 
@@ -245,7 +82,7 @@ func (s *Server) ContainerStats(ctx context.Context, req *runtime.ContainerStats
 	if err != nil {
 		return nil, err
 	}
-	var sample *cgroupSample
+	var sample *stats.Sample
 	if v, ok := samples[m.ID]; ok {
 		sample = &v
 	}
@@ -280,7 +117,7 @@ func (s *Server) ListContainerStats(ctx context.Context, req *runtime.ListContai
 		if !matchLabels(m.config.GetLabels(), f.GetLabelSelector()) {
 			continue
 		}
-		var sample *cgroupSample
+		var sample *stats.Sample
 		if v, ok := samples[m.ID]; ok {
 			sample = &v
 		}
@@ -345,7 +182,7 @@ func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtime.ListPodSa
 	return &runtime.ListPodSandboxStatsResponse{Stats: out}, nil
 }
 
-func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.Container, samples map[string]cgroupSample) *runtime.PodSandboxStats {
+func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.Container, samples map[string]stats.Sample) *runtime.PodSandboxStats {
 	st := &runtime.PodSandboxStats{
 		Attributes: &runtime.PodSandboxAttributes{
 			Id:          sb.ID,
@@ -358,9 +195,9 @@ func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.
 	// The pod as a whole: its cgroup parent when it has one (the
 	// kubelet's pod cgroup holds the pause and every container), else
 	// the sum of its tasks.
-	var pod *cgroupSample
+	var pod *stats.Sample
 	if parent := sb.config.GetLinux().GetCgroupParent(); parent != "" {
-		if v, err := readCgroup(parent); err == nil {
+		if v, err := stats.ReadCgroup(parent); err == nil {
 			pod = &v
 		} else {
 			logging.G(ctx).Debug("pod cgroup stats", "sandbox", sb.ID, "cgroup", parent, "error", err)
@@ -371,18 +208,18 @@ func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.
 			pod = &v
 			for _, c := range cs {
 				if cv, ok := samples[c.ID]; ok {
-					*pod = pod.add(cv)
+					*pod = pod.Add(cv)
 				}
 			}
 		}
 	}
 	if pod != nil {
-		st.Linux.Cpu = pod.cpu(rates.nanoCores(sb.ID, *pod))
-		st.Linux.Memory = pod.memory()
-		st.Linux.Process = &runtime.ProcessUsage{Timestamp: pod.at.UnixNano(), ProcessCount: u64(pod.pids)}
+		st.Linux.Cpu = pod.CPU(rates.NanoCores(sb.ID, *pod))
+		st.Linux.Memory = pod.Memory()
+		st.Linux.Process = pod.Process()
 	}
 	if ready, pid := s.sandboxReady(ctx, sb.ID); ready && pid != 0 && sb.NetNS != "" {
-		if n, err := readNetDev(fmt.Sprintf("/proc/%d/net/dev", pid)); err == nil {
+		if n, err := stats.ReadNetDev(fmt.Sprintf("/proc/%d/net/dev", pid)); err == nil {
 			st.Linux.Network = n
 		} else {
 			logging.G(ctx).Debug("pod network stats", "sandbox", sb.ID, "error", err)
@@ -393,86 +230,13 @@ func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.
 		if err != nil {
 			continue
 		}
-		var sample *cgroupSample
+		var sample *stats.Sample
 		if v, ok := samples[m.ID]; ok {
 			sample = &v
 		}
 		st.Linux.Containers = append(st.Linux.Containers, s.containerStats(ctx, m, sample))
 	}
 	return st
-}
-
-// readCgroup reads a cgroup's stats with the cgroupfs layout runc uses
-// for an absolute cgroupsPath: /sys/fs/cgroup/<controller>/<path> on
-// cgroup v1 (and hybrid) hosts, /sys/fs/cgroup/<path> on cgroup v2 hosts.
-func readCgroup(path string) (cgroupSample, error) {
-	now := time.Now()
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroup2.Load(path)
-		if err != nil {
-			return cgroupSample{}, err
-		}
-		st, err := m.Stat()
-		if err != nil {
-			return cgroupSample{}, err
-		}
-		return sampleFrom(st, now)
-	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
-	if err != nil {
-		return cgroupSample{}, err
-	}
-	st, err := cg.Stat(cgroup1.IgnoreNotExist)
-	if err != nil {
-		return cgroupSample{}, err
-	}
-	return sampleFrom(st, now)
-}
-
-// readNetDev reads a network namespace's interface counters from
-// /proc/<pid>/net/dev of a process inside it; eth0 (the CNI default) is
-// the default interface, the loopback is left out.
-func readNetDev(path string) (*runtime.NetworkUsage, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return parseNetDev(f, time.Now())
-}
-
-func parseNetDev(r io.Reader, at time.Time) (*runtime.NetworkUsage, error) {
-	n := &runtime.NetworkUsage{Timestamp: at.UnixNano()}
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		name, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue // the two header lines
-		}
-		name = strings.TrimSpace(name)
-		fields := strings.Fields(rest)
-		// receive: bytes packets errs drop fifo frame compressed
-		// multicast; transmit: bytes packets errs ...
-		if name == "lo" || len(fields) < 11 {
-			continue
-		}
-		num := func(i int) *runtime.UInt64Value {
-			v, _ := strconv.ParseUint(fields[i], 10, 64)
-			return u64(v)
-		}
-		iface := &runtime.NetworkInterfaceUsage{Name: name, RxBytes: num(0), RxErrors: num(2), TxBytes: num(8), TxErrors: num(10)}
-		n.Interfaces = append(n.Interfaces, iface)
-		if name == "eth0" {
-			n.DefaultInterface = iface
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	if n.DefaultInterface == nil && len(n.Interfaces) > 0 {
-		n.DefaultInterface = n.Interfaces[0]
-	}
-	return n, nil
 }
 
 // oomKilled asks the task's cgroup whether the kernel's OOM killer took
@@ -489,11 +253,8 @@ func (s *Server) oomKilled(ctx context.Context, id string) bool {
 		if err != nil {
 			continue
 		}
-		switch mt := v.(type) {
-		case *v1stats.Metrics:
-			return mt.GetMemoryOomControl().GetOomKill() > 0
-		case *v2stats.Metrics:
-			return mt.GetMemoryEvents().GetOomKill() > 0
+		if stats.OOMKilled(v) {
+			return true
 		}
 	}
 	return false

@@ -189,6 +189,9 @@ func (s *Server) getSandbox(ctx context.Context, id string) (*sandboxMeta, error
 	if err != nil {
 		return nil, err
 	}
+	if s.isStarting(c.ID) {
+		return nil, fmt.Errorf("sandbox %s is being created: %w", c.ID, errdefs.ErrNotFound)
+	}
 	return decodeSandbox(c)
 }
 
@@ -335,7 +338,7 @@ func (p *podState) forget(id string) {
 	delete(p.logs, id)
 	delete(p.created, id)
 	p.mu.Unlock()
-	rates.forget(id)
+	rates.Forget(id)
 }
 
 func nanos(t time.Time) int64 { return t.UnixNano() }

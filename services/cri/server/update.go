@@ -46,42 +46,60 @@ func (s *Server) UpdateContainerResources(ctx context.Context, req *runtime.Upda
 	if err != nil {
 		return nil, err
 	}
+	// NRI plugins may change what is applied.
+	r, err := s.nriUpdateContainer(ctx, m.ID, req.GetLinux())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.updateContainerResources(ctx, m.ID, r); err != nil {
+		return nil, err
+	}
+	s.nriPostUpdateContainer(ctx, m.ID)
+	return &runtime.UpdateContainerResourcesResponse{}, nil
+}
+
+// updateContainerResources is UpdateContainerResources without NRI: also
+// what NRI plugins' own updates go through.
+func (s *Server) updateContainerResources(ctx context.Context, id string, r *runtime.LinuxContainerResources) error {
+	m, _, err := s.getContainer(ctx, id)
+	if err != nil {
+		return err
+	}
 	unlock := s.pods.lock(m.ID)
 	defer unlock()
 	// Again under the lock: a start or exit may have rewritten it.
 	m, _, err = s.getContainer(ctx, m.ID)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c, err := s.client.LoadContainer(ctx, m.ID)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	spec, err := c.Spec(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("spec of container %s: %w", m.ID, err)
+		return fmt.Errorf("spec of container %s: %w", m.ID, err)
 	}
-	r := req.GetLinux()
 	for _, opt := range []oci.SpecOpts{withResources(r), withMoreResources(r)} {
 		if err := opt(ctx, nil, nil, spec); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if state, _, _ := s.containerState(ctx, m); state == runtime.ContainerState_CONTAINER_RUNNING {
 		task, err := c.Task(ctx, nil)
 		if err != nil {
-			return nil, fmt.Errorf("task of container %s: %w", m.ID, err)
+			return fmt.Errorf("task of container %s: %w", m.ID, err)
 		}
 		if err := task.Update(ctx, containerd.WithResources(spec.Linux.Resources)); err != nil {
-			return nil, fmt.Errorf("update resources of container %s: %w", m.ID, err)
+			return fmt.Errorf("update resources of container %s: %w", m.ID, err)
 		}
 	}
 	specAny, err := typeurl.MarshalAnyToProto(spec)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if _, err := s.client.ContainerService().Update(ctx, containers.Container{ID: m.ID, Spec: specAny}, "spec"); err != nil {
-		return nil, fmt.Errorf("record spec of container %s: %w", m.ID, err)
+		return fmt.Errorf("record spec of container %s: %w", m.ID, err)
 	}
 	cfg := proto.Clone(m.config).(*runtime.ContainerConfig)
 	if cfg.Linux == nil {
@@ -89,13 +107,13 @@ func (s *Server) UpdateContainerResources(ctx context.Context, req *runtime.Upda
 	}
 	cfg.Linux.Resources = r
 	if m.Config, err = proto.Marshal(cfg); err != nil {
-		return nil, err
+		return err
 	}
 	m.config = cfg
 	if err := s.saveContainer(ctx, m); err != nil {
-		return nil, err
+		return err
 	}
-	return &runtime.UpdateContainerResourcesResponse{}, nil
+	return nil
 }
 
 // withMoreResources sets what withResources leaves out and only an update
@@ -137,7 +155,7 @@ func (s *Server) ReopenContainerLog(ctx context.Context, req *runtime.ReopenCont
 	if lg == nil || lg.file == nil {
 		return nil, fmt.Errorf("container %s has no log this process writes: %w", m.ID, errdefs.ErrFailedPrecondition)
 	}
-	if err := lg.file.reopen(); err != nil {
+	if err := lg.file.Reopen(); err != nil {
 		return nil, err
 	}
 	return &runtime.ReopenContainerLogResponse{}, nil

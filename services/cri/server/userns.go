@@ -19,24 +19,22 @@ package server
 //     request's mounts that carry mappings are idmapped bind mounts,
 //     which runc (1.2 or later) makes from the spec's mount mappings.
 //
-// Only a runc that reports idmapped mounts in `runc features` can do
-// this; a pod asking for mode POD on another is refused before anything
-// is made.
+// Only a handler whose runc reports user namespaces and idmapped mounts
+// in `runc features` (the UserNamespaces feature Status reports of it)
+// can do this, on a kernel that makes idmapped mounts; a pod asking for
+// mode POD on another is refused before anything is made.
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 
-	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -105,13 +103,14 @@ func parseIDMapping(kind string, in []*runtime.IDMapping) ([]specs.LinuxIDMappin
 }
 
 // sandboxUserns validates a pod's user namespace request and, for mode
-// POD, that the runtime can run it: the error is the pod's answer.
-func (s *Server) sandboxUserns(cfg *runtime.PodSandboxConfig) (*podUserns, error) {
+// POD, that the pod's runtime handler can run it (what its runtime
+// reports, as Status has it): the error is the pod's answer.
+func (s *Server) sandboxUserns(ctx context.Context, cfg *runtime.PodSandboxConfig, r *ociRuntime) (*podUserns, error) {
 	u, err := parseUserns(cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions())
 	if err != nil || !u.enabled() {
 		return u, err
 	}
-	if err := s.usernsSupported(); err != nil {
+	if err := s.userNamespacesOn(ctx, r); err != nil {
 		return nil, err
 	}
 	return u, nil
@@ -416,84 +415,13 @@ func (s *Server) idmapDir(id string) string {
 	return filepath.Join(s.cfg.StateDir, "idmap", id)
 }
 
-// runtimeOptions are the runc options containers are created with: the
-// configured runc binary, else the shim's default.
-func (s *Server) runtimeOptions() any {
-	if s.cfg.RuncBinary == "" {
-		return nil
-	}
-	return &runcoptions.Options{BinaryName: s.cfg.RuncBinary}
-}
+// kernelIDMapSupported says whether the kernel can make idmapped mounts,
+// tried once.
+var kernelIDMapSupported = sync.OnceValue(probeKernelIDMap)
 
-// runcFeatures is what `runc features` says of a runc binary; runcs
-// older than 1.1 have no such command.
-type runcFeatures struct {
-	Linux struct {
-		Namespaces      []string `json:"namespaces"`
-		MountExtensions struct {
-			IDMap struct {
-				Enabled *bool `json:"enabled"`
-			} `json:"idmap"`
-		} `json:"mountExtensions"`
-	} `json:"linux"`
-}
-
-var runcSupport sync.Map // binary -> error (nil: user namespaces supported)
-
-// usernsSupported says why pods cannot have user namespaces here, or nil
-// when they can: runc must do idmapped mounts, and the kernel too.
-func (s *Server) usernsSupported() error {
-	bin := s.cfg.RuncBinary
-	if bin == "" {
-		bin = "runc"
-	}
-	if v, ok := runcSupport.Load(bin); ok {
-		err, _ := v.(error)
-		return err
-	}
-	err := checkUsernsSupport(bin)
-	runcSupport.Store(bin, err)
-	return err
-}
-
-func checkUsernsSupport(bin string) error {
-	version := "unknown version"
-	if out, err := exec.Command(bin, "--version").Output(); err == nil {
-		if first, _, _ := strings.Cut(string(out), "\n"); first != "" {
-			version = strings.TrimSpace(first)
-		}
-	}
-	unsupported := func(why string) error {
-		return fmt.Errorf("user namespaces (mode POD) are not supported by the runtime: %s (%s) %s; runc 1.2 or later is needed: %w",
-			bin, version, why, errdefs.ErrFailedPrecondition)
-	}
-	out, err := exec.Command(bin, "features").Output()
-	if err != nil {
-		return unsupported("does not report its features")
-	}
-	var f runcFeatures
-	if err := json.Unmarshal(out, &f); err != nil {
-		return unsupported("reports unreadable features")
-	}
-	hasUser := false
-	for _, ns := range f.Linux.Namespaces {
-		hasUser = hasUser || ns == "user"
-	}
-	if !hasUser {
-		return unsupported("has no user namespaces")
-	}
-	if e := f.Linux.MountExtensions.IDMap.Enabled; e == nil || !*e {
-		return unsupported("cannot make idmapped mounts")
-	}
-	if err := kernelIDMapSupported(); err != nil {
-		return fmt.Errorf("user namespaces (mode POD): the kernel cannot make idmapped mounts: %v: %w", err, errdefs.ErrFailedPrecondition)
-	}
-	return nil
-}
-
-// kernelIDMapSupported tries an idmapped clone of a directory of this
+// probeKernelIDMap tries an idmapped clone of a directory of this
 // process's own (never attached anywhere).
-func kernelIDMapSupported() error {
+func probeKernelIDMap() error {
 	dir, err := os.MkdirTemp("", "flotilla-idmap-probe")
 	if err != nil {
 		return err

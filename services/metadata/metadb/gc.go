@@ -44,7 +44,8 @@ type GCStats struct {
 
 // GarbageCollect removes what no root reaches. Roots are images, leases
 // that have not expired (with what they hold), content labelled
-// containerd.io/gc.root and ingests that have not expired; references follow
+// containerd.io/gc.root, ingests that have not expired and what sandboxes'
+// labels reference; references follow
 // the containerd.io/gc.ref.* labels. Then blobs and ingests of the content
 // service that no namespace records any more are removed there.
 func (db *DB) GarbageCollect(ctx context.Context) (GCStats, error) {
@@ -248,6 +249,16 @@ func scanRoots(v1 *bolt.Bucket, now time.Time) ([]gc.Node, error) {
 			_ = cb.ForEach(func(k, v []byte) error {
 				if v == nil {
 					roots = append(roots, gc.Node{Type: gc.Container, Namespace: ns, Key: string(k)})
+				}
+				return nil
+			})
+		}
+		// What a sandbox's labels reference is a root, as in containerd:
+		// a sandbox is not a resource of its own that others reference.
+		if sb := nb.Bucket(bucketSandboxes); sb != nil {
+			_ = sb.ForEach(func(k, v []byte) error {
+				if v == nil {
+					labelRefs(sb.Bucket(k).Bucket(bucketLabels), ns, func(n gc.Node) { roots = append(roots, n) })
 				}
 				return nil
 			})

@@ -45,6 +45,10 @@
 //	    │       ├── record : proto     the containerd API message
 //	    │       ├── snapshotter, snapshotkey : string   what GC follows
 //	    │       └── labels/<key> : <value>
+//	    ├── sandboxes                      containerd's Sandbox Store
+//	    │   └── <id>
+//	    │       ├── record : proto     the containerd API message (types.Sandbox)
+//	    │       └── labels/<key> : <value>   gc.ref.* here are roots
 //	    └── leases
 //	        └── <id>
 //	            ├── createdat : time
@@ -93,4 +97,5 @@ var (
 	keyRecord        = []byte("record")
 	keySnapshotter   = []byte("snapshotter")
 	keySnapshotKey   = []byte("snapshotkey")
+	bucketSandboxes  = []byte("sandboxes")
 )

@@ -1,6 +1,7 @@
 // Package server is the metadata service's gRPC face: containerd's
-// namespaced Namespaces, Images, Leases and Content APIs over meta.db, and
-// the publisher that sends their events to the gateway's exchange.
+// namespaced Namespaces, Images, Leases, Content, Containers and Sandbox
+// Store APIs over meta.db, and the publisher that sends their events to the
+// gateway's exchange.
 package server
 
 import (
@@ -19,6 +20,7 @@ var Routes = []string{
 	"containerd.services.content.v1.Content",
 	"containerd.services.snapshots.v1.Snapshots",
 	"containerd.services.containers.v1.Containers",
+	"containerd.services.sandbox.v1.Store",
 }
 
 // Register returns a function that adds every API over db to a server.
@@ -28,6 +30,7 @@ func Register(db *metadb.DB, pub *Publisher) func(grpc.ServiceRegistrar) {
 		(&Images{db: db, pub: pub}).Register(srv)
 		(&Leases{db: db}).Register(srv)
 		(&Containers{db: db, pub: pub}).Register(srv)
+		(&Sandboxes{db: db}).Register(srv)
 		newContent(db, pub).Register(srv)
 		(&Ingests{store: db.Content(), pub: pub}).Register(srv)
 		snapshotserver.NewPicking(pickSnapshotter(db, pub)).Register(srv)

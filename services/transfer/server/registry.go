@@ -5,38 +5,26 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 
 	transfertypes "github.com/containerd/containerd/api/types/transfer"
-	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/core/streaming"
-	"github.com/containerd/containerd/v2/core/transfer"
 	tstreaming "github.com/containerd/containerd/v2/core/transfer/streaming"
 	"github.com/containerd/containerd/v2/pkg/httpdbg"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/flotilla-project/flotilla/pkg/imagetransfer"
 )
 
-// registry is a registry a transfer pulls from or pushes to: containerd's
-// OCIRegistry transfer type, resolved with containerd's docker resolver
-// and the hosts.toml of the request's host directory (the service's when
-// the request names none), asking the client for credentials over the
-// stream the request names when the registry wants some.
-type registry struct {
-	ref      string
-	resolver remotes.Resolver
-}
-
-var (
-	_ transfer.ImageFetcher = (*registry)(nil)
-	_ transfer.ImagePusher  = (*registry)(nil)
-)
-
-func newRegistry(ctx context.Context, a typeurl.Any, streams streaming.StreamGetter, hostDir string) (*registry, error) {
+// newRegistry is the registry a request names: containerd's OCIRegistry
+// transfer type, resolved with containerd's docker resolver and the
+// hosts.toml of the request's host directory (the service's when the
+// request names none), asking the client for credentials over the stream
+// the request names when the registry wants some.
+func newRegistry(ctx context.Context, a typeurl.Any, streams streaming.StreamGetter, hostDir string) (*imagetransfer.Registry, error) {
 	var s transfertypes.OCIRegistry
 	if err := typeurl.UnmarshalTo(a, &s); err != nil {
 		return nil, fmt.Errorf("registry: %v: %w", err, errdefs.ErrInvalidArgument)
@@ -92,9 +80,9 @@ func newRegistry(ctx context.Context, a typeurl.Any, streams streaming.StreamGet
 			return nil
 		}
 	}
-	return &registry{
-		ref: s.Reference,
-		resolver: docker.NewResolver(docker.ResolverOptions{
+	return &imagetransfer.Registry{
+		Ref: s.Reference,
+		Resolver: docker.NewResolver(docker.ResolverOptions{
 			Hosts:   config.ConfigureHosts(ctx, opts),
 			Headers: headers,
 		}),
@@ -104,34 +92,6 @@ func newRegistry(ctx context.Context, a typeurl.Any, streams streaming.StreamGet
 type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
-
-func (r *registry) String() string { return fmt.Sprintf("OCI Registry (%s)", r.ref) }
-
-// Image is the reference the transfer names.
-func (r *registry) Image() string { return r.ref }
-
-func (r *registry) Resolve(ctx context.Context) (string, ocispec.Descriptor, error) {
-	return r.resolver.Resolve(ctx, r.ref)
-}
-
-func (r *registry) SetResolverOptions(opts ...transfer.ImageResolverOption) {
-	if s, ok := r.resolver.(remotes.ResolverWithOptions); ok {
-		s.SetOptions(opts...)
-	}
-}
-
-func (r *registry) Fetcher(ctx context.Context, ref string) (transfer.Fetcher, error) {
-	return r.resolver.Fetcher(ctx, ref)
-}
-
-func (r *registry) Pusher(ctx context.Context, desc ocispec.Descriptor) (transfer.Pusher, error) {
-	ref := r.ref
-	// A tag is pushed for the one manifest it is given.
-	if !strings.Contains(ref, "@") {
-		ref += "@" + desc.Digest.String()
-	}
-	return r.resolver.Pusher(ctx, ref)
-}
 
 // credentials asks the client for a registry's credentials, one question
 // at a time, over the stream it opened for them.

@@ -1,4 +1,4 @@
-package engine
+package imagetransfer
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/core/transfer"
 	"github.com/containerd/containerd/v2/pkg/labels"
 	"github.com/containerd/containerd/v2/pkg/reference"
+	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -87,6 +88,9 @@ func (e *Engine) pullImage(ctx context.Context, src transfer.ImageFetcher, dst t
 		return err
 	}
 	if u != nil {
+		if e.annotates(ctx, dst, u.snapshotter) {
+			handler = snapshotters.AppendInfoHandlerWrapper(name)(handler)
+		}
 		handler = u.wrap(handler)
 	}
 	if err := images.Dispatch(ctx, handler, nil, desc); err != nil {
@@ -206,4 +210,13 @@ func (s *source) appendTo(ctx context.Context, cs content.Manager, desc ocispec.
 	}
 	_, err = cs.Update(ctx, content.Info{Digest: desc.Digest, Labels: map[string]string{s.key: value}}, "labels."+s.key)
 	return err
+}
+
+// annotates says whether a pull into dst labels its layers' snapshots for
+// lazy snapshotters: when dst asks, or the snapshotter does.
+func (e *Engine) annotates(ctx context.Context, dst transfer.ImageStorer, snapshotter string) bool {
+	if a, ok := dst.(SnapshotAnnotator); ok && a.AnnotateSnapshots() {
+		return true
+	}
+	return e.stores.RemoteSnapshotAnnotations != nil && e.stores.RemoteSnapshotAnnotations(ctx, snapshotter)
 }

@@ -1,8 +1,6 @@
-package server
+package stats
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +36,7 @@ func TestShimMetricsOfEitherCgroupVersionBecomeStats(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			mem := s.memory()
+			mem := s.Memory()
 			if s.cpuNanos != 5_000_000 || mem.GetWorkingSetBytes().GetValue() != 8<<20 || mem.GetRssBytes().GetValue() != 6<<20 || s.pids != 3 {
 				t.Fatalf("sample %+v, memory %v", s, mem)
 			}
@@ -50,13 +48,13 @@ func TestShimMetricsOfEitherCgroupVersionBecomeStats(t *testing.T) {
 }
 
 func TestNanoCoresComeFromTwoSamples(t *testing.T) {
-	r := &cpuRates{last: map[string]cgroupSample{}}
+	r := NewCPURates()
 	t0 := time.Unix(100, 0)
-	if v := r.nanoCores("c", cgroupSample{at: t0, cpuNanos: 1e9}); v != nil {
+	if v := r.NanoCores("c", Sample{at: t0, cpuNanos: 1e9}); v != nil {
 		t.Fatalf("first sample has a rate: %d", *v)
 	}
 	// Half a CPU over two seconds.
-	v := r.nanoCores("c", cgroupSample{at: t0.Add(2 * time.Second), cpuNanos: 2e9})
+	v := r.NanoCores("c", Sample{at: t0.Add(2 * time.Second), cpuNanos: 2e9})
 	if v == nil || *v != 5e8 {
 		t.Fatalf("nano-cores %v, want 5e8", v)
 	}
@@ -78,28 +76,5 @@ func TestNetDevCountsPodInterfacesButLoopback(t *testing.T) {
 	d := n.DefaultInterface
 	if d.RxBytes.Value != 1500 || d.RxErrors.Value != 1 || d.TxBytes.Value != 700 || d.TxErrors.Value != 2 {
 		t.Fatalf("eth0 counters %v", d)
-	}
-}
-
-func TestReopenedLogWritesToANewFileAtThePath(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "c.log")
-	lg, err := newContainerLog(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, _ := lg.writers()
-	_, _ = stdout.Write([]byte("before\n"))
-	if err := os.Rename(path, path+".1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := lg.file.reopen(); err != nil {
-		t.Fatal(err)
-	}
-	_, _ = stdout.Write([]byte("after\n"))
-	lg.Close()
-	old, _ := os.ReadFile(path + ".1")
-	cur, _ := os.ReadFile(path)
-	if !strings.Contains(string(old), "before") || strings.Contains(string(old), "after") || !strings.Contains(string(cur), "stdout F after") {
-		t.Fatalf("rotated file %q, new file %q", old, cur)
 	}
 }

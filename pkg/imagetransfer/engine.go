@@ -1,4 +1,4 @@
-// Package engine is Flotilla's transfer engine: what containerd's local
+// Package imagetransfer is Flotilla's transfer engine: what containerd's local
 // transfer service does (pull, push, import, export, tag), written for a
 // graph of processes. It runs beside the stores and reaches them through
 // the interfaces in Stores; what a pull downloads goes to the content store
@@ -14,7 +14,7 @@
 //
 // Every transfer runs under a lease (the client's, or one of its own that it
 // deletes at the end), so what a failed transfer wrote is collected.
-package engine
+package imagetransfer
 
 import (
 	"context"
@@ -57,6 +57,18 @@ type Stores struct {
 	// Capabilities returns the capabilities of the named snapshotter
 	// (snapshots.RebaseCap lets a pull unpack layers in parallel).
 	Capabilities func(ctx context.Context, name string) ([]string, error)
+	// RemoteSnapshotAnnotations, when not nil, says whether the named
+	// snapshotter asks for the snapshot labels of lazy snapshotters (it
+	// exports enable_remote_snapshot_annotations, as containerd reads it).
+	RemoteSnapshotAnnotations func(ctx context.Context, name string) bool
+}
+
+// SnapshotAnnotator is an image destination that wants every unpacked
+// layer's snapshot labelled for lazy snapshotters whatever the snapshotter
+// says (containerd's CRI pulls always label them): the image reference,
+// the layer's digest and the image's layers (pkg/snapshotters).
+type SnapshotAnnotator interface {
+	AnnotateSnapshots() bool
 }
 
 // StreamApplier applies a layer from its blob's bytes as they arrive.

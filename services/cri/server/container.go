@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/containerd/cgroups/v3"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
@@ -221,10 +223,17 @@ func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, 
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.PIDNamespace, Path: pause("pid")}))
 	}
 
+	usernsOpts, err := usernsContainerOpts(sb.config, cfg, pausePid)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, usernsOpts...)
+
 	mounts, propagation, err := s.containerMounts(sb, cfg, imageMounts)
 	if err != nil {
 		return nil, err
 	}
+	mounts = idmapContainerMounts(mounts, s.sandboxDir(sb.ID), cfg, sb.config)
 	if propagation != "" {
 		opts = append(opts, withRootfsPropagation(propagation))
 	}
@@ -310,15 +319,44 @@ func withResources(r *runtime.LinuxContainerResources) oci.SpecOpts {
 			res.CPU.Period = &period
 		}
 		res.CPU.Cpus, res.CPU.Mems = r.GetCpusetCpus(), r.GetCpusetMems()
-		if v := r.GetMemoryLimitInBytes(); v != 0 {
+		limit, swap := r.GetMemoryLimitInBytes(), r.GetMemorySwapLimitInBytes()
+		if limit != 0 || swap != 0 {
 			if res.Memory == nil {
 				res.Memory = &specs.LinuxMemory{}
 			}
-			res.Memory.Limit = &v
+		}
+		if limit != 0 {
+			res.Memory.Limit = &limit
+			// As containerd: memory and memory+swap limits alike keep
+			// a container from swapping unless it asks to.
+			if swap == 0 && swapControllerAvailable() {
+				res.Memory.Swap = &limit
+			}
+		}
+		if swap != 0 && swapControllerAvailable() {
+			res.Memory.Swap = &swap
 		}
 		return nil
 	}
 }
+
+// swapControllerAvailable says whether containers' swap can be limited,
+// looked up once as containerd does: cgroup v1's memory.memsw files (a
+// kernel with swap accounting), or memory.swap.max in this process's own
+// cgroup v2 group (the root has none). A runtime asked to limit swap
+// where it cannot fails to start the container.
+var swapControllerAvailable = sync.OnceValue(func() bool {
+	p := "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
+	if cgroups.Mode() == cgroups.Unified {
+		_, unified, err := cgroups.ParseCgroupFileUnified("/proc/self/cgroup")
+		if err != nil {
+			return false
+		}
+		p = filepath.Join("/sys/fs/cgroup", unified, "memory.swap.max")
+	}
+	_, err := os.Stat(p)
+	return err == nil
+})
 
 // containerMounts are the pod's files (unless the request mounts its own
 // over them) and the request's mounts, and the propagation the root mount

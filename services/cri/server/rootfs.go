@@ -193,10 +193,18 @@ func (s *Server) createTask(ctx context.Context, rec containers.Container, prepa
 				return nil, fmt.Errorf("rootfs of %s: %w", rec.ID, err)
 			}
 		}
+		spec := recordSpec(rec)
 		var label string
-		if spec := recordSpec(rec); spec != nil && spec.Linux != nil {
+		if spec != nil && spec.Linux != nil {
 			label = spec.Linux.MountLabel
 		}
+		// In a user namespace, the image's layers are seen through an
+		// idmapped mount until the shim has mounted the overlay.
+		mounts, idmapDone, err := idmapRootfs(s.idmapDir(rec.ID), spec, mounts)
+		if err != nil {
+			return nil, fmt.Errorf("rootfs of %s: %w", rec.ID, err)
+		}
+		defer idmapDone()
 		for _, m := range mounts {
 			if label != "" {
 				// A new slice: prepared mounts are shared.

@@ -83,7 +83,7 @@ type RuntimeHandlers struct {
 	// features of each handler, asked of its shim once it answers (the
 	// tasks service may come up after this one).
 	mu       sync.Mutex
-	features map[string]*runtime.RuntimeHandlerFeatures
+	features map[string]*handlerSupport
 }
 
 // NewRuntimeHandlers checks the configured handlers, as containerd does at
@@ -96,7 +96,7 @@ func NewRuntimeHandlers(def string, cfgs map[string]RuntimeConfig) (*RuntimeHand
 	if len(cfgs) == 0 {
 		cfgs = map[string]RuntimeConfig{DefaultRuntimeName: {Type: RuncRuntimeType}}
 	}
-	h := &RuntimeHandlers{def: def, byName: map[string]*ociRuntime{}, features: map[string]*runtime.RuntimeHandlerFeatures{}}
+	h := &RuntimeHandlers{def: def, byName: map[string]*ociRuntime{}, features: map[string]*handlerSupport{}}
 	for name, c := range cfgs {
 		if name == "" {
 			return nil, fmt.Errorf("runtime handler with an empty name: %w", errdefs.ErrInvalidArgument)
@@ -261,22 +261,105 @@ type pluginInfo interface {
 }
 
 func (h *RuntimeHandlers) featuresOf(ctx context.Context, intro pluginInfo, r *ociRuntime) *runtime.RuntimeHandlerFeatures {
-	h.mu.Lock()
-	f, ok := h.features[r.name]
-	h.mu.Unlock()
-	if ok {
-		return f
-	}
-	ff, err := introspectFeatures(ctx, intro, r)
+	info, err := h.support(ctx, intro, r)
 	if err != nil {
 		logging.G(ctx).Debug("runtime features unknown", "handler", r.name, "error", err)
 		return nil
 	}
-	f = handlerFeatures(ff, recursiveReadOnlySupported())
+	return info.features
+}
+
+// handlerSupport is what a handler's runtime can do, asked of it once.
+type handlerSupport struct {
+	features *runtime.RuntimeHandlerFeatures
+	// userns says why the handler cannot run pods in user namespaces of
+	// their own; nil when it can (features.UserNamespaces).
+	userns error
+}
+
+// support is what the handler's runtime supports, asked of its shim the
+// first time; an error when it cannot say (yet).
+func (h *RuntimeHandlers) support(ctx context.Context, intro pluginInfo, r *ociRuntime) (*handlerSupport, error) {
 	h.mu.Lock()
-	h.features[r.name] = f
+	info, ok := h.features[r.name]
 	h.mu.Unlock()
-	return f
+	if ok {
+		return info, nil
+	}
+	ff, err := introspectFeatures(ctx, intro, r)
+	if err != nil {
+		return nil, err
+	}
+	info = &handlerSupport{features: handlerFeatures(ff, recursiveReadOnlySupported())}
+	if info.features.UserNamespaces {
+		// The runtime would make the idmapped mounts; so must the kernel.
+		if err := kernelIDMapSupported(); err != nil {
+			info.features.UserNamespaces = false
+			info.userns = fmt.Errorf("the kernel cannot make idmapped mounts: %v", err)
+		}
+	} else {
+		why := r.describeRuntime(ff) + " " + usernsLack(ff)
+		if r.typ == RuncRuntimeType {
+			why += "; runc 1.2 or later is needed"
+		}
+		info.userns = errors.New(why)
+	}
+	h.mu.Lock()
+	h.features[r.name] = info
+	h.mu.Unlock()
+	return info, nil
+}
+
+// userNamespacesOn says why a pod of handler r cannot have a user
+// namespace of its own, as a FailedPrecondition naming the handler; nil
+// when it can.
+func (s *Server) userNamespacesOn(ctx context.Context, r *ociRuntime) error {
+	return s.cfg.Runtimes.userNamespaces(ctx, s.client.IntrospectionService(), r)
+}
+
+func (h *RuntimeHandlers) userNamespaces(ctx context.Context, intro pluginInfo, r *ociRuntime) error {
+	info, err := h.support(ctx, intro, r)
+	if err != nil {
+		return fmt.Errorf("user namespaces (mode POD) on runtime handler %q: its runtime cannot say what it supports: %v: %w",
+			r.name, err, errdefs.ErrFailedPrecondition)
+	}
+	if info.userns != nil {
+		return fmt.Errorf("user namespaces (mode POD) are not supported by runtime handler %q: %v: %w", r.name, info.userns, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// describeRuntime names a handler's OCI runtime for an error: the runc
+// binary its options name and the version the runtime reports.
+func (r *ociRuntime) describeRuntime(f *features.Features) string {
+	name := r.typ
+	if r.typ == RuncRuntimeType {
+		name = "runc"
+		var o runcoptions.Options
+		if r.options != nil && typeurl.UnmarshalTo(r.options, &o) == nil && o.BinaryName != "" {
+			name = o.BinaryName
+		}
+	}
+	if v := f.Annotations["org.opencontainers.runc.version"]; v != "" {
+		name += " (version " + v + ")"
+	}
+	return name
+}
+
+// usernsLack is what a runtime without CRI user namespaces lacks.
+func usernsLack(f *features.Features) string {
+	l := f.Linux
+	switch {
+	case l == nil || !slices.Contains(l.Namespaces, "user"):
+		return "has no user namespaces"
+	case !idmapMounts(l):
+		return "cannot make idmapped mounts"
+	}
+	return "cannot run them"
+}
+
+func idmapMounts(l *features.Linux) bool {
+	return l.MountExtensions != nil && l.MountExtensions.IDMap != nil && l.MountExtensions.IDMap.Enabled != nil && *l.MountExtensions.IDMap.Enabled
 }
 
 // introspectFeatures asks the tasks service's runtime plugin, as
@@ -317,8 +400,7 @@ func handlerFeatures(f *features.Features, kernelRRO bool) *runtime.RuntimeHandl
 		RecursiveReadOnlyMounts: kernelRRO && slices.Contains(f.MountOptions, "rro"),
 	}
 	if l := f.Linux; l != nil {
-		idmap := l.MountExtensions != nil && l.MountExtensions.IDMap != nil && l.MountExtensions.IDMap.Enabled != nil && *l.MountExtensions.IDMap.Enabled
-		out.UserNamespaces = slices.Contains(l.Namespaces, "user") && idmap
+		out.UserNamespaces = slices.Contains(l.Namespaces, "user") && idmapMounts(l)
 	}
 	return out
 }

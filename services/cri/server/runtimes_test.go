@@ -164,9 +164,13 @@ func (f *fakeIntrospection) PluginInfo(_ context.Context, typ, id string, opts a
 	if rr.Options != nil {
 		_ = rr.Options.UnmarshalTo(&o)
 	}
-	feat := &features.Features{MountOptions: []string{"ro"}}
+	yes := true
+	feat := &features.Features{MountOptions: []string{"ro"}, Linux: &features.Linux{Namespaces: []string{"mount", "user"}},
+		Annotations: map[string]string{"org.opencontainers.runc.version": "1.1.5"}}
 	if o.BinaryName == "new-runc" {
 		feat.MountOptions = append(feat.MountOptions, "rro")
+		feat.Linux.MountExtensions = &features.MountExtensions{IDMap: &features.IDMap{Enabled: &yes}}
+		feat.Annotations["org.opencontainers.runc.version"] = "1.5.3"
 	}
 	fa, err := typeurl.MarshalAnyToProto(feat)
 	if err != nil {
@@ -204,5 +208,44 @@ func TestFeaturesAreAskedPerHandlerAndKeptOnceKnown(t *testing.T) {
 	h.featuresOf(ctx, intro, h.byName["runc-new"])
 	if intro.calls != calls {
 		t.Errorf("features asked again once known (%d calls, then %d)", calls, intro.calls)
+	}
+}
+
+// TestUserNamespacesArePerHandler: a pod's user namespace is refused on
+// a handler whose runc cannot make idmapped mounts, with an error naming
+// the handler, its runc and what it lacks, and allowed on one whose runc
+// can (on a kernel that can); Status's feature says the same.
+func TestUserNamespacesArePerHandler(t *testing.T) {
+	h, err := NewRuntimeHandlers("runc", map[string]RuntimeConfig{
+		"runc":     {},
+		"runc-new": {Options: map[string]any{"BinaryName": "new-runc"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := h.userNamespaces(ctx, &fakeIntrospection{fail: true}, h.byName["runc-new"]); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("user namespaces on a handler that cannot be asked: %v; want FailedPrecondition", err)
+	}
+	intro := &fakeIntrospection{}
+	err = h.userNamespaces(ctx, intro, h.byName["runc"])
+	if !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("user namespaces on runc 1.1: %v; want FailedPrecondition", err)
+	}
+	for _, want := range []string{`runtime handler "runc"`, "runc (version 1.1.5) cannot make idmapped mounts", "runc 1.2 or later"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal %q does not say %q", err, want)
+		}
+	}
+	if f := h.featuresOf(ctx, intro, h.byName["runc"]); f.UserNamespaces {
+		t.Errorf("runc 1.1 handler's features claim user namespaces")
+	}
+	kernel := kernelIDMapSupported()
+	err = h.userNamespaces(ctx, intro, h.byName["runc-new"])
+	if (err == nil) != (kernel == nil) {
+		t.Errorf("user namespaces on runc 1.5: %v (kernel idmapped mounts: %v)", err, kernel)
+	}
+	if f := h.featuresOf(ctx, intro, h.byName["runc-new"]); f.UserNamespaces != (kernel == nil) {
+		t.Errorf("runc 1.5 handler's features: user namespaces %v (kernel idmapped mounts: %v)", f.UserNamespaces, kernel)
 	}
 }

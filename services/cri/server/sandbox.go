@@ -125,6 +125,10 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if err != nil {
 		return nil, fmt.Errorf("unable to get OCI runtime for sandbox %q: %w", md.GetName(), err)
 	}
+	userns, err := s.sandboxUserns(ctx, cfg, ociRuntime)
+	if err != nil {
+		return nil, err
+	}
 	name := strings.Join([]string{md.GetName(), md.GetNamespace(), md.GetUid(), strconv.Itoa(int(md.GetAttempt()))}, "_")
 	release, err := s.reserveName(ctx, kindSandbox, name)
 	if err != nil {
@@ -157,11 +161,11 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	cleanupCtx := context.WithoutCancel(ctx)
 
 	if !hostNetwork(cfg) {
-		m.NetNS, err = newNetNS(s.netnsDir(), "cni-"+id[:32])
+		m.NetNS, err = s.newPodNetNS(id, userns)
 		if err != nil {
 			return nil, err
 		}
-		undo = append(undo, func() { _ = removeNetNS(m.NetNS) })
+		undo = append(undo, func() { _ = removeNetNS(m.NetNS); _ = s.releasePodUserns(id) })
 		ips, err := s.setupPodNetwork(ctx, id, m.NetNS, cfg)
 		undo = append(undo, func() {
 			if err := s.teardownPodNetwork(cleanupCtx, id, m.NetNS, cfg); err != nil {
@@ -220,6 +224,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if sysctls := cfg.GetLinux().GetSysctls(); len(sysctls) > 0 {
 		specOpts = append(specOpts, withSysctls(sysctls))
 	}
+	specOpts = append(specOpts, s.usernsSandboxOpts(id, cfg, userns)...)
 	seccomp, err := sandboxSeccompOpt(cfg.GetLinux().GetSecurityContext())
 	if err != nil {
 		return nil, err
@@ -571,7 +576,7 @@ func (s *Server) stopSandbox(ctx context.Context, m *sandboxMeta) error {
 	if err := removeNetNS(m.NetNS); err != nil {
 		return err
 	}
-	return nil
+	return s.releasePodUserns(m.ID)
 }
 
 // deleteTask kills an object's task, if it has one, and deletes it.

@@ -9,7 +9,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
-	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -117,16 +116,10 @@ func (s *Server) updateContainerResources(ctx context.Context, id string, r *run
 }
 
 // withMoreResources sets what withResources leaves out and only an update
-// asks for in practice: swap and cgroup v2 unified keys.
+// asks for in practice: cgroup v2 unified keys.
 func withMoreResources(r *runtime.LinuxContainerResources) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		res := s.Linux.Resources
-		if v := r.GetMemorySwapLimitInBytes(); v != 0 {
-			if res.Memory == nil {
-				res.Memory = &specs.LinuxMemory{}
-			}
-			res.Memory.Swap = &v
-		}
 		if len(r.GetUnified()) > 0 {
 			res.Unified = map[string]string{}
 			for k, v := range r.GetUnified() {

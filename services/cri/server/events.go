@@ -15,6 +15,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // eventFilters select, in the CRI namespace, the lifecycle events that
@@ -102,19 +103,19 @@ func (s *Server) GetContainerEvents(_ *runtime.GetEventsRequest, srv runtime.Run
 }
 
 func (s *Server) learnObjects(ctx context.Context, known map[string]string) error {
-	sbs, err := s.listKind(ctx, kindSandbox)
+	sbs, err := s.store.List(ctx, store.KindSandbox)
 	if err != nil {
 		return err
 	}
 	for _, c := range sbs {
 		known[c.ID] = c.ID
 	}
-	ctrs, err := s.listKind(ctx, kindContainer)
+	ctrs, err := s.store.List(ctx, store.KindContainer)
 	if err != nil {
 		return err
 	}
 	for _, c := range ctrs {
-		known[c.ID] = c.Labels[sandboxIDLabel]
+		known[c.ID] = c.Labels[store.SandboxIDLabel]
 	}
 	return nil
 }
@@ -136,11 +137,11 @@ func (s *Server) containerEvent(ctx context.Context, env *types.Envelope, known 
 		if err != nil {
 			return nil // created and gone already, or not readable
 		}
-		switch c.Labels[kindLabel] {
-		case kindSandbox:
+		switch c.Labels[store.KindLabel] {
+		case store.KindSandbox:
 			known[id] = id
-		case kindContainer:
-			known[id] = c.Labels[sandboxIDLabel]
+		case store.KindContainer:
+			known[id] = c.Labels[store.SandboxIDLabel]
 		default:
 			return nil
 		}
@@ -170,7 +171,7 @@ func (s *Server) containerEvent(ctx context.Context, env *types.Envelope, known 
 	if st, err := s.PodSandboxStatus(ctx, &runtime.PodSandboxStatusRequest{PodSandboxId: sandboxID}); err == nil {
 		ev.PodSandboxStatus = st.GetStatus()
 	}
-	if cs, err := s.sandboxContainers(ctx, sandboxID); err == nil {
+	if cs, err := s.store.SandboxContainers(ctx, sandboxID); err == nil {
 		for _, c := range cs {
 			if st, err := s.ContainerStatus(ctx, &runtime.ContainerStatusRequest{ContainerId: c.ID}); err == nil {
 				ev.ContainersStatuses = append(ev.ContainersStatuses, st.GetStatus())

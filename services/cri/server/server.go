@@ -20,6 +20,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/services/cri/nri"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/streaming"
 )
 
@@ -92,7 +93,10 @@ type Server struct {
 	mu    sync.Mutex
 	infos map[digest.Digest]*imageInfo
 
-	pods podState
+	// store holds the sandbox and container records; pods the exit
+	// watchers and log writers of running containers.
+	store *store.Store
+	pods  podState
 
 	// streams is the streaming server (Exec, Attach, PortForward) and
 	// the containers' attach points; see package streaming.
@@ -134,6 +138,7 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		cfg:       cfg,
 		platform:  platforms.Default(),
 		infos:     map[digest.Digest]*imageInfo{},
+		store:     store.New(client.ContainerService()),
 		pods:      newPodState(ctx),
 		cdi:       cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
 	}

@@ -26,6 +26,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
@@ -58,7 +59,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	}
 	defer release()
 
-	img, err := s.resolve(ctx, cfg.GetImage().GetImage())
+	img, err := s.images.Resolve(ctx, cfg.GetImage().GetImage())
 	if err != nil {
 		return nil, fmt.Errorf("image of container %s: %w", md.GetName(), err)
 	}
@@ -69,8 +70,8 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	id := store.NewID()
 	m := &store.Container{
 		ID: id, Name: name, SandboxID: sb.ID, RawConfig: cfgBytes,
-		ImageID: img.info.id, ImageRef: imageRef(img),
-		StopSignal: img.info.spec.Config.StopSignal,
+		ImageID: img.Info.ID, ImageRef: img.Ref(),
+		StopSignal: img.Info.Spec.Config.StopSignal,
 		CreatedAt:  nanos(time.Now()), Config: cfg,
 	}
 	if dir, p := sb.Config.GetLogDirectory(), cfg.GetLogPath(); dir != "" && p != "" {
@@ -137,16 +138,6 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	return &runtime.CreateContainerResponse{ContainerId: id}, nil
 }
 
-// imageRef is the reference ContainerStatus reports: the repo digest the
-// image was pulled by, else its ID.
-func imageRef(img *criImage) string {
-	_, digests := img.repoTagsAndDigests()
-	if len(digests) > 0 {
-		return digests[0]
-	}
-	return img.info.id
-}
-
 // containerArgs merges the image's entrypoint and command with the
 // request's, as Kubernetes defines: command replaces the entrypoint (and
 // drops the image's command), args replace the command.
@@ -161,8 +152,8 @@ func containerArgs(cfg *runtime.ContainerConfig, entrypoint, cmd []string) []str
 	return append(append([]string(nil), command...), args...)
 }
 
-func (s *Server) containerSpec(sb *store.Sandbox, pausePid uint32, img *criImage, cfg *runtime.ContainerConfig, id string, imageMounts map[string]specs.Mount) ([]oci.SpecOpts, error) {
-	args := containerArgs(cfg, img.info.spec.Config.Entrypoint, img.info.spec.Config.Cmd)
+func (s *Server) containerSpec(sb *store.Sandbox, pausePid uint32, img *image.Image, cfg *runtime.ContainerConfig, id string, imageMounts map[string]specs.Mount) ([]oci.SpecOpts, error) {
+	args := containerArgs(cfg, img.Info.Spec.Config.Entrypoint, img.Info.Spec.Config.Cmd)
 	if len(args) == 0 {
 		return nil, fmt.Errorf("container %s has no command: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
 	}
@@ -187,7 +178,7 @@ func (s *Server) containerSpec(sb *store.Sandbox, pausePid uint32, img *criImage
 		env = append(env, kv.GetKey()+"="+string(kv.GetValue()))
 	}
 	opts := []oci.SpecOpts{
-		oci.WithImageConfig(s.cachedImage(img.info)),
+		oci.WithImageConfig(s.cachedImage(img.Info)),
 		oci.WithProcessArgs(args...),
 		oci.WithEnv(env),
 		oci.WithAnnotations(annotations),
@@ -246,7 +237,7 @@ func (s *Server) containerSpec(sb *store.Sandbox, pausePid uint32, img *criImage
 	// spec's mounts at the same place, /dev/shm among them.
 	opts = append(opts, oci.WithoutMounts(dests...), oci.WithMounts(mounts))
 
-	secOpts, err := s.securityOpts(sb, cfg, img.info.spec.Config.User)
+	secOpts, err := s.securityOpts(sb, cfg, img.Info.Spec.Config.User)
 	if err != nil {
 		return nil, err
 	}

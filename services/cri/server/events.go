@@ -10,10 +10,10 @@ import (
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/flotilla-project/flotilla/pkg/graphclient"
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 )
@@ -22,16 +22,6 @@ import (
 // become CRI container events.
 var eventFilters = []string{
 	fmt.Sprintf(`namespace==%q,topic~="^/(containers/(create|delete)|tasks/(start|exit))$"`, Namespace),
-}
-
-// awaitSubscribed returns once the gateway's exchange has registered
-// stream's subscription, which it says by sending the stream's header:
-// every event published after reaches it.
-func awaitSubscribed(stream grpc.ClientStream) error {
-	if _, err := stream.Header(); err != nil {
-		return fmt.Errorf("event subscription: %w", errgrpc.ToNative(err))
-	}
-	return nil
 }
 
 // GetContainerEvents streams CRI container events (created, started,
@@ -47,7 +37,7 @@ func (s *Server) GetContainerEvents(_ *runtime.GetEventsRequest, srv runtime.Run
 	if err != nil {
 		return fmt.Errorf("subscribe to events: %w", errgrpc.ToNative(err))
 	}
-	if err := awaitSubscribed(stream); err != nil {
+	if err := graphclient.AwaitSubscribed(stream); err != nil {
 		return err
 	}
 	envs := make(chan *types.Envelope, 128)

@@ -19,13 +19,13 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
-	"github.com/distribution/reference"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
@@ -71,40 +71,9 @@ func hostNetwork(cfg *runtime.PodSandboxConfig) bool {
 	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtime.NamespaceMode_NODE
 }
 
-// ensureImage finds an image by reference, pulling it when missing (the
-// sandbox image is not the kubelet's to pull).
-func (s *Server) ensureImage(ctx context.Context, ref string) (*criImage, error) {
-	img, err := s.resolve(ctx, ref)
-	if errdefs.IsNotFound(err) {
-		named, perr := reference.ParseDockerRef(ref)
-		if perr != nil {
-			return nil, fmt.Errorf("image reference %q: %v: %w", ref, perr, errdefs.ErrInvalidArgument)
-		}
-		if _, _, err = s.pulls.Do(ctx, pullKey(named.String(), nil), func(ctx context.Context) (string, error) {
-			return s.pull(ctx, named, nil)
-		}); err != nil {
-			return nil, err
-		}
-		img, err = s.resolve(ctx, ref)
-	}
-	return img, err
-}
-
-// imageName is the image record a CRI image is known by: its ID record
-// when it has one (every image the CRI pulled does).
-func imageName(img *criImage) string {
-	name := img.refs[0]
-	for _, r := range img.refs {
-		if r == img.info.id {
-			name = r
-		}
-	}
-	return name
-}
-
-// containerdImage is the client's view of a CRI image, by imageName.
-func (s *Server) containerdImage(ctx context.Context, img *criImage) (containerd.Image, error) {
-	name := imageName(img)
+// containerdImage is the client's view of a CRI image, by its Name.
+func (s *Server) containerdImage(ctx context.Context, img *image.Image) (containerd.Image, error) {
+	name := img.Name()
 	ci, err := s.client.GetImage(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", name, err)
@@ -137,7 +106,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 	defer release()
 
-	pause, err := s.ensureImage(ctx, s.cfg.SandboxImage)
+	pause, err := s.images.Ensure(ctx, s.cfg.SandboxImage)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox image %s: %w", s.cfg.SandboxImage, err)
 	}
@@ -194,7 +163,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 
 	specOpts := []oci.SpecOpts{
-		oci.WithImageConfig(s.cachedImage(pause.info)),
+		oci.WithImageConfig(s.cachedImage(pause.Info)),
 		oci.WithAnnotations(map[string]string{
 			annContainerType:    containerTypeSandbox,
 			annSandboxID:        id,

@@ -20,6 +20,10 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
+// Namespace is the containerd namespace every CRI object lives in, as in
+// containerd, so that `ctr -n k8s.io` shows what the kubelet sees.
+const Namespace = "k8s.io"
+
 // A pod sandbox and a CRI container are each one containerd container
 // record in the k8s.io namespace; everything the cri process needs to
 // answer for them after a restart lives on that record:

@@ -84,7 +84,7 @@ func (s *Server) CheckpointContainer(ctx context.Context, req *runtime.Checkpoin
 	if req.GetLocation() == "" {
 		return nil, fmt.Errorf("checkpoint container %s: no location: %w", req.GetContainerId(), errdefs.ErrInvalidArgument)
 	}
-	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	m, _, err := s.store.Container(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}

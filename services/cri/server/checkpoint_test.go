@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/flotilla-project/flotilla/services/cri/image"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -42,7 +43,7 @@ func TestCheckpointWithoutCRIUIsAFailedPreconditionNamingTheReason(t *testing.T)
 }
 
 func TestStreamBatchesSendEachItemOnce(t *testing.T) {
-	items := make([]int, 2*streamBatch+1)
+	items := make([]int, 2*image.StreamBatch+1)
 	for i := range items {
 		items[i] = i
 	}

@@ -26,6 +26,8 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/image"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // CreateContainer creates a container in a pod: the image's config merged
@@ -49,15 +51,15 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	if !ready {
 		return nil, fmt.Errorf("sandbox %s is not ready: %w", sb.ID, errdefs.ErrFailedPrecondition)
 	}
-	sbMD := sb.config.GetMetadata()
+	sbMD := sb.Config.GetMetadata()
 	name := strings.Join([]string{md.GetName(), sbMD.GetName(), sbMD.GetNamespace(), sbMD.GetUid(), strconv.Itoa(int(md.GetAttempt()))}, "_")
-	release, err := s.reserveName(ctx, kindContainer, name)
+	release, err := s.store.ReserveName(ctx, store.KindContainer, name)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
 
-	img, err := s.resolve(ctx, cfg.GetImage().GetImage())
+	img, err := s.images.Resolve(ctx, cfg.GetImage().GetImage())
 	if err != nil {
 		return nil, fmt.Errorf("image of container %s: %w", md.GetName(), err)
 	}
@@ -65,14 +67,14 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	if err != nil {
 		return nil, err
 	}
-	id := newID()
-	m := &containerMeta{
-		ID: id, Name: name, SandboxID: sb.ID, Config: cfgBytes,
-		ImageID: img.info.id, ImageRef: imageRef(img),
-		StopSignal: img.info.spec.Config.StopSignal,
-		CreatedAt:  nanos(time.Now()), config: cfg,
+	id := store.NewID()
+	m := &store.Container{
+		ID: id, Name: name, SandboxID: sb.ID, RawConfig: cfgBytes,
+		ImageID: img.Info.ID, ImageRef: img.Ref(),
+		StopSignal: img.Info.Spec.Config.StopSignal,
+		CreatedAt:  nanos(time.Now()), Config: cfg,
 	}
-	if dir, p := sb.config.GetLogDirectory(), cfg.GetLogPath(); dir != "" && p != "" {
+	if dir, p := sb.Config.GetLogDirectory(), cfg.GetLogPath(); dir != "" && p != "" {
 		m.LogPath = filepath.Join(dir, p)
 	}
 
@@ -97,11 +99,11 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	if err != nil {
 		return nil, err
 	}
-	specOpts = append(specOpts, ociRuntime.withPassthroughAnnotations(sb.config.GetAnnotations(), cfg.GetAnnotations()))
+	specOpts = append(specOpts, ociRuntime.withPassthroughAnnotations(sb.Config.GetAnnotations(), cfg.GetAnnotations()))
 	if cdiOpt != nil {
 		specOpts = append(specOpts, cdiOpt)
 	}
-	ext, err := encodeExtension(containerExtension, m)
+	ext, err := store.EncodeExtension(store.ContainerExtension, m)
 	if err != nil {
 		return nil, err
 	}
@@ -109,8 +111,8 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	for k, v := range cfg.GetLabels() {
 		labels[k] = v
 	}
-	labels[kindLabel] = kindContainer
-	labels[sandboxIDLabel] = sb.ID
+	labels[store.KindLabel] = store.KindContainer
+	labels[store.SandboxIDLabel] = sb.ID
 	lctx, releaseLease, err := s.withCreateLease(ctx)
 	if err != nil {
 		return nil, err
@@ -125,25 +127,15 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 		ociRuntime.withRuntime(),
 		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
-		withExtension(containerExtension, ext),
+		withExtension(store.ContainerExtension, ext),
 		nriHook.adjust(),
 		withRecordCopy(&rec),
 	); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", md.GetName(), err)
 	}
-	s.rememberCreated(rec, rootfs.mounts)
-	s.addName(kindContainer, name, id)
+	s.store.RememberCreated(rec, rootfs.mounts)
+	s.store.AddName(store.KindContainer, name, id)
 	return &runtime.CreateContainerResponse{ContainerId: id}, nil
-}
-
-// imageRef is the reference ContainerStatus reports: the repo digest the
-// image was pulled by, else its ID.
-func imageRef(img *criImage) string {
-	_, digests := img.repoTagsAndDigests()
-	if len(digests) > 0 {
-		return digests[0]
-	}
-	return img.info.id
 }
 
 // containerArgs merges the image's entrypoint and command with the
@@ -160,12 +152,12 @@ func containerArgs(cfg *runtime.ContainerConfig, entrypoint, cmd []string) []str
 	return append(append([]string(nil), command...), args...)
 }
 
-func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, cfg *runtime.ContainerConfig, id string, imageMounts map[string]specs.Mount) ([]oci.SpecOpts, error) {
-	args := containerArgs(cfg, img.info.spec.Config.Entrypoint, img.info.spec.Config.Cmd)
+func (s *Server) containerSpec(sb *store.Sandbox, pausePid uint32, img *image.Image, cfg *runtime.ContainerConfig, id string, imageMounts map[string]specs.Mount) ([]oci.SpecOpts, error) {
+	args := containerArgs(cfg, img.Info.Spec.Config.Entrypoint, img.Info.Spec.Config.Cmd)
 	if len(args) == 0 {
 		return nil, fmt.Errorf("container %s has no command: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
 	}
-	sbMD := sb.config.GetMetadata()
+	sbMD := sb.Config.GetMetadata()
 	annotations := map[string]string{}
 	for k, v := range cfg.GetAnnotations() {
 		annotations[k] = v
@@ -186,11 +178,11 @@ func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, 
 		env = append(env, kv.GetKey()+"="+string(kv.GetValue()))
 	}
 	opts := []oci.SpecOpts{
-		oci.WithImageConfig(s.cachedImage(img.info)),
+		oci.WithImageConfig(s.cachedImage(img.Info)),
 		oci.WithProcessArgs(args...),
 		oci.WithEnv(env),
 		oci.WithAnnotations(annotations),
-		oci.WithCgroup(cgroupsPath(sb.config.GetLinux().GetCgroupParent(), id)),
+		oci.WithCgroup(cgroupsPath(sb.Config.GetLinux().GetCgroupParent(), id)),
 	}
 	if cfg.GetWorkingDir() != "" {
 		opts = append(opts, oci.WithProcessCwd(cfg.GetWorkingDir()))
@@ -203,14 +195,14 @@ func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, 
 	// pause process), IPC and UTS joined through the pause process, PID
 	// per container unless the pod or node one is asked for.
 	pause := func(ns string) string { return fmt.Sprintf("/proc/%d/ns/%s", pausePid, ns) }
-	if hostNetwork(sb.config) {
+	if hostNetwork(sb.Config) {
 		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
 	} else {
 		opts = append(opts,
 			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: sb.NetNS}),
 			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.UTSNamespace, Path: pause("uts")}))
 	}
-	sbNS := sb.config.GetLinux().GetSecurityContext().GetNamespaceOptions()
+	sbNS := sb.Config.GetLinux().GetSecurityContext().GetNamespaceOptions()
 	if sbNS.GetIpc() == runtime.NamespaceMode_NODE {
 		opts = append(opts, oci.WithHostNamespace(specs.IPCNamespace))
 	} else {
@@ -223,7 +215,7 @@ func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, 
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.PIDNamespace, Path: pause("pid")}))
 	}
 
-	usernsOpts, err := usernsContainerOpts(sb.config, cfg, pausePid)
+	usernsOpts, err := usernsContainerOpts(sb.Config, cfg, pausePid)
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +225,7 @@ func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, 
 	if err != nil {
 		return nil, err
 	}
-	mounts = idmapContainerMounts(mounts, s.sandboxDir(sb.ID), cfg, sb.config)
+	mounts = idmapContainerMounts(mounts, s.sandboxDir(sb.ID), cfg, sb.Config)
 	if propagation != "" {
 		opts = append(opts, withRootfsPropagation(propagation))
 	}
@@ -245,7 +237,7 @@ func (s *Server) containerSpec(sb *sandboxMeta, pausePid uint32, img *criImage, 
 	// spec's mounts at the same place, /dev/shm among them.
 	opts = append(opts, oci.WithoutMounts(dests...), oci.WithMounts(mounts))
 
-	secOpts, err := s.securityOpts(sb, cfg, img.info.spec.Config.User)
+	secOpts, err := s.securityOpts(sb, cfg, img.Info.Spec.Config.User)
 	if err != nil {
 		return nil, err
 	}
@@ -363,7 +355,7 @@ var swapControllerAvailable = sync.OnceValue(func() bool {
 // needs for theirs to work: rshared for a bidirectional mount, else
 // rslave for a host-to-container one, as in containerd. Image volumes
 // come mounted already (imageMounts, by container path).
-func (s *Server) containerMounts(sb *sandboxMeta, cfg *runtime.ContainerConfig, imageMounts map[string]specs.Mount) ([]specs.Mount, string, error) {
+func (s *Server) containerMounts(sb *store.Sandbox, cfg *runtime.ContainerConfig, imageMounts map[string]specs.Mount) ([]specs.Mount, string, error) {
 	taken := map[string]bool{}
 	var out []specs.Mount
 	var propagation string
@@ -452,12 +444,12 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	if err != nil {
 		return nil, err
 	}
-	unlock := s.pods.lock(m.ID)
+	unlock := s.store.Lock(m.ID)
 	defer unlock()
-	if _, ok := s.createdRecord(kindContainer, m.ID); cached && !ok {
+	if _, ok := s.store.Created(store.KindContainer, m.ID); cached && !ok {
 		// Rewritten (started, most likely) while this call waited
 		// for the lock: the kept record is stale.
-		if m, rec, err = s.getContainer(ctx, m.ID); err != nil {
+		if m, rec, err = s.store.Container(ctx, m.ID); err != nil {
 			return nil, err
 		}
 		prepared = nil
@@ -479,7 +471,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 		// with the reason recorded.
 		m.StartedAt, m.FinishedAt = nanos(time.Now()), nanos(time.Now())
 		m.ExitCode, m.Reason, m.Message = 128, "StartError", err.Error()
-		if serr := s.saveContainer(context.WithoutCancel(ctx), m); serr != nil {
+		if serr := s.store.SaveContainer(context.WithoutCancel(ctx), m); serr != nil {
 			logging.G(ctx).Warn("record start failure", "container", m.ID, "error", serr)
 		}
 		return nil, err
@@ -490,7 +482,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	lg.attach = s.newAttachPoint(m)
 	stdout, stderr := lg.writers()
 	ioOpts := []cio.Opt{cio.WithStreams(lg.stdin(), stdout, stderr), cio.WithFIFODir(s.fifoDir())}
-	if m.config.GetTty() {
+	if m.Config.GetTty() {
 		ioOpts = append(ioOpts, cio.WithTerminal)
 	}
 	// The record read above is the one the task is made from; the
@@ -505,7 +497,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 		return fail(fmt.Errorf("start container %s: %w", m.ID, err))
 	}
 	m.StartedAt = nanos(time.Now())
-	if err := s.saveContainer(ctx, m); err != nil {
+	if err := s.store.SaveContainer(ctx, m); err != nil {
 		return nil, err
 	}
 	s.watchExit(m.ID, task, exitC, lg)
@@ -516,12 +508,12 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 // containerToStart is getContainer for StartContainer: the record (and
 // the rootfs mounts) this process created, when it has them (cached),
 // else the record read, with nil mounts for createTask to ask for.
-func (s *Server) containerToStart(ctx context.Context, id string) (_ *containerMeta, _ containers.Container, _ []mount.Mount, cached bool, _ error) {
-	if r, ok := s.createdRecord(kindContainer, id); ok {
-		m, err := decodeContainer(r.rec)
-		return m, r.rec, r.mounts, true, err
+func (s *Server) containerToStart(ctx context.Context, id string) (_ *store.Container, _ containers.Container, _ []mount.Mount, cached bool, _ error) {
+	if r, ok := s.store.Created(store.KindContainer, id); ok {
+		m, err := store.DecodeContainer(r.Record)
+		return m, r.Record, r.Mounts, true, err
 	}
-	m, rec, err := s.getContainer(ctx, id)
+	m, rec, err := s.store.Container(ctx, id)
 	return m, rec, nil, false, err
 }
 
@@ -588,7 +580,7 @@ func (s *Server) watchExit(id string, task exitedTask, exitC <-chan containerd.E
 // killer took a process of it, which the CRI reports as the reason. ctx's
 // logger names the container.
 func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.Time, oom bool) {
-	m, _, err := s.getContainer(ctx, id)
+	m, _, err := s.store.Container(ctx, id)
 	if err != nil {
 		logging.G(ctx).Debug("exited container has no record", "error", err)
 		return
@@ -608,7 +600,7 @@ func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.
 	default:
 		m.Reason = "Completed"
 	}
-	if err := s.saveContainer(ctx, m); err != nil {
+	if err := s.store.SaveContainer(ctx, m); err != nil {
 		logging.G(ctx).Warn("record container exit", "error", err)
 	}
 }
@@ -654,7 +646,7 @@ func (s *Server) ensureWatcher(ctx context.Context, id string, lg *containerLog)
 // container succeeds.
 func (s *Server) StopContainer(ctx context.Context, req *runtime.StopContainerRequest) (*runtime.StopContainerResponse, error) {
 	ctx = withNamespace(ctx)
-	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	m, _, err := s.store.Container(ctx, req.GetContainerId())
 	if errdefs.IsNotFound(err) {
 		// Stopping is idempotent, as the kubelet expects: what is
 		// gone is stopped.
@@ -672,9 +664,9 @@ func (s *Server) StopContainer(ctx context.Context, req *runtime.StopContainerRe
 
 func (s *Server) stopContainer(ctx context.Context, id string, timeout time.Duration) error {
 	ctx = logging.With(ctx, "container", id)
-	unlock := s.pods.lock(id)
+	unlock := s.store.Lock(id)
 	defer unlock()
-	m, _, err := s.getContainer(ctx, id)
+	m, _, err := s.store.Container(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -749,7 +741,7 @@ func (s *Server) kill(ctx context.Context, id string, sig syscall.Signal) error 
 // succeeds.
 func (s *Server) RemoveContainer(ctx context.Context, req *runtime.RemoveContainerRequest) (*runtime.RemoveContainerResponse, error) {
 	ctx = withNamespace(ctx)
-	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	m, _, err := s.store.Container(ctx, req.GetContainerId())
 	if errdefs.IsNotFound(err) {
 		return &runtime.RemoveContainerResponse{}, nil
 	}
@@ -766,7 +758,7 @@ func (s *Server) removeContainer(ctx context.Context, id string) error {
 	if err := s.stopContainer(ctx, id, 0); err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}
-	unlock := s.pods.lock(id)
+	unlock := s.store.Lock(id)
 	defer unlock()
 	s.nriRemoveContainer(ctx, id)
 	if err := s.deleteTask(ctx, id); err != nil && !errdefs.IsNotFound(err) {
@@ -780,12 +772,12 @@ func (s *Server) removeContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("remove container %s: %w", id, err)
 	}
 	s.releaseImageVolumes(ctx, id)
-	s.pods.forget(id)
+	s.forget(id)
 	return nil
 }
 
 // containerState is a container's state and, once exited, how it ended.
-func (s *Server) containerState(ctx context.Context, m *containerMeta) (runtime.ContainerState, int32, int64) {
+func (s *Server) containerState(ctx context.Context, m *store.Container) (runtime.ContainerState, int32, int64) {
 	switch {
 	case m.FinishedAt != 0:
 		return runtime.ContainerState_CONTAINER_EXITED, m.ExitCode, m.FinishedAt
@@ -803,7 +795,7 @@ func (s *Server) containerState(ctx context.Context, m *containerMeta) (runtime.
 			case <-time.After(2 * time.Second):
 			case <-ctx.Done():
 			}
-			if m2, _, err := s.getContainer(ctx, m.ID); err == nil && m2.FinishedAt != 0 {
+			if m2, _, err := s.store.Container(ctx, m.ID); err == nil && m2.FinishedAt != 0 {
 				*m = *m2 // the caller reports the reason too
 				return runtime.ContainerState_CONTAINER_EXITED, m.ExitCode, m.FinishedAt
 			}
@@ -822,25 +814,25 @@ func (s *Server) containerState(ctx context.Context, m *containerMeta) (runtime.
 // ContainerStatus describes a container.
 func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStatusRequest) (*runtime.ContainerStatusResponse, error) {
 	ctx = withNamespace(ctx)
-	m, rec, err := s.getContainer(ctx, req.GetContainerId())
+	m, rec, err := s.store.Container(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
 	state, code, finished := s.containerState(ctx, m)
 	st := &runtime.ContainerStatus{
 		Id:          m.ID,
-		Metadata:    m.config.GetMetadata(),
+		Metadata:    m.Config.GetMetadata(),
 		State:       state,
 		CreatedAt:   m.CreatedAt,
 		StartedAt:   m.StartedAt,
 		FinishedAt:  finished,
 		ExitCode:    code,
-		Image:       m.config.GetImage(),
+		Image:       m.Config.GetImage(),
 		ImageRef:    m.ImageRef,
 		ImageId:     m.ImageID,
-		Labels:      m.config.GetLabels(),
-		Annotations: m.config.GetAnnotations(),
-		Mounts:      m.config.GetMounts(),
+		Labels:      m.Config.GetLabels(),
+		Annotations: m.Config.GetAnnotations(),
+		Mounts:      m.Config.GetMounts(),
 		LogPath:     m.LogPath,
 		User:        specUser(recordSpec(rec)),
 	}
@@ -854,7 +846,7 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStat
 // state and label selector.
 func (s *Server) ListContainers(ctx context.Context, req *runtime.ListContainersRequest) (*runtime.ListContainersResponse, error) {
 	ctx = withNamespace(ctx)
-	recs, err := s.listKind(ctx, kindContainer)
+	recs, err := s.store.List(ctx, store.KindContainer)
 	if err != nil {
 		return nil, err
 	}
@@ -864,7 +856,7 @@ func (s *Server) ListContainers(ctx context.Context, req *runtime.ListContainers
 		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) {
 			continue
 		}
-		m, err := decodeContainer(c)
+		m, err := store.DecodeContainer(c)
 		if err != nil {
 			logging.G(ctx).Warn("unreadable container record", "id", c.ID, "error", err)
 			continue
@@ -872,7 +864,7 @@ func (s *Server) ListContainers(ctx context.Context, req *runtime.ListContainers
 		if f.GetPodSandboxId() != "" && !strings.HasPrefix(m.SandboxID, f.GetPodSandboxId()) {
 			continue
 		}
-		if !matchLabels(m.config.GetLabels(), f.GetLabelSelector()) {
+		if !store.MatchLabels(m.Config.GetLabels(), f.GetLabelSelector()) {
 			continue
 		}
 		state, _, _ := s.containerState(ctx, m)
@@ -882,14 +874,14 @@ func (s *Server) ListContainers(ctx context.Context, req *runtime.ListContainers
 		out = append(out, &runtime.Container{
 			Id:           m.ID,
 			PodSandboxId: m.SandboxID,
-			Metadata:     m.config.GetMetadata(),
-			Image:        m.config.GetImage(),
+			Metadata:     m.Config.GetMetadata(),
+			Image:        m.Config.GetImage(),
 			ImageRef:     m.ImageRef,
 			ImageId:      m.ImageID,
 			State:        state,
 			CreatedAt:    m.CreatedAt,
-			Labels:       m.config.GetLabels(),
-			Annotations:  m.config.GetAnnotations(),
+			Labels:       m.Config.GetLabels(),
+			Annotations:  m.Config.GetAnnotations(),
 		})
 	}
 	return &runtime.ListContainersResponse{Containers: out}, nil
@@ -903,7 +895,7 @@ func (s *Server) Recover(ctx context.Context) {
 	var recs []containers.Container
 	var err error
 	for i := 0; i < 60; i++ {
-		if recs, err = s.listKind(ctx, kindContainer); err == nil {
+		if recs, err = s.store.List(ctx, store.KindContainer); err == nil {
 			break
 		}
 		select {
@@ -917,7 +909,7 @@ func (s *Server) Recover(ctx context.Context) {
 		return
 	}
 	for _, c := range recs {
-		m, err := decodeContainer(c)
+		m, err := store.DecodeContainer(c)
 		if err != nil || m.StartedAt == 0 || m.FinishedAt != 0 {
 			continue
 		}

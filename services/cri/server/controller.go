@@ -19,6 +19,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // controller serves containerd.services.sandbox.v1.Controller for the one
@@ -41,7 +42,7 @@ func (s *Server) RegisterSandboxController(r grpc.ServiceRegistrar) {
 // pod finds the CRI pod a controller call names, by its full ID, after
 // checking the call is for the podsandbox sandboxer. Pods live in the
 // k8s.io namespace only.
-func (c *controller) pod(ctx context.Context, sandboxer, id string) (context.Context, *sandboxMeta, error) {
+func (c *controller) pod(ctx context.Context, sandboxer, id string) (context.Context, *store.Sandbox, error) {
 	if sandboxer == "" {
 		return ctx, nil, fmt.Errorf("sandbox controller name can not be empty: %w", errdefs.ErrInvalidArgument)
 	}

@@ -10,27 +10,18 @@ import (
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/flotilla-project/flotilla/pkg/graphclient"
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // eventFilters select, in the CRI namespace, the lifecycle events that
 // become CRI container events.
 var eventFilters = []string{
 	fmt.Sprintf(`namespace==%q,topic~="^/(containers/(create|delete)|tasks/(start|exit))$"`, Namespace),
-}
-
-// awaitSubscribed returns once the gateway's exchange has registered
-// stream's subscription, which it says by sending the stream's header:
-// every event published after reaches it.
-func awaitSubscribed(stream grpc.ClientStream) error {
-	if _, err := stream.Header(); err != nil {
-		return fmt.Errorf("event subscription: %w", errgrpc.ToNative(err))
-	}
-	return nil
 }
 
 // GetContainerEvents streams CRI container events (created, started,
@@ -46,7 +37,7 @@ func (s *Server) GetContainerEvents(_ *runtime.GetEventsRequest, srv runtime.Run
 	if err != nil {
 		return fmt.Errorf("subscribe to events: %w", errgrpc.ToNative(err))
 	}
-	if err := awaitSubscribed(stream); err != nil {
+	if err := graphclient.AwaitSubscribed(stream); err != nil {
 		return err
 	}
 	envs := make(chan *types.Envelope, 128)
@@ -102,19 +93,19 @@ func (s *Server) GetContainerEvents(_ *runtime.GetEventsRequest, srv runtime.Run
 }
 
 func (s *Server) learnObjects(ctx context.Context, known map[string]string) error {
-	sbs, err := s.listKind(ctx, kindSandbox)
+	sbs, err := s.store.List(ctx, store.KindSandbox)
 	if err != nil {
 		return err
 	}
 	for _, c := range sbs {
 		known[c.ID] = c.ID
 	}
-	ctrs, err := s.listKind(ctx, kindContainer)
+	ctrs, err := s.store.List(ctx, store.KindContainer)
 	if err != nil {
 		return err
 	}
 	for _, c := range ctrs {
-		known[c.ID] = c.Labels[sandboxIDLabel]
+		known[c.ID] = c.Labels[store.SandboxIDLabel]
 	}
 	return nil
 }
@@ -136,11 +127,11 @@ func (s *Server) containerEvent(ctx context.Context, env *types.Envelope, known 
 		if err != nil {
 			return nil // created and gone already, or not readable
 		}
-		switch c.Labels[kindLabel] {
-		case kindSandbox:
+		switch c.Labels[store.KindLabel] {
+		case store.KindSandbox:
 			known[id] = id
-		case kindContainer:
-			known[id] = c.Labels[sandboxIDLabel]
+		case store.KindContainer:
+			known[id] = c.Labels[store.SandboxIDLabel]
 		default:
 			return nil
 		}
@@ -170,7 +161,7 @@ func (s *Server) containerEvent(ctx context.Context, env *types.Envelope, known 
 	if st, err := s.PodSandboxStatus(ctx, &runtime.PodSandboxStatusRequest{PodSandboxId: sandboxID}); err == nil {
 		ev.PodSandboxStatus = st.GetStatus()
 	}
-	if cs, err := s.sandboxContainers(ctx, sandboxID); err == nil {
+	if cs, err := s.store.SandboxContainers(ctx, sandboxID); err == nil {
 		for _, c := range cs {
 			if st, err := s.ContainerStatus(ctx, &runtime.ContainerStatusRequest{ContainerId: c.ID}); err == nil {
 				ev.ContainersStatuses = append(ev.ContainersStatuses, st.GetStatus())

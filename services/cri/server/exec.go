@@ -14,6 +14,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // maxExecOutput bounds what ExecSync keeps of each stream, under the
@@ -27,7 +28,7 @@ func (s *Server) ExecSync(ctx context.Context, req *runtime.ExecSyncRequest) (*r
 	if len(req.GetCmd()) == 0 {
 		return nil, fmt.Errorf("exec needs a command: %w", errdefs.ErrInvalidArgument)
 	}
-	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	m, _, err := s.store.Container(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +52,7 @@ func (s *Server) ExecSync(ctx context.Context, req *runtime.ExecSyncRequest) (*r
 	pspec.Terminal = false
 
 	stdout, stderr := &limitedBuffer{max: maxExecOutput}, &limitedBuffer{max: maxExecOutput}
-	execID := newID()[:32]
+	execID := store.NewID()[:32]
 	process, err := task.Exec(ctx, execID, &pspec, cio.NewCreator(cio.WithStreams(nil, stdout, stderr), cio.WithFIFODir(s.fifoDir())))
 	if err != nil {
 		return nil, fmt.Errorf("exec in container %s: %w", m.ID, err)

@@ -56,11 +56,11 @@ func (s *Server) resolveImageVolumes(ctx context.Context, cfg *runtime.Container
 		if m.GetContainerPath() == "" {
 			return nil, fmt.Errorf("image volume %s has no container path: %w", m.GetImage().GetImage(), errdefs.ErrInvalidArgument)
 		}
-		img, err := s.resolve(ctx, m.GetImage().GetImage())
+		img, err := s.images.Resolve(ctx, m.GetImage().GetImage())
 		if err != nil {
 			return nil, fmt.Errorf("image volume at %s: %w", m.GetContainerPath(), err)
 		}
-		m.Image.ImageRef = img.info.id
+		m.Image.ImageRef = img.Info.ID
 	}
 	return cfg, nil
 }
@@ -98,7 +98,7 @@ func (s *Server) mountImageVolumes(ctx context.Context, containerID string, cfg 
 }
 
 func (s *Server) mountImageVolume(ctx context.Context, containerID string, i int, m *runtime.Mount) (string, error) {
-	img, err := s.resolve(ctx, m.GetImage().GetImage())
+	img, err := s.images.Resolve(ctx, m.GetImage().GetImage())
 	if err != nil {
 		return "", err
 	}

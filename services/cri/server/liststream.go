@@ -1,19 +1,20 @@
 package server
 
 import (
+	"github.com/flotilla-project/flotilla/services/cri/image"
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // The Stream* methods (the kubelet's CRIListStreaming gate) answer what
-// their List* counterparts do, in messages of at most streamBatch items,
+// their List* counterparts do, in messages of at most image.StreamBatch items,
 // so that a node with many objects never meets gRPC's message size limit.
 // Each item is sent once; the stream ends (EOF) after the last batch.
 
-// sendBatches sends items in batches of streamBatch; nothing for none.
+// sendBatches sends items in batches of image.StreamBatch; nothing for none.
 func sendBatches[T any](items []T, send func([]T) error) error {
 	for len(items) > 0 {
-		n := min(len(items), streamBatch)
+		n := min(len(items), image.StreamBatch)
 		if err := send(items[:n]); err != nil {
 			return err
 		}

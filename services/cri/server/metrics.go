@@ -16,6 +16,7 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/stats"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // The series of ListPodSandboxMetrics are built by package stats (see
@@ -51,11 +52,11 @@ func (s *Server) StreamPodSandboxMetrics(_ *runtime.StreamPodSandboxMetricsReque
 }
 
 func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMetrics, error) {
-	sbs, err := s.listKind(ctx, kindSandbox)
+	sbs, err := s.store.List(ctx, store.KindSandbox)
 	if err != nil {
 		return nil, err
 	}
-	ctrs, err := s.listKind(ctx, kindContainer)
+	ctrs, err := s.store.List(ctx, store.KindContainer)
 	if err != nil {
 		return nil, err
 	}
@@ -65,11 +66,11 @@ func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMe
 	}
 	bySandbox := map[string][]containers.Container{}
 	for _, c := range ctrs {
-		bySandbox[c.Labels[sandboxIDLabel]] = append(bySandbox[c.Labels[sandboxIDLabel]], c)
+		bySandbox[c.Labels[store.SandboxIDLabel]] = append(bySandbox[c.Labels[store.SandboxIDLabel]], c)
 	}
 	out := []*runtime.PodSandboxMetrics{}
 	for _, rec := range sbs {
-		sb, err := decodeSandbox(rec)
+		sb, err := store.DecodeSandbox(rec)
 		if err != nil {
 			continue
 		}
@@ -79,7 +80,7 @@ func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMe
 		if !ready {
 			continue
 		}
-		md := sb.config.GetMetadata()
+		md := sb.Config.GetMetadata()
 		pod := &runtime.PodSandboxMetrics{PodSandboxId: sb.ID}
 		if sb.NetNS != "" && pid != 0 {
 			ifaces, err := stats.ReadNetCounters(fmt.Sprintf("/proc/%d/net/dev", pid))
@@ -96,15 +97,15 @@ func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMe
 			if !ok {
 				continue // not running: no cgroup to read
 			}
-			m, err := decodeContainer(c)
+			m, err := store.DecodeContainer(c)
 			if err != nil {
 				continue
 			}
-			image := m.config.GetImage().GetUserSpecifiedImage()
+			image := m.Config.GetImage().GetUserSpecifiedImage()
 			if image == "" {
-				image = m.config.GetImage().GetImage()
+				image = m.Config.GetImage().GetImage()
 			}
-			ms := stats.NewMetricSet(time.Now(), md.GetName(), md.GetNamespace(), m.config.GetMetadata().GetName(), m.ID, image)
+			ms := stats.NewMetricSet(time.Now(), md.GetName(), md.GetNamespace(), m.Config.GetMetadata().GetName(), m.ID, image)
 			s.containerMetrics(ctx, ms, c, m, tm)
 			pod.ContainerMetrics = append(pod.ContainerMetrics, &runtime.ContainerMetrics{ContainerId: m.ID, Metrics: ms.Metrics()})
 		}
@@ -114,7 +115,7 @@ func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMe
 }
 
 // containerMetrics adds one running container's series to ms.
-func (s *Server) containerMetrics(ctx context.Context, ms *stats.MetricSet, rec containers.Container, m *containerMeta, tm taskMetric) {
+func (s *Server) containerMetrics(ctx context.Context, ms *stats.MetricSet, rec containers.Container, m *store.Container, tm taskMetric) {
 	ms.Lifetime(time.Now(), time.Unix(0, m.StartedAt))
 	ms.Cgroup(tm.v)
 	var spec *specs.Spec

@@ -16,6 +16,7 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/nri"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // The CRI server's side of NRI (services/cri/nri): its pods and
@@ -43,8 +44,8 @@ func (s *Server) SeedNRI(ctx context.Context) {
 	}
 	ctx = withNamespace(ctx)
 	for i := 0; i < 60; i++ {
-		pods, perr := s.listKind(ctx, kindSandbox)
-		ctrs, cerr := s.listKind(ctx, kindContainer)
+		pods, perr := s.store.List(ctx, store.KindSandbox)
+		ctrs, cerr := s.store.List(ctx, store.KindContainer)
 		if perr == nil && cerr == nil {
 			var ready []string
 			for _, p := range pods {
@@ -54,7 +55,7 @@ func (s *Server) SeedNRI(ctx context.Context) {
 			}
 			states := map[string]nriapi.ContainerState{}
 			for _, c := range ctrs {
-				if m, err := decodeContainer(c); err == nil {
+				if m, err := store.DecodeContainer(c); err == nil {
 					state, _, _ := s.containerState(ctx, m)
 					states[c.ID] = nriState(state)
 				}
@@ -84,7 +85,7 @@ func nriState(st runtime.ContainerState) nriapi.ContainerState {
 }
 
 // metaState is a container's state from its record alone.
-func metaState(m *containerMeta) nriapi.ContainerState {
+func metaState(m *store.Container) nriapi.ContainerState {
 	switch {
 	case m.FinishedAt != 0:
 		return nriapi.ContainerState_CONTAINER_STOPPED
@@ -96,12 +97,12 @@ func metaState(m *containerMeta) nriapi.ContainerState {
 
 // nriPod describes a pod to plugins; full, or only its ID when no plugin
 // listens. rec is its record when the caller has it at hand.
-func (s *Server) nriPod(ctx context.Context, m *sandboxMeta, rec *containers.Container, full bool) *nri.Pod {
+func (s *Server) nriPod(ctx context.Context, m *store.Sandbox, rec *containers.Container, full bool) *nri.Pod {
 	p := &nri.Pod{ID: m.ID}
 	if !full {
 		return p
 	}
-	p.Config, p.RuntimeHandler = m.config, m.RuntimeHandler
+	p.Config, p.RuntimeHandler = m.Config, m.RuntimeHandler
 	if m.IP != "" {
 		p.IPs = append([]string{m.IP}, m.AdditionalIPs...)
 	}
@@ -120,15 +121,15 @@ func (s *Server) nriPod(ctx context.Context, m *sandboxMeta, rec *containers.Con
 }
 
 // nriContainer describes a container to plugins, as nriPod.
-func (s *Server) nriContainer(ctx context.Context, m *containerMeta, rec *containers.Container, full bool) *nri.Container {
+func (s *Server) nriContainer(ctx context.Context, m *store.Container, rec *containers.Container, full bool) *nri.Container {
 	c := &nri.Container{ID: m.ID, SandboxID: m.SandboxID, State: metaState(m)}
 	if !full {
 		return c
 	}
-	c.Config = m.config
+	c.Config = m.Config
 	c.CreatedAt, c.StartedAt, c.FinishedAt = m.CreatedAt, m.StartedAt, m.FinishedAt
 	c.ExitCode, c.Reason, c.Message = m.ExitCode, m.Reason, m.Message
-	c.ImageName, c.ImageDigest, c.ImageID = m.config.GetImage().GetImage(), m.ImageRef, m.ImageID
+	c.ImageName, c.ImageDigest, c.ImageID = m.Config.GetImage().GetImage(), m.ImageRef, m.ImageID
 	if rec == nil {
 		if r, err := s.client.ContainerService().Get(ctx, m.ID); err == nil {
 			rec = &r
@@ -148,8 +149,8 @@ func (s *Server) nriContainer(ctx context.Context, m *containerMeta, rec *contai
 // nriSandbox is the pod of a container, described; an ID alone when its
 // record is gone.
 func (s *Server) nriSandbox(ctx context.Context, id string, full bool) *nri.Pod {
-	if sb, err := s.getKind(ctx, kindSandbox, id); err == nil {
-		if m, err := decodeSandbox(sb); err == nil {
+	if sb, err := s.store.Get(ctx, store.KindSandbox, id); err == nil {
+		if m, err := store.DecodeSandbox(sb); err == nil {
 			return s.nriPod(ctx, m, &sb, full)
 		}
 	}
@@ -173,7 +174,7 @@ func (s *Server) isStarting(id string) bool {
 // fails RunPodSandbox. It ends the pod's hiding while plugins cannot be
 // synchronised, so that a connecting plugin sees the pod either in its
 // synchronisation or here.
-func (s *Server) nriRunPod(ctx context.Context, m *sandboxMeta, rec containers.Container) error {
+func (s *Server) nriRunPod(ctx context.Context, m *store.Sandbox, rec containers.Container) error {
 	if s.nri == nil {
 		return nil
 	}
@@ -187,7 +188,7 @@ func (s *Server) nriRunPod(ctx context.Context, m *sandboxMeta, rec containers.C
 
 // nriStopPod tells plugins of a pod whose containers and pause task are
 // stopped; their failure is only logged, as in containerd.
-func (s *Server) nriStopPod(ctx context.Context, m *sandboxMeta) {
+func (s *Server) nriStopPod(ctx context.Context, m *store.Sandbox) {
 	if s.nri == nil {
 		return
 	}
@@ -198,7 +199,7 @@ func (s *Server) nriStopPod(ctx context.Context, m *sandboxMeta) {
 }
 
 // nriRemovePod tells plugins of a pod about to be removed.
-func (s *Server) nriRemovePod(ctx context.Context, m *sandboxMeta) {
+func (s *Server) nriRemovePod(ctx context.Context, m *store.Sandbox) {
 	if s.nri == nil {
 		return
 	}
@@ -215,8 +216,8 @@ func (s *Server) nriRemovePod(ctx context.Context, m *sandboxMeta) {
 // CreateContainer.
 type nriCreate struct {
 	s       *Server
-	sb      *sandboxMeta
-	m       *containerMeta
+	sb      *store.Sandbox
+	m       *store.Container
 	unblock func()
 	// asked is the container as plugins were asked about it; nil
 	// until they are.
@@ -224,7 +225,7 @@ type nriCreate struct {
 	pod   *nri.Pod
 }
 
-func (s *Server) nriCreateHook(sb *sandboxMeta, m *containerMeta) *nriCreate {
+func (s *Server) nriCreateHook(sb *store.Sandbox, m *store.Container) *nriCreate {
 	h := &nriCreate{s: s, sb: sb, m: m, unblock: func() {}}
 	if s.nri != nil {
 		h.unblock = s.nri.BlockSync()
@@ -283,7 +284,7 @@ func (h *nriCreate) finish(ctx context.Context, rec *containers.Container, retEr
 
 // nriStartContainer tells plugins a container is about to start; their
 // failure fails the start.
-func (s *Server) nriStartContainer(ctx context.Context, m *containerMeta, rec containers.Container) error {
+func (s *Server) nriStartContainer(ctx context.Context, m *store.Container, rec containers.Container) error {
 	if s.nri == nil {
 		return nil
 	}
@@ -293,7 +294,7 @@ func (s *Server) nriStartContainer(ctx context.Context, m *containerMeta, rec co
 }
 
 // nriPostStartContainer tells plugins a container started.
-func (s *Server) nriPostStartContainer(ctx context.Context, m *containerMeta, rec containers.Container) {
+func (s *Server) nriPostStartContainer(ctx context.Context, m *store.Container, rec containers.Container) {
 	if s.nri == nil {
 		return
 	}
@@ -311,7 +312,7 @@ func (s *Server) nriStopContainer(ctx context.Context, id string) {
 		return
 	}
 	defer s.nri.BlockSync()()
-	m, rec, err := s.getContainer(ctx, id)
+	m, rec, err := s.store.Container(ctx, id)
 	if err != nil {
 		return
 	}
@@ -329,7 +330,7 @@ func (s *Server) nriContainerExited(ctx context.Context, id string) {
 	}
 	ctx = context.WithoutCancel(ctx)
 	s.nri.ContainerExited(ctx, func() (*nri.Pod, *nri.Container) {
-		m, rec, err := s.getContainer(ctx, id)
+		m, rec, err := s.store.Container(ctx, id)
 		if err != nil {
 			return &nri.Pod{}, &nri.Container{ID: id}
 		}
@@ -344,7 +345,7 @@ func (s *Server) nriRemoveContainer(ctx context.Context, id string) {
 		return
 	}
 	defer s.nri.BlockSync()()
-	m, rec, err := s.getContainer(ctx, id)
+	m, rec, err := s.store.Container(ctx, id)
 	if err != nil {
 		return
 	}
@@ -361,7 +362,7 @@ func (s *Server) nriUpdateContainer(ctx context.Context, id string, r *runtime.L
 		return r, nil
 	}
 	defer s.nri.BlockSync()()
-	m, rec, err := s.getContainer(ctx, id)
+	m, rec, err := s.store.Container(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -387,7 +388,7 @@ func (s *Server) nriPostUpdateContainer(ctx context.Context, id string) {
 		return
 	}
 	defer s.nri.BlockSync()()
-	m, rec, err := s.getContainer(ctx, id)
+	m, rec, err := s.store.Container(ctx, id)
 	if err != nil {
 		return
 	}
@@ -405,7 +406,7 @@ func (s *Server) NRIRuntime() nri.Runtime { return nriRuntime{s} }
 
 func (r nriRuntime) Pods(ctx context.Context) ([]*nri.Pod, error) {
 	ctx = withNamespace(ctx)
-	recs, err := r.s.listKind(ctx, kindSandbox)
+	recs, err := r.s.store.List(ctx, store.KindSandbox)
 	if err != nil {
 		return nil, err
 	}
@@ -414,7 +415,7 @@ func (r nriRuntime) Pods(ctx context.Context) ([]*nri.Pod, error) {
 		if r.s.isStarting(recs[i].ID) {
 			continue
 		}
-		m, err := decodeSandbox(recs[i])
+		m, err := store.DecodeSandbox(recs[i])
 		if err != nil {
 			continue
 		}
@@ -427,13 +428,13 @@ func (r nriRuntime) Pods(ctx context.Context) ([]*nri.Pod, error) {
 
 func (r nriRuntime) Containers(ctx context.Context) ([]*nri.Container, error) {
 	ctx = withNamespace(ctx)
-	recs, err := r.s.listKind(ctx, kindContainer)
+	recs, err := r.s.store.List(ctx, store.KindContainer)
 	if err != nil {
 		return nil, err
 	}
 	var out []*nri.Container
 	for i := range recs {
-		m, err := decodeContainer(recs[i])
+		m, err := store.DecodeContainer(recs[i])
 		if err != nil || r.s.isStarting(m.SandboxID) {
 			continue
 		}
@@ -456,7 +457,7 @@ func (r nriRuntime) UpdateContainer(ctx context.Context, id string, res *runtime
 	if res == nil {
 		return nil
 	}
-	unlock, ok := r.s.tryLock(id, 5*time.Second)
+	unlock, ok := r.s.store.TryLock(id, 5*time.Second)
 	if !ok {
 		return fmt.Errorf("container %s is busy in a lifecycle call: %w", id, errdefs.ErrUnavailable)
 	}
@@ -467,28 +468,10 @@ func (r nriRuntime) UpdateContainer(ctx context.Context, id string, res *runtime
 // EvictContainer stops a container at once, as a plugin asks.
 func (r nriRuntime) EvictContainer(ctx context.Context, id string) error {
 	ctx = withNamespace(ctx)
-	unlock, ok := r.s.tryLock(id, 5*time.Second)
+	unlock, ok := r.s.store.TryLock(id, 5*time.Second)
 	if !ok {
 		return fmt.Errorf("container %s is busy in a lifecycle call: %w", id, errdefs.ErrUnavailable)
 	}
 	unlock()
 	return r.s.stopContainer(ctx, id, 0)
-}
-
-// tryLock takes an object's lifecycle lock if it frees within d.
-func (s *Server) tryLock(id string, d time.Duration) (func(), bool) {
-	s.pods.mu.Lock()
-	l, ok := s.pods.locks[id]
-	s.pods.mu.Unlock()
-	if !ok {
-		return s.pods.lock(id), true
-	}
-	for deadline := time.Now().Add(d); ; time.Sleep(10 * time.Millisecond) {
-		if l.TryLock() {
-			return l.Unlock, true
-		}
-		if time.Now().After(deadline) {
-			return nil, false
-		}
-	}
 }

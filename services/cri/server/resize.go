@@ -52,7 +52,7 @@ func (s *Server) UpdatePodSandboxResources(ctx context.Context, req *runtime.Upd
 	}, "extensions."+sandboxResourcesExtension); err != nil {
 		return nil, fmt.Errorf("record resources of sandbox %s: %w", sb.ID, err)
 	}
-	if parent := sb.config.GetLinux().GetCgroupParent(); parent != "" {
+	if parent := sb.Config.GetLinux().GetCgroupParent(); parent != "" {
 		res := podCgroupResources(req.GetResources(), req.GetOverhead())
 		if res == nil {
 			return &runtime.UpdatePodSandboxResourcesResponse{}, nil

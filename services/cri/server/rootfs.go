@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/image"
 )
 
 // Creating a sandbox or container with the client's stock options
@@ -33,29 +34,29 @@ import (
 // capabilities asked, and the new snapshot's mounts asked again by every
 // option that looks at /etc/passwd or /etc/group. Everything those calls
 // return is known here already: the config is content-addressed and
-// cached in imageInfo, and the mounts are what Prepare returned. The
+// cached in image.Info, and the mounts are what Prepare returned. The
 // options below feed the same containerd code from that knowledge, so
 // the spec comes out the same.
 
 // cachedImage is an oci.Image whose config is served from the cache.
 type cachedImage struct {
 	content.Store
-	info *imageInfo
+	info *image.Info
 }
 
-func (s *Server) cachedImage(info *imageInfo) cachedImage {
+func (s *Server) cachedImage(info *image.Info) cachedImage {
 	return cachedImage{Store: s.client.ContentStore(), info: info}
 }
 
 func (c cachedImage) Config(context.Context) (ocispec.Descriptor, error) {
-	return c.info.config, nil
+	return c.info.Config, nil
 }
 
 func (c cachedImage) ContentStore() content.Store { return c }
 
 func (c cachedImage) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	if desc.Digest == c.info.config.Digest && c.info.configBlob != nil {
-		return blobReader{bytes.NewReader(c.info.configBlob)}, nil
+	if desc.Digest == c.info.Config.Digest && c.info.ConfigBlob != nil {
+		return blobReader{bytes.NewReader(c.info.ConfigBlob)}, nil
 	}
 	return c.Store.ReaderAt(ctx, desc)
 }
@@ -93,13 +94,13 @@ type preparedRootfs struct {
 // withRootfs prepares the container's snapshot over the image's layers, as
 // containerd.WithNewSnapshot does, with the chain ID from the cache, and
 // names the image on the record.
-func (s *Server) withRootfs(id string, img *criImage, r *preparedRootfs) containerd.NewContainerOpts {
+func (s *Server) withRootfs(id string, img *image.Image, r *preparedRootfs) containerd.NewContainerOpts {
 	return func(ctx context.Context, client *containerd.Client, c *containers.Container) error {
-		mounts, err := client.SnapshotService(s.cfg.Snapshotter).Prepare(ctx, id, img.info.chainID)
+		mounts, err := client.SnapshotService(s.cfg.Snapshotter).Prepare(ctx, id, img.Info.ChainID)
 		if err != nil {
-			return fmt.Errorf("prepare rootfs of %s from image %s: %w", id, img.info.id, err)
+			return fmt.Errorf("prepare rootfs of %s from image %s: %w", id, img.Info.ID, err)
 		}
-		c.Snapshotter, c.SnapshotKey, c.Image = s.cfg.Snapshotter, id, imageName(img)
+		c.Snapshotter, c.SnapshotKey, c.Image = s.cfg.Snapshotter, id, img.Name()
 		r.key, r.mounts = id, mounts
 		return nil
 	}

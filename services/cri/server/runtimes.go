@@ -36,7 +36,7 @@ import (
 // the options its tasks are created with; a pod picks one by its
 // RuntimeClass's handler (RunPodSandbox's runtime_handler, "" for the
 // default), and its containers run on the same. The handler a pod was
-// created with is on its record (sandboxMeta.RuntimeHandler); type and
+// created with is on its record (store.Sandbox.RuntimeHandler); type and
 // options are on each container record's runtime, which is what the tasks
 // service creates the task from.
 

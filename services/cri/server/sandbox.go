@@ -19,13 +19,14 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
-	"github.com/distribution/reference"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/image"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // sandboxOOMScoreAdj keeps the pause container alive under memory
@@ -70,40 +71,9 @@ func hostNetwork(cfg *runtime.PodSandboxConfig) bool {
 	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtime.NamespaceMode_NODE
 }
 
-// ensureImage finds an image by reference, pulling it when missing (the
-// sandbox image is not the kubelet's to pull).
-func (s *Server) ensureImage(ctx context.Context, ref string) (*criImage, error) {
-	img, err := s.resolve(ctx, ref)
-	if errdefs.IsNotFound(err) {
-		named, perr := reference.ParseDockerRef(ref)
-		if perr != nil {
-			return nil, fmt.Errorf("image reference %q: %v: %w", ref, perr, errdefs.ErrInvalidArgument)
-		}
-		if _, _, err = s.pulls.Do(ctx, pullKey(named.String(), nil), func(ctx context.Context) (string, error) {
-			return s.pull(ctx, named, nil)
-		}); err != nil {
-			return nil, err
-		}
-		img, err = s.resolve(ctx, ref)
-	}
-	return img, err
-}
-
-// imageName is the image record a CRI image is known by: its ID record
-// when it has one (every image the CRI pulled does).
-func imageName(img *criImage) string {
-	name := img.refs[0]
-	for _, r := range img.refs {
-		if r == img.info.id {
-			name = r
-		}
-	}
-	return name
-}
-
-// containerdImage is the client's view of a CRI image, by imageName.
-func (s *Server) containerdImage(ctx context.Context, img *criImage) (containerd.Image, error) {
-	name := imageName(img)
+// containerdImage is the client's view of a CRI image, by its Name.
+func (s *Server) containerdImage(ctx context.Context, img *image.Image) (containerd.Image, error) {
+	name := img.Name()
 	ci, err := s.client.GetImage(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", name, err)
@@ -130,13 +100,13 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		return nil, err
 	}
 	name := strings.Join([]string{md.GetName(), md.GetNamespace(), md.GetUid(), strconv.Itoa(int(md.GetAttempt()))}, "_")
-	release, err := s.reserveName(ctx, kindSandbox, name)
+	release, err := s.store.ReserveName(ctx, store.KindSandbox, name)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
 
-	pause, err := s.ensureImage(ctx, s.cfg.SandboxImage)
+	pause, err := s.images.Ensure(ctx, s.cfg.SandboxImage)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox image %s: %w", s.cfg.SandboxImage, err)
 	}
@@ -144,9 +114,9 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if err != nil {
 		return nil, err
 	}
-	id := newID()
+	id := store.NewID()
 	defer s.hideStarting(id)()
-	m := &sandboxMeta{ID: id, Name: name, Config: cfgBytes, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: nanos(time.Now()), config: cfg}
+	m := &store.Sandbox{ID: id, Name: name, RawConfig: cfgBytes, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: nanos(time.Now()), Config: cfg}
 
 	// Undo what was done, in reverse, when a later step fails; the
 	// kubelet retries with a new attempt.
@@ -193,7 +163,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 
 	specOpts := []oci.SpecOpts{
-		oci.WithImageConfig(s.cachedImage(pause.info)),
+		oci.WithImageConfig(s.cachedImage(pause.Info)),
 		oci.WithAnnotations(map[string]string{
 			annContainerType:    containerTypeSandbox,
 			annSandboxID:        id,
@@ -233,7 +203,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		specOpts = append(specOpts, seccomp)
 	}
 
-	ext, err := encodeExtension(sandboxExtension, m)
+	ext, err := store.EncodeExtension(store.SandboxExtension, m)
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +211,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	for k, v := range cfg.GetLabels() {
 		labels[k] = v
 	}
-	labels[kindLabel] = kindSandbox
+	labels[store.KindLabel] = store.KindSandbox
 	lctx, releaseLease, err := s.withCreateLease(ctx)
 	if err != nil {
 		return nil, err
@@ -254,7 +224,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		ociRuntime.withRuntime(),
 		withSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
-		withExtension(sandboxExtension, ext),
+		withExtension(store.SandboxExtension, ext),
 		withRecordCopy(&rec),
 	)
 	if err != nil {
@@ -284,104 +254,10 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if err := s.nriRunPod(ctx, m, rec); err != nil {
 		return nil, err
 	}
-	s.rememberCreated(rec, rootfs.mounts)
-	s.addName(kindSandbox, name, id)
+	s.store.RememberCreated(rec, rootfs.mounts)
+	s.store.AddName(store.KindSandbox, name, id)
 	logging.G(ctx).Debug("sandbox running", "sandbox", id, "name", name, "ip", m.IP)
 	return &runtime.RunPodSandboxResponse{PodSandboxId: id}, nil
-}
-
-// reserveName fails with AlreadyExists when an object of kind already has
-// name; the reservation ends when release is called, by which time the
-// record exists (or creation failed). The names of existing records are
-// listed once per process and then kept by this process's creates and
-// removes (only the cri makes these records); a name found taken is
-// checked against its record, so a record removed by another client
-// frees its name.
-func (s *Server) reserveName(ctx context.Context, kind, name string) (release func(), err error) {
-	key := kind + "/" + name
-	s.pods.mu.Lock()
-	if s.pods.reserved[name] {
-		s.pods.mu.Unlock()
-		return nil, fmt.Errorf("%s name %q is being created: %w", kind, name, errdefs.ErrAlreadyExists)
-	}
-	s.pods.reserved[name] = true
-	loaded := s.pods.namesLoaded[kind]
-	s.pods.mu.Unlock()
-	release = func() {
-		s.pods.mu.Lock()
-		delete(s.pods.reserved, name)
-		s.pods.mu.Unlock()
-	}
-	if !loaded {
-		if err := s.loadNames(ctx, kind); err != nil {
-			release()
-			return nil, err
-		}
-	}
-	s.pods.mu.Lock()
-	id, taken := s.pods.names[key]
-	s.pods.mu.Unlock()
-	if taken {
-		_, err := s.client.ContainerService().Get(ctx, id)
-		switch {
-		case errdefs.IsNotFound(err):
-			s.forgetName(id)
-		case err != nil:
-			release()
-			return nil, fmt.Errorf("%s name %q: %w", kind, name, err)
-		default:
-			release()
-			return nil, fmt.Errorf("%s name %q is reserved for %s: %w", kind, name, id, errdefs.ErrAlreadyExists)
-		}
-	}
-	return release, nil
-}
-
-// loadNames lists the records of kind into the name index.
-func (s *Server) loadNames(ctx context.Context, kind string) error {
-	all, err := s.listKind(ctx, kind)
-	if err != nil {
-		return err
-	}
-	s.pods.mu.Lock()
-	defer s.pods.mu.Unlock()
-	if s.pods.namesLoaded[kind] {
-		return nil
-	}
-	for _, c := range all {
-		var name string
-		if kind == kindSandbox {
-			if m, err := decodeSandbox(c); err == nil {
-				name = m.Name
-			}
-		} else if m, err := decodeContainer(c); err == nil {
-			name = m.Name
-		}
-		if name != "" {
-			s.pods.names[kind+"/"+name] = c.ID
-			s.pods.nameOf[c.ID] = kind + "/" + name
-		}
-	}
-	s.pods.namesLoaded[kind] = true
-	return nil
-}
-
-// addName records a created object's name.
-func (s *Server) addName(kind, name, id string) {
-	s.pods.mu.Lock()
-	s.pods.names[kind+"/"+name] = id
-	s.pods.nameOf[id] = kind + "/" + name
-	s.pods.mu.Unlock()
-}
-
-// forgetName frees a removed object's name.
-func (s *Server) forgetName(id string) {
-	s.pods.mu.Lock()
-	if key, ok := s.pods.nameOf[id]; ok && s.pods.names[key] == id {
-		delete(s.pods.names, key)
-	}
-	delete(s.pods.nameOf, id)
-	s.pods.mu.Unlock()
 }
 
 // writeSandboxFiles writes the hostname, hosts and resolv.conf files the
@@ -540,8 +416,8 @@ func (s *Server) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandbox
 	return &runtime.StopPodSandboxResponse{}, nil
 }
 
-func (s *Server) stopSandbox(ctx context.Context, m *sandboxMeta) error {
-	cs, err := s.sandboxContainers(ctx, m.ID)
+func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
+	cs, err := s.store.SandboxContainers(ctx, m.ID)
 	if err != nil {
 		return err
 	}
@@ -550,24 +426,24 @@ func (s *Server) stopSandbox(ctx context.Context, m *sandboxMeta) error {
 			return fmt.Errorf("stop container %s of sandbox %s: %w", c.ID, m.ID, err)
 		}
 	}
-	unlock := s.pods.lock(m.ID)
+	unlock := s.store.Lock(m.ID)
 	defer unlock()
 	if err := s.deleteTask(ctx, m.ID); err != nil {
 		return fmt.Errorf("stop sandbox %s: %w", m.ID, err)
 	}
 	s.nriStopPod(ctx, m)
 	// The pod's shared memory goes with its processes, as in containerd.
-	if !hostIPC(m.config) {
+	if !hostIPC(m.Config) {
 		if err := unmountSandboxShm(s.sandboxShm(m)); err != nil {
 			return err
 		}
 	}
 	if m.NetNS != "" && !m.NetworkTornDown {
-		if err := s.teardownPodNetwork(ctx, m.ID, m.NetNS, m.config); err != nil {
+		if err := s.teardownPodNetwork(ctx, m.ID, m.NetNS, m.Config); err != nil {
 			return fmt.Errorf("tear down network of sandbox %s: %w", m.ID, err)
 		}
 		m.NetworkTornDown = true
-		if err := s.saveSandbox(ctx, m); err != nil {
+		if err := s.store.SaveSandbox(ctx, m); err != nil {
 			return err
 		}
 	}
@@ -598,15 +474,6 @@ func (s *Server) deleteTask(ctx context.Context, id string) error {
 	return nil
 }
 
-func (s *Server) sandboxContainers(ctx context.Context, sandboxID string) ([]containers.Container, error) {
-	cs, err := s.client.ContainerService().List(ctx,
-		fmt.Sprintf(`labels."%s"==%s,labels."%s"==%s`, kindLabel, kindContainer, sandboxIDLabel, sandboxID))
-	if err != nil {
-		return nil, fmt.Errorf("containers of sandbox %s: %w", sandboxID, err)
-	}
-	return cs, nil
-}
-
 // RemovePodSandbox stops the pod if it runs and removes its containers,
 // network namespace, files and records. Removing an unknown pod succeeds.
 func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSandboxRequest) (*runtime.RemovePodSandboxResponse, error) {
@@ -622,7 +489,7 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	if err := s.stopSandbox(ctx, m); err != nil {
 		return nil, err
 	}
-	cs, err := s.sandboxContainers(ctx, m.ID)
+	cs, err := s.store.SandboxContainers(ctx, m.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -631,7 +498,7 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 			return nil, fmt.Errorf("remove container %s of sandbox %s: %w", c.ID, m.ID, err)
 		}
 	}
-	unlock := s.pods.lock(m.ID)
+	unlock := s.store.Lock(m.ID)
 	defer unlock()
 	s.nriRemovePod(ctx, m)
 	if err := os.RemoveAll(s.sandboxDir(m.ID)); err != nil {
@@ -647,11 +514,11 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	if err := s.deletePodRecord(ctx, m.ID); err != nil {
 		return nil, err
 	}
-	s.pods.forget(m.ID)
+	s.forget(m.ID)
 	return &runtime.RemovePodSandboxResponse{}, nil
 }
 
-func (s *Server) sandboxState(ctx context.Context, m *sandboxMeta) runtime.PodSandboxState {
+func (s *Server) sandboxState(ctx context.Context, m *store.Sandbox) runtime.PodSandboxState {
 	if ok, _ := s.sandboxReady(ctx, m.ID); ok {
 		return runtime.PodSandboxState_SANDBOX_READY
 	}
@@ -668,14 +535,14 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtime.PodSandboxSt
 	}
 	st := &runtime.PodSandboxStatus{
 		Id:             m.ID,
-		Metadata:       m.config.GetMetadata(),
+		Metadata:       m.Config.GetMetadata(),
 		State:          s.sandboxState(ctx, m),
 		CreatedAt:      m.CreatedAt,
-		Labels:         m.config.GetLabels(),
-		Annotations:    m.config.GetAnnotations(),
+		Labels:         m.Config.GetLabels(),
+		Annotations:    m.Config.GetAnnotations(),
 		RuntimeHandler: m.RuntimeHandler,
 		Linux: &runtime.LinuxPodSandboxStatus{Namespaces: &runtime.Namespace{
-			Options: m.config.GetLinux().GetSecurityContext().GetNamespaceOptions(),
+			Options: m.Config.GetLinux().GetSecurityContext().GetNamespaceOptions(),
 		}},
 	}
 	if m.IP != "" {
@@ -695,7 +562,7 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtime.PodSandboxSt
 // label selector.
 func (s *Server) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandboxRequest) (*runtime.ListPodSandboxResponse, error) {
 	ctx = withNamespace(ctx)
-	recs, err := s.listKind(ctx, kindSandbox)
+	recs, err := s.store.List(ctx, store.KindSandbox)
 	if err != nil {
 		return nil, err
 	}
@@ -705,12 +572,12 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandbox
 		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) || s.isStarting(c.ID) {
 			continue
 		}
-		m, err := decodeSandbox(c)
+		m, err := store.DecodeSandbox(c)
 		if err != nil {
 			logging.G(ctx).Warn("unreadable sandbox record", "id", c.ID, "error", err)
 			continue
 		}
-		if !matchLabels(m.config.GetLabels(), f.GetLabelSelector()) {
+		if !store.MatchLabels(m.Config.GetLabels(), f.GetLabelSelector()) {
 			continue
 		}
 		state := s.sandboxState(ctx, m)
@@ -719,22 +586,13 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandbox
 		}
 		out = append(out, &runtime.PodSandbox{
 			Id:             m.ID,
-			Metadata:       m.config.GetMetadata(),
+			Metadata:       m.Config.GetMetadata(),
 			State:          state,
 			CreatedAt:      m.CreatedAt,
-			Labels:         m.config.GetLabels(),
-			Annotations:    m.config.GetAnnotations(),
+			Labels:         m.Config.GetLabels(),
+			Annotations:    m.Config.GetAnnotations(),
 			RuntimeHandler: m.RuntimeHandler,
 		})
 	}
 	return &runtime.ListPodSandboxResponse{Items: out}, nil
-}
-
-func matchLabels(labels, selector map[string]string) bool {
-	for k, v := range selector {
-		if got, ok := labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
 }

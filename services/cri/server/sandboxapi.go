@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // Every CRI pod also has a record in containerd's Sandbox Store (kept by
@@ -26,7 +27,7 @@ import (
 //	spec        the pause container's OCI spec
 //	labels      the pause container's labels and oci_runtime_type, as
 //	            containerd's podsandbox controller gives them
-//	extensions  io.flotilla.cri.sandbox.v1, the pod's sandboxMeta
+//	extensions  io.flotilla.cri.sandbox.v1, the pod's store.Sandbox
 //
 // RunPodSandbox writes it once the pause container exists, StopPodSandbox
 // refreshes it, RemovePodSandbox deletes it after the container; a crash in
@@ -51,8 +52,8 @@ func podRecord(rec containers.Container) sandbox.Sandbox {
 		Spec:      rec.Spec,
 		Sandboxer: podSandboxer,
 	}
-	if ext, ok := rec.Extensions[sandboxExtension]; ok {
-		sb.Extensions = map[string]typeurl.Any{sandboxExtension: ext}
+	if ext, ok := rec.Extensions[store.SandboxExtension]; ok {
+		sb.Extensions = map[string]typeurl.Any{store.SandboxExtension: ext}
 	}
 	return sb
 }
@@ -123,7 +124,7 @@ func (s *Server) reconcileSandboxes(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list sandbox store: %w", err)
 	}
-	pods, err := s.listKind(ctx, kindSandbox)
+	pods, err := s.store.List(ctx, store.KindSandbox)
 	if err != nil {
 		return err
 	}
@@ -142,7 +143,7 @@ func (s *Server) reconcileSandboxes(ctx context.Context) error {
 		}
 		// Under the pod's lock, so that a RemovePodSandbox running
 		// meanwhile cannot delete the record before it is written.
-		unlock := s.pods.lock(c.ID)
+		unlock := s.store.Lock(c.ID)
 		if _, err := s.client.ContainerService().Get(ctx, c.ID); err == nil {
 			err = s.createPodRecord(ctx, c)
 			if err != nil {
@@ -157,7 +158,7 @@ func (s *Server) reconcileSandboxes(ctx context.Context) error {
 		if isPod[id] {
 			continue
 		}
-		unlock := s.pods.lock(id)
+		unlock := s.store.Lock(id)
 		_, err := s.client.ContainerService().Get(ctx, id)
 		if errdefs.IsNotFound(err) {
 			err = s.deletePodRecord(ctx, id)

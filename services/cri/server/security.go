@@ -17,6 +17,7 @@ import (
 	apparmorhost "github.com/containerd/containerd/v2/pkg/apparmor"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -40,7 +41,7 @@ const (
 // capabilities, privileged (which undoes most of the rest), user and
 // groups, and last the AppArmor and seccomp profiles (the default seccomp
 // profile depends on the capabilities).
-func (s *Server) securityOpts(sb *sandboxMeta, cfg *runtime.ContainerConfig, imageUser string) ([]oci.SpecOpts, error) {
+func (s *Server) securityOpts(sb *store.Sandbox, cfg *runtime.ContainerConfig, imageUser string) ([]oci.SpecOpts, error) {
 	sc := cfg.GetLinux().GetSecurityContext()
 	// The kubelet always sends the paths it wants masked and read-only;
 	// a request without them gets none, as in containerd. Privilege
@@ -65,7 +66,7 @@ func (s *Server) securityOpts(sb *sandboxMeta, cfg *runtime.ContainerConfig, ima
 	opts = append(opts, withCapabilities(sc.GetCapabilities()))
 
 	if sc.GetPrivileged() {
-		if !sb.config.GetLinux().GetSecurityContext().GetPrivileged() {
+		if !sb.Config.GetLinux().GetSecurityContext().GetPrivileged() {
 			return nil, fmt.Errorf("privileged container in a sandbox that is not privileged: %w", errdefs.ErrInvalidArgument)
 		}
 		// All capabilities and devices, writable sysfs and cgroupfs, no

@@ -12,20 +12,18 @@ import (
 	"sync"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/transfer"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/platforms"
-	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/nri"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/streaming"
 )
 
-// Namespace is the containerd namespace every CRI object lives in, as in
-// containerd, so that `ctr -n k8s.io` shows what the kubelet sees.
-const Namespace = "k8s.io"
+// Namespace is the containerd namespace every CRI object lives in.
+const Namespace = store.Namespace
 
 // Config is the service's configuration (its options in flotillad's config).
 type Config struct {
@@ -73,26 +71,17 @@ type Server struct {
 	client *containerd.Client
 	// daemon reaches the services of the daemon as a whole, which the
 	// gateway owns: events and the version.
-	daemon   grpc.ClientConnInterface
-	cfg      Config
-	platform platforms.MatchComparer
+	daemon grpc.ClientConnInterface
+	cfg    Config
 
-	// transfers runs pulls (pkg/imagetransfer); pulls joins concurrent
-	// PullImage calls of one image with the same credentials into one.
-	transfers Transferrer
-	pulls     flightGroup[string]
-	// imageIdx saves resolving an image reference a listing of all
-	// images; see imageindex.go.
-	imageIdx imageIndex
+	// images resolves, pulls and lists the CRI images; see package
+	// image.
+	images *image.Service
 
-	// infos caches what an image's manifest says (config digest, size,
-	// config), keyed by the manifest or index digest: content-addressed,
-	// so it never goes stale; entries of deleted images are dropped on
-	// the next full listing.
-	mu    sync.Mutex
-	infos map[digest.Digest]*imageInfo
-
-	pods podState
+	// store holds the sandbox and container records; pods the exit
+	// watchers and log writers of running containers.
+	store *store.Store
+	pods  podState
 
 	// streams is the streaming server (Exec, Attach, PortForward) and
 	// the containers' attach points; see package streaming.
@@ -108,9 +97,7 @@ type Server struct {
 
 // Transferrer runs image transfers: the transfer engine
 // (pkg/imagetransfer) over the graph's stores.
-type Transferrer interface {
-	Transfer(ctx context.Context, src, dst any, progress transfer.ProgressFunc) error
-}
+type Transferrer = image.Transferrer
 
 // New builds the server over a containerd client of the other services, a
 // connection to the gateway's own (daemon: events, the version) and the
@@ -128,14 +115,18 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		cfg.Runtimes, _ = NewRuntimeHandlers("", nil) // the default cannot fail
 	}
 	s := &Server{
-		client:    client,
-		daemon:    daemon,
-		transfers: transfers,
-		cfg:       cfg,
-		platform:  platforms.Default(),
-		infos:     map[digest.Digest]*imageInfo{},
-		pods:      newPodState(ctx),
-		cdi:       cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
+		client: client,
+		daemon: daemon,
+		cfg:    cfg,
+		images: image.New(client, daemon, transfers, image.Config{
+			Snapshotter:        cfg.Snapshotter,
+			InsecureRegistries: cfg.InsecureRegistries,
+			ConfigPath:         cfg.ConfigPath,
+			ImageFSPath:        cfg.ImageFSPath,
+		}),
+		store: store.New(client.ContainerService()),
+		pods:  newPodState(ctx),
+		cdi:   cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
 	}
 	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})
 	return s

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -23,8 +24,8 @@ const (
 // POSIX shared memory works between them as the pod's shared IPC
 // namespace promises. A pod in the node's IPC namespace uses the node's
 // /dev/shm instead.
-func (s *Server) sandboxShm(sb *sandboxMeta) string {
-	if hostIPC(sb.config) {
+func (s *Server) sandboxShm(sb *store.Sandbox) string {
+	if hostIPC(sb.Config) {
 		return devShm
 	}
 	return filepath.Join(s.sandboxDir(sb.ID), "shm")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/stats"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // rates gives the stats their CPU rates; podState.forget drops an
@@ -40,12 +41,12 @@ func (s *Server) taskSamples(ctx context.Context, ids ...string) (map[string]sta
 
 // containerStats builds one container's stats from its task's sample
 // (none for a container that does not run) and its writable layer.
-func (s *Server) containerStats(ctx context.Context, m *containerMeta, sample *stats.Sample) *runtime.ContainerStats {
+func (s *Server) containerStats(ctx context.Context, m *store.Container, sample *stats.Sample) *runtime.ContainerStats {
 	st := &runtime.ContainerStats{Attributes: &runtime.ContainerAttributes{
 		Id:          m.ID,
-		Metadata:    m.config.GetMetadata(),
-		Labels:      m.config.GetLabels(),
-		Annotations: m.config.GetAnnotations(),
+		Metadata:    m.Config.GetMetadata(),
+		Labels:      m.Config.GetLabels(),
+		Annotations: m.Config.GetAnnotations(),
 	}}
 	if sample != nil {
 		st.Cpu = sample.CPU(rates.NanoCores(m.ID, *sample))
@@ -74,7 +75,7 @@ func (s *Server) writableLayer(ctx context.Context, id string) *runtime.Filesyst
 // ContainerStats reports one container's CPU, memory and writable layer.
 func (s *Server) ContainerStats(ctx context.Context, req *runtime.ContainerStatsRequest) (*runtime.ContainerStatsResponse, error) {
 	ctx = withNamespace(ctx)
-	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	m, _, err := s.store.Container(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +95,7 @@ func (s *Server) ContainerStats(ctx context.Context, req *runtime.ContainerStats
 func (s *Server) ListContainerStats(ctx context.Context, req *runtime.ListContainerStatsRequest) (*runtime.ListContainerStatsResponse, error) {
 	ctx = withNamespace(ctx)
 	f := req.GetFilter()
-	recs, err := s.listKind(ctx, kindContainer)
+	recs, err := s.store.List(ctx, store.KindContainer)
 	if err != nil {
 		return nil, err
 	}
@@ -107,14 +108,14 @@ func (s *Server) ListContainerStats(ctx context.Context, req *runtime.ListContai
 		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) {
 			continue
 		}
-		m, err := decodeContainer(c)
+		m, err := store.DecodeContainer(c)
 		if err != nil {
 			continue
 		}
 		if f.GetPodSandboxId() != "" && !strings.HasPrefix(m.SandboxID, f.GetPodSandboxId()) {
 			continue
 		}
-		if !matchLabels(m.config.GetLabels(), f.GetLabelSelector()) {
+		if !store.MatchLabels(m.Config.GetLabels(), f.GetLabelSelector()) {
 			continue
 		}
 		var sample *stats.Sample
@@ -138,7 +139,7 @@ func (s *Server) PodSandboxStats(ctx context.Context, req *runtime.PodSandboxSta
 	if err != nil {
 		return nil, err
 	}
-	cs, err := s.sandboxContainers(ctx, sb.ID)
+	cs, err := s.store.SandboxContainers(ctx, sb.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -149,11 +150,11 @@ func (s *Server) PodSandboxStats(ctx context.Context, req *runtime.PodSandboxSta
 func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtime.ListPodSandboxStatsRequest) (*runtime.ListPodSandboxStatsResponse, error) {
 	ctx = withNamespace(ctx)
 	f := req.GetFilter()
-	sbs, err := s.listKind(ctx, kindSandbox)
+	sbs, err := s.store.List(ctx, store.KindSandbox)
 	if err != nil {
 		return nil, err
 	}
-	ctrs, err := s.listKind(ctx, kindContainer)
+	ctrs, err := s.store.List(ctx, store.KindContainer)
 	if err != nil {
 		return nil, err
 	}
@@ -163,18 +164,18 @@ func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtime.ListPodSa
 	}
 	bySandbox := map[string][]containers.Container{}
 	for _, c := range ctrs {
-		bySandbox[c.Labels[sandboxIDLabel]] = append(bySandbox[c.Labels[sandboxIDLabel]], c)
+		bySandbox[c.Labels[store.SandboxIDLabel]] = append(bySandbox[c.Labels[store.SandboxIDLabel]], c)
 	}
 	out := []*runtime.PodSandboxStats{}
 	for _, c := range sbs {
 		if f.GetId() != "" && !strings.HasPrefix(c.ID, f.GetId()) {
 			continue
 		}
-		sb, err := decodeSandbox(c)
+		sb, err := store.DecodeSandbox(c)
 		if err != nil {
 			continue
 		}
-		if !matchLabels(sb.config.GetLabels(), f.GetLabelSelector()) {
+		if !store.MatchLabels(sb.Config.GetLabels(), f.GetLabelSelector()) {
 			continue
 		}
 		out = append(out, s.podStats(ctx, sb, bySandbox[sb.ID], samples))
@@ -182,13 +183,13 @@ func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtime.ListPodSa
 	return &runtime.ListPodSandboxStatsResponse{Stats: out}, nil
 }
 
-func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.Container, samples map[string]stats.Sample) *runtime.PodSandboxStats {
+func (s *Server) podStats(ctx context.Context, sb *store.Sandbox, cs []containers.Container, samples map[string]stats.Sample) *runtime.PodSandboxStats {
 	st := &runtime.PodSandboxStats{
 		Attributes: &runtime.PodSandboxAttributes{
 			Id:          sb.ID,
-			Metadata:    sb.config.GetMetadata(),
-			Labels:      sb.config.GetLabels(),
-			Annotations: sb.config.GetAnnotations(),
+			Metadata:    sb.Config.GetMetadata(),
+			Labels:      sb.Config.GetLabels(),
+			Annotations: sb.Config.GetAnnotations(),
 		},
 		Linux: &runtime.LinuxPodSandboxStats{},
 	}
@@ -196,7 +197,7 @@ func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.
 	// kubelet's pod cgroup holds the pause and every container), else
 	// the sum of its tasks.
 	var pod *stats.Sample
-	if parent := sb.config.GetLinux().GetCgroupParent(); parent != "" {
+	if parent := sb.Config.GetLinux().GetCgroupParent(); parent != "" {
 		if v, err := stats.ReadCgroup(parent); err == nil {
 			pod = &v
 		} else {
@@ -226,7 +227,7 @@ func (s *Server) podStats(ctx context.Context, sb *sandboxMeta, cs []containers.
 		}
 	}
 	for _, c := range cs {
-		m, err := decodeContainer(c)
+		m, err := store.DecodeContainer(c)
 		if err != nil {
 			continue
 		}

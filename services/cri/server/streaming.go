@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/errdefs"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/streaming"
 )
 
@@ -41,8 +42,8 @@ func (s *Server) PortForward(ctx context.Context, req *runtime.PortForwardReques
 
 // newAttachPoint registers the attach point of a container about to
 // start (or reattached after a restart), replacing any older one.
-func (s *Server) newAttachPoint(m *containerMeta) *streaming.AttachPoint {
-	return s.streams.NewAttachPoint(m.ID, m.config)
+func (s *Server) newAttachPoint(m *store.Container) *streaming.AttachPoint {
+	return s.streams.NewAttachPoint(m.ID, m.Config)
 }
 
 // streamContainers answers the streaming server's questions from the
@@ -53,7 +54,7 @@ type streamContainers struct{ s *Server }
 var _ streaming.Containers = streamContainers{}
 
 func (c streamContainers) RunningContainer(ctx context.Context, id string) (string, error) {
-	m, _, err := c.s.getContainer(ctx, id)
+	m, _, err := c.s.store.Container(ctx, id)
 	if err != nil {
 		return "", err
 	}

@@ -41,7 +41,7 @@ func (s *Server) UpdateContainerResources(ctx context.Context, req *runtime.Upda
 	if req.GetLinux() == nil {
 		return &runtime.UpdateContainerResourcesResponse{}, nil
 	}
-	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	m, _, err := s.store.Container(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -60,14 +60,14 @@ func (s *Server) UpdateContainerResources(ctx context.Context, req *runtime.Upda
 // updateContainerResources is UpdateContainerResources without NRI: also
 // what NRI plugins' own updates go through.
 func (s *Server) updateContainerResources(ctx context.Context, id string, r *runtime.LinuxContainerResources) error {
-	m, _, err := s.getContainer(ctx, id)
+	m, _, err := s.store.Container(ctx, id)
 	if err != nil {
 		return err
 	}
-	unlock := s.pods.lock(m.ID)
+	unlock := s.store.Lock(m.ID)
 	defer unlock()
 	// Again under the lock: a start or exit may have rewritten it.
-	m, _, err = s.getContainer(ctx, m.ID)
+	m, _, err = s.store.Container(ctx, m.ID)
 	if err != nil {
 		return err
 	}
@@ -100,16 +100,16 @@ func (s *Server) updateContainerResources(ctx context.Context, id string, r *run
 	if _, err := s.client.ContainerService().Update(ctx, containers.Container{ID: m.ID, Spec: specAny}, "spec"); err != nil {
 		return fmt.Errorf("record spec of container %s: %w", m.ID, err)
 	}
-	cfg := proto.Clone(m.config).(*runtime.ContainerConfig)
+	cfg := proto.Clone(m.Config).(*runtime.ContainerConfig)
 	if cfg.Linux == nil {
 		cfg.Linux = &runtime.LinuxContainerConfig{}
 	}
 	cfg.Linux.Resources = r
-	if m.Config, err = proto.Marshal(cfg); err != nil {
+	if m.RawConfig, err = proto.Marshal(cfg); err != nil {
 		return err
 	}
-	m.config = cfg
-	if err := s.saveContainer(ctx, m); err != nil {
+	m.Config = cfg
+	if err := s.store.SaveContainer(ctx, m); err != nil {
 		return err
 	}
 	return nil
@@ -135,7 +135,7 @@ func withMoreResources(r *runtime.LinuxContainerResources) oci.SpecOpts {
 // this so that new lines go to a new file.
 func (s *Server) ReopenContainerLog(ctx context.Context, req *runtime.ReopenContainerLogRequest) (*runtime.ReopenContainerLogResponse, error) {
 	ctx = withNamespace(ctx)
-	m, _, err := s.getContainer(ctx, req.GetContainerId())
+	m, _, err := s.store.Container(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}

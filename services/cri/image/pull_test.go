@@ -1,4 +1,4 @@
-package server
+package image
 
 import (
 	"encoding/base64"

@@ -1,4 +1,4 @@
-package server
+package image
 
 import (
 	"context"
@@ -31,7 +31,7 @@ import (
 // configured snapshotter and records it under its reference, its digest
 // reference and its ID, as containerd's CRI does. Concurrent pulls of one
 // reference with the same credentials share one download.
-func (s *Server) PullImage(ctx context.Context, req *runtime.PullImageRequest) (*runtime.PullImageResponse, error) {
+func (s *Service) PullImage(ctx context.Context, req *runtime.PullImageRequest) (*runtime.PullImageResponse, error) {
 	raw := req.GetImage().GetImage()
 	named, err := reference.ParseDockerRef(raw)
 	if err != nil {
@@ -59,7 +59,7 @@ func pullKey(ref string, auth *runtime.AuthConfig) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-func (s *Server) pull(ctx context.Context, named reference.Named, auth *runtime.AuthConfig) (string, error) {
+func (s *Service) pull(ctx context.Context, named reference.Named, auth *runtime.AuthConfig) (string, error) {
 	// The records change: the next resolve must see them.
 	defer s.imageIdx.invalidate()
 	ref := named.String()
@@ -81,7 +81,7 @@ func (s *Server) pull(ctx context.Context, named reference.Named, auth *runtime.
 // snapshotter for the host's platform, and recorded, labelled as the CRI's
 // own, under its reference, its digest reference and its ID.
 type pulledImage struct {
-	s     *Server
+	s     *Service
 	named reference.Named
 	// id is the image's config digest, once stored.
 	id string
@@ -152,7 +152,7 @@ func repoDigestAndTag(named reference.Named, target ocispec.Descriptor) (repoDig
 
 // createImageRecord points name at target, moving an existing name (a tag
 // pulled again after it changed upstream).
-func (s *Server) createImageRecord(ctx context.Context, name string, target ocispec.Descriptor, labels map[string]string) error {
+func (s *Service) createImageRecord(ctx context.Context, name string, target ocispec.Descriptor, labels map[string]string) error {
 	is := s.client.ImageService()
 	img := images.Image{Name: name, Target: target, Labels: labels}
 	old, err := is.Create(ctx, img)
@@ -180,7 +180,7 @@ func (s *Server) createImageRecord(ctx context.Context, name string, target ocis
 // under ConfigPath when there is one (mirrors, certificates, headers),
 // plain HTTP (after a TLS attempt without verification) for an insecure
 // registry, and the request's credentials.
-func (s *Server) registryHosts(ctx context.Context, auth *runtime.AuthConfig) docker.RegistryHosts {
+func (s *Service) registryHosts(ctx context.Context, auth *runtime.AuthConfig) docker.RegistryHosts {
 	creds := func(host string) (string, string, error) { return parseAuth(auth, host) }
 	return func(host string) ([]docker.RegistryHost, error) {
 		opts := config.HostOptions{Credentials: creds}
@@ -197,7 +197,7 @@ func (s *Server) registryHosts(ctx context.Context, auth *runtime.AuthConfig) do
 	}
 }
 
-func (s *Server) insecure(host string) bool {
+func (s *Service) insecure(host string) bool {
 	if slices.Contains(s.cfg.InsecureRegistries, host) {
 		return true
 	}

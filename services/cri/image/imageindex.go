@@ -1,4 +1,4 @@
-package server
+package image
 
 import (
 	"context"
@@ -9,7 +9,9 @@ import (
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 	"github.com/containerd/containerd/v2/core/images"
 
+	"github.com/flotilla-project/flotilla/pkg/graphclient"
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // imageIndex keeps the namespace's image records as last listed, so that
@@ -41,7 +43,7 @@ type imageIndex struct {
 const imageIndexTTL = 10 * time.Second
 
 var imageEventFilters = []string{
-	fmt.Sprintf(`namespace==%q,topic~="^/images/"`, Namespace),
+	fmt.Sprintf(`namespace==%q,topic~="^/images/"`, store.Namespace),
 }
 
 // invalidate makes the next resolve list again.
@@ -89,9 +91,8 @@ func (x *imageIndex) list(ctx context.Context, is images.Store) ([]images.Image,
 }
 
 // WatchImages keeps the image index's subscription to image events until
-// the server closes; without it every resolve lists the images.
-func (s *Server) WatchImages() {
-	ctx := s.pods.ctx
+// ctx ends; without it every resolve lists the images.
+func (s *Service) WatchImages(ctx context.Context) {
 	for {
 		err := s.followImageEvents(ctx)
 		s.imageIdx.setLive(false)
@@ -107,14 +108,14 @@ func (s *Server) WatchImages() {
 	}
 }
 
-func (s *Server) followImageEvents(ctx context.Context) error {
+func (s *Service) followImageEvents(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := eventsapi.NewEventsClient(s.daemon).Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: imageEventFilters})
 	if err != nil {
 		return err
 	}
-	if err := awaitSubscribed(stream); err != nil {
+	if err := graphclient.AwaitSubscribed(stream); err != nil {
 		return err
 	}
 	s.imageIdx.setLive(true)

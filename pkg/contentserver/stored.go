@@ -25,6 +25,9 @@ type StoredWriter struct {
 	// Record makes the stored blob the namespace's, with labels, once the
 	// commit has been checked.
 	Record func(ctx context.Context, labels map[string]string) error
+	// Release, when set, is called once the writer is done (closed or
+	// committed): what kept the stored bytes from a collection meanwhile.
+	Release func()
 
 	rewriting bool
 	written   int64
@@ -42,7 +45,17 @@ func (w *StoredWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (w *StoredWriter) Close() error { return nil }
+func (w *StoredWriter) Close() error {
+	w.release()
+	return nil
+}
+
+func (w *StoredWriter) release() {
+	if w.Release != nil {
+		w.Release()
+		w.Release = nil
+	}
+}
 
 func (w *StoredWriter) Digest() digest.Digest {
 	if w.rewriting {
@@ -72,6 +85,7 @@ func (w *StoredWriter) Status() (content.Status, error) {
 }
 
 func (w *StoredWriter) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	defer w.release()
 	var base content.Info
 	for _, o := range opts {
 		if err := o(&base); err != nil {

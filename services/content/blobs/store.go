@@ -82,9 +82,13 @@ func Open(root string) (*Store, error) {
 // crash, the commit it guarded never answered its client, and the blob is
 // rightly collected unless it was recorded.
 func (s *Store) Hold(d digest.Digest) (release func()) {
+	// Under the digest's lock: a Delete already past its check finishes
+	// before the hold is taken, so a blob seen after Hold stays.
+	unlock := s.digests.lock(d)
 	s.mu.Lock()
 	s.held[d]++
 	s.mu.Unlock()
+	unlock()
 	var once sync.Once
 	return func() {
 		once.Do(func() {

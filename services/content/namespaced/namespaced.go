@@ -140,50 +140,57 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 			return nil, fmt.Errorf("expected digest %q: %v: %w", wo.Desc.Digest, err, errdefs.ErrInvalidArgument)
 		}
 		req.Expected = wo.Desc.Digest.String()
+		// Bytes stored already are held from metadata's collector until
+		// the writer is done: the namespace that had them may have just
+		// let them go (an image removed and pulled again), and metadata
+		// is told they are here only while they are sure to stay.
+		release := s.blobs.Hold(wo.Desc.Digest)
 		if info, err := s.blobs.Info(ctx, wo.Desc.Digest); err == nil {
 			req.Stored, req.StoredSize = true, info.Size
+			resp, err := s.ingests.Open(octx, req)
+			if err != nil {
+				release()
+				return nil, errgrpc.ToNative(err)
+			}
+			if resp.GetBackendRef() == "" {
+				return &contentserver.StoredWriter{Ref: wo.Ref, Info: info, Started: time.Now().UTC(), Release: release,
+					Record: func(ctx context.Context, labels map[string]string) error {
+						octx, _, err := outgoing(ctx)
+						if err != nil {
+							return err
+						}
+						_, err = s.ingests.Commit(octx, &ingestpb.CommitRequest{Ref: wo.Ref, Digest: info.Digest.String(), Size: info.Size, Labels: labels})
+						return errgrpc.ToNative(err)
+					}}, nil
+			}
+			release()
+			return s.localWriter(ctx, octx, ns, wo, resp.GetBackendRef())
 		}
+		release()
 	}
 	resp, err := s.ingests.Open(octx, req)
 	if err != nil {
 		return nil, errgrpc.ToNative(err)
 	}
-	if resp.GetBackendRef() == "" {
-		info, err := s.blobs.Info(ctx, wo.Desc.Digest)
-		if err != nil {
-			return nil, err
-		}
-		return &contentserver.StoredWriter{Ref: wo.Ref, Info: info, Started: time.Now().UTC(),
-			Record: func(ctx context.Context, labels map[string]string) error {
-				octx, _, err := outgoing(ctx)
-				if err != nil {
-					return err
-				}
-				release := s.blobs.Hold(info.Digest)
-				defer release()
-				// The bytes may have been collected since the writer
-				// opened.
-				stored, err := s.blobs.Info(ctx, info.Digest)
-				if err != nil {
-					return fmt.Errorf("shared content %s: %w", info.Digest, err)
-				}
-				_, err = s.ingests.Commit(octx, &ingestpb.CommitRequest{Ref: wo.Ref, Digest: stored.Digest.String(), Size: stored.Size, Labels: labels})
-				return errgrpc.ToNative(err)
-			}}, nil
-	}
-	if want := backendRef(ns, wo.Ref); resp.GetBackendRef() != want {
+	return s.localWriter(ctx, octx, ns, wo, resp.GetBackendRef())
+}
+
+// localWriter is the writer of an ingest whose bytes are sent here, under
+// the local name metadata gave it.
+func (s *Store) localWriter(ctx, octx context.Context, ns string, wo content.WriterOpts, bref string) (content.Writer, error) {
+	if want := backendRef(ns, wo.Ref); bref != want {
 		// Abort and Status find the ingest by this name.
-		return nil, fmt.Errorf("metadata names the ingest of %q %q, want %q: %w", wo.Ref, resp.GetBackendRef(), want, errdefs.ErrFailedPrecondition)
+		return nil, fmt.Errorf("metadata names the ingest of %q %q, want %q: %w", wo.Ref, bref, want, errdefs.ErrFailedPrecondition)
 	}
 	lease, leased := leases.FromContext(ctx)
-	w, err := s.blobs.Writer(ctx, content.WithRef(resp.GetBackendRef()), content.WithDescriptor(wo.Desc))
+	w, err := s.blobs.Writer(ctx, content.WithRef(bref), content.WithDescriptor(wo.Desc))
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) && wo.Desc.Digest != "" {
 			// Stored since the look-up (another namespace committed the
 			// same bytes): they are this namespace's too.
+			release := s.blobs.Hold(wo.Desc.Digest)
+			defer release()
 			if info, ierr := s.blobs.Info(ctx, wo.Desc.Digest); ierr == nil {
-				release := s.blobs.Hold(info.Digest)
-				defer release()
 				if _, cerr := s.ingests.Commit(octx, &ingestpb.CommitRequest{Ref: wo.Ref, Digest: info.Digest.String(), Size: info.Size}); cerr != nil && !errdefs.IsAlreadyExists(errgrpc.ToNative(cerr)) {
 					return nil, errgrpc.ToNative(cerr)
 				}

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os/exec"
 	"sort"
 	"strings"
@@ -130,6 +131,10 @@ func pushIndex(reg *testregistry.Registry, repo, tag string, imgs []platformImag
 		cfg.RootFS = ocispec.RootFS{Type: "layers"}
 		mf := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest}
 		for _, l := range img.layers {
+			l, err := recompress(l, repo+":"+tag)
+			if err != nil {
+				return "", err
+			}
 			if err := reg.PushBlob(repo, l.blob); err != nil {
 				return "", err
 			}
@@ -270,12 +275,31 @@ func gzipLayer(files map[string]string) (layer, error) {
 	return gzipTar(buf.Bytes())
 }
 
-func gzipTar(t []byte) (layer, error) {
+// recompress gives l a blob of its own to the image named name: the same
+// tar (so the same snapshots), gzipped with name in the gzip header. The
+// public images share no layer blobs, and the suite's garbage-collection
+// tests count on that: content of one image must go when it goes.
+func recompress(l layer, name string) (layer, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(l.blob))
+	if err != nil {
+		return layer{}, err
+	}
+	t, err := io.ReadAll(zr)
+	if err != nil {
+		return layer{}, err
+	}
+	return gzipTarNamed(t, name)
+}
+
+func gzipTar(t []byte) (layer, error) { return gzipTarNamed(t, "") }
+
+func gzipTarNamed(t []byte, comment string) (layer, error) {
 	var buf bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&buf, gzip.DefaultCompression)
 	if err != nil {
 		return layer{}, err
 	}
+	zw.Comment = comment
 	if _, err := zw.Write(t); err != nil {
 		return layer{}, err
 	}

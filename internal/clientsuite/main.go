@@ -103,6 +103,9 @@ func runSuite(suite, address, dir, run, timeout, ip string) (int, error) {
 		"--mount", "--propagation", "slave", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hostsPath,
 		suite, "-test.v", "-test.root", "-test.timeout", timeout,
 		"-no-daemon", "-no-criu", "-address", address,
+		// These read the pid of a daemon the suite started itself and
+		// panic, ending the whole run, when it started none.
+		"-test.skip", "^(TestShimDoesNotLeakPipes|TestShimOOMScore)$",
 	}
 	if run != "" {
 		args = append(args, "-test.run", run)

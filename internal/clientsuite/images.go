@@ -129,6 +129,14 @@ func pushIndex(reg *testregistry.Registry, repo, tag string, imgs []platformImag
 	for _, img := range imgs {
 		cfg := img.cfg
 		cfg.RootFS = ocispec.RootFS{Type: "layers"}
+		// A top layer naming the image gives each image snapshots of its
+		// own, as the public images have: the suite checks whether an
+		// image is unpacked by looking for its snapshots.
+		named, err := gzipLayer(map[string]string{"etc/image-name": repo + ":" + tag + "\n"})
+		if err != nil {
+			return "", err
+		}
+		img.layers = append(append([]layer{}, img.layers...), named)
 		mf := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest}
 		for _, l := range img.layers {
 			l, err := recompress(l, repo+":"+tag)
@@ -172,6 +180,11 @@ func pushIndex(reg *testregistry.Registry, repo, tag string, imgs []platformImag
 	return digest.FromBytes(idxBlob), nil
 }
 
+const (
+	busyboxPasswd = "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nbin:x:2:2:bin:/bin:/bin/false\nsys:x:3:3:sys:/dev:/bin/false\nsync:x:4:100:sync:/bin:/bin/sync\nmail:x:8:8:mail:/var/spool/mail:/bin/false\nwww-data:x:33:33:www-data:/var/www:/bin/false\noperator:x:37:37:Operator:/var:/bin/false\nnobody:x:65534:65534:nobody:/home:/bin/false\n"
+	busyboxGroup  = "root:x:0:\ndaemon:x:1:\nbin:x:2:\nsys:x:3:\nadm:x:4:\ntty:x:5:\ndisk:x:6:\nwheel:x:10:root\nmail:x:8:\nwww-data:x:33:\noperator:x:37:\nusers:x:100:\nnogroup:x:65534:\n"
+)
+
 // appletLayer links every applet of the host's busybox into /bin, beyond
 // the handful testimage links.
 func appletLayer() ([]byte, error) {
@@ -185,8 +198,19 @@ func appletLayer() ([]byte, error) {
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755, ModTime: epoch}); err != nil {
-		return nil, err
+	for _, d := range []string{"bin/", "etc/", "run/"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: epoch}); err != nil {
+			return nil, err
+		}
+	}
+	// busybox's own users: the suite runs as www-data (uid 33) by name.
+	for _, f := range []struct{ name, body string }{{"etc/passwd", busyboxPasswd}, {"etc/group", busyboxGroup}} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.body)), ModTime: epoch}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write([]byte(f.body)); err != nil {
+			return nil, err
+		}
 	}
 	for _, a := range strings.Fields(string(out)) {
 		if have[a] || a == "busybox" || strings.Contains(a, "/") {
@@ -213,8 +237,8 @@ func ownershipLayer() (layer, error) {
 		mode int64
 		body string
 	}{
-		{"etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\nbackup:x:34:34:backup:/var/backups:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"},
-		{"etc/group", 0o644, "root:x:0:\nbackup:x:34:\nnogroup:x:65534:\n"},
+		{"etc/passwd", 0o644, busyboxPasswd + "backup:x:34:34:backup:/var/backups:/bin/sh\n"},
+		{"etc/group", 0o644, busyboxGroup + "backup:x:34:\n"},
 		{"bin/bash", 0o755, "#!/bin/sh\nexec /bin/sh \"$@\"\n"},
 		{"usr/bin/passwd", 0o4755, "#!/bin/sh\nexit 0\n"},
 		{"test_dir/test_file", 0o644, "test_content\n"},

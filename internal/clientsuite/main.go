@@ -33,6 +33,7 @@ func main() {
 	address := flag.String("address", "", "socket of the daemon under test")
 	dir := flag.String("dir", "", "work directory (registry data, image list, suite log)")
 	run := flag.String("run", "", "only the tests matching this -test.run pattern")
+	skip := flag.String("skip", "", "leave out the tests matching this -test.skip pattern (besides the two that need a daemon of the suite's own)")
 	timeout := flag.String("timeout", "40m", "the suite's -test.timeout")
 	ip := flag.String("registry-ip", "127.77.0.1", "loopback address the registry serves HTTPS on, port 443")
 	flag.Parse()
@@ -40,7 +41,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: clientsuite -suite BIN -address SOCK -dir DIR [-run PATTERN]")
 		os.Exit(2)
 	}
-	code, err := runSuite(*suite, *address, *dir, *run, *timeout, *ip)
+	code, err := runSuite(*suite, *address, *dir, *run, *skip, *timeout, *ip)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "clientsuite:", err)
 		os.Exit(1)
@@ -48,7 +49,7 @@ func main() {
 	os.Exit(code)
 }
 
-func runSuite(suite, address, dir, run, timeout, ip string) (int, error) {
+func runSuite(suite, address, dir, run, skip, timeout, ip string) (int, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return 0, err
 	}
@@ -105,7 +106,7 @@ func runSuite(suite, address, dir, run, timeout, ip string) (int, error) {
 		"-no-daemon", "-no-criu", "-address", address,
 		// These read the pid of a daemon the suite started itself and
 		// panic, ending the whole run, when it started none.
-		"-test.skip", "^(TestShimDoesNotLeakPipes|TestShimOOMScore)$",
+		"-test.skip", "^(TestShimDoesNotLeakPipes|TestShimOOMScore)$" + orSkip(skip),
 	}
 	if run != "" {
 		args = append(args, "-test.run", run)
@@ -134,6 +135,15 @@ func runSuite(suite, address, dir, run, timeout, ip string) (int, error) {
 		return 1, nil
 	}
 	return 0, nil
+}
+
+// orSkip adds a caller's -skip pattern to the suite's own as an
+// alternative.
+func orSkip(skip string) string {
+	if skip == "" {
+		return ""
+	}
+	return "|" + skip
 }
 
 // results are the suite's top-level tests by outcome; subtests count only

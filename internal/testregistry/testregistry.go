@@ -7,6 +7,7 @@ package testregistry
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -42,12 +44,22 @@ type Options struct {
 	// IP is the address to listen on, 127.0.0.1 when empty: a test that
 	// needs a registry a daemon does not treat as local names another.
 	IP string
+	// Port is the port to listen on, a free one when 0.
+	Port int
+	// TLSCert and TLSKey, PEM files, make the registry serve HTTPS (as a
+	// registry that is not on loopback must for containerd's resolver);
+	// the helpers here then push over HTTPS without checking the
+	// certificate.
+	TLSCert, TLSKey string
 }
 
 // Registry is a running docker-registry.
 type Registry struct {
 	// Host is the registry's ip:port.
 	Host string
+
+	scheme string
+	client *http.Client
 
 	cmd  *exec.Cmd
 	log  string
@@ -82,19 +94,25 @@ func Start(ctx context.Context, o Options) (*Registry, error) {
 	}
 	// A free port, released for the registry to take: a small race with
 	// other listeners on the machine, acceptable for tests.
-	l, err := net.Listen("tcp", net.JoinHostPort(o.IP, "0"))
+	l, err := net.Listen("tcp", net.JoinHostPort(o.IP, strconv.Itoa(o.Port)))
 	if err != nil {
 		return nil, fmt.Errorf("testregistry: find a free port: %w", err)
 	}
 	host := l.Addr().String()
 	_ = l.Close()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n%s",
-		o.Storage, host, o.Config)
+	scheme, client, tlsCfg := "http", http.DefaultClient, ""
+	if o.TLSCert != "" {
+		scheme = "https"
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+		tlsCfg = fmt.Sprintf("  tls:\n    certificate: %s\n    key: %s\n", o.TLSCert, o.TLSKey)
+	}
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n%s%s",
+		o.Storage, host, tlsCfg, o.Config)
 	cfgPath := filepath.Join(o.Dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, fmt.Errorf("testregistry: %w", err)
 	}
-	r := &Registry{Host: host, log: filepath.Join(o.Dir, "registry.log"), done: make(chan struct{})}
+	r := &Registry{Host: host, scheme: scheme, client: client, log: filepath.Join(o.Dir, "registry.log"), done: make(chan struct{})}
 	logf, err := os.Create(r.log)
 	if err != nil {
 		return nil, fmt.Errorf("testregistry: %w", err)
@@ -129,7 +147,7 @@ func Start(ctx context.Context, o Options) (*Registry, error) {
 // answers tells whether the registry serves its API root yet; one that
 // authenticates answers 401 until it is given credentials.
 func (r *Registry) answers() bool {
-	resp, err := http.Get("http://" + r.Host + "/v2/")
+	resp, err := r.client.Get(r.scheme + "://" + r.Host + "/v2/")
 	if err != nil {
 		return false
 	}
@@ -186,7 +204,7 @@ func (r *Registry) Push(img *testimage.Image, edit func(*ocispec.ImageConfig), r
 // repo:tag, so that the image keeps its manifest digest, and returns the
 // reference to pull it by.
 func (r *Registry) PushAsIs(img *testimage.Image, repo, tag string) (string, error) {
-	base := "http://" + r.Host + "/v2/" + repo
+	base := r.scheme + "://" + r.Host + "/v2/" + repo
 	for _, d := range img.Blobs() {
 		if d.Digest == img.Manifest.Digest {
 			continue
@@ -224,7 +242,7 @@ func (r *Registry) PushImage(cfg ocispec.Image, layers []ocispec.Descriptor, lay
 	if err != nil {
 		return nil, fmt.Errorf("testregistry: manifest: %w", err)
 	}
-	base := "http://" + r.Host + "/v2/" + repo
+	base := r.scheme + "://" + r.Host + "/v2/" + repo
 	blobs := map[digest.Digest][]byte{cfgDesc.Digest: cfgBlob}
 	for _, l := range layers {
 		b, ok := layerBlobs[l.Digest]
@@ -251,7 +269,7 @@ func (r *Registry) PushImage(cfg ocispec.Image, layers []ocispec.Descriptor, lay
 // uploadBlob is the registry API's monolithic upload: POST for an upload
 // location, then PUT of the whole blob with its digest.
 func (r *Registry) uploadBlob(base string, d digest.Digest, blob []byte) error {
-	resp, err := http.Post(base+"/blobs/uploads/", "", nil)
+	resp, err := r.client.Post(base+"/blobs/uploads/", "", nil)
 	if err != nil {
 		return fmt.Errorf("testregistry: start upload of %s: %w", d, err)
 	}
@@ -272,7 +290,7 @@ func (r *Registry) uploadBlob(base string, d digest.Digest, blob []byte) error {
 		return fmt.Errorf("testregistry: upload %s: %w", d, err)
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err = http.DefaultClient.Do(req)
+	resp, err = r.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("testregistry: upload %s: %w", d, err)
 	}
@@ -283,13 +301,32 @@ func (r *Registry) uploadBlob(base string, d digest.Digest, blob []byte) error {
 	return nil
 }
 
+// PushBlob uploads blob to repo under its digest.
+func (r *Registry) PushBlob(repo string, blob []byte) error {
+	return r.uploadBlob(r.scheme+"://"+r.Host+"/v2/"+repo, digest.FromBytes(blob), blob)
+}
+
+// PutManifest stores body, a manifest or an index of mediaType, as repo:tag
+// (or under its digest when tag is one); the blobs it names must be pushed
+// first.
+func (r *Registry) PutManifest(repo, tag, mediaType string, body []byte) error {
+	if err := r.putManifestAs(r.scheme+"://"+r.Host+"/v2/"+repo, tag, mediaType, body); err != nil {
+		return fmt.Errorf("testregistry: put manifest %s:%s: %w", repo, tag, err)
+	}
+	return nil
+}
+
 func (r *Registry) putManifest(base, tag string, mf []byte) error {
+	return r.putManifestAs(base, tag, ocispec.MediaTypeImageManifest, mf)
+}
+
+func (r *Registry) putManifestAs(base, tag, mediaType string, mf []byte) error {
 	req, err := http.NewRequest(http.MethodPut, base+"/manifests/"+tag, bytes.NewReader(mf))
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", ocispec.MediaTypeImageManifest)
-	resp, err := http.DefaultClient.Do(req)
+	req.Header.Set("Content-Type", mediaType)
+	resp, err := r.client.Do(req)
 	if err != nil {
 		return err
 	}

@@ -195,36 +195,28 @@ func critestFailures(out string) string {
 	return out
 }
 
-// buildCritest builds critest from the cri-tools module (a test binary,
-// built with go test -c) and caches it under the user's cache directory.
+// critestTool is critest, cri-tools' validation suite: a test binary of
+// the cri-tools module, built with go test -c where the module lies.
+var critestTool = goTool{
+	name: "critest " + critestVersion, dir: "critest-" + critestVersion, file: "critest", env: "FLOTILLA_CRITEST",
+	timeout: 15 * time.Minute,
+	build: func(g *goBuild, out string) error {
+		dir, err := g.moduleDir("sigs.k8s.io/cri-tools@" + critestVersion)
+		if err != nil {
+			return err
+		}
+		_, err = g.run(dir, nil, "test", "-c", "-o", out, "./cmd/critest")
+		return err
+	},
+}
+
+// buildCritest returns critest ($FLOTILLA_CRITEST, or built once from the
+// Go module proxy).
 func buildCritest(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("FLOTILLA_CRITEST"); p != "" {
-		return p
-	}
-	cache, err := os.UserCacheDir()
+	bin, err := critestTool.path()
 	if err != nil {
-		cache = t.TempDir()
-	}
-	bin := filepath.Join(cache, "flotilla", "critest-"+critestVersion, "critest")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	dl := exec.Command(goBin, "mod", "download", "-json", "sigs.k8s.io/cri-tools@"+critestVersion)
-	dl.Dir = t.TempDir() // outside this module: its go.mod must not be touched
-	b, err := dl.Output()
-	if err != nil {
-		t.Fatalf("download cri-tools %s: %v", critestVersion, err)
-	}
-	var mod struct{ Dir string }
-	if err := json.Unmarshal(b, &mod); err != nil || mod.Dir == "" {
-		t.Fatalf("go mod download cri-tools: %v: %s", err, b)
-	}
-	build := exec.Command(goBin, "test", "-c", "-o", bin, "./cmd/critest")
-	build.Dir = mod.Dir
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build critest: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	return bin
 }

@@ -2,13 +2,11 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,48 +21,33 @@ import (
 // Debian's (1.1.5) cannot make idmapped mounts.
 const usernsRuncVersion = "v1.5.3"
 
-// buildRunc builds runc from the Go module proxy (with seccomp, which
-// needs cgo, pkg-config and libseccomp-dev) and caches it under the
-// user's cache directory; FLOTILLA_RUNC names a prebuilt one. It skips
-// when the build's tools are missing.
+// runcTool is runc with seccomp, which needs cgo, pkg-config and
+// libseccomp-dev.
+var runcTool = goTool{
+	name: "runc " + usernsRuncVersion, dir: "runc-" + usernsRuncVersion, file: "runc", env: "FLOTILLA_RUNC",
+	timeout: 10 * time.Minute,
+	build: func(g *goBuild, out string) error {
+		dir, err := g.moduleDir("github.com/opencontainers/runc@" + usernsRuncVersion)
+		if err != nil {
+			return err
+		}
+		_, err = g.run(dir, []string{"CGO_ENABLED=1"}, "build", "-trimpath", "-tags", "seccomp", "-o", out, ".")
+		return err
+	},
+}
+
+// buildRunc returns runc v1.5.3 ($FLOTILLA_RUNC, or built once from the Go
+// module proxy). It skips when the build's tools are missing.
 func buildRunc(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("FLOTILLA_RUNC"); p != "" {
-		return p
+	if os.Getenv(runcTool.env) == "" {
+		requireTool(t, "pkg-config", "pkg-config")
+		if err := exec.Command("pkg-config", "--exists", "libseccomp").Run(); err != nil {
+			t.Skip("building runc needs libseccomp's headers (apt-get install libseccomp-dev)")
+		}
 	}
-	cache, err := os.UserCacheDir()
+	bin, err := runcTool.path()
 	if err != nil {
-		cache = t.TempDir()
-	}
-	bin := filepath.Join(cache, "flotilla-tests", "runc-"+usernsRuncVersion, "runc")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	requireTool(t, "pkg-config", "pkg-config")
-	if err := exec.Command("pkg-config", "--exists", "libseccomp").Run(); err != nil {
-		t.Skip("building runc needs libseccomp's headers (apt-get install libseccomp-dev)")
-	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	dl := exec.Command(goBin, "mod", "download", "-json", "github.com/opencontainers/runc@"+usernsRuncVersion)
-	dl.Dir = t.TempDir() // outside this module: its go.mod must not be touched
-	b, err := dl.Output()
-	if err != nil {
-		t.Fatalf("download runc %s: %v", usernsRuncVersion, err)
-	}
-	var mod struct{ Dir string }
-	if err := json.Unmarshal(b, &mod); err != nil || mod.Dir == "" {
-		t.Fatalf("go mod download runc: %v: %s", err, b)
-	}
-	// Into a temporary name first: a build cut short leaves no binary
-	// that a later run would take for a good one.
-	tmp := bin + ".tmp"
-	build := exec.Command(goBin, "build", "-trimpath", "-tags", "seccomp", "-o", tmp, ".")
-	build.Dir = mod.Dir
-	build.Env = append(os.Environ(), "CGO_ENABLED=1", "GOFLAGS=-mod=mod")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build runc %s: %v\n%s", usernsRuncVersion, err, out)
-	}
-	if err := os.Rename(tmp, bin); err != nil {
 		t.Fatal(err)
 	}
 	return bin

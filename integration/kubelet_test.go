@@ -946,78 +946,60 @@ func (s *kubeletSummary) containerStats(pod, container string) bool {
 	return false
 }
 
-// buildKubelet returns the kubelet to run: $FLOTILLA_KUBELET, or one built
-// once from the Go module proxy and cached under the user's cache
-// directory (about 13 minutes on 2 cores). k8s.io/kubernetes replaces its
-// staging modules with ./staging paths, which a module depending on it
-// cannot follow: the build module maps each of them to the published
-// k8s.io/<name> at kubeletStagingVersion.
+// kubeletTool is the kubelet: k8s.io/kubernetes replaces its staging
+// modules with ./staging paths, which a module depending on it cannot
+// follow, so the build module maps each of them to the published
+// k8s.io/<name> at kubeletStagingVersion. About 13 minutes on 2 cores.
+var kubeletTool = goTool{
+	name: "kubelet " + kubeletVersion, dir: "kubelet-" + kubeletVersion, file: "kubelet", env: "FLOTILLA_KUBELET",
+	timeout: 40 * time.Minute,
+	build: func(g *goBuild, out string) error {
+		if err := g.initModule("flotilla-tests/kubelet"); err != nil {
+			return err
+		}
+		k8s, err := g.moduleDir("k8s.io/kubernetes@" + kubeletVersion)
+		if err != nil {
+			return err
+		}
+		gomod, err := os.ReadFile(filepath.Join(k8s, "go.mod"))
+		if err != nil {
+			return err
+		}
+		edit := []string{"mod", "edit"}
+		for _, m := range regexp.MustCompile(`(?m)^\s*(k8s\.io/\S+)\s+=>\s+\./staging/`).FindAllStringSubmatch(string(gomod), -1) {
+			edit = append(edit, "-replace", m[1]+"="+m[1]+"@"+kubeletStagingVersion)
+		}
+		if len(edit) == 2 {
+			return fmt.Errorf("k8s.io/kubernetes@%s's go.mod replaces no staging module", kubeletVersion)
+		}
+		if _, err := g.run("", nil, edit...); err != nil {
+			return err
+		}
+		if _, err := g.run("", nil, "get", "k8s.io/kubernetes/cmd/kubelet@"+kubeletVersion); err != nil {
+			return err
+		}
+		// The version stamp Kubernetes' own build gives (hack/lib/version.sh),
+		// so that --version and the logs say which kubelet this is.
+		ldflags := fmt.Sprintf("-X k8s.io/component-base/version.gitVersion=%[1]s -X k8s.io/component-base/version.gitMajor=%[2]s "+
+			"-X k8s.io/component-base/version.gitMinor=%[3]s -X k8s.io/component-base/version.gitTreeState=clean",
+			kubeletVersion, strings.Split(kubeletVersion[1:], ".")[0], strings.Split(kubeletVersion, ".")[1])
+		_, err = g.run("", nil, "build", "-ldflags", ldflags, "-o", out, "k8s.io/kubernetes/cmd/kubelet")
+		return err
+	},
+}
+
+// buildKubelet returns the kubelet to run: $FLOTILLA_KUBELET, or the one
+// built once from the Go module proxy.
 func buildKubelet(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("FLOTILLA_KUBELET"); p != "" {
-		return p
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		t.Fatalf("no cache directory for the kubelet build: %v", err)
-	}
-	dir := filepath.Join(cache, "flotilla-tests", "kubelet-"+kubeletVersion)
-	bin := filepath.Join(dir, "kubelet")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	mod := filepath.Join(dir, "build")
-	if err := os.MkdirAll(mod, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-	defer cancel()
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	gocmd := func(args ...string) []byte {
-		t.Helper()
-		cmd := exec.CommandContext(ctx, goBin, args...)
-		cmd.Dir = mod
-		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("building kubelet %s: go %s: %v\n%s", kubeletVersion, strings.Join(args, " "), err, stderr.String())
-		}
-		return out
-	}
 	start := time.Now()
-	t.Logf("building kubelet %s from the Go module proxy into %s (once; about 13 minutes on 2 cores)", kubeletVersion, dir)
-	if _, err := os.Stat(filepath.Join(mod, "go.mod")); err != nil {
-		gocmd("mod", "init", "flotilla-tests/kubelet")
-	}
-	var k8s struct{ Dir string }
-	if err := json.Unmarshal(gocmd("mod", "download", "-json", "k8s.io/kubernetes@"+kubeletVersion), &k8s); err != nil || k8s.Dir == "" {
-		t.Fatalf("go mod download k8s.io/kubernetes@%s: no directory (%v)", kubeletVersion, err)
-	}
-	gomod, err := os.ReadFile(filepath.Join(k8s.Dir, "go.mod"))
+	bin, err := kubeletTool.path()
 	if err != nil {
 		t.Fatal(err)
 	}
-	edit := []string{"mod", "edit"}
-	for _, m := range regexp.MustCompile(`(?m)^\s*(k8s\.io/\S+)\s+=>\s+\./staging/`).FindAllStringSubmatch(string(gomod), -1) {
-		edit = append(edit, "-replace", m[1]+"="+m[1]+"@"+kubeletStagingVersion)
+	if d := time.Since(start); d > time.Minute {
+		t.Logf("built kubelet %s in %s (once: it is cached)", kubeletVersion, d.Round(time.Second))
 	}
-	if len(edit) == 2 {
-		t.Fatalf("k8s.io/kubernetes@%s's go.mod replaces no staging module", kubeletVersion)
-	}
-	gocmd(edit...)
-	gocmd("get", "k8s.io/kubernetes/cmd/kubelet@"+kubeletVersion)
-	// The version stamp Kubernetes' own build gives (hack/lib/version.sh),
-	// so that --version and the logs say which kubelet this is.
-	ldflags := fmt.Sprintf("-X k8s.io/component-base/version.gitVersion=%[1]s -X k8s.io/component-base/version.gitMajor=%[2]s "+
-		"-X k8s.io/component-base/version.gitMinor=%[3]s -X k8s.io/component-base/version.gitTreeState=clean",
-		kubeletVersion, strings.Split(kubeletVersion[1:], ".")[0], strings.Split(kubeletVersion, ".")[1])
-	gocmd("build", "-ldflags", ldflags, "-o", bin+".tmp", "k8s.io/kubernetes/cmd/kubelet")
-	if err := os.Rename(bin+".tmp", bin); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("built kubelet %s in %s", kubeletVersion, time.Since(start).Round(time.Second))
 	return bin
 }
 

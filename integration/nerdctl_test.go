@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,76 +19,50 @@ import (
 // nerdctlVersion is the nerdctl the integration tests drive.
 const nerdctlVersion = "v2.4.2"
 
-var (
-	nerdctlOnce sync.Once
-	nerdctlPath string
-	nerdctlErr  error
-)
-
-// nerdctl is nerdctl v2.4.2, the Docker-compatible CLI for containerd:
-// $FLOTILLA_NERDCTL when set, else built once from the Go module proxy into
-// ~/.cache/flotilla-tests. It is built inside a module of its own, as its
-// go.mod cannot build as is: it replaces a nested test-only module
-// (tigron, absent from the module zip: an empty stub stands in) and
-// requires a github.com/moby/moby/v2 beta the proxy does not serve (an
-// earlier beta builds; nerdctl uses little of it). The test skips, saying
-// why, when it cannot be had.
-func nerdctl(t *testing.T) string {
-	t.Helper()
-	nerdctlOnce.Do(func() {
-		if p := os.Getenv("FLOTILLA_NERDCTL"); p != "" {
-			nerdctlPath = p
-			return
-		}
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			nerdctlErr = err
-			return
-		}
-		dir := filepath.Join(cache, "flotilla-tests", "nerdctl-"+nerdctlVersion)
-		nerdctlPath = filepath.Join(dir, "nerdctl")
-		if _, err := os.Stat(nerdctlPath); err == nil {
-			return
-		}
-		mod := filepath.Join(dir, "build")
-		stub := filepath.Join(mod, "tigron-stub")
+// nerdctlTool is nerdctl v2.4.2, the Docker-compatible CLI for
+// containerd. It is built inside a module of its own, as its go.mod cannot
+// build as is: it replaces a nested test-only module (tigron, absent from
+// the module zip: an empty stub stands in) and requires a
+// github.com/moby/moby/v2 beta the proxy does not serve (an earlier beta
+// builds; nerdctl uses little of it).
+var nerdctlTool = goTool{
+	name: "nerdctl " + nerdctlVersion, dir: "nerdctl-" + nerdctlVersion, file: "nerdctl", env: "FLOTILLA_NERDCTL",
+	timeout: 20 * time.Minute,
+	build: func(g *goBuild, out string) error {
+		stub := filepath.Join(g.mod, "tigron-stub")
 		if err := os.MkdirAll(stub, 0o755); err != nil {
-			nerdctlErr = err
-			return
+			return err
 		}
 		if err := os.WriteFile(filepath.Join(stub, "go.mod"), []byte("module github.com/containerd/nerdctl/mod/tigron\n\ngo 1.24\n"), 0o644); err != nil {
-			nerdctlErr = err
-			return
+			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-		defer cancel()
+		if err := g.initModule("flotilla-tests/nerdctl"); err != nil {
+			return err
+		}
 		for _, args := range [][]string{
-			{"mod", "init", "flotilla-tests/nerdctl"},
 			{"mod", "edit", "-require", "github.com/containerd/nerdctl/v2@" + nerdctlVersion,
 				"-replace", "github.com/containerd/nerdctl/mod/tigron@v0.0.0=./tigron-stub",
 				"-replace", "github.com/moby/moby/v2=github.com/moby/moby/v2@v2.0.0-beta.25"},
 			{"get", "github.com/containerd/nerdctl/v2/cmd/nerdctl@" + nerdctlVersion},
-			{"build", "-o", nerdctlPath + ".tmp", "github.com/containerd/nerdctl/v2/cmd/nerdctl"},
+			{"build", "-o", out, "github.com/containerd/nerdctl/v2/cmd/nerdctl"},
 		} {
-			if args[1] == "init" {
-				if _, err := os.Stat(filepath.Join(mod, "go.mod")); err == nil {
-					continue
-				}
-			}
-			cmd := exec.CommandContext(ctx, "go", args...)
-			cmd.Dir = mod
-			cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				nerdctlErr = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-				return
+			if _, err := g.run("", nil, args...); err != nil {
+				return err
 			}
 		}
-		nerdctlErr = os.Rename(nerdctlPath+".tmp", nerdctlPath)
-	})
-	if nerdctlErr != nil {
-		t.Skipf("nerdctl %s could not be built from the Go module proxy (set FLOTILLA_NERDCTL to one): %v", nerdctlVersion, nerdctlErr)
+		return nil
+	},
+}
+
+// nerdctl is nerdctl v2.4.2 ($FLOTILLA_NERDCTL when set); the test skips,
+// saying why, when it cannot be had.
+func nerdctl(t *testing.T) string {
+	t.Helper()
+	p, err := nerdctlTool.path()
+	if err != nil {
+		t.Skipf("nerdctl %s could not be built from the Go module proxy (set FLOTILLA_NERDCTL to one): %v", nerdctlVersion, err)
 	}
-	return nerdctlPath
+	return p
 }
 
 // TestNerdctlImagesRunAndCompose drives nerdctl v2.4.2 the way its users

@@ -888,64 +888,32 @@ func corruptRegistryBlob(t *testing.T, storage string, d digest.Digest) {
 // in TestCtr2ImagesGoThroughTransfer.
 const ctr2Version = "v2.4.2"
 
-var (
-	ctr2Once sync.Once
-	ctr2Path string
-	ctr2Err  error
-)
+// ctr2Tool is containerd 2.4.2's own ctr, which imports, exports, pulls,
+// pushes and tags through the Transfer API.
+var ctr2Tool = goTool{
+	name: "containerd " + ctr2Version + "'s ctr", dir: "ctr-" + ctr2Version, file: "ctr", env: "FLOTILLA_CTR2",
+	timeout: 10 * time.Minute,
+	build: func(g *goBuild, out string) error {
+		if err := g.initModule("flotilla-tests/ctr2"); err != nil {
+			return err
+		}
+		if _, err := g.run("", nil, "get", "github.com/containerd/containerd/v2/cmd/ctr@"+ctr2Version); err != nil {
+			return err
+		}
+		_, err := g.run("", nil, "build", "-tags", "no_btrfs no_devmapper no_zfs", "-o", out, "github.com/containerd/containerd/v2/cmd/ctr")
+		return err
+	},
+}
 
-// ctr2 is containerd 2.4.2's own ctr, which imports, exports, pulls, pushes
-// and tags through the Transfer API: $FLOTILLA_CTR2 when set, else built
-// once from the Go module proxy into ~/.cache/flotilla-tests. The test
-// skips, saying why, when it cannot be had.
+// ctr2 is containerd 2.4.2's ctr ($FLOTILLA_CTR2 when set); the test skips,
+// saying why, when it cannot be had.
 func ctr2(t *testing.T) string {
 	t.Helper()
-	ctr2Once.Do(func() {
-		if p := os.Getenv("FLOTILLA_CTR2"); p != "" {
-			ctr2Path = p
-			return
-		}
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			ctr2Err = err
-			return
-		}
-		dir := filepath.Join(cache, "flotilla-tests", "ctr-"+ctr2Version)
-		ctr2Path = filepath.Join(dir, "ctr")
-		if _, err := os.Stat(ctr2Path); err == nil {
-			return
-		}
-		mod := filepath.Join(dir, "build")
-		if err := os.MkdirAll(mod, 0o755); err != nil {
-			ctr2Err = err
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		for _, args := range [][]string{
-			{"mod", "init", "flotilla-tests/ctr2"},
-			{"get", "github.com/containerd/containerd/v2/cmd/ctr@" + ctr2Version},
-			{"build", "-tags", "no_btrfs no_devmapper no_zfs", "-o", ctr2Path + ".tmp", "github.com/containerd/containerd/v2/cmd/ctr"},
-		} {
-			if args[0] == "mod" {
-				if _, err := os.Stat(filepath.Join(mod, "go.mod")); err == nil {
-					continue
-				}
-			}
-			cmd := exec.CommandContext(ctx, "go", args...)
-			cmd.Dir = mod
-			cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				ctr2Err = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-				return
-			}
-		}
-		ctr2Err = os.Rename(ctr2Path+".tmp", ctr2Path)
-	})
-	if ctr2Err != nil {
-		t.Skipf("containerd %s's ctr could not be built from the Go module proxy (set FLOTILLA_CTR2 to one): %v", ctr2Version, ctr2Err)
+	p, err := ctr2Tool.path()
+	if err != nil {
+		t.Skipf("containerd %s's ctr could not be built from the Go module proxy (set FLOTILLA_CTR2 to one): %v", ctr2Version, err)
 	}
-	return ctr2Path
+	return p
 }
 
 // TestCtr2ImagesGoThroughTransfer drives containerd 2.4.2's own ctr, which

@@ -83,11 +83,11 @@ unit: build
 
 # What the integration tests drive and Debian lacks they build once from the
 # Go module proxy and take from the user's cache directory afterwards:
-# critest (~/.cache/flotilla/critest-*), containerd's ctr
-# (~/.cache/flotilla-tests/ctr-*) and the kubelet
-# (~/.cache/flotilla-tests/kubelet-*; 13-20 minutes on 2 cores the first
-# time). FLOTILLA_CRITEST, FLOTILLA_CTR2 and FLOTILLA_KUBELET name prebuilt
-# ones instead. The timeout leaves room for a cold cache.
+# ~/.cache/flotilla-tests/ holds critest, containerd 2.4.2's ctr, nerdctl,
+# runc 1.5.3 (for user namespaces) and the kubelet (13-20 minutes on 2 cores
+# the first time). FLOTILLA_CRITEST, FLOTILLA_CTR2, FLOTILLA_NERDCTL,
+# FLOTILLA_RUNC and FLOTILLA_KUBELET name prebuilt ones instead. The
+# timeout leaves room for a cold cache.
 integration: build
 	FLOTILLA_BIN=$(BIN) $(GO) test -count=1 -timeout 60m ./integration/...
 

@@ -465,7 +465,7 @@ func sweepNamespace(nb *bolt.Bucket, ns string, reached map[gc.Node]struct{}, no
 // timeout: the snapshots are gone from the disk when the removal returns,
 // rather than being removed (and holding the snapshotter's lock, which
 // creations wait for) while the caller goes on to its next pull.
-const sweepWait = 2 * time.Second
+var sweepWait = 2 * time.Second
 
 // sweepSnapshotters removes from each snapshotter the snapshots no record
 // names, each snapshotter on its own: a hung one delays nobody else, and

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"os"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -55,12 +57,25 @@ func Handler() http.Handler {
 	return promhttp.HandlerFor(Registry, promhttp.HandlerOpts{})
 }
 
+// PprofEnv, set to anything in a service's environment (flotillad's, which
+// its services inherit), has the metrics endpoint serve Go's profiles too
+// (/debug/pprof/ on <state>/metrics.sock): a profile of one process of the
+// graph while it works, for a developer, never on by default.
+const PprofEnv = "FLOTILLA_PPROF"
+
 // Serve answers GET /metrics on l until l is closed. A scrape is cheap and
 // local, so the timeouts only guard against a stuck peer.
 func Serve(l net.Listener) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", Handler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+	if os.Getenv(PprofEnv) != "" {
+		// Profiles take as long as they are asked to.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		srv.WriteTimeout = 0
+	}
 	err := srv.Serve(l)
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) {
 		return nil

@@ -82,10 +82,11 @@ func NewScheduler(ctx context.Context, collect func(context.Context) error, dela
 
 // Trigger notes that something became garbage. With wait set it collects
 // before returning, so a caller that asked for a synchronous removal sees
-// the space freed.
+// the space freed: the collection runs with a context Synchronous says so
+// of.
 func (s *Scheduler) Trigger(wait bool) {
 	if wait {
-		if err := s.RunNow(s.ctx); err != nil {
+		if err := s.RunNow(context.WithValue(s.ctx, synchronousKey{}, true)); err != nil {
 			logging.G(s.ctx).Error("garbage collection failed", "error", err)
 		}
 		return
@@ -135,6 +136,16 @@ func (s *Scheduler) RunNow(ctx context.Context) error {
 	err := s.collect(ctx)
 	logging.G(ctx).Debug("garbage collected", "duration", time.Since(start), "error", err)
 	return err
+}
+
+type synchronousKey struct{}
+
+// Synchronous says whether a collection runs for a caller that waits for it
+// (a synchronous removal), which is owed every part of it, even the parts
+// a background collection leaves to run on after it returns.
+func Synchronous(ctx context.Context) bool {
+	v, _ := ctx.Value(synchronousKey{}).(bool)
+	return v
 }
 
 // Close stops scheduled runs and waits for one in progress.

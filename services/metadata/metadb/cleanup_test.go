@@ -9,6 +9,8 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+
+	"github.com/flotilla-project/flotilla/services/metadata/gc"
 )
 
 // fakeSnapshotter keeps snapshots in a map and counts Cleanup calls, as a
@@ -142,4 +144,78 @@ func TestGCTakesNotImplementedCleanupAsNoFailure(t *testing.T) {
 		t.Fatalf("garbage collection with a snapshotter without Cleanup: %v", err)
 	}
 	remote.waitCounts(t, 0, 0)
+}
+
+// slowSnapshotter's Remove waits until release is closed, as the removal of
+// a large layer's directory takes its time.
+type slowSnapshotter struct {
+	*fakeSnapshotter
+	release chan struct{}
+}
+
+func (s *slowSnapshotter) Remove(ctx context.Context, key string) error {
+	<-s.release
+	return s.fakeSnapshotter.Remove(ctx, key)
+}
+
+// A removal whose caller waits for the collection (images.SynchronousDelete,
+// as the CRI's RemoveImage and ctr's rmi --sync ask) returns once the
+// snapshotters' sweeps have removed what it freed, as containerd's does: not
+// after the short wait a background collection gives them, which left a
+// sweep holding the snapshotter's lock (and its disk) into the caller's next
+// pull. A background collection still returns after that short wait.
+func TestSynchronousGCWaitsForTheSnapshotterSweep(t *testing.T) {
+	defer func(w time.Duration) { sweepWait = w }(sweepWait)
+	sweepWait = 20 * time.Millisecond
+	db, _ := newTestDB(t)
+	remote := &slowSnapshotter{fakeSnapshotter: newFakeSnapshotter(), release: make(chan struct{})}
+	db.SetSnapshotters(map[string]snapshots.Snapshotter{"remote": remote})
+	ctx := nsCtx("ns1")
+	sn, err := db.Snapshotter("remote")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"a", "b"} {
+		if _, err := sn.Prepare(ctx, key, "", snapshots.WithLabels(map[string]string{labelGCRoot: "x"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sched := gc.NewScheduler(ctx, func(ctx context.Context) error {
+		_, err := db.GarbageCollect(ctx)
+		return err
+	}, time.Hour)
+
+	// A background collection: its sweep of "a" waits on Remove, and
+	// the collection returns without it.
+	if err := sn.Remove(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sched.RunNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := remote.counts(); n != 2 {
+		t.Fatalf("snapshotter holds %d snapshots while its sweep is held up, want 2", n)
+	}
+
+	// A synchronous one, with that sweep still running: it waits for it
+	// and sweeps "b" too before it returns.
+	if err := sn.Remove(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { sched.Trigger(true); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("synchronous collection returned while the snapshotter's sweep was still removing")
+	case <-time.After(20 * sweepWait):
+	}
+	close(remote.release)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("synchronous collection did not return after the sweep ended")
+	}
+	if n, _ := remote.counts(); n != 0 {
+		t.Fatalf("snapshotter holds %d snapshots after a synchronous collection, want 0", n)
+	}
 }

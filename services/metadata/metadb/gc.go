@@ -457,9 +457,15 @@ func sweepNamespace(nb *bolt.Bucket, ns string, reached map[gc.Node]struct{}, no
 	return nil
 }
 
-// sweepWait is how long a collection waits for the snapshotters' sweeps
-// before returning; a slower (or hung) snapshotter's sweep goes on alone.
-const sweepWait = 2 * time.Second
+// sweepWait is how long a background collection waits for the
+// snapshotters' sweeps before returning; a slower (or hung) snapshotter's
+// sweep goes on alone. A synchronous collection (a removal whose caller
+// waits for the space, gc.Synchronous) waits for the sweeps to end, as
+// containerd's does for its snapshotters' cleanup, for at most the call
+// timeout: the snapshots are gone from the disk when the removal returns,
+// rather than being removed (and holding the snapshotter's lock, which
+// creations wait for) while the caller goes on to its next pull.
+var sweepWait = 2 * time.Second
 
 // sweepSnapshotters removes from each snapshotter the snapshots no record
 // names, each snapshotter on its own: a hung one delays nobody else, and
@@ -474,17 +480,27 @@ func (db *DB) sweepSnapshotters(ctx context.Context) int {
 	}
 	db.snapMu.RUnlock()
 
+	wait := sweepWait
+	synchronous := gc.Synchronous(ctx)
+	if synchronous {
+		wait = db.callTimeout
+	}
 	var removed atomic.Int64
 	var wg sync.WaitGroup
 	for _, b := range backends {
-		if !b.sweeping.CompareAndSwap(false, true) {
+		if !synchronous && !b.sweeping.TryLock() {
 			continue // the previous sweep of this one is still going
 		}
 		wg.Add(1)
 		ctx := logging.With(ctx, "snapshotter", b.name)
 		go func() {
 			defer wg.Done()
-			defer b.sweeping.Store(false)
+			if synchronous {
+				// What a sweep still running removes counts
+				// too: wait for it, then sweep what it left.
+				b.sweeping.Lock()
+			}
+			defer b.sweeping.Unlock()
 			n, err := db.sweepSnapshotter(b)
 			removed.Add(int64(n))
 			if err != nil {
@@ -498,7 +514,7 @@ func (db *DB) sweepSnapshotters(ctx context.Context) int {
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(sweepWait):
+	case <-time.After(wait):
 	}
 	return int(removed.Load())
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,8 +33,10 @@ type backend struct {
 	// caller's deadline, so it holds up its own callers no longer than
 	// the call timeout either.
 	lock *semaphore.Weighted
-	// sweeping is set while a sweep of this snapshotter runs.
-	sweeping atomic.Bool
+	// sweeping is held while a sweep of this snapshotter runs: a
+	// background collection skips a snapshotter still being swept, a
+	// synchronous one waits for that sweep and sweeps again.
+	sweeping sync.Mutex
 	// cleaned is set once a sweep has asked the snapshotter to clean up
 	// (see cleanupSnapshotter).
 	cleaned atomic.Bool

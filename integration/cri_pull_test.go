@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/opencontainers/go-digest"
@@ -153,6 +154,22 @@ func TestCRIPullsRunOnTheTransferEngine(t *testing.T) {
 		st, err := images.ImageStatus(ctx, &runtimeapi.ImageSpec{Image: ref}, false)
 		if err != nil || st.GetImage() == nil {
 			t.Fatalf("ImageStatus %s after the pull: %v, %v", ref, st.GetImage(), err)
+		}
+	}
+
+	// As containerd's CRI by default (discard_unpacked_layers = false),
+	// the layers' blobs outlive a collection: the image can be exported.
+	ls := d.client().LeasesService()
+	l, err := ls.Create(sctx, leases.WithRandomID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ls.Delete(sctx, l, leases.SynchronousDelete); err != nil {
+		t.Fatalf("a synchronous collection: %v", err)
+	}
+	for _, layer := range img.Layers {
+		if _, err := d.client().ContentStore().Info(sctx, layer.Digest); err != nil {
+			t.Errorf("layer %s of a CRI-pulled image after a collection: %v; want it kept", layer.Digest, err)
 		}
 	}
 }

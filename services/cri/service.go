@@ -41,6 +41,7 @@ type Options struct {
 	MaxConcurrentDownloads int                `toml:"max_concurrent_downloads" json:"max_concurrent_downloads" comment:"Blobs downloaded at once, across every pull."`
 	MaxConcurrentUnpacks   int                `toml:"max_concurrent_unpacks" json:"max_concurrent_unpacks" comment:"Layers one pull unpacks at once on a snapshotter that can rebase a layer onto its parent at commit (overlayfs); 1 unpacks them in order."`
 	InsecureRegistries     []string           `toml:"insecure_registries" json:"insecure_registries" comment:"Registries (host or host:port) pulled from over HTTPS without verifying certificates, then plain HTTP."`
+	DiscardUnpackedLayers  bool               `toml:"discard_unpacked_layers" json:"discard_unpacked_layers" comment:"Let the collector remove a pulled layer's blob once it is unpacked (saves disk; the image can no longer be exported or pushed)."`
 	ImageFSPath            string             `toml:"image_fs_path" json:"image_fs_path" comment:"Filesystem ImageFsInfo reports to the kubelet; empty: the snapshotter's root."`
 	RestrictOOMScoreAdj    bool               `toml:"restrict_oom_score_adj" json:"restrict_oom_score_adj" comment:"Clamp a container's oom_score_adj to this service's own (done anyway without CAP_SYS_RESOURCE)."`
 	StreamServerAddress    string             `toml:"stream_server_address" json:"stream_server_address" comment:"Address the exec, attach and port-forward streaming server listens on."`
@@ -177,18 +178,19 @@ func New(ctx context.Context, p *service.Process) (*service.Instance, error) {
 		Snapshotter:            opts.Snapshotter,
 	})
 	srv := server.New(ctx, client, graph, transfers, server.Config{
-		Snapshotter:         opts.Snapshotter,
-		InsecureRegistries:  opts.InsecureRegistries,
-		ConfigPath:          opts.Registry.ConfigPath,
-		ImageFSPath:         opts.ImageFSPath,
-		CNIConfDir:          opts.CNI.ConfDir,
-		SandboxImage:        opts.SandboxImage,
-		CNIBinDirs:          opts.CNI.BinDirs,
-		StateDir:            p.Env.State,
-		RestrictOOMScoreAdj: opts.RestrictOOMScoreAdj,
-		Runtimes:            handlers,
-		EnableCDI:           opts.EnableCDI,
-		CDISpecDirs:         opts.CDISpecDirs,
+		Snapshotter:           opts.Snapshotter,
+		InsecureRegistries:    opts.InsecureRegistries,
+		ConfigPath:            opts.Registry.ConfigPath,
+		ImageFSPath:           opts.ImageFSPath,
+		DiscardUnpackedLayers: opts.DiscardUnpackedLayers,
+		CNIConfDir:            opts.CNI.ConfDir,
+		SandboxImage:          opts.SandboxImage,
+		CNIBinDirs:            opts.CNI.BinDirs,
+		StateDir:              p.Env.State,
+		RestrictOOMScoreAdj:   opts.RestrictOOMScoreAdj,
+		Runtimes:              handlers,
+		EnableCDI:             opts.EnableCDI,
+		CDISpecDirs:           opts.CDISpecDirs,
 	})
 	if err := srv.StartStreaming(opts.StreamServerAddress, opts.StreamServerPort); err != nil {
 		srv.Close()

@@ -96,11 +96,15 @@ var (
 
 func (c *pulledImage) String() string { return fmt.Sprintf("CRI image store (%s)", c.named) }
 
-// ImageFilter walks the host's platform only, and has the manifests refer
-// to their layers for the collector only until those are unpacked (their
-// snapshots then hold them), as containerd's CRI pulls.
+// ImageFilter walks the host's platform only. The manifests keep their
+// layers' blobs unless discard_unpacked_layers says otherwise, as
+// containerd's CRI pulls: kept, the image can still be exported or pushed.
 func (c *pulledImage) ImageFilter(h images.HandlerFunc, cs content.Store) images.HandlerFunc {
-	h = images.SetChildrenMappedLabels(cs, h, images.ChildGCLabelsFilterLayers)
+	children := images.ChildGCLabels
+	if c.s.cfg.DiscardUnpackedLayers {
+		children = images.ChildGCLabelsFilterLayers
+	}
+	h = images.SetChildrenMappedLabels(cs, h, children)
 	h = images.FilterPlatforms(h, c.s.platform)
 	return images.LimitManifests(h, c.s.platform, 1)
 }

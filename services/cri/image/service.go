@@ -35,6 +35,9 @@ type Config struct {
 	ConfigPath string
 	// ImageFSPath is reported as the mount point of the image filesystem.
 	ImageFSPath string
+	// DiscardUnpackedLayers lets the collector take a pulled layer's blob
+	// once it is unpacked (its snapshot holds the image's files).
+	DiscardUnpackedLayers bool
 }
 
 // Transferrer runs image transfers: the transfer engine

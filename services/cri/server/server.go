@@ -37,6 +37,8 @@ type Config struct {
 	ConfigPath string
 	// ImageFSPath is reported as the mount point of the image filesystem.
 	ImageFSPath string
+	// DiscardUnpackedLayers: see image.Config.
+	DiscardUnpackedLayers bool
 	// CNIConfDir is where a CNI network configuration makes the network
 	// ready (default /etc/cni/net.d).
 	CNIConfDir string
@@ -119,10 +121,11 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		daemon: daemon,
 		cfg:    cfg,
 		images: image.New(client, daemon, transfers, image.Config{
-			Snapshotter:        cfg.Snapshotter,
-			InsecureRegistries: cfg.InsecureRegistries,
-			ConfigPath:         cfg.ConfigPath,
-			ImageFSPath:        cfg.ImageFSPath,
+			Snapshotter:           cfg.Snapshotter,
+			InsecureRegistries:    cfg.InsecureRegistries,
+			ConfigPath:            cfg.ConfigPath,
+			ImageFSPath:           cfg.ImageFSPath,
+			DiscardUnpackedLayers: cfg.DiscardUnpackedLayers,
 		}),
 		store: store.New(client.ContainerService()),
 		pods:  newPodState(ctx),

@@ -30,6 +30,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/task"
 )
 
 // Runtime handlers are containerd's: each names a runtime v2 shim type and
@@ -293,7 +294,7 @@ func (h *RuntimeHandlers) support(ctx context.Context, intro pluginInfo, r *ociR
 	info = &handlerSupport{features: handlerFeatures(ff, recursiveReadOnlySupported())}
 	if info.features.UserNamespaces {
 		// The runtime would make the idmapped mounts; so must the kernel.
-		if err := kernelIDMapSupported(); err != nil {
+		if err := task.KernelIDMapSupported(); err != nil {
 			info.features.UserNamespaces = false
 			info.userns = fmt.Errorf("the kernel cannot make idmapped mounts: %v", err)
 		}

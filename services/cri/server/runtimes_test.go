@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
+	"github.com/flotilla-project/flotilla/services/cri/task"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -240,7 +241,7 @@ func TestUserNamespacesArePerHandler(t *testing.T) {
 	if f := h.featuresOf(ctx, intro, h.byName["runc"]); f.UserNamespaces {
 		t.Errorf("runc 1.1 handler's features claim user namespaces")
 	}
-	kernel := kernelIDMapSupported()
+	kernel := task.KernelIDMapSupported()
 	err = h.userNamespaces(ctx, intro, h.byName["runc-new"])
 	if (err == nil) != (kernel == nil) {
 		t.Errorf("user namespaces on runc 1.5: %v (kernel idmapped mounts: %v)", err, kernel)

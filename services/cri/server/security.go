@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -343,19 +342,6 @@ func specUser(sp *specs.Spec) *runtime.ContainerUser {
 		lu.SupplementalGroups = append(lu.SupplementalGroups, int64(g))
 	}
 	return &runtime.ContainerUser{Linux: lu}
-}
-
-// recordSpec is the OCI spec stored in a container record; nil when it
-// cannot be read.
-func recordSpec(c containers.Container) *specs.Spec {
-	if c.Spec == nil {
-		return nil
-	}
-	var sp specs.Spec
-	if err := json.Unmarshal(c.Spec.GetValue(), &sp); err != nil {
-		return nil
-	}
-	return &sp
 }
 
 // recursiveReadOnlySupported tells whether the kernel has mount_setattr

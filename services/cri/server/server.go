@@ -9,6 +9,7 @@ package server
 
 import (
 	"context"
+	"path/filepath"
 	"sync"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -20,6 +21,7 @@ import (
 	"github.com/flotilla-project/flotilla/services/cri/nri"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/streaming"
+	"github.com/flotilla-project/flotilla/services/cri/task"
 )
 
 // Namespace is the containerd namespace every CRI object lives in.
@@ -77,6 +79,9 @@ type Server struct {
 	// images resolves, pulls and lists the CRI images; see package
 	// image.
 	images *image.Service
+	// tasks prepares root filesystems and creates the tasks of
+	// sandboxes and containers; see package task.
+	tasks *task.Service
 
 	// store holds the sandbox and container records; pods the exit
 	// watchers and log writers of running containers.
@@ -124,6 +129,7 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 			ConfigPath:         cfg.ConfigPath,
 			ImageFSPath:        cfg.ImageFSPath,
 		}),
+		tasks: task.New(client, cfg.Snapshotter, filepath.Join(cfg.StateDir, "idmap")),
 		store: store.New(client.ContainerService()),
 		pods:  newPodState(ctx),
 		cdi:   cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},

@@ -27,6 +27,7 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/image"
+	"github.com/flotilla-project/flotilla/services/cri/runtimes"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 )
@@ -88,7 +89,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 			s.releaseImageVolumes(context.WithoutCancel(ctx), id)
 		}
 	}()
-	ociRuntime, err := s.runtimeFor(sb.RuntimeHandler)
+	ociRuntime, err := s.cfg.Runtimes.Get(sb.RuntimeHandler)
 	if err != nil {
 		return nil, fmt.Errorf("runtime of sandbox %s: %w", sb.ID, err)
 	}
@@ -100,7 +101,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	if err != nil {
 		return nil, err
 	}
-	specOpts = append(specOpts, ociRuntime.withPassthroughAnnotations(sb.Config.GetAnnotations(), cfg.GetAnnotations()))
+	specOpts = append(specOpts, ociRuntime.WithPassthroughAnnotations(sb.Config.GetAnnotations(), cfg.GetAnnotations()))
 	if cdiOpt != nil {
 		specOpts = append(specOpts, cdiOpt)
 	}
@@ -125,7 +126,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	defer nriHook.finish(ctx, &rec, &retErr)
 	if _, err := s.client.NewContainer(lctx, id,
 		s.tasks.WithRootfs(id, img, &rootfs),
-		ociRuntime.withRuntime(),
+		ociRuntime.WithRuntime(),
 		task.WithSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(store.ContainerExtension, ext),
@@ -402,7 +403,7 @@ func (s *Server) containerMounts(sb *store.Sandbox, cfg *runtime.ContainerConfig
 			if !m.GetReadonly() || m.GetPropagation() != runtime.MountPropagation_PROPAGATION_PRIVATE {
 				return nil, "", fmt.Errorf("recursive read-only mount %s needs readonly and private propagation: %w", m.GetContainerPath(), errdefs.ErrInvalidArgument)
 			}
-			if !recursiveReadOnlySupported() {
+			if !runtimes.RecursiveReadOnlySupported() {
 				return nil, "", fmt.Errorf("recursive read-only mount %s: the kernel is older than 5.12: %w", m.GetContainerPath(), errdefs.ErrNotImplemented)
 			}
 			opts = append(opts, "rro")

@@ -69,15 +69,15 @@ func (s *Server) Status(ctx context.Context, req *runtime.StatusRequest) (*runti
 		// Both supplemental groups policies are applied (see userOpts).
 		Features: &runtime.RuntimeFeatures{SupplementalGroupsPolicy: true},
 	}
-	resp.RuntimeHandlers = s.handlerFeatures(ctx)
+	resp.RuntimeHandlers = s.cfg.Runtimes.List(ctx, s.client.IntrospectionService())
 	if req.GetVerbose() {
 		b, err := json.Marshal(map[string]any{
 			"snapshotter":        s.cfg.Snapshotter,
 			"insecureRegistries": s.cfg.InsecureRegistries,
 			"configPath":         s.cfg.ConfigPath,
 			"cniConfDir":         s.cfg.CNIConfDir,
-			"defaultRuntimeName": s.cfg.Runtimes.def,
-			"runtimes":           s.cfg.Runtimes.describe(),
+			"defaultRuntimeName": s.cfg.Runtimes.Default(),
+			"runtimes":           s.cfg.Runtimes.Describe(),
 			"enableCDI":          s.cfg.EnableCDI,
 			"cdiSpecDirs":        s.cfg.CDISpecDirs,
 		})

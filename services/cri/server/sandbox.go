@@ -92,7 +92,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if md.GetName() == "" || md.GetNamespace() == "" || md.GetUid() == "" {
 		return nil, fmt.Errorf("sandbox metadata needs name, namespace and uid: %w", errdefs.ErrInvalidArgument)
 	}
-	ociRuntime, err := s.runtimeFor(req.GetRuntimeHandler())
+	ociRuntime, err := s.cfg.Runtimes.Get(req.GetRuntimeHandler())
 	if err != nil {
 		return nil, fmt.Errorf("unable to get OCI runtime for sandbox %q: %w", md.GetName(), err)
 	}
@@ -176,7 +176,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		oci.WithCgroup(cgroupsPath(cfg.GetLinux().GetCgroupParent(), id)),
 		s.withOOMScoreAdj(sandboxOOMScoreAdj),
 		withShm(shm, true),
-		ociRuntime.withPassthroughAnnotations(cfg.GetAnnotations(), nil),
+		ociRuntime.WithPassthroughAnnotations(cfg.GetAnnotations(), nil),
 	}
 	if hostNetwork(cfg) {
 		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
@@ -222,7 +222,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	var rec containers.Container
 	c, err := s.client.NewContainer(lctx, id,
 		s.tasks.WithRootfs(id, pause, &rootfs),
-		ociRuntime.withRuntime(),
+		ociRuntime.WithRuntime(),
 		task.WithSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(store.SandboxExtension, ext),

@@ -19,6 +19,7 @@ import (
 
 	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/nri"
+	"github.com/flotilla-project/flotilla/services/cri/runtimes"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/streaming"
 	"github.com/flotilla-project/flotilla/services/cri/task"
@@ -57,7 +58,7 @@ type Config struct {
 	// anyway when the process lacks CAP_SYS_RESOURCE.
 	RestrictOOMScoreAdj bool
 	// Runtimes are the runtime handlers pods may ask for (see
-	// runtimes.go); nil: runc alone, as the default.
+	// package runtimes); nil: runc alone, as the default.
 	Runtimes *RuntimeHandlers
 	// EnableCDI lets containers ask for CDI devices, defined by the spec
 	// files in CDISpecDirs (see cdi.go).
@@ -98,6 +99,23 @@ type Server struct {
 	// RunPodSandbox returns. See nri.go.
 	nri      *nri.API
 	starting sync.Map
+}
+
+// The runtime handlers are package runtimes'; these are their names for
+// the service's configuration.
+const (
+	DefaultRuntimeName = runtimes.DefaultName
+	RuncRuntimeType    = runtimes.RuncType
+)
+
+type (
+	RuntimeConfig   = runtimes.Config
+	RuntimeHandlers = runtimes.Handlers
+)
+
+// NewRuntimeHandlers: see runtimes.New.
+func NewRuntimeHandlers(def string, cfgs map[string]RuntimeConfig) (*RuntimeHandlers, error) {
+	return runtimes.New(def, cfgs)
 }
 
 // Transferrer runs image transfers: the transfer engine

@@ -36,6 +36,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/containerd/v2/pkg/sys"
 	"github.com/containerd/errdefs"
+	"github.com/flotilla-project/flotilla/services/cri/runtimes"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -102,12 +103,12 @@ func parseIDMapping(kind string, in []*runtime.IDMapping) ([]specs.LinuxIDMappin
 // sandboxUserns validates a pod's user namespace request and, for mode
 // POD, that the pod's runtime handler can run it (what its runtime
 // reports, as Status has it): the error is the pod's answer.
-func (s *Server) sandboxUserns(ctx context.Context, cfg *runtime.PodSandboxConfig, r *ociRuntime) (*podUserns, error) {
+func (s *Server) sandboxUserns(ctx context.Context, cfg *runtime.PodSandboxConfig, r *runtimes.Runtime) (*podUserns, error) {
 	u, err := parseUserns(cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions())
 	if err != nil || !u.enabled() {
 		return u, err
 	}
-	if err := s.userNamespacesOn(ctx, r); err != nil {
+	if err := s.cfg.Runtimes.UserNamespaces(ctx, s.client.IntrospectionService(), r); err != nil {
 		return nil, err
 	}
 	return u, nil

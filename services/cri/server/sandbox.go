@@ -26,6 +26,7 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/image"
+	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 )
@@ -136,10 +137,10 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		if err != nil {
 			return nil, err
 		}
-		undo = append(undo, func() { _ = removeNetNS(m.NetNS); _ = s.releasePodUserns(id) })
-		ips, err := s.setupPodNetwork(ctx, id, m.NetNS, cfg)
+		undo = append(undo, func() { _ = network.RemoveNetNS(m.NetNS); _ = s.releasePodUserns(id) })
+		ips, err := s.cni.Setup(ctx, id, m.NetNS, cfg)
 		undo = append(undo, func() {
-			if err := s.teardownPodNetwork(cleanupCtx, id, m.NetNS, cfg); err != nil {
+			if err := s.cni.Teardown(cleanupCtx, id, m.NetNS, cfg); err != nil {
 				logging.G(ctx).Warn("undo pod network", "sandbox", id, "error", err)
 			}
 		})
@@ -440,7 +441,7 @@ func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 		}
 	}
 	if m.NetNS != "" && !m.NetworkTornDown {
-		if err := s.teardownPodNetwork(ctx, m.ID, m.NetNS, m.Config); err != nil {
+		if err := s.cni.Teardown(ctx, m.ID, m.NetNS, m.Config); err != nil {
 			return fmt.Errorf("tear down network of sandbox %s: %w", m.ID, err)
 		}
 		m.NetworkTornDown = true
@@ -450,7 +451,7 @@ func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 	}
 	// The namespace has no use once the network is gone, as in
 	// containerd; the path stays recorded for the status.
-	if err := removeNetNS(m.NetNS); err != nil {
+	if err := network.RemoveNetNS(m.NetNS); err != nil {
 		return err
 	}
 	return s.releasePodUserns(m.ID)

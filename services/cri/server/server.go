@@ -18,6 +18,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/services/cri/image"
+	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/nri"
 	"github.com/flotilla-project/flotilla/services/cri/runtimes"
 	"github.com/flotilla-project/flotilla/services/cri/store"
@@ -93,6 +94,9 @@ type Server struct {
 	// the containers' attach points; see package streaming.
 	streams *streaming.Server
 
+	// cni adds pods to their network; see package network.
+	cni *network.CNI
+
 	cdi cdiRegistry
 	// nri relays the pod and container lifecycle to NRI plugins (nil:
 	// NRI is off); starting holds the pods hidden until their
@@ -150,6 +154,7 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		tasks: task.New(client, cfg.Snapshotter, filepath.Join(cfg.StateDir, "idmap")),
 		store: store.New(client.ContainerService()),
 		pods:  newPodState(ctx),
+		cni:   network.NewCNI(cfg.CNIConfDir, cfg.CNIBinDirs, filepath.Join(cfg.StateDir, "cni")),
 		cdi:   cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
 	}
 	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})

@@ -36,6 +36,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/containerd/v2/pkg/sys"
 	"github.com/containerd/errdefs"
+	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/runtimes"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 	"github.com/opencontainers/runtime-spec/specs-go"
@@ -171,7 +172,7 @@ func unpinNamespace(path string) error {
 func (s *Server) newPodNetNS(id string, u *podUserns) (string, error) {
 	name := "cni-" + id[:32]
 	if !u.enabled() {
-		return newNetNS(s.netnsDir(), name)
+		return network.NewNetNS(s.netnsDir(), name)
 	}
 	return newNetNSInUserns(s.netnsDir(), name, s.usernsPin(id), u)
 }

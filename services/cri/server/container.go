@@ -27,7 +27,9 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/image"
+	"github.com/flotilla-project/flotilla/services/cri/runtimes"
 	"github.com/flotilla-project/flotilla/services/cri/store"
+	"github.com/flotilla-project/flotilla/services/cri/task"
 )
 
 // CreateContainer creates a container in a pod: the image's config merged
@@ -87,7 +89,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 			s.releaseImageVolumes(context.WithoutCancel(ctx), id)
 		}
 	}()
-	ociRuntime, err := s.runtimeFor(sb.RuntimeHandler)
+	ociRuntime, err := s.cfg.Runtimes.Get(sb.RuntimeHandler)
 	if err != nil {
 		return nil, fmt.Errorf("runtime of sandbox %s: %w", sb.ID, err)
 	}
@@ -99,7 +101,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	if err != nil {
 		return nil, err
 	}
-	specOpts = append(specOpts, ociRuntime.withPassthroughAnnotations(sb.Config.GetAnnotations(), cfg.GetAnnotations()))
+	specOpts = append(specOpts, ociRuntime.WithPassthroughAnnotations(sb.Config.GetAnnotations(), cfg.GetAnnotations()))
 	if cdiOpt != nil {
 		specOpts = append(specOpts, cdiOpt)
 	}
@@ -113,19 +115,19 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	}
 	labels[store.KindLabel] = store.KindContainer
 	labels[store.SandboxIDLabel] = sb.ID
-	lctx, releaseLease, err := s.withCreateLease(ctx)
+	lctx, releaseLease, err := s.tasks.WithCreateLease(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer releaseLease()
-	var rootfs preparedRootfs
+	var rootfs task.Rootfs
 	var rec containers.Container
 	nriHook := s.nriCreateHook(sb, m)
 	defer nriHook.finish(ctx, &rec, &retErr)
 	if _, err := s.client.NewContainer(lctx, id,
-		s.withRootfs(id, img, &rootfs),
-		ociRuntime.withRuntime(),
-		withSpec(&rootfs, specOpts...),
+		s.tasks.WithRootfs(id, img, &rootfs),
+		ociRuntime.WithRuntime(),
+		task.WithSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(store.ContainerExtension, ext),
 		nriHook.adjust(),
@@ -133,7 +135,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", md.GetName(), err)
 	}
-	s.store.RememberCreated(rec, rootfs.mounts)
+	s.store.RememberCreated(rec, rootfs.Mounts())
 	s.store.AddName(store.KindContainer, name, id)
 	return &runtime.CreateContainerResponse{ContainerId: id}, nil
 }
@@ -178,7 +180,7 @@ func (s *Server) containerSpec(sb *store.Sandbox, pausePid uint32, img *image.Im
 		env = append(env, kv.GetKey()+"="+string(kv.GetValue()))
 	}
 	opts := []oci.SpecOpts{
-		oci.WithImageConfig(s.cachedImage(img.Info)),
+		oci.WithImageConfig(s.tasks.CachedImage(img.Info)),
 		oci.WithProcessArgs(args...),
 		oci.WithEnv(env),
 		oci.WithAnnotations(annotations),
@@ -401,7 +403,7 @@ func (s *Server) containerMounts(sb *store.Sandbox, cfg *runtime.ContainerConfig
 			if !m.GetReadonly() || m.GetPropagation() != runtime.MountPropagation_PROPAGATION_PRIVATE {
 				return nil, "", fmt.Errorf("recursive read-only mount %s needs readonly and private propagation: %w", m.GetContainerPath(), errdefs.ErrInvalidArgument)
 			}
-			if !recursiveReadOnlySupported() {
+			if !runtimes.RecursiveReadOnlySupported() {
 				return nil, "", fmt.Errorf("recursive read-only mount %s: the kernel is older than 5.12: %w", m.GetContainerPath(), errdefs.ErrNotImplemented)
 			}
 			opts = append(opts, "rro")
@@ -487,13 +489,13 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	}
 	// The record read above is the one the task is made from; the
 	// lock keeps it current.
-	task, err := s.createTask(ctx, rec, prepared, cio.NewCreator(ioOpts...))
+	task, err := s.tasks.Create(ctx, rec, prepared, cio.NewCreator(ioOpts...))
 	if err != nil {
 		return fail(fmt.Errorf("create task of container %s: %w", m.ID, err))
 	}
 	exitC := task.Wait(s.pods.ctx)
 	if err := task.Start(ctx); err != nil {
-		task.abort(context.WithoutCancel(ctx))
+		task.Abort(context.WithoutCancel(ctx))
 		return fail(fmt.Errorf("start container %s: %w", m.ID, err))
 	}
 	m.StartedAt = nanos(time.Now())
@@ -526,7 +528,7 @@ func (s *Server) exitWatcher(id string) chan struct{} {
 }
 
 // exitedTask is what the exit watcher deletes: a client Task, or a
-// criTask.
+// task.Task.
 type exitedTask interface {
 	Delete(context.Context, ...containerd.ProcessDeleteOpts) (*containerd.ExitStatus, error)
 }
@@ -761,7 +763,7 @@ func (s *Server) removeContainer(ctx context.Context, id string) error {
 	unlock := s.store.Lock(id)
 	defer unlock()
 	s.nriRemoveContainer(ctx, id)
-	if err := s.deleteTask(ctx, id); err != nil && !errdefs.IsNotFound(err) {
+	if err := s.tasks.Delete(ctx, id); err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}
 	c, err := s.client.LoadContainer(ctx, id)
@@ -834,7 +836,7 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStat
 		Annotations: m.Config.GetAnnotations(),
 		Mounts:      m.Config.GetMounts(),
 		LogPath:     m.LogPath,
-		User:        specUser(recordSpec(rec)),
+		User:        specUser(store.Spec(rec)),
 	}
 	if state == runtime.ContainerState_CONTAINER_EXITED {
 		st.Reason, st.Message = m.Reason, m.Message

@@ -112,7 +112,7 @@ func (s *Server) nriPod(ctx context.Context, m *store.Sandbox, rec *containers.C
 		}
 	}
 	if rec != nil {
-		p.Labels, p.Spec = rec.Labels, recordSpec(*rec)
+		p.Labels, p.Spec = rec.Labels, store.Spec(*rec)
 	}
 	if ok, pid := s.sandboxReady(ctx, m.ID); ok {
 		p.Pid = pid
@@ -136,7 +136,7 @@ func (s *Server) nriContainer(ctx context.Context, m *store.Container, rec *cont
 		}
 	}
 	if rec != nil {
-		c.Labels, c.Spec = rec.Labels, recordSpec(*rec)
+		c.Labels, c.Spec = rec.Labels, store.Spec(*rec)
 	}
 	if c.State == nriapi.ContainerState_CONTAINER_RUNNING {
 		if p, err := s.taskState(ctx, m.ID); err == nil {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime/debug"
 
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
@@ -13,6 +11,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/network"
 )
 
 const (
@@ -53,7 +52,7 @@ func buildVersion() string {
 // supports.
 func (s *Server) Status(ctx context.Context, req *runtime.StatusRequest) (*runtime.StatusResponse, error) {
 	networkReady := &runtime.RuntimeCondition{Type: runtime.NetworkReady, Status: true}
-	if ok, err := hasCNIConfig(s.cfg.CNIConfDir); !ok {
+	if ok, err := network.HasConfig(s.cfg.CNIConfDir); !ok {
 		networkReady.Status = false
 		networkReady.Reason = "NetworkPluginNotReady"
 		networkReady.Message = fmt.Sprintf("Network plugin returns error: cni config not found in %s", s.cfg.CNIConfDir)
@@ -69,15 +68,15 @@ func (s *Server) Status(ctx context.Context, req *runtime.StatusRequest) (*runti
 		// Both supplemental groups policies are applied (see userOpts).
 		Features: &runtime.RuntimeFeatures{SupplementalGroupsPolicy: true},
 	}
-	resp.RuntimeHandlers = s.handlerFeatures(ctx)
+	resp.RuntimeHandlers = s.cfg.Runtimes.List(ctx, s.client.IntrospectionService())
 	if req.GetVerbose() {
 		b, err := json.Marshal(map[string]any{
 			"snapshotter":        s.cfg.Snapshotter,
 			"insecureRegistries": s.cfg.InsecureRegistries,
 			"configPath":         s.cfg.ConfigPath,
 			"cniConfDir":         s.cfg.CNIConfDir,
-			"defaultRuntimeName": s.cfg.Runtimes.def,
-			"runtimes":           s.cfg.Runtimes.describe(),
+			"defaultRuntimeName": s.cfg.Runtimes.Default(),
+			"runtimes":           s.cfg.Runtimes.Describe(),
 			"enableCDI":          s.cfg.EnableCDI,
 			"cdiSpecDirs":        s.cfg.CDISpecDirs,
 		})
@@ -87,25 +86,4 @@ func (s *Server) Status(ctx context.Context, req *runtime.StatusRequest) (*runti
 		resp.Info = map[string]string{"config": string(b)}
 	}
 	return resp, nil
-}
-
-// hasCNIConfig reports whether dir holds a network configuration libcni
-// would load (.conf, .conflist or .json).
-func hasCNIConfig(dir string) (bool, error) {
-	entries, err := os.ReadDir(dir)
-	if os.IsNotExist(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	for _, e := range entries {
-		switch filepath.Ext(e.Name()) {
-		case ".conf", ".conflist", ".json":
-			if !e.IsDir() {
-				return true, nil
-			}
-		}
-	}
-	return false, nil
 }

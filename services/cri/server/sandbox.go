@@ -26,7 +26,9 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/image"
+	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/store"
+	"github.com/flotilla-project/flotilla/services/cri/task"
 )
 
 // sandboxOOMScoreAdj keeps the pause container alive under memory
@@ -91,7 +93,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if md.GetName() == "" || md.GetNamespace() == "" || md.GetUid() == "" {
 		return nil, fmt.Errorf("sandbox metadata needs name, namespace and uid: %w", errdefs.ErrInvalidArgument)
 	}
-	ociRuntime, err := s.runtimeFor(req.GetRuntimeHandler())
+	ociRuntime, err := s.cfg.Runtimes.Get(req.GetRuntimeHandler())
 	if err != nil {
 		return nil, fmt.Errorf("unable to get OCI runtime for sandbox %q: %w", md.GetName(), err)
 	}
@@ -135,10 +137,10 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		if err != nil {
 			return nil, err
 		}
-		undo = append(undo, func() { _ = removeNetNS(m.NetNS); _ = s.releasePodUserns(id) })
-		ips, err := s.setupPodNetwork(ctx, id, m.NetNS, cfg)
+		undo = append(undo, func() { _ = network.RemoveNetNS(m.NetNS); _ = s.releasePodUserns(id) })
+		ips, err := s.cni.Setup(ctx, id, m.NetNS, cfg)
 		undo = append(undo, func() {
-			if err := s.teardownPodNetwork(cleanupCtx, id, m.NetNS, cfg); err != nil {
+			if err := s.cni.Teardown(cleanupCtx, id, m.NetNS, cfg); err != nil {
 				logging.G(ctx).Warn("undo pod network", "sandbox", id, "error", err)
 			}
 		})
@@ -163,7 +165,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 
 	specOpts := []oci.SpecOpts{
-		oci.WithImageConfig(s.cachedImage(pause.Info)),
+		oci.WithImageConfig(s.tasks.CachedImage(pause.Info)),
 		oci.WithAnnotations(map[string]string{
 			annContainerType:    containerTypeSandbox,
 			annSandboxID:        id,
@@ -175,7 +177,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		oci.WithCgroup(cgroupsPath(cfg.GetLinux().GetCgroupParent(), id)),
 		s.withOOMScoreAdj(sandboxOOMScoreAdj),
 		withShm(shm, true),
-		ociRuntime.withPassthroughAnnotations(cfg.GetAnnotations(), nil),
+		ociRuntime.WithPassthroughAnnotations(cfg.GetAnnotations(), nil),
 	}
 	if hostNetwork(cfg) {
 		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
@@ -212,17 +214,17 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		labels[k] = v
 	}
 	labels[store.KindLabel] = store.KindSandbox
-	lctx, releaseLease, err := s.withCreateLease(ctx)
+	lctx, releaseLease, err := s.tasks.WithCreateLease(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer releaseLease()
-	var rootfs preparedRootfs
+	var rootfs task.Rootfs
 	var rec containers.Container
 	c, err := s.client.NewContainer(lctx, id,
-		s.withRootfs(id, pause, &rootfs),
-		ociRuntime.withRuntime(),
-		withSpec(&rootfs, specOpts...),
+		s.tasks.WithRootfs(id, pause, &rootfs),
+		ociRuntime.WithRuntime(),
+		task.WithSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		withExtension(store.SandboxExtension, ext),
 		withRecordCopy(&rec),
@@ -243,18 +245,18 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 			logging.G(ctx).Warn("undo sandbox store record", "sandbox", id, "error", err)
 		}
 	})
-	task, err := s.createTask(ctx, rec, rootfs.mounts, cio.NullIO)
+	task, err := s.tasks.Create(ctx, rec, rootfs.Mounts(), cio.NullIO)
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox task: %w", err)
 	}
-	undo = append(undo, func() { task.abort(cleanupCtx) })
+	undo = append(undo, func() { task.Abort(cleanupCtx) })
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start sandbox task: %w", err)
 	}
 	if err := s.nriRunPod(ctx, m, rec); err != nil {
 		return nil, err
 	}
-	s.store.RememberCreated(rec, rootfs.mounts)
+	s.store.RememberCreated(rec, rootfs.Mounts())
 	s.store.AddName(store.KindSandbox, name, id)
 	logging.G(ctx).Debug("sandbox running", "sandbox", id, "name", name, "ip", m.IP)
 	return &runtime.RunPodSandboxResponse{PodSandboxId: id}, nil
@@ -428,7 +430,7 @@ func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 	}
 	unlock := s.store.Lock(m.ID)
 	defer unlock()
-	if err := s.deleteTask(ctx, m.ID); err != nil {
+	if err := s.tasks.Delete(ctx, m.ID); err != nil {
 		return fmt.Errorf("stop sandbox %s: %w", m.ID, err)
 	}
 	s.nriStopPod(ctx, m)
@@ -439,7 +441,7 @@ func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 		}
 	}
 	if m.NetNS != "" && !m.NetworkTornDown {
-		if err := s.teardownPodNetwork(ctx, m.ID, m.NetNS, m.Config); err != nil {
+		if err := s.cni.Teardown(ctx, m.ID, m.NetNS, m.Config); err != nil {
 			return fmt.Errorf("tear down network of sandbox %s: %w", m.ID, err)
 		}
 		m.NetworkTornDown = true
@@ -449,29 +451,10 @@ func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 	}
 	// The namespace has no use once the network is gone, as in
 	// containerd; the path stays recorded for the status.
-	if err := removeNetNS(m.NetNS); err != nil {
+	if err := network.RemoveNetNS(m.NetNS); err != nil {
 		return err
 	}
 	return s.releasePodUserns(m.ID)
-}
-
-// deleteTask kills an object's task, if it has one, and deletes it.
-func (s *Server) deleteTask(ctx context.Context, id string) error {
-	c, err := s.client.LoadContainer(ctx, id)
-	if err != nil {
-		return err
-	}
-	task, err := c.Task(ctx, nil)
-	if errdefs.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("delete task of %s: %w", id, err)
-	}
-	return nil
 }
 
 // RemovePodSandbox stops the pod if it runs and removes its containers,

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -344,30 +342,3 @@ func specUser(sp *specs.Spec) *runtime.ContainerUser {
 	}
 	return &runtime.ContainerUser{Linux: lu}
 }
-
-// recordSpec is the OCI spec stored in a container record; nil when it
-// cannot be read.
-func recordSpec(c containers.Container) *specs.Spec {
-	if c.Spec == nil {
-		return nil
-	}
-	var sp specs.Spec
-	if err := json.Unmarshal(c.Spec.GetValue(), &sp); err != nil {
-		return nil
-	}
-	return &sp
-}
-
-// recursiveReadOnlySupported tells whether the kernel has mount_setattr
-// (Linux 5.12), which runc's rro mount option needs.
-var recursiveReadOnlySupported = sync.OnceValue(func() bool {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return false
-	}
-	var major, minor int
-	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
-		return false
-	}
-	return major > 5 || major == 5 && minor >= 12
-})

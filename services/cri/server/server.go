@@ -9,6 +9,7 @@ package server
 
 import (
 	"context"
+	"path/filepath"
 	"sync"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -17,9 +18,12 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/services/cri/image"
+	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/nri"
+	"github.com/flotilla-project/flotilla/services/cri/runtimes"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/streaming"
+	"github.com/flotilla-project/flotilla/services/cri/task"
 )
 
 // Namespace is the containerd namespace every CRI object lives in.
@@ -57,7 +61,7 @@ type Config struct {
 	// anyway when the process lacks CAP_SYS_RESOURCE.
 	RestrictOOMScoreAdj bool
 	// Runtimes are the runtime handlers pods may ask for (see
-	// runtimes.go); nil: runc alone, as the default.
+	// package runtimes); nil: runc alone, as the default.
 	Runtimes *RuntimeHandlers
 	// EnableCDI lets containers ask for CDI devices, defined by the spec
 	// files in CDISpecDirs (see cdi.go).
@@ -79,6 +83,9 @@ type Server struct {
 	// images resolves, pulls and lists the CRI images; see package
 	// image.
 	images *image.Service
+	// tasks prepares root filesystems and creates the tasks of
+	// sandboxes and containers; see package task.
+	tasks *task.Service
 
 	// store holds the sandbox and container records; pods the exit
 	// watchers and log writers of running containers.
@@ -89,12 +96,32 @@ type Server struct {
 	// the containers' attach points; see package streaming.
 	streams *streaming.Server
 
+	// cni adds pods to their network; see package network.
+	cni *network.CNI
+
 	cdi cdiRegistry
 	// nri relays the pod and container lifecycle to NRI plugins (nil:
 	// NRI is off); starting holds the pods hidden until their
 	// RunPodSandbox returns. See nri.go.
 	nri      *nri.API
 	starting sync.Map
+}
+
+// The runtime handlers are package runtimes'; these are their names for
+// the service's configuration.
+const (
+	DefaultRuntimeName = runtimes.DefaultName
+	RuncRuntimeType    = runtimes.RuncType
+)
+
+type (
+	RuntimeConfig   = runtimes.Config
+	RuntimeHandlers = runtimes.Handlers
+)
+
+// NewRuntimeHandlers: see runtimes.New.
+func NewRuntimeHandlers(def string, cfgs map[string]RuntimeConfig) (*RuntimeHandlers, error) {
+	return runtimes.New(def, cfgs)
 }
 
 // Transferrer runs image transfers: the transfer engine
@@ -127,8 +154,10 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 			ImageFSPath:           cfg.ImageFSPath,
 			DiscardUnpackedLayers: cfg.DiscardUnpackedLayers,
 		}),
+		tasks: task.New(client, cfg.Snapshotter, filepath.Join(cfg.StateDir, "idmap")),
 		store: store.New(client.ContainerService()),
 		pods:  newPodState(ctx),
+		cni:   network.NewCNI(cfg.CNIConfDir, cfg.CNIBinDirs, filepath.Join(cfg.StateDir, "cni")),
 		cdi:   cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
 	}
 	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})

@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -152,4 +153,17 @@ func MatchLabels(labels, selector map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// Spec is the OCI spec stored in a container record; nil when it
+// cannot be read.
+func Spec(c containers.Container) *specs.Spec {
+	if c.Spec == nil {
+		return nil
+	}
+	var sp specs.Spec
+	if err := json.Unmarshal(c.Spec.GetValue(), &sp); err != nil {
+		return nil
+	}
+	return &sp
 }

@@ -1,4 +1,10 @@
-package server
+// Package runtimes holds the CRI's runtime handlers, as containerd's: each
+// names a runtime v2 shim type and the options its tasks are created
+// with, checked at startup; a pod picks one by its RuntimeClass's handler.
+// It asks each handler's shim, through the introspection service, what
+// its OCI runtime supports (recursive read-only mounts, user namespaces)
+// for Status and for pods that want a user namespace.
+package runtimes
 
 import (
 	"bytes"
@@ -25,11 +31,13 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"github.com/pelletier/go-toml/v2"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/task"
 )
 
 // Runtime handlers are containerd's: each names a runtime v2 shim type and
@@ -41,15 +49,15 @@ import (
 // service creates the task from.
 
 const (
-	// DefaultRuntimeName is the handler pods get unless they name one.
-	DefaultRuntimeName = "runc"
-	// RuncRuntimeType is containerd-shim-runc-v2, whose options are
+	// DefaultName is the handler pods get unless they name one.
+	DefaultName = "runc"
+	// RuncType is containerd-shim-runc-v2, whose options are
 	// containerd's runc options.
-	RuncRuntimeType = "io.containerd.runc.v2"
+	RuncType = "io.containerd.runc.v2"
 )
 
-// RuntimeConfig is a runtime handler as configured.
-type RuntimeConfig struct {
+// Config is a runtime handler as configured.
+type Config struct {
 	// Type is the runtime v2 shim type (io.containerd.runc.v2, the
 	// default) or a shim binary's path.
 	Type string
@@ -64,9 +72,9 @@ type RuntimeConfig struct {
 	ContainerAnnotations []string
 }
 
-// ociRuntime is a configured handler, its options encoded for the tasks
+// Runtime is a configured handler, its options encoded for the tasks
 // service.
-type ociRuntime struct {
+type Runtime struct {
 	name    string
 	typ     string
 	options *anypb.Any // nil: the shim's defaults
@@ -74,11 +82,11 @@ type ociRuntime struct {
 	ctrAnn  []string
 }
 
-// RuntimeHandlers are the configured handlers and what their runtimes
-// support; build them with NewRuntimeHandlers.
-type RuntimeHandlers struct {
+// Handlers are the configured handlers and what their runtimes
+// support; build them with New.
+type Handlers struct {
 	def    string
-	byName map[string]*ociRuntime
+	byName map[string]*Runtime
 
 	// features of each handler, asked of its shim once it answers (the
 	// tasks service may come up after this one).
@@ -86,24 +94,24 @@ type RuntimeHandlers struct {
 	features map[string]*handlerSupport
 }
 
-// NewRuntimeHandlers checks the configured handlers, as containerd does at
+// New checks the configured handlers, as containerd does at
 // startup: the default must be one of them, and a runc handler's options
 // must be runc options. A handler without a type runs on runc.
-func NewRuntimeHandlers(def string, cfgs map[string]RuntimeConfig) (*RuntimeHandlers, error) {
+func New(def string, cfgs map[string]Config) (*Handlers, error) {
 	if def == "" {
-		def = DefaultRuntimeName
+		def = DefaultName
 	}
 	if len(cfgs) == 0 {
-		cfgs = map[string]RuntimeConfig{DefaultRuntimeName: {Type: RuncRuntimeType}}
+		cfgs = map[string]Config{DefaultName: {Type: RuncType}}
 	}
-	h := &RuntimeHandlers{def: def, byName: map[string]*ociRuntime{}, features: map[string]*handlerSupport{}}
+	h := &Handlers{def: def, byName: map[string]*Runtime{}, features: map[string]*handlerSupport{}}
 	for name, c := range cfgs {
 		if name == "" {
 			return nil, fmt.Errorf("runtime handler with an empty name: %w", errdefs.ErrInvalidArgument)
 		}
 		if c.Type == "" {
 			// As containerd: the daemon's default runtime.
-			c.Type = RuncRuntimeType
+			c.Type = RuncType
 		}
 		for _, p := range slices.Concat(c.PodAnnotations, c.ContainerAnnotations) {
 			if _, err := path.Match(p, ""); err != nil {
@@ -114,7 +122,7 @@ func NewRuntimeHandlers(def string, cfgs map[string]RuntimeConfig) (*RuntimeHand
 		if err != nil {
 			return nil, fmt.Errorf("runtime handler %q: %w", name, err)
 		}
-		h.byName[name] = &ociRuntime{name: name, typ: c.Type, options: opts, podAnn: c.PodAnnotations, ctrAnn: c.ContainerAnnotations}
+		h.byName[name] = &Runtime{name: name, typ: c.Type, options: opts, podAnn: c.PodAnnotations, ctrAnn: c.ContainerAnnotations}
 	}
 	if _, ok := h.byName[def]; !ok {
 		return nil, fmt.Errorf("default_runtime_name %q is not one of the runtimes (%v): %w", def, slices.Sorted(maps.Keys(h.byName)), errdefs.ErrInvalidArgument)
@@ -136,7 +144,7 @@ func runtimeOptions(typ string, opts map[string]any) (*anypb.Any, error) {
 		return nil, fmt.Errorf("options: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	var msg proto.Message
-	if typ == RuncRuntimeType {
+	if typ == RuncType {
 		var o runcoptions.Options
 		dec := toml.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
@@ -184,9 +192,12 @@ func integral(m map[string]any) map[string]any {
 	return out
 }
 
-// get is the handler a pod runs on: the default for "". An unknown name
+// Default is the handler of pods that name none.
+func (h *Handlers) Default() string { return h.def }
+
+// Get is the handler a pod runs on: the default for "". An unknown name
 // is an error worded as containerd's.
-func (h *RuntimeHandlers) get(name string) (*ociRuntime, error) {
+func (h *Handlers) Get(name string) (*Runtime, error) {
 	if name == "" {
 		name = h.def
 	}
@@ -197,14 +208,9 @@ func (h *RuntimeHandlers) get(name string) (*ociRuntime, error) {
 	return r, nil
 }
 
-// runtimeFor is the runtime of a pod created with handler name.
-func (s *Server) runtimeFor(name string) (*ociRuntime, error) {
-	return s.cfg.Runtimes.get(name)
-}
-
-// withRuntime names the runtime and its options on the container record;
+// WithRuntime names the runtime and its options on the container record;
 // the tasks service creates the container's task with them.
-func (r *ociRuntime) withRuntime() containerd.NewContainerOpts {
+func (r *Runtime) WithRuntime() containerd.NewContainerOpts {
 	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
 		c.Runtime = containers.RuntimeInfo{Name: r.typ}
 		if r.options != nil {
@@ -214,10 +220,10 @@ func (r *ociRuntime) withRuntime() containerd.NewContainerOpts {
 	}
 }
 
-// withPassthroughAnnotations puts into the spec the annotations the
+// WithPassthroughAnnotations puts into the spec the annotations the
 // runtime asked for: the pod's matching its pod_annotations and, for a
 // container, the container's matching container_annotations.
-func (r *ociRuntime) withPassthroughAnnotations(pod, ctr map[string]string) oci.SpecOpts {
+func (r *Runtime) WithPassthroughAnnotations(pod, ctr map[string]string) oci.SpecOpts {
 	pass := passthrough(pod, r.podAnn)
 	maps.Copy(pass, passthrough(ctr, r.ctrAnn))
 	return oci.WithAnnotations(pass)
@@ -236,16 +242,15 @@ func passthrough(annotations map[string]string, patterns []string) map[string]st
 	return out
 }
 
-// handlerFeatures lists every handler, and the default under "", with
+// List is every handler, and the default under "", with
 // what its runtime supports, sorted by name as containerd's Status does.
 // A runtime is asked once: its shim's `-info` runs the OCI runtime's
 // `features`; one that cannot say yet (the tasks service not up) is listed
 // without features and asked again next time.
-func (s *Server) handlerFeatures(ctx context.Context) []*runtime.RuntimeHandler {
-	h := s.cfg.Runtimes
+func (h *Handlers) List(ctx context.Context, intro Introspection) []*runtime.RuntimeHandler {
 	var out []*runtime.RuntimeHandler
 	for _, name := range slices.Sorted(maps.Keys(h.byName)) {
-		f := h.featuresOf(ctx, s.client.IntrospectionService(), h.byName[name])
+		f := h.featuresOf(ctx, intro, h.byName[name])
 		out = append(out, &runtime.RuntimeHandler{Name: name, Features: f})
 		if name == h.def {
 			out = append(out, &runtime.RuntimeHandler{Name: "", Features: f})
@@ -255,12 +260,13 @@ func (s *Server) handlerFeatures(ctx context.Context) []*runtime.RuntimeHandler 
 	return out
 }
 
-// pluginInfo is the part of containerd's introspection service asked.
-type pluginInfo interface {
+// Introspection is the part of containerd's introspection service asked
+// (the client's IntrospectionService).
+type Introspection interface {
 	PluginInfo(ctx context.Context, pluginType, id string, options any) (*introspectionapi.PluginInfoResponse, error)
 }
 
-func (h *RuntimeHandlers) featuresOf(ctx context.Context, intro pluginInfo, r *ociRuntime) *runtime.RuntimeHandlerFeatures {
+func (h *Handlers) featuresOf(ctx context.Context, intro Introspection, r *Runtime) *runtime.RuntimeHandlerFeatures {
 	info, err := h.support(ctx, intro, r)
 	if err != nil {
 		logging.G(ctx).Debug("runtime features unknown", "handler", r.name, "error", err)
@@ -279,7 +285,7 @@ type handlerSupport struct {
 
 // support is what the handler's runtime supports, asked of its shim the
 // first time; an error when it cannot say (yet).
-func (h *RuntimeHandlers) support(ctx context.Context, intro pluginInfo, r *ociRuntime) (*handlerSupport, error) {
+func (h *Handlers) support(ctx context.Context, intro Introspection, r *Runtime) (*handlerSupport, error) {
 	h.mu.Lock()
 	info, ok := h.features[r.name]
 	h.mu.Unlock()
@@ -290,16 +296,16 @@ func (h *RuntimeHandlers) support(ctx context.Context, intro pluginInfo, r *ociR
 	if err != nil {
 		return nil, err
 	}
-	info = &handlerSupport{features: handlerFeatures(ff, recursiveReadOnlySupported())}
+	info = &handlerSupport{features: handlerFeatures(ff, RecursiveReadOnlySupported())}
 	if info.features.UserNamespaces {
 		// The runtime would make the idmapped mounts; so must the kernel.
-		if err := kernelIDMapSupported(); err != nil {
+		if err := task.KernelIDMapSupported(); err != nil {
 			info.features.UserNamespaces = false
 			info.userns = fmt.Errorf("the kernel cannot make idmapped mounts: %v", err)
 		}
 	} else {
 		why := r.describeRuntime(ff) + " " + usernsLack(ff)
-		if r.typ == RuncRuntimeType {
+		if r.typ == RuncType {
 			why += "; runc 1.2 or later is needed"
 		}
 		info.userns = errors.New(why)
@@ -310,14 +316,10 @@ func (h *RuntimeHandlers) support(ctx context.Context, intro pluginInfo, r *ociR
 	return info, nil
 }
 
-// userNamespacesOn says why a pod of handler r cannot have a user
+// UserNamespaces says why a pod of handler r cannot have a user
 // namespace of its own, as a FailedPrecondition naming the handler; nil
-// when it can.
-func (s *Server) userNamespacesOn(ctx context.Context, r *ociRuntime) error {
-	return s.cfg.Runtimes.userNamespaces(ctx, s.client.IntrospectionService(), r)
-}
-
-func (h *RuntimeHandlers) userNamespaces(ctx context.Context, intro pluginInfo, r *ociRuntime) error {
+// when it can. intro reaches the runtime's shim.
+func (h *Handlers) UserNamespaces(ctx context.Context, intro Introspection, r *Runtime) error {
 	info, err := h.support(ctx, intro, r)
 	if err != nil {
 		return fmt.Errorf("user namespaces (mode POD) on runtime handler %q: its runtime cannot say what it supports: %v: %w",
@@ -331,9 +333,9 @@ func (h *RuntimeHandlers) userNamespaces(ctx context.Context, intro pluginInfo, 
 
 // describeRuntime names a handler's OCI runtime for an error: the runc
 // binary its options name and the version the runtime reports.
-func (r *ociRuntime) describeRuntime(f *features.Features) string {
+func (r *Runtime) describeRuntime(f *features.Features) string {
 	name := r.typ
-	if r.typ == RuncRuntimeType {
+	if r.typ == RuncType {
 		name = "runc"
 		var o runcoptions.Options
 		if r.options != nil && typeurl.UnmarshalTo(r.options, &o) == nil && o.BinaryName != "" {
@@ -365,7 +367,7 @@ func idmapMounts(l *features.Linux) bool {
 // introspectFeatures asks the tasks service's runtime plugin, as
 // containerd's CRI does, for what the handler's shim prints with the
 // handler's options: the OCI runtime's features among it.
-func introspectFeatures(ctx context.Context, intro pluginInfo, r *ociRuntime) (*features.Features, error) {
+func introspectFeatures(ctx context.Context, intro Introspection, r *Runtime) (*features.Features, error) {
 	resp, err := intro.PluginInfo(ctx, "io.containerd.runtime.v2", "task", &apitypes.RuntimeRequest{RuntimePath: r.typ, Options: r.options})
 	if err != nil {
 		return nil, fmt.Errorf("runtime plugin info: %w", errgrpc.ToNative(err))
@@ -405,9 +407,9 @@ func handlerFeatures(f *features.Features, kernelRRO bool) *runtime.RuntimeHandl
 	return out
 }
 
-// describe is the handlers for Status's verbose config: type and options
+// Describe is the handlers for Status's verbose config: type and options
 // (as the shim gets them) of each.
-func (h *RuntimeHandlers) describe() map[string]any {
+func (h *Handlers) Describe() map[string]any {
 	out := map[string]any{}
 	for name, r := range h.byName {
 		d := map[string]any{"runtimeType": r.typ, "podAnnotations": r.podAnn, "containerAnnotations": r.ctrAnn}
@@ -420,3 +422,17 @@ func (h *RuntimeHandlers) describe() map[string]any {
 	}
 	return out
 }
+
+// RecursiveReadOnlySupported tells whether the kernel has mount_setattr
+// (Linux 5.12), which runc's rro mount option needs.
+var RecursiveReadOnlySupported = sync.OnceValue(func() bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return false
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > 5 || major == 5 && minor >= 12
+})

@@ -1,4 +1,8 @@
-package server
+// Package network holds a pod's network: the network namespace that
+// outlives the pod's processes, bind-mounted under the state directory as
+// containerd does, and the CNI networks added to it (the loopback, then
+// the first configuration of the conf dir) and deleted from it.
+package network
 
 import (
 	"context"
@@ -19,30 +23,25 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/logging"
 )
 
-func withPodDefaults(cfg Config) Config {
-	if cfg.SandboxImage == "" {
-		cfg.SandboxImage = "registry.k8s.io/pause:3.10"
-	}
-	if len(cfg.CNIBinDirs) == 0 {
-		cfg.CNIBinDirs = []string{"/opt/cni/bin", "/usr/lib/cni"}
-	}
-	if cfg.StateDir == "" {
-		cfg.StateDir = "/run/flotilla/cri"
-	}
-	return cfg
+// CNI adds pods to the network its conf dir configures, with the plugins
+// of its bin dirs.
+type CNI struct {
+	confDir  string
+	binDirs  []string
+	cacheDir string
 }
 
-func (s *Server) netnsDir() string { return filepath.Join(s.cfg.StateDir, "netns") }
-func (s *Server) sandboxDir(id string) string {
-	return filepath.Join(s.cfg.StateDir, "sandboxes", id)
+// NewCNI is the pods' network of the first configuration in confDir,
+// its plugins found in binDirs and libcni's cache kept in cacheDir.
+func NewCNI(confDir string, binDirs []string, cacheDir string) *CNI {
+	return &CNI{confDir: confDir, binDirs: binDirs, cacheDir: cacheDir}
 }
-func (s *Server) fifoDir() string { return filepath.Join(s.cfg.StateDir, "io") }
 
-// newNetNS creates a network namespace that outlives every process in it:
+// NewNetNS creates a network namespace that outlives every process in it:
 // a thread unshares its network namespace and bind-mounts it at
 // <state>/netns/<name>, as containerd does, so that CNI and runc can
 // enter it by path.
-func newNetNS(dir, name string) (string, error) {
+func NewNetNS(dir, name string) (string, error) {
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -75,9 +74,9 @@ func newNetNS(dir, name string) (string, error) {
 	return path, nil
 }
 
-// removeNetNS unmounts and removes a network namespace; a missing one is
+// RemoveNetNS unmounts and removes a network namespace; a missing one is
 // no error.
-func removeNetNS(path string) error {
+func RemoveNetNS(path string) error {
 	if path == "" {
 		return nil
 	}
@@ -94,12 +93,12 @@ func removeNetNS(path string) error {
 // go-cni does before the pod network.
 const loopbackConf = `{"cniVersion":"1.0.0","name":"cni-loopback","plugins":[{"type":"loopback"}]}`
 
-// cniNetwork loads the first network configuration of the conf dir in
+// network loads the first network configuration of the conf dir in
 // lexical order, as containerd (and the kubelet before it) picks it.
-func (s *Server) cniNetwork(ctx context.Context) (*libcni.NetworkConfigList, error) {
-	files, err := libcni.ConfFiles(s.cfg.CNIConfDir, []string{".conf", ".conflist", ".json"})
+func (n *CNI) network(ctx context.Context) (*libcni.NetworkConfigList, error) {
+	files, err := libcni.ConfFiles(n.confDir, []string{".conf", ".conflist", ".json"})
 	if err != nil {
-		return nil, fmt.Errorf("cni config dir %s: %w", s.cfg.CNIConfDir, err)
+		return nil, fmt.Errorf("cni config dir %s: %w", n.confDir, err)
 	}
 	sort.Strings(files)
 	for _, f := range files {
@@ -113,11 +112,11 @@ func (s *Server) cniNetwork(ctx context.Context) (*libcni.NetworkConfigList, err
 		}
 		return list, nil
 	}
-	return nil, fmt.Errorf("no CNI network config in %s: %w", s.cfg.CNIConfDir, errdefs.ErrFailedPrecondition)
+	return nil, fmt.Errorf("no CNI network config in %s: %w", n.confDir, errdefs.ErrFailedPrecondition)
 }
 
-func (s *Server) cniConfig() *libcni.CNIConfig {
-	return libcni.NewCNIConfigWithCacheDir(s.cfg.CNIBinDirs, filepath.Join(s.cfg.StateDir, "cni"), nil)
+func (n *CNI) config() *libcni.CNIConfig {
+	return libcni.NewCNIConfigWithCacheDir(n.binDirs, n.cacheDir, nil)
 }
 
 func podRuntimeConf(id, netns, ifName string, cfg *runtime.PodSandboxConfig) *libcni.RuntimeConf {
@@ -158,14 +157,14 @@ func podRuntimeConf(id, netns, ifName string, cfg *runtime.PodSandboxConfig) *li
 	return rt
 }
 
-// setupPodNetwork runs CNI ADD for the loopback and the pod network and
+// Setup runs CNI ADD for the loopback and the pod network and
 // returns the pod's addresses, the first one primary.
-func (s *Server) setupPodNetwork(ctx context.Context, id, netns string, cfg *runtime.PodSandboxConfig) ([]string, error) {
-	network, err := s.cniNetwork(ctx)
+func (n *CNI) Setup(ctx context.Context, id, netns string, cfg *runtime.PodSandboxConfig) ([]string, error) {
+	network, err := n.network(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cni := s.cniConfig()
+	cni := n.config()
 	lo, err := libcni.ConfListFromBytes([]byte(loopbackConf))
 	if err != nil {
 		return nil, err
@@ -180,14 +179,14 @@ func (s *Server) setupPodNetwork(ctx context.Context, id, netns string, cfg *run
 	return resultIPs(res)
 }
 
-// teardownPodNetwork runs CNI DEL; plugins treat a DEL of what is gone as
+// Teardown runs CNI DEL; plugins treat a DEL of what is gone as
 // success, which makes a retry after a failure safe.
-func (s *Server) teardownPodNetwork(ctx context.Context, id, netns string, cfg *runtime.PodSandboxConfig) error {
-	network, err := s.cniNetwork(ctx)
+func (n *CNI) Teardown(ctx context.Context, id, netns string, cfg *runtime.PodSandboxConfig) error {
+	network, err := n.network(ctx)
 	if err != nil {
 		return err
 	}
-	cni := s.cniConfig()
+	cni := n.config()
 	if err := cni.DelNetworkList(ctx, network, podRuntimeConf(id, netns, "eth0", cfg)); err != nil {
 		return fmt.Errorf("cni network %s del: %w", network.Name, err)
 	}
@@ -225,4 +224,25 @@ func resultIPs(res cnitypes.Result) ([]string, error) {
 		return nil, fmt.Errorf("cni result has no pod address: %v", cur.IPs)
 	}
 	return out, nil
+}
+
+// HasConfig reports whether dir holds a network configuration libcni
+// would load (.conf, .conflist or .json).
+func HasConfig(dir string) (bool, error) {
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, e := range entries {
+		switch filepath.Ext(e.Name()) {
+		case ".conf", ".conflist", ".json":
+			if !e.IsDir() {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }

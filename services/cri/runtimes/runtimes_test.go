@@ -1,4 +1,4 @@
-package server
+package runtimes
 
 import (
 	"context"
@@ -14,41 +14,42 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
+	"github.com/flotilla-project/flotilla/services/cri/task"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 func TestRuntimeHandlersDefaultIsRunc(t *testing.T) {
-	h, err := NewRuntimeHandlers("", nil)
+	h, err := New("", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"", "runc"} {
-		r, err := h.get(name)
-		if err != nil || r.typ != RuncRuntimeType || r.options != nil {
+		r, err := h.Get(name)
+		if err != nil || r.typ != RuncType || r.options != nil {
 			t.Errorf("handler %q: %+v, %v; want runc v2 without options", name, r, err)
 		}
 	}
-	if _, err := h.get("kata"); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), `no runtime for "kata" is configured`) {
+	if _, err := h.Get("kata"); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), `no runtime for "kata" is configured`) {
 		t.Errorf("unknown handler: %v; want NotFound worded as containerd's", err)
 	}
 }
 
 func TestRuntimeHandlersEncodeRuncOptionsByFieldName(t *testing.T) {
 	// The options arrive through JSON: numbers are floats.
-	h, err := NewRuntimeHandlers("runc", map[string]RuntimeConfig{
-		"runc":     {Type: RuncRuntimeType},
+	h, err := New("runc", map[string]Config{
+		"runc":     {Type: RuncType},
 		"runc-alt": {Options: map[string]any{"BinaryName": "/opt/runc-alt", "Root": "/run/alt", "SystemdCgroup": true, "IoUid": float64(1000)}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := h.get("runc-alt")
+	r, err := h.Get("runc-alt")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.typ != RuncRuntimeType {
-		t.Errorf("a handler without runtime_type runs on %q, want %s", r.typ, RuncRuntimeType)
+	if r.typ != RuncType {
+		t.Errorf("a handler without runtime_type runs on %q, want %s", r.typ, RuncType)
 	}
 	var o runcoptions.Options
 	if err := r.options.UnmarshalTo(&o); err != nil {
@@ -59,10 +60,10 @@ func TestRuntimeHandlersEncodeRuncOptionsByFieldName(t *testing.T) {
 	}
 	// What the tasks service gets on the container record.
 	var c containers.Container
-	if err := r.withRuntime()(context.Background(), nil, &c); err != nil {
+	if err := r.WithRuntime()(context.Background(), nil, &c); err != nil {
 		t.Fatal(err)
 	}
-	if c.Runtime.Name != RuncRuntimeType || c.Runtime.Options == nil {
+	if c.Runtime.Name != RuncType || c.Runtime.Options == nil {
 		t.Errorf("container runtime: %+v", c.Runtime)
 	}
 }
@@ -70,31 +71,31 @@ func TestRuntimeHandlersEncodeRuncOptionsByFieldName(t *testing.T) {
 func TestRuntimeHandlersRefuseBadConfig(t *testing.T) {
 	for name, tc := range map[string]struct {
 		def  string
-		cfgs map[string]RuntimeConfig
+		cfgs map[string]Config
 		want string
 	}{
-		"default not configured": {"kata", map[string]RuntimeConfig{"runc": {}}, "default_runtime_name"},
-		"misspelled runc option": {"runc", map[string]RuntimeConfig{"runc": {Options: map[string]any{"BinaryNmae": "x"}}}, "BinaryNmae"},
-		"bad annotation pattern": {"runc", map[string]RuntimeConfig{"runc": {PodAnnotations: []string{"a["}}}, "a["},
+		"default not configured": {"kata", map[string]Config{"runc": {}}, "default_runtime_name"},
+		"misspelled runc option": {"runc", map[string]Config{"runc": {Options: map[string]any{"BinaryNmae": "x"}}}, "BinaryNmae"},
+		"bad annotation pattern": {"runc", map[string]Config{"runc": {PodAnnotations: []string{"a["}}}, "a["},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := NewRuntimeHandlers(tc.def, tc.cfgs)
+			_, err := New(tc.def, tc.cfgs)
 			if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("NewRuntimeHandlers: %v; want InvalidArgument naming %q", err, tc.want)
+				t.Fatalf("New: %v; want InvalidArgument naming %q", err, tc.want)
 			}
 		})
 	}
 }
 
 func TestRuntimeHandlersOtherShimsGetATOMLBody(t *testing.T) {
-	h, err := NewRuntimeHandlers("runc", map[string]RuntimeConfig{
+	h, err := New("runc", map[string]Config{
 		"runc":  {},
 		"runsc": {Type: "io.containerd.runsc.v1", Options: map[string]any{"TypeUrl": "io.containerd.runsc.v1.options", "platform": "kvm"}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, _ := h.get("runsc")
+	r, _ := h.Get("runsc")
 	var o runtimeoptions.Options
 	if err := r.options.UnmarshalTo(&o); err != nil {
 		t.Fatal(err)
@@ -105,11 +106,11 @@ func TestRuntimeHandlersOtherShimsGetATOMLBody(t *testing.T) {
 }
 
 func TestPassthroughAnnotationsMatchPatterns(t *testing.T) {
-	r := &ociRuntime{podAnn: []string{"io.kubernetes.cri-o.*", "exact"}, ctrAnn: []string{"ctr.example.com/*"}}
+	r := &Runtime{podAnn: []string{"io.kubernetes.cri-o.*", "exact"}, ctrAnn: []string{"ctr.example.com/*"}}
 	spec := &oci.Spec{}
 	pod := map[string]string{"io.kubernetes.cri-o.Devices": "x", "exact": "1", "other": "no"}
 	ctr := map[string]string{"ctr.example.com/a": "y", "exact": "from-container"}
-	if err := r.withPassthroughAnnotations(pod, ctr)(context.Background(), nil, &containers.Container{}, spec); err != nil {
+	if err := r.WithPassthroughAnnotations(pod, ctr)(context.Background(), nil, &containers.Container{}, spec); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]string{"io.kubernetes.cri-o.Devices": "x", "exact": "1", "ctr.example.com/a": "y"}
@@ -184,7 +185,7 @@ func (f *fakeIntrospection) PluginInfo(_ context.Context, typ, id string, opts a
 }
 
 func TestFeaturesAreAskedPerHandlerAndKeptOnceKnown(t *testing.T) {
-	h, err := NewRuntimeHandlers("runc", map[string]RuntimeConfig{
+	h, err := New("runc", map[string]Config{
 		"runc":     {},
 		"runc-new": {Options: map[string]any{"BinaryName": "new-runc"}},
 	})
@@ -198,7 +199,7 @@ func TestFeaturesAreAskedPerHandlerAndKeptOnceKnown(t *testing.T) {
 	}
 	intro.fail = false
 	f := h.featuresOf(ctx, intro, h.byName["runc-new"])
-	if f == nil || f.RecursiveReadOnlyMounts != recursiveReadOnlySupported() {
+	if f == nil || f.RecursiveReadOnlyMounts != RecursiveReadOnlySupported() {
 		t.Fatalf("runc-new features: %v; its runc lists rro", f)
 	}
 	if f := h.featuresOf(ctx, intro, h.byName["runc"]); f == nil || f.RecursiveReadOnlyMounts {
@@ -216,7 +217,7 @@ func TestFeaturesAreAskedPerHandlerAndKeptOnceKnown(t *testing.T) {
 // the handler, its runc and what it lacks, and allowed on one whose runc
 // can (on a kernel that can); Status's feature says the same.
 func TestUserNamespacesArePerHandler(t *testing.T) {
-	h, err := NewRuntimeHandlers("runc", map[string]RuntimeConfig{
+	h, err := New("runc", map[string]Config{
 		"runc":     {},
 		"runc-new": {Options: map[string]any{"BinaryName": "new-runc"}},
 	})
@@ -224,11 +225,11 @@ func TestUserNamespacesArePerHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := h.userNamespaces(ctx, &fakeIntrospection{fail: true}, h.byName["runc-new"]); !errdefs.IsFailedPrecondition(err) {
+	if err := h.UserNamespaces(ctx, &fakeIntrospection{fail: true}, h.byName["runc-new"]); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("user namespaces on a handler that cannot be asked: %v; want FailedPrecondition", err)
 	}
 	intro := &fakeIntrospection{}
-	err = h.userNamespaces(ctx, intro, h.byName["runc"])
+	err = h.UserNamespaces(ctx, intro, h.byName["runc"])
 	if !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("user namespaces on runc 1.1: %v; want FailedPrecondition", err)
 	}
@@ -240,8 +241,8 @@ func TestUserNamespacesArePerHandler(t *testing.T) {
 	if f := h.featuresOf(ctx, intro, h.byName["runc"]); f.UserNamespaces {
 		t.Errorf("runc 1.1 handler's features claim user namespaces")
 	}
-	kernel := kernelIDMapSupported()
-	err = h.userNamespaces(ctx, intro, h.byName["runc-new"])
+	kernel := task.KernelIDMapSupported()
+	err = h.UserNamespaces(ctx, intro, h.byName["runc-new"])
 	if (err == nil) != (kernel == nil) {
 		t.Errorf("user namespaces on runc 1.5: %v (kernel idmapped mounts: %v)", err, kernel)
 	}

@@ -3,31 +3,24 @@ package server
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
-	"github.com/containerd/cgroups/v3"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/moby/sys/signal"
-	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
-	"github.com/flotilla-project/flotilla/services/cri/image"
-	"github.com/flotilla-project/flotilla/services/cri/runtimes"
+	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 )
@@ -93,11 +86,17 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	if err != nil {
 		return nil, fmt.Errorf("runtime of sandbox %s: %w", sb.ID, err)
 	}
-	cdiOpt, err := s.withCDI(ctx, cfg)
+	cdiOpt, err := s.cdi.Devices(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	specOpts, err := s.containerSpec(sb, pausePid, img, cfg, id, imageMounts)
+	specOpts, err := spec.Container(spec.Request{
+		ID: id, Config: cfg, Sandbox: sb, PausePid: pausePid,
+		SandboxDir: s.sandboxDir(sb.ID), Shm: s.sandboxShm(sb),
+		Image: s.tasks.CachedImage(img.Info), ImageConfig: img.Info.Spec.Config,
+		ImageMounts:         imageMounts,
+		RestrictOOMScoreAdj: s.cfg.RestrictOOMScoreAdj,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -138,304 +137,6 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	s.store.RememberCreated(rec, rootfs.Mounts())
 	s.store.AddName(store.KindContainer, name, id)
 	return &runtime.CreateContainerResponse{ContainerId: id}, nil
-}
-
-// containerArgs merges the image's entrypoint and command with the
-// request's, as Kubernetes defines: command replaces the entrypoint (and
-// drops the image's command), args replace the command.
-func containerArgs(cfg *runtime.ContainerConfig, entrypoint, cmd []string) []string {
-	command, args := cfg.GetCommand(), cfg.GetArgs()
-	if len(command) == 0 {
-		command = entrypoint
-		if len(args) == 0 {
-			args = cmd
-		}
-	}
-	return append(append([]string(nil), command...), args...)
-}
-
-func (s *Server) containerSpec(sb *store.Sandbox, pausePid uint32, img *image.Image, cfg *runtime.ContainerConfig, id string, imageMounts map[string]specs.Mount) ([]oci.SpecOpts, error) {
-	args := containerArgs(cfg, img.Info.Spec.Config.Entrypoint, img.Info.Spec.Config.Cmd)
-	if len(args) == 0 {
-		return nil, fmt.Errorf("container %s has no command: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
-	}
-	sbMD := sb.Config.GetMetadata()
-	annotations := map[string]string{}
-	for k, v := range cfg.GetAnnotations() {
-		annotations[k] = v
-	}
-	for k, v := range map[string]string{
-		annContainerType:    containerTypeWorkload,
-		annContainerName:    cfg.GetMetadata().GetName(),
-		annSandboxID:        sb.ID,
-		annSandboxName:      sbMD.GetName(),
-		annSandboxNamespace: sbMD.GetNamespace(),
-		annSandboxUID:       sbMD.GetUid(),
-		annImageName:        cfg.GetImage().GetImage(),
-	} {
-		annotations[k] = v
-	}
-	var env []string
-	for _, kv := range cfg.GetEnvs() {
-		env = append(env, kv.GetKey()+"="+string(kv.GetValue()))
-	}
-	opts := []oci.SpecOpts{
-		oci.WithImageConfig(s.tasks.CachedImage(img.Info)),
-		oci.WithProcessArgs(args...),
-		oci.WithEnv(env),
-		oci.WithAnnotations(annotations),
-		oci.WithCgroup(cgroupsPath(sb.Config.GetLinux().GetCgroupParent(), id)),
-	}
-	if cfg.GetWorkingDir() != "" {
-		opts = append(opts, oci.WithProcessCwd(cfg.GetWorkingDir()))
-	}
-	if cfg.GetTty() {
-		opts = append(opts, oci.WithTTY)
-	}
-
-	// Namespaces: the pod's network (by path, so that it outlives the
-	// pause process), IPC and UTS joined through the pause process, PID
-	// per container unless the pod or node one is asked for.
-	pause := func(ns string) string { return fmt.Sprintf("/proc/%d/ns/%s", pausePid, ns) }
-	if hostNetwork(sb.Config) {
-		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
-	} else {
-		opts = append(opts,
-			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: sb.NetNS}),
-			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.UTSNamespace, Path: pause("uts")}))
-	}
-	sbNS := sb.Config.GetLinux().GetSecurityContext().GetNamespaceOptions()
-	if sbNS.GetIpc() == runtime.NamespaceMode_NODE {
-		opts = append(opts, oci.WithHostNamespace(specs.IPCNamespace))
-	} else {
-		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.IPCNamespace, Path: pause("ipc")}))
-	}
-	switch cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid() {
-	case runtime.NamespaceMode_NODE:
-		opts = append(opts, oci.WithHostNamespace(specs.PIDNamespace))
-	case runtime.NamespaceMode_POD:
-		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.PIDNamespace, Path: pause("pid")}))
-	}
-
-	usernsOpts, err := usernsContainerOpts(sb.Config, cfg, pausePid)
-	if err != nil {
-		return nil, err
-	}
-	opts = append(opts, usernsOpts...)
-
-	mounts, propagation, err := s.containerMounts(sb, cfg, imageMounts)
-	if err != nil {
-		return nil, err
-	}
-	mounts = idmapContainerMounts(mounts, s.sandboxDir(sb.ID), cfg, sb.Config)
-	if propagation != "" {
-		opts = append(opts, withRootfsPropagation(propagation))
-	}
-	dests := make([]string, 0, len(mounts))
-	for _, m := range mounts {
-		dests = append(dests, m.Destination)
-	}
-	// The request's mounts (and the pod's files) replace the default
-	// spec's mounts at the same place, /dev/shm among them.
-	opts = append(opts, oci.WithoutMounts(dests...), oci.WithMounts(mounts))
-
-	secOpts, err := s.securityOpts(sb, cfg, img.Info.Spec.Config.User)
-	if err != nil {
-		return nil, err
-	}
-	opts = append(opts, secOpts...)
-	if r := cfg.GetLinux().GetResources(); r != nil {
-		opts = append(opts, withResources(r))
-		if r.GetOomScoreAdj() != 0 {
-			opts = append(opts, s.withOOMScoreAdj(int(r.GetOomScoreAdj())))
-		}
-	}
-	return opts, nil
-}
-
-// capNames turns the CRI's capability names ("NET_ADMIN", or "ALL")
-// into the OCI spec's ("CAP_NET_ADMIN").
-func capNames(in []string) []string {
-	var out []string
-	for _, c := range in {
-		c = strings.ToUpper(c)
-		if c != "ALL" && !strings.HasPrefix(c, "CAP_") {
-			c = "CAP_" + c
-		}
-		out = append(out, c)
-	}
-	return out
-}
-
-func withRootfsPropagation(p string) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-		if s.Linux == nil {
-			s.Linux = &specs.Linux{}
-		}
-		s.Linux.RootfsPropagation = p
-		return nil
-	}
-}
-
-// withAdditionalGIDs adds supplementary groups not listed yet.
-func withAdditionalGIDs(groups []int64) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-		for _, g := range groups {
-			if !slices.Contains(s.Process.User.AdditionalGids, uint32(g)) {
-				s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, uint32(g))
-			}
-		}
-		return nil
-	}
-}
-
-func withResources(r *runtime.LinuxContainerResources) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-		if s.Linux == nil {
-			s.Linux = &specs.Linux{}
-		}
-		if s.Linux.Resources == nil {
-			s.Linux.Resources = &specs.LinuxResources{}
-		}
-		res := s.Linux.Resources
-		if res.CPU == nil {
-			res.CPU = &specs.LinuxCPU{}
-		}
-		if v := r.GetCpuShares(); v != 0 {
-			shares := uint64(v)
-			res.CPU.Shares = &shares
-		}
-		if v := r.GetCpuQuota(); v != 0 {
-			res.CPU.Quota = &v
-		}
-		if v := r.GetCpuPeriod(); v != 0 {
-			period := uint64(v)
-			res.CPU.Period = &period
-		}
-		res.CPU.Cpus, res.CPU.Mems = r.GetCpusetCpus(), r.GetCpusetMems()
-		limit, swap := r.GetMemoryLimitInBytes(), r.GetMemorySwapLimitInBytes()
-		if limit != 0 || swap != 0 {
-			if res.Memory == nil {
-				res.Memory = &specs.LinuxMemory{}
-			}
-		}
-		if limit != 0 {
-			res.Memory.Limit = &limit
-			// As containerd: memory and memory+swap limits alike keep
-			// a container from swapping unless it asks to.
-			if swap == 0 && swapControllerAvailable() {
-				res.Memory.Swap = &limit
-			}
-		}
-		if swap != 0 && swapControllerAvailable() {
-			res.Memory.Swap = &swap
-		}
-		return nil
-	}
-}
-
-// swapControllerAvailable says whether containers' swap can be limited,
-// looked up once as containerd does: cgroup v1's memory.memsw files (a
-// kernel with swap accounting), or memory.swap.max in this process's own
-// cgroup v2 group (the root has none). A runtime asked to limit swap
-// where it cannot fails to start the container.
-var swapControllerAvailable = sync.OnceValue(func() bool {
-	p := "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
-	if cgroups.Mode() == cgroups.Unified {
-		_, unified, err := cgroups.ParseCgroupFileUnified("/proc/self/cgroup")
-		if err != nil {
-			return false
-		}
-		p = filepath.Join("/sys/fs/cgroup", unified, "memory.swap.max")
-	}
-	_, err := os.Stat(p)
-	return err == nil
-})
-
-// containerMounts are the pod's files (unless the request mounts its own
-// over them) and the request's mounts, and the propagation the root mount
-// needs for theirs to work: rshared for a bidirectional mount, else
-// rslave for a host-to-container one, as in containerd. Image volumes
-// come mounted already (imageMounts, by container path).
-func (s *Server) containerMounts(sb *store.Sandbox, cfg *runtime.ContainerConfig, imageMounts map[string]specs.Mount) ([]specs.Mount, string, error) {
-	taken := map[string]bool{}
-	var out []specs.Mount
-	var propagation string
-	for _, m := range cfg.GetMounts() {
-		if m.GetImage().GetImage() != "" {
-			im, ok := imageMounts[m.GetContainerPath()]
-			if !ok {
-				return nil, "", fmt.Errorf("image volume %s at %s is not mounted: %w", m.GetImage().GetImage(), m.GetContainerPath(), errdefs.ErrFailedPrecondition)
-			}
-			out = append(out, im)
-			taken[filepath.Clean(m.GetContainerPath())] = true
-			continue
-		}
-		if m.GetContainerPath() == "" || m.GetHostPath() == "" {
-			return nil, "", fmt.Errorf("mount needs a host and a container path: %w", errdefs.ErrInvalidArgument)
-		}
-		src := m.GetHostPath()
-		// A missing host path is created as a directory, as the
-		// kubelet's runtimes do.
-		if _, err := os.Stat(src); os.IsNotExist(err) {
-			if err := os.MkdirAll(src, 0o755); err != nil {
-				return nil, "", fmt.Errorf("create mount source %s: %w", src, err)
-			}
-		}
-		opts := []string{"rbind"}
-		switch m.GetPropagation() {
-		case runtime.MountPropagation_PROPAGATION_BIDIRECTIONAL:
-			opts = append(opts, "rshared")
-			propagation = "rshared"
-		case runtime.MountPropagation_PROPAGATION_HOST_TO_CONTAINER:
-			opts = append(opts, "rslave")
-			if propagation == "" {
-				propagation = "rslave"
-			}
-		default:
-			opts = append(opts, "rprivate")
-		}
-		switch {
-		case m.GetRecursiveReadOnly():
-			// Read-only all the way down, submounts too (runc's rro,
-			// mount_setattr on Linux 5.12+); only meaningful, and only
-			// allowed, for a read-only private mount.
-			if !m.GetReadonly() || m.GetPropagation() != runtime.MountPropagation_PROPAGATION_PRIVATE {
-				return nil, "", fmt.Errorf("recursive read-only mount %s needs readonly and private propagation: %w", m.GetContainerPath(), errdefs.ErrInvalidArgument)
-			}
-			if !runtimes.RecursiveReadOnlySupported() {
-				return nil, "", fmt.Errorf("recursive read-only mount %s: the kernel is older than 5.12: %w", m.GetContainerPath(), errdefs.ErrNotImplemented)
-			}
-			opts = append(opts, "rro")
-		case m.GetReadonly():
-			opts = append(opts, "ro")
-		default:
-			opts = append(opts, "rw")
-		}
-		out = append(out, specs.Mount{Destination: m.GetContainerPath(), Source: src, Type: "bind", Options: opts})
-		taken[filepath.Clean(m.GetContainerPath())] = true
-	}
-	// The pod's /dev/shm, shared by its containers; a pod made before
-	// pods had one keeps the container's own.
-	if shm := s.sandboxShm(sb); !taken[devShm] {
-		if _, err := os.Stat(shm); err == nil {
-			out = append(out, specs.Mount{Destination: devShm, Type: "bind", Source: shm,
-				Options: []string{"rbind", "rprivate", "nosuid", "nodev", "noexec", "rw"}})
-		}
-	}
-	dir := s.sandboxDir(sb.ID)
-	for _, f := range []string{"hostname", "hosts", "resolv.conf"} {
-		dst := "/etc/" + f
-		if taken[dst] {
-			continue
-		}
-		opt := "rw"
-		if cfg.GetLinux().GetSecurityContext().GetReadonlyRootfs() {
-			opt = "ro"
-		}
-		out = append(out, specs.Mount{Destination: dst, Source: filepath.Join(dir, f), Type: "bind", Options: []string{"rbind", "rprivate", opt}})
-	}
-	return out, propagation, nil
 }
 
 // StartContainer starts a created container, its stdout and stderr
@@ -836,7 +537,7 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStat
 		Annotations: m.Config.GetAnnotations(),
 		Mounts:      m.Config.GetMounts(),
 		LogPath:     m.LogPath,
-		User:        specUser(store.Spec(rec)),
+		User:        spec.User(store.Spec(rec)),
 	}
 	if state == runtime.ContainerState_CONTAINER_EXITED {
 		st.Reason, st.Message = m.Reason, m.Message

@@ -258,7 +258,7 @@ func (h *nriCreate) adjust() client.NewContainerOpts {
 		if adj == nil {
 			return nil
 		}
-		if err := nri.AdjustSpec(&spec, adj, h.s.injectCDI(ctx)); err != nil {
+		if err := nri.AdjustSpec(&spec, adj, h.s.cdi.Injector(ctx)); err != nil {
 			return err
 		}
 		c.Spec, err = typeurl.MarshalAny(&spec)

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -25,6 +24,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/store"
@@ -34,21 +34,6 @@ import (
 // sandboxOOMScoreAdj keeps the pause container alive under memory
 // pressure, as containerd's CRI does.
 const sandboxOOMScoreAdj = -998
-
-// Annotations containerd's CRI puts in the OCI spec; runtimes and hooks
-// read them.
-const (
-	annContainerType      = "io.kubernetes.cri.container-type"
-	annSandboxID          = "io.kubernetes.cri.sandbox-id"
-	annSandboxName        = "io.kubernetes.cri.sandbox-name"
-	annSandboxNamespace   = "io.kubernetes.cri.sandbox-namespace"
-	annSandboxUID         = "io.kubernetes.cri.sandbox-uid"
-	annSandboxLogDir      = "io.kubernetes.cri.sandbox-log-directory"
-	annContainerName      = "io.kubernetes.cri.container-name"
-	annImageName          = "io.kubernetes.cri.image-name"
-	containerTypeSandbox  = "sandbox"
-	containerTypeWorkload = "container"
-)
 
 // withRecordCopy, given last, keeps the record the container is created
 // with.
@@ -67,10 +52,6 @@ func withExtension(key string, a *anypb.Any) containerd.NewContainerOpts {
 		c.Extensions[key] = a
 		return nil
 	}
-}
-
-func hostNetwork(cfg *runtime.PodSandboxConfig) bool {
-	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtime.NamespaceMode_NODE
 }
 
 // containerdImage is the client's view of a CRI image, by its Name.
@@ -132,7 +113,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}()
 	cleanupCtx := context.WithoutCancel(ctx)
 
-	if !hostNetwork(cfg) {
+	if !spec.HostNetwork(cfg) {
 		m.NetNS, err = s.newPodNetNS(id, userns)
 		if err != nil {
 			return nil, err
@@ -167,19 +148,19 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	specOpts := []oci.SpecOpts{
 		oci.WithImageConfig(s.tasks.CachedImage(pause.Info)),
 		oci.WithAnnotations(map[string]string{
-			annContainerType:    containerTypeSandbox,
-			annSandboxID:        id,
-			annSandboxName:      md.GetName(),
-			annSandboxNamespace: md.GetNamespace(),
-			annSandboxUID:       md.GetUid(),
-			annSandboxLogDir:    cfg.GetLogDirectory(),
+			spec.AnnContainerType:    spec.ContainerTypeSandbox,
+			spec.AnnSandboxID:        id,
+			spec.AnnSandboxName:      md.GetName(),
+			spec.AnnSandboxNamespace: md.GetNamespace(),
+			spec.AnnSandboxUID:       md.GetUid(),
+			spec.AnnSandboxLogDir:    cfg.GetLogDirectory(),
 		}),
-		oci.WithCgroup(cgroupsPath(cfg.GetLinux().GetCgroupParent(), id)),
-		s.withOOMScoreAdj(sandboxOOMScoreAdj),
+		oci.WithCgroup(spec.CgroupsPath(cfg.GetLinux().GetCgroupParent(), id)),
+		spec.OOMScoreAdj(sandboxOOMScoreAdj, s.cfg.RestrictOOMScoreAdj),
 		withShm(shm, true),
 		ociRuntime.WithPassthroughAnnotations(cfg.GetAnnotations(), nil),
 	}
-	if hostNetwork(cfg) {
+	if spec.HostNetwork(cfg) {
 		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
 	} else {
 		specOpts = append(specOpts,
@@ -196,8 +177,8 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if sysctls := cfg.GetLinux().GetSysctls(); len(sysctls) > 0 {
 		specOpts = append(specOpts, withSysctls(sysctls))
 	}
-	specOpts = append(specOpts, s.usernsSandboxOpts(id, cfg, userns)...)
-	seccomp, err := sandboxSeccompOpt(cfg.GetLinux().GetSecurityContext())
+	specOpts = append(specOpts, spec.UsernsSandbox(s.usernsPin(id), cfg, userns)...)
+	seccomp, err := spec.SandboxSeccomp(cfg.GetLinux().GetSecurityContext())
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +250,7 @@ func writeSandboxFiles(dir string, cfg *runtime.PodSandboxConfig) (string, error
 		return "", fmt.Errorf("create sandbox directory: %w", err)
 	}
 	hostname := cfg.GetHostname()
-	if hostname == "" || hostNetwork(cfg) {
+	if hostname == "" || spec.HostNetwork(cfg) {
 		h, err := os.Hostname()
 		if err != nil {
 			return "", err
@@ -279,7 +260,7 @@ func writeSandboxFiles(dir string, cfg *runtime.PodSandboxConfig) (string, error
 		}
 	}
 	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
-	if hostNetwork(cfg) {
+	if spec.HostNetwork(cfg) {
 		if b, err := os.ReadFile("/etc/hosts"); err == nil {
 			hosts = string(b)
 		}
@@ -308,15 +289,6 @@ func writeSandboxFiles(dir string, cfg *runtime.PodSandboxConfig) (string, error
 	return hostname, nil
 }
 
-// cgroupsPath puts a container under the pod's cgroup parent (cgroupfs
-// driver; the systemd driver's "slice:prefix:name" form is not done yet).
-func cgroupsPath(parent, id string) string {
-	if parent == "" {
-		return filepath.Join("/", Namespace, id)
-	}
-	return filepath.Join(parent, id)
-}
-
 func withSysctls(sysctls map[string]string) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		if s.Linux == nil {
@@ -330,50 +302,6 @@ func withSysctls(sysctls map[string]string) oci.SpecOpts {
 		}
 		return nil
 	}
-}
-
-// withOOMScoreAdj sets a process's oom_score_adj, raised to the daemon's
-// own when lowering it is not allowed: without CAP_SYS_RESOURCE runc
-// fails to set a value below the current one.
-func (s *Server) withOOMScoreAdj(adj int) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, spec *oci.Spec) error {
-		if s.cfg.RestrictOOMScoreAdj || !hasCapSysResource() {
-			if own, err := ownOOMScoreAdj(); err == nil && adj < own {
-				adj = own
-			}
-		}
-		if spec.Process == nil {
-			spec.Process = &specs.Process{}
-		}
-		spec.Process.OOMScoreAdj = &adj
-		return nil
-	}
-}
-
-func ownOOMScoreAdj() (int, error) {
-	b, err := os.ReadFile("/proc/self/oom_score_adj")
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
-}
-
-// hasCapSysResource reads the effective capability set of this process.
-func hasCapSysResource() bool {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			const capSysResource = 24
-			return err == nil && caps&(1<<capSysResource) != 0
-		}
-	}
-	return false
 }
 
 // taskState asks the tasks service about an object's task: its status

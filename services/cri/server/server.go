@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/nri"
@@ -64,7 +65,7 @@ type Config struct {
 	// package runtimes); nil: runc alone, as the default.
 	Runtimes *RuntimeHandlers
 	// EnableCDI lets containers ask for CDI devices, defined by the spec
-	// files in CDISpecDirs (see cdi.go).
+	// files in CDISpecDirs (see spec.CDI).
 	EnableCDI   bool
 	CDISpecDirs []string
 }
@@ -99,7 +100,7 @@ type Server struct {
 	// cni adds pods to their network; see package network.
 	cni *network.CNI
 
-	cdi cdiRegistry
+	cdi *spec.CDI
 	// nri relays the pod and container lifecycle to NRI plugins (nil:
 	// NRI is off); starting holds the pods hidden until their
 	// RunPodSandbox returns. See nri.go.
@@ -158,7 +159,7 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		store: store.New(client.ContainerService()),
 		pods:  newPodState(ctx),
 		cni:   network.NewCNI(cfg.CNIConfDir, cfg.CNIBinDirs, filepath.Join(cfg.StateDir, "cni")),
-		cdi:   cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
+		cdi:   spec.NewCDI(cfg.EnableCDI, cfg.CDISpecDirs),
 	}
 	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})
 	return s

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -14,7 +15,6 @@ import (
 )
 
 const (
-	devShm = "/dev/shm"
 	// shmData sizes a pod's /dev/shm as containerd does: 64 MiB, what
 	// Docker and the kubelet's other runtimes give.
 	shmData = "mode=1777,size=65536k"
@@ -26,7 +26,7 @@ const (
 // /dev/shm instead.
 func (s *Server) sandboxShm(sb *store.Sandbox) string {
 	if hostIPC(sb.Config) {
-		return devShm
+		return spec.DevShm
 	}
 	return filepath.Join(s.sandboxDir(sb.ID), "shm")
 }
@@ -66,7 +66,7 @@ func withShm(src string, readonly bool) oci.SpecOpts {
 		opts = append(opts, "rw")
 	}
 	return oci.Compose(
-		oci.WithoutMounts(devShm),
-		oci.WithMounts([]specs.Mount{{Destination: devShm, Type: "bind", Source: src, Options: opts}}),
+		oci.WithoutMounts(spec.DevShm),
+		oci.WithMounts([]specs.Mount{{Destination: spec.DevShm, Type: "bind", Source: src, Options: opts}}),
 	)
 }

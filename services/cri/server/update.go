@@ -6,13 +6,13 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 )
 
 // RuntimeConfig reports the cgroup driver: cgroupfs, the only one the cri
@@ -75,12 +75,12 @@ func (s *Server) updateContainerResources(ctx context.Context, id string, r *run
 	if err != nil {
 		return err
 	}
-	spec, err := c.Spec(ctx)
+	sp, err := c.Spec(ctx)
 	if err != nil {
 		return fmt.Errorf("spec of container %s: %w", m.ID, err)
 	}
-	for _, opt := range []oci.SpecOpts{withResources(r), withMoreResources(r)} {
-		if err := opt(ctx, nil, nil, spec); err != nil {
+	for _, opt := range spec.Update(r) {
+		if err := opt(ctx, nil, nil, sp); err != nil {
 			return err
 		}
 	}
@@ -89,11 +89,11 @@ func (s *Server) updateContainerResources(ctx context.Context, id string, r *run
 		if err != nil {
 			return fmt.Errorf("task of container %s: %w", m.ID, err)
 		}
-		if err := task.Update(ctx, containerd.WithResources(spec.Linux.Resources)); err != nil {
+		if err := task.Update(ctx, containerd.WithResources(sp.Linux.Resources)); err != nil {
 			return fmt.Errorf("update resources of container %s: %w", m.ID, err)
 		}
 	}
-	specAny, err := typeurl.MarshalAnyToProto(spec)
+	specAny, err := typeurl.MarshalAnyToProto(sp)
 	if err != nil {
 		return err
 	}
@@ -113,21 +113,6 @@ func (s *Server) updateContainerResources(ctx context.Context, id string, r *run
 		return err
 	}
 	return nil
-}
-
-// withMoreResources sets what withResources leaves out and only an update
-// asks for in practice: cgroup v2 unified keys.
-func withMoreResources(r *runtime.LinuxContainerResources) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-		res := s.Linux.Resources
-		if len(r.GetUnified()) > 0 {
-			res.Unified = map[string]string{}
-			for k, v := range r.GetUnified() {
-				res.Unified[k] = v
-			}
-		}
-		return nil
-	}
 }
 
 // ReopenContainerLog closes a running container's log file and opens its

@@ -14,11 +14,9 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
-	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -30,10 +28,6 @@ import (
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 )
-
-// sandboxOOMScoreAdj keeps the pause container alive under memory
-// pressure, as containerd's CRI does.
-const sandboxOOMScoreAdj = -998
 
 // withRecordCopy, given last, keeps the record the container is created
 // with.
@@ -145,46 +139,17 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		undo = append(undo, func() { _ = unmountSandboxShm(shm) })
 	}
 
-	specOpts := []oci.SpecOpts{
-		oci.WithImageConfig(s.tasks.CachedImage(pause.Info)),
-		oci.WithAnnotations(map[string]string{
-			spec.AnnContainerType:    spec.ContainerTypeSandbox,
-			spec.AnnSandboxID:        id,
-			spec.AnnSandboxName:      md.GetName(),
-			spec.AnnSandboxNamespace: md.GetNamespace(),
-			spec.AnnSandboxUID:       md.GetUid(),
-			spec.AnnSandboxLogDir:    cfg.GetLogDirectory(),
-		}),
-		oci.WithCgroup(spec.CgroupsPath(cfg.GetLinux().GetCgroupParent(), id)),
-		spec.OOMScoreAdj(sandboxOOMScoreAdj, s.cfg.RestrictOOMScoreAdj),
-		withShm(shm, true),
-		ociRuntime.WithPassthroughAnnotations(cfg.GetAnnotations(), nil),
-	}
-	if spec.HostNetwork(cfg) {
-		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostNamespace(specs.UTSNamespace))
-	} else {
-		specOpts = append(specOpts,
-			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: m.NetNS}),
-			oci.WithHostname(hostname))
-	}
-	nsOpts := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
-	if nsOpts.GetPid() == runtime.NamespaceMode_NODE {
-		specOpts = append(specOpts, oci.WithHostNamespace(specs.PIDNamespace))
-	}
-	if nsOpts.GetIpc() == runtime.NamespaceMode_NODE {
-		specOpts = append(specOpts, oci.WithHostNamespace(specs.IPCNamespace))
-	}
-	if sysctls := cfg.GetLinux().GetSysctls(); len(sysctls) > 0 {
-		specOpts = append(specOpts, withSysctls(sysctls))
-	}
-	specOpts = append(specOpts, spec.UsernsSandbox(s.usernsPin(id), cfg, userns)...)
-	seccomp, err := spec.SandboxSeccomp(cfg.GetLinux().GetSecurityContext())
+	specOpts, err := spec.Sandbox(spec.SandboxRequest{
+		ID: id, Config: cfg, NetNS: m.NetNS, Hostname: hostname, Shm: shm,
+		Image:               s.tasks.CachedImage(pause.Info),
+		Userns:              userns,
+		UsernsPin:           s.usernsPin(id),
+		RestrictOOMScoreAdj: s.cfg.RestrictOOMScoreAdj,
+	})
 	if err != nil {
 		return nil, err
 	}
-	if seccomp != nil {
-		specOpts = append(specOpts, seccomp)
-	}
+	specOpts = append(specOpts, ociRuntime.WithPassthroughAnnotations(cfg.GetAnnotations(), nil))
 
 	ext, err := store.EncodeExtension(store.SandboxExtension, m)
 	if err != nil {
@@ -287,21 +252,6 @@ func writeSandboxFiles(dir string, cfg *runtime.PodSandboxConfig) (string, error
 		}
 	}
 	return hostname, nil
-}
-
-func withSysctls(sysctls map[string]string) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-		if s.Linux == nil {
-			s.Linux = &specs.Linux{}
-		}
-		if s.Linux.Sysctl == nil {
-			s.Linux.Sysctl = map[string]string{}
-		}
-		for k, v := range sysctls {
-			s.Linux.Sysctl[k] = v
-		}
-		return nil
-	}
 }
 
 // taskState asks the tasks service about an object's task: its status

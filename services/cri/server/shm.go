@@ -6,10 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/store"
-	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -55,18 +53,4 @@ func unmountSandboxShm(path string) error {
 		return nil
 	}
 	return fmt.Errorf("unmount sandbox shm %s: %w", path, err)
-}
-
-// withShm replaces the default /dev/shm mount with a bind of src.
-func withShm(src string, readonly bool) oci.SpecOpts {
-	opts := []string{"rbind", "rprivate", "nosuid", "nodev", "noexec"}
-	if readonly {
-		opts = append(opts, "ro")
-	} else {
-		opts = append(opts, "rw")
-	}
-	return oci.Compose(
-		oci.WithoutMounts(spec.DevShm),
-		oci.WithMounts([]specs.Mount{{Destination: spec.DevShm, Type: "bind", Source: src, Options: opts}}),
-	)
 }

@@ -100,11 +100,11 @@ func withMoreResources(r *runtime.LinuxContainerResources) oci.SpecOpts {
 	}
 }
 
-// OOMScoreAdj sets a process's oom_score_adj, raised to the daemon's
+// oomScoreAdj sets a process's oom_score_adj, raised to the daemon's
 // own when lowering it is not allowed: without CAP_SYS_RESOURCE runc
 // fails to set a value below the current one. restrict is containerd's
 // restrict_oom_score_adj: always raised.
-func OOMScoreAdj(adj int, restrict bool) oci.SpecOpts {
+func oomScoreAdj(adj int, restrict bool) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, spec *oci.Spec) error {
 		if restrict || !hasCapSysResource() {
 			if own, err := ownOOMScoreAdj(); err == nil && adj < own {

@@ -203,9 +203,9 @@ func seccompOpt(sc *runtime.LinuxContainerSecurityContext) (oci.SpecOpts, error)
 	return seccompProfileOpt(sc.GetSeccomp(), sc.GetSeccompProfilePath(), sc.GetPrivileged())
 }
 
-// SandboxSeccomp is seccompOpt for the pod's pause container, from the
+// sandboxSeccompOpt is seccompOpt for the pod's pause container, from the
 // pod's security context, as containerd confines it.
-func SandboxSeccomp(sc *runtime.LinuxSandboxSecurityContext) (oci.SpecOpts, error) {
+func sandboxSeccompOpt(sc *runtime.LinuxSandboxSecurityContext) (oci.SpecOpts, error) {
 	//nolint:staticcheck // the deprecated field is what older kubelets send
 	return seccompProfileOpt(sc.GetSeccomp(), sc.GetSeccompProfilePath(), sc.GetPrivileged())
 }

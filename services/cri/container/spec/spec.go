@@ -28,16 +28,16 @@ import (
 // Annotations containerd's CRI puts in the OCI spec; runtimes and hooks
 // read them.
 const (
-	AnnContainerType      = "io.kubernetes.cri.container-type"
-	AnnSandboxID          = "io.kubernetes.cri.sandbox-id"
-	AnnSandboxName        = "io.kubernetes.cri.sandbox-name"
-	AnnSandboxNamespace   = "io.kubernetes.cri.sandbox-namespace"
-	AnnSandboxUID         = "io.kubernetes.cri.sandbox-uid"
-	AnnSandboxLogDir      = "io.kubernetes.cri.sandbox-log-directory"
-	AnnContainerName      = "io.kubernetes.cri.container-name"
-	AnnImageName          = "io.kubernetes.cri.image-name"
-	ContainerTypeSandbox  = "sandbox"
-	ContainerTypeWorkload = "container"
+	annContainerType      = "io.kubernetes.cri.container-type"
+	annSandboxID          = "io.kubernetes.cri.sandbox-id"
+	annSandboxName        = "io.kubernetes.cri.sandbox-name"
+	annSandboxNamespace   = "io.kubernetes.cri.sandbox-namespace"
+	annSandboxUID         = "io.kubernetes.cri.sandbox-uid"
+	annSandboxLogDir      = "io.kubernetes.cri.sandbox-log-directory"
+	annContainerName      = "io.kubernetes.cri.container-name"
+	annImageName          = "io.kubernetes.cri.image-name"
+	containerTypeSandbox  = "sandbox"
+	containerTypeWorkload = "container"
 )
 
 // HostNetwork says whether a pod is in the node's network namespace.
@@ -45,9 +45,9 @@ func HostNetwork(cfg *runtime.PodSandboxConfig) bool {
 	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtime.NamespaceMode_NODE
 }
 
-// CgroupsPath puts a container under the pod's cgroup parent (cgroupfs
+// cgroupsPath puts a container under the pod's cgroup parent (cgroupfs
 // driver; the systemd driver's "slice:prefix:name" form is not done yet).
-func CgroupsPath(parent, id string) string {
+func cgroupsPath(parent, id string) string {
 	if parent == "" {
 		return filepath.Join("/", store.Namespace, id)
 	}
@@ -87,7 +87,8 @@ type Request struct {
 	// ImageMounts are the image volumes, mounted already, by container
 	// path.
 	ImageMounts map[string]specs.Mount
-	// RestrictOOMScoreAdj: see OOMScoreAdj.
+	// RestrictOOMScoreAdj is containerd's restrict_oom_score_adj: an
+	// oom_score_adj below the daemon's own is raised to it.
 	RestrictOOMScoreAdj bool
 }
 
@@ -108,13 +109,13 @@ func Container(r Request) ([]oci.SpecOpts, error) {
 		annotations[k] = v
 	}
 	for k, v := range map[string]string{
-		AnnContainerType:    ContainerTypeWorkload,
-		AnnContainerName:    cfg.GetMetadata().GetName(),
-		AnnSandboxID:        sb.ID,
-		AnnSandboxName:      sbMD.GetName(),
-		AnnSandboxNamespace: sbMD.GetNamespace(),
-		AnnSandboxUID:       sbMD.GetUid(),
-		AnnImageName:        cfg.GetImage().GetImage(),
+		annContainerType:    containerTypeWorkload,
+		annContainerName:    cfg.GetMetadata().GetName(),
+		annSandboxID:        sb.ID,
+		annSandboxName:      sbMD.GetName(),
+		annSandboxNamespace: sbMD.GetNamespace(),
+		annSandboxUID:       sbMD.GetUid(),
+		annImageName:        cfg.GetImage().GetImage(),
 	} {
 		annotations[k] = v
 	}
@@ -127,7 +128,7 @@ func Container(r Request) ([]oci.SpecOpts, error) {
 		oci.WithProcessArgs(args...),
 		oci.WithEnv(env),
 		oci.WithAnnotations(annotations),
-		oci.WithCgroup(CgroupsPath(sb.Config.GetLinux().GetCgroupParent(), id)),
+		oci.WithCgroup(cgroupsPath(sb.Config.GetLinux().GetCgroupParent(), id)),
 	}
 	if cfg.GetWorkingDir() != "" {
 		opts = append(opts, oci.WithProcessCwd(cfg.GetWorkingDir()))
@@ -190,7 +191,7 @@ func Container(r Request) ([]oci.SpecOpts, error) {
 	if res := cfg.GetLinux().GetResources(); res != nil {
 		opts = append(opts, withResources(res))
 		if res.GetOomScoreAdj() != 0 {
-			opts = append(opts, OOMScoreAdj(int(res.GetOomScoreAdj()), r.RestrictOOMScoreAdj))
+			opts = append(opts, oomScoreAdj(int(res.GetOomScoreAdj()), r.RestrictOOMScoreAdj))
 		}
 	}
 	return opts, nil

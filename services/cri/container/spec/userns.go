@@ -75,9 +75,9 @@ func UsernsPin(stateDir, id string) string {
 	return filepath.Join(stateDir, "userns", id)
 }
 
-// UsernsSandbox puts the pause container in the pod's user namespace:
+// usernsSandboxOpts puts the pause container in the pod's user namespace:
 // the one pinned at pin when the pod has its own network, else a new one.
-func UsernsSandbox(pin string, cfg *runtime.PodSandboxConfig, u *Userns) []oci.SpecOpts {
+func usernsSandboxOpts(pin string, cfg *runtime.PodSandboxConfig, u *Userns) []oci.SpecOpts {
 	if !u.Enabled() {
 		return nil
 	}

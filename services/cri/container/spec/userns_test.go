@@ -92,7 +92,7 @@ func TestUsernsSandboxSpec(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	spec := genSpec(t, UsernsSandbox(UsernsPin("/run/fl", "sb1"), podUsernsConfig(o, false), u)...)
+	spec := genSpec(t, usernsSandboxOpts(UsernsPin("/run/fl", "sb1"), podUsernsConfig(o, false), u)...)
 	ns, ok := userNS(spec)
 	if !ok || ns.Path != "/run/fl/userns/sb1" {
 		t.Errorf("pod network: user namespace %+v (%v); want the pinned one joined by path", ns, ok)
@@ -101,7 +101,7 @@ func TestUsernsSandboxSpec(t *testing.T) {
 		t.Errorf("mappings %v %v; want the pod's", spec.Linux.UIDMappings, spec.Linux.GIDMappings)
 	}
 
-	spec = genSpec(t, UsernsSandbox(UsernsPin("/run/fl", "sb1"), podUsernsConfig(o, true), u)...)
+	spec = genSpec(t, usernsSandboxOpts(UsernsPin("/run/fl", "sb1"), podUsernsConfig(o, true), u)...)
 	if ns, ok := userNS(spec); !ok || ns.Path != "" {
 		t.Errorf("host network: user namespace %+v (%v); want a new one", ns, ok)
 	}
@@ -109,7 +109,7 @@ func TestUsernsSandboxSpec(t *testing.T) {
 		t.Errorf("host network: /sys mount %v; want a recursive read-only bind of the host's (sysfs cannot be mounted)", spec.Mounts)
 	}
 
-	spec = genSpec(t, UsernsSandbox(UsernsPin("/run/fl", "sb1"), podUsernsConfig(nil, false), nil)...)
+	spec = genSpec(t, usernsSandboxOpts(UsernsPin("/run/fl", "sb1"), podUsernsConfig(nil, false), nil)...)
 	if _, ok := userNS(spec); ok || len(spec.Linux.UIDMappings) > 0 {
 		t.Errorf("no user namespace asked: spec has %v, %v", spec.Linux.Namespaces, spec.Linux.UIDMappings)
 	}

@@ -2,6 +2,9 @@ package server
 
 import (
 	"path/filepath"
+
+	"github.com/flotilla-project/flotilla/services/cri/sandbox"
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // withPodDefaults fills in the pause image, CNI plugin dirs and state
@@ -26,3 +29,8 @@ func (s *Server) sandboxDir(id string) string {
 	return filepath.Join(s.cfg.StateDir, "sandboxes", id)
 }
 func (s *Server) fifoDir() string { return filepath.Join(s.cfg.StateDir, "io") }
+
+// sandboxShm is the pod's /dev/shm; see sandbox.ShmPath.
+func (s *Server) sandboxShm(sb *store.Sandbox) string {
+	return sandbox.ShmPath(s.sandboxDir(sb.ID), sb.Config)
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/network"
+	"github.com/flotilla-project/flotilla/services/cri/sandbox"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 )
@@ -127,16 +127,16 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 
 	dir := s.sandboxDir(id)
 	undo = append(undo, func() { _ = os.RemoveAll(dir) })
-	hostname, err := writeSandboxFiles(dir, cfg)
+	hostname, err := sandbox.WriteFiles(dir, cfg)
 	if err != nil {
 		return nil, err
 	}
 	shm := s.sandboxShm(m)
-	if !hostIPC(cfg) {
-		if err := mountSandboxShm(shm); err != nil {
+	if !sandbox.HostIPC(cfg) {
+		if err := sandbox.MountShm(shm); err != nil {
 			return nil, err
 		}
-		undo = append(undo, func() { _ = unmountSandboxShm(shm) })
+		undo = append(undo, func() { _ = sandbox.UnmountShm(shm) })
 	}
 
 	specOpts, err := spec.Sandbox(spec.SandboxRequest{
@@ -208,52 +208,6 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	return &runtime.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
 
-// writeSandboxFiles writes the hostname, hosts and resolv.conf files the
-// pod's containers mount, and returns the hostname.
-func writeSandboxFiles(dir string, cfg *runtime.PodSandboxConfig) (string, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("create sandbox directory: %w", err)
-	}
-	hostname := cfg.GetHostname()
-	if hostname == "" || spec.HostNetwork(cfg) {
-		h, err := os.Hostname()
-		if err != nil {
-			return "", err
-		}
-		if hostname == "" {
-			hostname = h
-		}
-	}
-	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
-	if spec.HostNetwork(cfg) {
-		if b, err := os.ReadFile("/etc/hosts"); err == nil {
-			hosts = string(b)
-		}
-	}
-	var resolv string
-	if dns := cfg.GetDnsConfig(); dns != nil && (len(dns.GetServers()) > 0 || len(dns.GetSearches()) > 0 || len(dns.GetOptions()) > 0) {
-		var b strings.Builder
-		if len(dns.GetSearches()) > 0 {
-			fmt.Fprintf(&b, "search %s\n", strings.Join(dns.GetSearches(), " "))
-		}
-		for _, ns := range dns.GetServers() {
-			fmt.Fprintf(&b, "nameserver %s\n", ns)
-		}
-		if len(dns.GetOptions()) > 0 {
-			fmt.Fprintf(&b, "options %s\n", strings.Join(dns.GetOptions(), " "))
-		}
-		resolv = b.String()
-	} else if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
-		resolv = string(b)
-	}
-	for name, content := range map[string]string{"hostname": hostname + "\n", "hosts": hosts, "resolv.conf": resolv} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			return "", fmt.Errorf("write sandbox %s: %w", name, err)
-		}
-	}
-	return hostname, nil
-}
-
 // taskState asks the tasks service about an object's task: its status
 // (UNKNOWN with NotFound when it has none), pid and exit.
 func (s *Server) taskState(ctx context.Context, id string) (*tasktypes.Process, error) {
@@ -313,8 +267,8 @@ func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 	}
 	s.nriStopPod(ctx, m)
 	// The pod's shared memory goes with its processes, as in containerd.
-	if !hostIPC(m.Config) {
-		if err := unmountSandboxShm(s.sandboxShm(m)); err != nil {
+	if !sandbox.HostIPC(m.Config) {
+		if err := sandbox.UnmountShm(s.sandboxShm(m)); err != nil {
 			return err
 		}
 	}

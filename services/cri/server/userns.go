@@ -26,18 +26,10 @@ package server
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
-	"syscall"
 
-	"github.com/containerd/containerd/v2/pkg/sys"
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
-	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/runtimes"
-	"github.com/flotilla-project/flotilla/services/cri/task"
-	"golang.org/x/sys/unix"
+	"github.com/flotilla-project/flotilla/services/cri/sandbox"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -60,64 +52,13 @@ func (s *Server) usernsPin(id string) string {
 	return spec.UsernsPin(s.cfg.StateDir, id)
 }
 
-// newNetNSInUserns creates the pod's network namespace owned by a new
-// user namespace with the pod's mappings, and pins both: the network at
-// <netnsDir>/<name>, the user namespace at pin.
-func newNetNSInUserns(netnsDir, name, pin string, u *spec.Userns) (_ string, retErr error) {
-	path := filepath.Join(netnsDir, name)
-	for _, p := range []string{path, pin} {
-		if err := os.MkdirAll(filepath.Dir(p), 0o711); err != nil {
-			return "", fmt.Errorf("create %s: %w", filepath.Dir(p), err)
-		}
-		f, err := os.OpenFile(p, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
-		if err != nil {
-			return "", fmt.Errorf("create namespace file: %w", err)
-		}
-		f.Close()
-	}
-	defer func() {
-		if retErr != nil {
-			_ = unpinNamespace(path)
-			_ = unpinNamespace(pin)
-		}
-	}()
-	err := sys.UnshareAfterEnterUserns(task.MappingString(u.UIDs), task.MappingString(u.GIDs), syscall.CLONE_NEWNET, func(pid int) error {
-		for ns, dst := range map[string]string{"net": path, "user": pin} {
-			if err := unix.Mount(fmt.Sprintf("/proc/%d/ns/%s", pid, ns), dst, "none", unix.MS_BIND, ""); err != nil {
-				return fmt.Errorf("pin %s namespace at %s: %w", ns, dst, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return "", fmt.Errorf("create network namespace in a user namespace: %w", err)
-	}
-	return path, nil
-}
-
-// unpinNamespace unmounts and removes a pinned namespace; a missing one
-// is no error.
-func unpinNamespace(path string) error {
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	return nil
-}
-
 // newPodNetNS creates a pod's network namespace: inside the pod's user
 // namespace when it has one, so that the pod owns its network.
 func (s *Server) newPodNetNS(id string, u *spec.Userns) (string, error) {
-	name := "cni-" + id[:32]
-	if !u.Enabled() {
-		return network.NewNetNS(s.netnsDir(), name)
-	}
-	return newNetNSInUserns(s.netnsDir(), name, s.usernsPin(id), u)
+	return sandbox.NewNetNS(s.netnsDir(), id, s.usernsPin(id), u)
 }
 
 // releasePodUserns drops the pin of a pod's user namespace, if any.
 func (s *Server) releasePodUserns(id string) error {
-	return unpinNamespace(s.usernsPin(id))
+	return sandbox.Unpin(s.usernsPin(id))
 }

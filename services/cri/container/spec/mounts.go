@@ -6,9 +6,10 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/errdefs"
-	"github.com/flotilla-project/flotilla/services/cri/runtimes"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/services/cri/runtimes"
 )
 
 // DevShm is where a container's shared memory is mounted.

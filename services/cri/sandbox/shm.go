@@ -1,4 +1,4 @@
-package server
+package sandbox
 
 import (
 	"errors"
@@ -6,10 +6,10 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/flotilla-project/flotilla/services/cri/container/spec"
-	"github.com/flotilla-project/flotilla/services/cri/store"
 	"golang.org/x/sys/unix"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 )
 
 const (
@@ -18,24 +18,25 @@ const (
 	shmData = "mode=1777,size=65536k"
 )
 
-// sandboxShm is the tmpfs a pod's containers share as /dev/shm, so that
+// ShmPath is the tmpfs a pod's containers share as /dev/shm, so that
 // POSIX shared memory works between them as the pod's shared IPC
-// namespace promises. A pod in the node's IPC namespace uses the node's
-// /dev/shm instead.
-func (s *Server) sandboxShm(sb *store.Sandbox) string {
-	if hostIPC(sb.Config) {
+// namespace promises: shm in the pod's directory dir. A pod in the
+// node's IPC namespace uses the node's /dev/shm instead.
+func ShmPath(dir string, cfg *runtime.PodSandboxConfig) string {
+	if HostIPC(cfg) {
 		return spec.DevShm
 	}
-	return filepath.Join(s.sandboxDir(sb.ID), "shm")
+	return filepath.Join(dir, "shm")
 }
 
-func hostIPC(cfg *runtime.PodSandboxConfig) bool {
+// HostIPC says whether a pod is in the node's IPC namespace.
+func HostIPC(cfg *runtime.PodSandboxConfig) bool {
 	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetIpc() == runtime.NamespaceMode_NODE
 }
 
-// mountSandboxShm mounts the pod's /dev/shm tmpfs; it is released with
-// unmountSandboxShm when the pod stops.
-func mountSandboxShm(path string) error {
+// MountShm mounts the pod's /dev/shm tmpfs at path; it is released with
+// UnmountShm when the pod stops.
+func MountShm(path string) error {
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return fmt.Errorf("create sandbox shm: %w", err)
 	}
@@ -45,9 +46,9 @@ func mountSandboxShm(path string) error {
 	return nil
 }
 
-// unmountSandboxShm unmounts the pod's /dev/shm (lazily: a process of
+// UnmountShm unmounts the pod's /dev/shm (lazily: a process of
 // the pod may still be leaving); nothing mounted is not an error.
-func unmountSandboxShm(path string) error {
+func UnmountShm(path string) error {
 	err := unix.Unmount(path, unix.MNT_DETACH)
 	if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 		return nil

@@ -30,7 +30,7 @@ import (
 // namespaces, with the pod's hostname, hosts and resolv.conf files.
 func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContainerRequest) (_ *runtime.CreateContainerResponse, retErr error) {
 	ctx = withNamespace(ctx)
-	cfg, err := s.resolveImageVolumes(ctx, req.GetConfig())
+	cfg, err := s.imageVolumes.Resolve(ctx, req.GetConfig())
 	if err != nil {
 		return nil, err
 	}
@@ -73,13 +73,13 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 		m.LogPath = filepath.Join(dir, p)
 	}
 
-	imageMounts, err := s.mountImageVolumes(ctx, id, cfg)
+	imageMounts, err := s.imageVolumes.Mount(ctx, id, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if retErr != nil && len(imageMounts) > 0 {
-			s.releaseImageVolumes(context.WithoutCancel(ctx), id)
+			s.imageVolumes.Release(context.WithoutCancel(ctx), id)
 		}
 	}()
 	ociRuntime, err := s.cfg.Runtimes.Get(sb.RuntimeHandler)
@@ -474,7 +474,7 @@ func (s *Server) removeContainer(ctx context.Context, id string) error {
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove container %s: %w", id, err)
 	}
-	s.releaseImageVolumes(ctx, id)
+	s.imageVolumes.Release(ctx, id)
 	s.forget(id)
 	return nil
 }

@@ -22,7 +22,6 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
-	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/sandbox"
 	"github.com/flotilla-project/flotilla/services/cri/store"
@@ -46,16 +45,6 @@ func withExtension(key string, a *anypb.Any) containerd.NewContainerOpts {
 		c.Extensions[key] = a
 		return nil
 	}
-}
-
-// containerdImage is the client's view of a CRI image, by its Name.
-func (s *Server) containerdImage(ctx context.Context, img *image.Image) (containerd.Image, error) {
-	name := img.Name()
-	ci, err := s.client.GetImage(ctx, name)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", name, err)
-	}
-	return ci, nil
 }
 
 // RunPodSandbox creates and starts a pod sandbox: its network namespace

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/flotilla-project/flotilla/services/cri/container/imagevolume"
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/network"
@@ -84,6 +85,9 @@ type Server struct {
 	// images resolves, pulls and lists the CRI images; see package
 	// image.
 	images *image.Service
+	// imageVolumes mounts the containers' image volumes; see package
+	// imagevolume.
+	imageVolumes *imagevolume.Volumes
 	// tasks prepares root filesystems and creates the tasks of
 	// sandboxes and containers; see package task.
 	tasks *task.Service
@@ -161,6 +165,7 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		cni:   network.NewCNI(cfg.CNIConfDir, cfg.CNIBinDirs, filepath.Join(cfg.StateDir, "cni")),
 		cdi:   spec.NewCDI(cfg.EnableCDI, cfg.CDISpecDirs),
 	}
+	s.imageVolumes = imagevolume.New(client, s.images, cfg.Snapshotter, filepath.Join(cfg.StateDir, "image-volumes"))
 	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})
 	return s
 }

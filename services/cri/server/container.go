@@ -21,6 +21,7 @@ import (
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
+	"github.com/flotilla-project/flotilla/services/cri/container/watch"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 )
@@ -163,7 +164,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	if ok, _ := s.sandboxReady(ctx, m.SandboxID); !ok {
 		return nil, fmt.Errorf("sandbox %s of container %s is not ready: %w", m.SandboxID, m.ID, errdefs.ErrFailedPrecondition)
 	}
-	lg, err := newContainerLog(m.LogPath)
+	lg, err := watch.OpenLog(m.LogPath)
 	if err != nil {
 		return nil, err
 	}
@@ -182,9 +183,9 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	if err := s.nriStartContainer(ctx, m, rec); err != nil {
 		return fail(err)
 	}
-	lg.attach = s.newAttachPoint(m)
-	stdout, stderr := lg.writers()
-	ioOpts := []cio.Opt{cio.WithStreams(lg.stdin(), stdout, stderr), cio.WithFIFODir(s.fifoDir())}
+	lg.Attach = s.newAttachPoint(m)
+	stdout, stderr := lg.Writers()
+	ioOpts := []cio.Opt{cio.WithStreams(lg.Stdin(), stdout, stderr), cio.WithFIFODir(s.fifoDir())}
 	if m.Config.GetTty() {
 		ioOpts = append(ioOpts, cio.WithTerminal)
 	}
@@ -194,7 +195,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	if err != nil {
 		return fail(fmt.Errorf("create task of container %s: %w", m.ID, err))
 	}
-	exitC := task.Wait(s.pods.ctx)
+	exitC := task.Wait(s.bg)
 	if err := task.Start(ctx); err != nil {
 		task.Abort(context.WithoutCancel(ctx))
 		return fail(fmt.Errorf("start container %s: %w", m.ID, err))
@@ -203,7 +204,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	if err := s.store.SaveContainer(ctx, m); err != nil {
 		return nil, err
 	}
-	s.watchExit(m.ID, task, exitC, lg)
+	s.exits.Watch(m.ID, task, exitC, lg)
 	s.nriPostStartContainer(ctx, m, rec)
 	return &runtime.StartContainerResponse{}, nil
 }
@@ -218,65 +219,6 @@ func (s *Server) containerToStart(ctx context.Context, id string) (_ *store.Cont
 	}
 	m, rec, err := s.store.Container(ctx, id)
 	return m, rec, nil, false, err
-}
-
-// exitWatcher is the done channel of the container's exit watcher in this
-// process, or nil.
-func (s *Server) exitWatcher(id string) chan struct{} {
-	s.pods.mu.Lock()
-	defer s.pods.mu.Unlock()
-	return s.pods.exits[id]
-}
-
-// exitedTask is what the exit watcher deletes: a client Task, or a
-// task.Task.
-type exitedTask interface {
-	Delete(context.Context, ...containerd.ProcessDeleteOpts) (*containerd.ExitStatus, error)
-}
-
-// watchExit records a container's exit once its task ends: exit code and
-// time into its record, then the task (and shim) deleted and the log
-// closed. Each started container has one watcher; the returned channel
-// closes when it is done.
-func (s *Server) watchExit(id string, task exitedTask, exitC <-chan containerd.ExitStatus, lg *containerLog) chan struct{} {
-	s.pods.mu.Lock()
-	if done, ok := s.pods.exits[id]; ok {
-		s.pods.mu.Unlock()
-		return done
-	}
-	done := make(chan struct{})
-	s.pods.exits[id] = done
-	if lg != nil {
-		s.pods.logs[id] = lg
-	}
-	s.pods.mu.Unlock()
-	go func() {
-		defer close(done)
-		ctx := logging.With(s.pods.ctx, "container", id)
-		st := <-exitC
-		if st.Error() != nil {
-			// The process is stopping; the next one's Recover
-			// watches again.
-			logging.G(ctx).Debug("stopped watching container", "error", st.Error())
-			s.pods.mu.Lock()
-			delete(s.pods.exits, id)
-			delete(s.pods.logs, id)
-			s.pods.mu.Unlock()
-			return
-		}
-		// The cgroup, and its OOM kill count, goes with the task.
-		oom := s.oomKilled(ctx, id)
-		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
-			logging.G(ctx).Warn("delete task of exited container", "error", err)
-		}
-		s.pods.mu.Lock()
-		delete(s.pods.logs, id)
-		s.pods.mu.Unlock()
-		lg.Close()
-		s.recordExit(ctx, id, int32(st.ExitCode()), st.ExitTime(), oom)
-		s.nriContainerExited(ctx, id)
-	}()
-	return done
 }
 
 // recordExit records how a container ended; oom says the kernel's OOM
@@ -306,42 +248,6 @@ func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.
 	if err := s.store.SaveContainer(ctx, m); err != nil {
 		logging.G(ctx).Warn("record container exit", "error", err)
 	}
-}
-
-// ensureWatcher returns the exit watcher of a started container, starting
-// one (without log, unless lg is given) when this process has none: after
-// a restart. ctx's logger names the container.
-func (s *Server) ensureWatcher(ctx context.Context, id string, lg *containerLog) (chan struct{}, error) {
-	s.pods.mu.Lock()
-	done, ok := s.pods.exits[id]
-	s.pods.mu.Unlock()
-	if ok {
-		return done, nil
-	}
-	c, err := s.client.LoadContainer(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	var attach cio.Attach
-	if lg != nil {
-		stdout, stderr := lg.writers()
-		attach = cio.NewAttach(cio.WithStreams(lg.stdin(), stdout, stderr))
-	}
-	task, err := c.Task(ctx, attach)
-	if err != nil && attach != nil {
-		logging.G(ctx).Warn("reattach container log, logs stop here", "error", err)
-		lg.Close()
-		lg = nil
-		task, err = c.Task(ctx, nil)
-	}
-	if err != nil {
-		return nil, err
-	}
-	exitC, err := task.Wait(s.pods.ctx)
-	if err != nil {
-		return nil, err
-	}
-	return s.watchExit(id, task, exitC, lg), nil
 }
 
 // StopContainer stops a running container: its stop signal (the image's,
@@ -386,7 +292,7 @@ func (s *Server) stopContainer(ctx context.Context, id string, timeout time.Dura
 	if err != nil {
 		return err
 	}
-	done, err := s.ensureWatcher(ctx, id, nil)
+	done, err := s.exits.Ensure(ctx, id, nil)
 	if err != nil {
 		return err
 	}
@@ -492,7 +398,7 @@ func (s *Server) containerState(ctx context.Context, m *store.Container) (runtim
 		// The task is gone: this process's exit watcher is between
 		// deleting it and recording the exit. Its record says how
 		// the container ended in a moment.
-		if done := s.exitWatcher(m.ID); done != nil {
+		if done := s.exits.Done(m.ID); done != nil {
 			select {
 			case <-done:
 			case <-time.After(2 * time.Second):
@@ -603,7 +509,7 @@ func (s *Server) Recover(ctx context.Context) {
 		}
 		select {
 		case <-time.After(time.Second):
-		case <-s.pods.ctx.Done():
+		case <-s.bg.Done():
 			return
 		}
 	}
@@ -621,14 +527,14 @@ func (s *Server) Recover(ctx context.Context) {
 			s.recordExit(ctx, m.ID, 255, time.Time{}, false)
 			continue
 		}
-		lg, err := newContainerLog(m.LogPath)
+		lg, err := watch.OpenLog(m.LogPath)
 		if err != nil {
 			logging.G(ctx).Warn("reopen container log", "error", err)
 			lg = nil
 		} else {
-			lg.attach = s.newAttachPoint(m)
+			lg.Attach = s.newAttachPoint(m)
 		}
-		if _, err := s.ensureWatcher(ctx, m.ID, lg); err != nil {
+		if _, err := s.exits.Ensure(ctx, m.ID, lg); err != nil {
 			logging.G(ctx).Warn("watch recovered container", "error", err)
 		}
 	}
@@ -638,6 +544,16 @@ func (s *Server) Recover(ctx context.Context) {
 // Close stops the exit watchers and the streaming server; the containers
 // run on.
 func (s *Server) Close() {
-	s.pods.cancel()
+	s.stop()
 	s.stopStreaming()
+}
+
+// exitHooks are what the exit watchers ask of the server.
+type exitHooks struct{ s *Server }
+
+func (h exitHooks) OOMKilled(ctx context.Context, id string) bool { return h.s.oomKilled(ctx, id) }
+
+func (h exitHooks) Exited(ctx context.Context, id string, code int32, at time.Time, oom bool) {
+	h.s.recordExit(ctx, id, code, at, oom)
+	h.s.nriContainerExited(ctx, id)
 }

@@ -65,7 +65,7 @@ func (s *Server) SeedNRI(ctx context.Context) {
 		}
 		select {
 		case <-time.After(time.Second):
-		case <-s.pods.ctx.Done():
+		case <-s.bg.Done():
 			return
 		}
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/flotilla-project/flotilla/services/cri/container/imagevolume"
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
+	"github.com/flotilla-project/flotilla/services/cri/container/watch"
 	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/nri"
@@ -92,10 +93,15 @@ type Server struct {
 	// sandboxes and containers; see package task.
 	tasks *task.Service
 
-	// store holds the sandbox and container records; pods the exit
-	// watchers and log writers of running containers.
+	// store holds the sandbox and container records; exits the exit
+	// watchers and log writers of running containers (package watch).
 	store *store.Store
-	pods  podState
+	exits *watch.Watchers
+	// bg bounds the background work (exit watchers, the image index's
+	// subscription, the streaming server) and carries the process's
+	// logger; stop ends it when the process stops.
+	bg   context.Context
+	stop context.CancelFunc
 
 	// streams is the streaming server (Exec, Attach, PortForward) and
 	// the containers' attach points; see package streaming.
@@ -161,10 +167,11 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		}),
 		tasks: task.New(client, cfg.Snapshotter, filepath.Join(cfg.StateDir, "idmap")),
 		store: store.New(client.ContainerService()),
-		pods:  newPodState(ctx),
 		cni:   network.NewCNI(cfg.CNIConfDir, cfg.CNIBinDirs, filepath.Join(cfg.StateDir, "cni")),
 		cdi:   spec.NewCDI(cfg.EnableCDI, cfg.CDISpecDirs),
 	}
+	s.bg, s.stop = context.WithCancel(namespaces.WithNamespace(context.WithoutCancel(ctx), Namespace))
+	s.exits = watch.New(s.bg, client, exitHooks{s})
 	s.imageVolumes = imagevolume.New(client, s.images, cfg.Snapshotter, filepath.Join(cfg.StateDir, "image-volumes"))
 	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})
 	return s

@@ -16,7 +16,7 @@ import (
 	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
-// rates gives the stats their CPU rates; podState.forget drops an
+// rates gives the stats their CPU rates; forget drops an
 // object's samples with the object.
 var rates = stats.NewCPURates()
 

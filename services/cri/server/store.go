@@ -3,10 +3,8 @@ package server
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 
 	"github.com/flotilla-project/flotilla/services/cri/store"
@@ -35,40 +33,10 @@ func (s *Server) getSandbox(ctx context.Context, id string) (*store.Sandbox, err
 	return store.DecodeSandbox(c)
 }
 
-// podState is what the cri process keeps in memory about running pods
-// besides the store: exit watchers and log writers. All of it is rebuilt
-// by Recover.
-type podState struct {
-	mu sync.Mutex
-	// exits holds, per started container, a channel closed once its exit
-	// has been recorded and its task deleted.
-	exits map[string]chan struct{}
-	// logs holds the log writer of each container whose output this
-	// process writes, for ReopenContainerLog.
-	logs map[string]*containerLog
-	// ctx bounds the exit watchers and carries the process's logger;
-	// cancelled when the process stops.
-	ctx    context.Context
-	cancel context.CancelFunc
-}
-
-func newPodState(ctx context.Context) podState {
-	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.WithoutCancel(ctx), Namespace))
-	return podState{
-		exits:  map[string]chan struct{}{},
-		logs:   map[string]*containerLog{},
-		ctx:    ctx,
-		cancel: cancel,
-	}
-}
-
 // forget drops all that is kept of a removed object.
 func (s *Server) forget(id string) {
 	s.store.Forget(id)
-	s.pods.mu.Lock()
-	delete(s.pods.exits, id)
-	delete(s.pods.logs, id)
-	s.pods.mu.Unlock()
+	s.exits.Forget(id)
 	rates.Forget(id)
 }
 

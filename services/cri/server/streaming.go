@@ -17,7 +17,7 @@ import (
 // StartStreaming starts the streaming server on address:port ("0" picks a
 // free port); the URLs Exec, Attach and PortForward return point at it.
 func (s *Server) StartStreaming(address, port string) error {
-	return s.streams.Start(s.pods.ctx, address, port)
+	return s.streams.Start(s.bg, address, port)
 }
 
 // stopStreaming closes the streaming server's listener and idle
@@ -78,7 +78,5 @@ func (c streamContainers) SandboxReady(ctx context.Context, id string) bool {
 }
 
 func (c streamContainers) Exited(id string) <-chan struct{} {
-	c.s.pods.mu.Lock()
-	defer c.s.pods.mu.Unlock()
-	return c.s.pods.exits[id]
+	return c.s.exits.Done(id)
 }

@@ -127,13 +127,11 @@ func (s *Server) ReopenContainerLog(ctx context.Context, req *runtime.ReopenCont
 	if state, _, _ := s.containerState(ctx, m); state != runtime.ContainerState_CONTAINER_RUNNING {
 		return nil, fmt.Errorf("container %s is not running: %w", m.ID, errdefs.ErrFailedPrecondition)
 	}
-	s.pods.mu.Lock()
-	lg := s.pods.logs[m.ID]
-	s.pods.mu.Unlock()
-	if lg == nil || lg.file == nil {
+	lg := s.exits.Log(m.ID)
+	if lg == nil || lg.File() == nil {
 		return nil, fmt.Errorf("container %s has no log this process writes: %w", m.ID, errdefs.ErrFailedPrecondition)
 	}
-	if err := lg.file.Reopen(); err != nil {
+	if err := lg.File().Reopen(); err != nil {
 		return nil, err
 	}
 	return &runtime.ReopenContainerLogResponse{}, nil

@@ -129,9 +129,9 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 		ociRuntime.WithRuntime(),
 		task.WithSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
-		withExtension(store.ContainerExtension, ext),
+		store.WithExtension(store.ContainerExtension, ext),
 		nriHook.adjust(),
-		withRecordCopy(&rec),
+		store.WithRecordCopy(&rec),
 	); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", md.GetName(), err)
 	}
@@ -282,7 +282,7 @@ func (s *Server) stopContainer(ctx context.Context, id string, timeout time.Dura
 	if m.StartedAt == 0 || m.FinishedAt != 0 {
 		return nil
 	}
-	p, err := s.taskState(ctx, id)
+	p, err := s.tasks.State(ctx, id)
 	if errdefs.IsNotFound(err) {
 		// Exited and deleted, but the exit not recorded: the process
 		// died in between.
@@ -393,7 +393,7 @@ func (s *Server) containerState(ctx context.Context, m *store.Container) (runtim
 	case m.StartedAt == 0:
 		return runtime.ContainerState_CONTAINER_CREATED, 0, 0
 	}
-	p, err := s.taskState(ctx, m.ID)
+	p, err := s.tasks.State(ctx, m.ID)
 	if errdefs.IsNotFound(err) {
 		// The task is gone: this process's exit watcher is between
 		// deleting it and recording the exit. Its record says how
@@ -523,7 +523,7 @@ func (s *Server) Recover(ctx context.Context) {
 			continue
 		}
 		ctx := logging.With(ctx, "container", m.ID)
-		if _, err := s.taskState(ctx, m.ID); errdefs.IsNotFound(err) {
+		if _, err := s.tasks.State(ctx, m.ID); errdefs.IsNotFound(err) {
 			s.recordExit(ctx, m.ID, 255, time.Time{}, false)
 			continue
 		}

@@ -139,7 +139,7 @@ func (s *Server) nriContainer(ctx context.Context, m *store.Container, rec *cont
 		c.Labels, c.Spec = rec.Labels, store.Spec(*rec)
 	}
 	if c.State == nriapi.ContainerState_CONTAINER_RUNNING {
-		if p, err := s.taskState(ctx, m.ID); err == nil {
+		if p, err := s.tasks.State(ctx, m.ID); err == nil {
 			c.Pid = p.GetPid()
 		}
 	}

@@ -8,16 +8,12 @@ import (
 	"strings"
 	"time"
 
-	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/errdefs/pkg/errgrpc"
-	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
@@ -27,25 +23,6 @@ import (
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 )
-
-// withRecordCopy, given last, keeps the record the container is created
-// with.
-func withRecordCopy(out *containers.Container) containerd.NewContainerOpts {
-	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
-		*out = *c
-		return nil
-	}
-}
-
-func withExtension(key string, a *anypb.Any) containerd.NewContainerOpts {
-	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
-		if c.Extensions == nil {
-			c.Extensions = map[string]typeurl.Any{}
-		}
-		c.Extensions[key] = a
-		return nil
-	}
-}
 
 // RunPodSandbox creates and starts a pod sandbox: its network namespace
 // set up by CNI, its hostname, hosts and resolv.conf files, and the pause
@@ -161,8 +138,8 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		ociRuntime.WithRuntime(),
 		task.WithSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
-		withExtension(store.SandboxExtension, ext),
-		withRecordCopy(&rec),
+		store.WithExtension(store.SandboxExtension, ext),
+		store.WithRecordCopy(&rec),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("create sandbox container: %w", err)
@@ -197,18 +174,8 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	return &runtime.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
 
-// taskState asks the tasks service about an object's task: its status
-// (UNKNOWN with NotFound when it has none), pid and exit.
-func (s *Server) taskState(ctx context.Context, id string) (*tasktypes.Process, error) {
-	resp, err := s.client.TaskService().Get(ctx, &tasksapi.GetRequest{ContainerID: id})
-	if err != nil {
-		return nil, fmt.Errorf("task of %s: %w", id, errgrpc.ToNative(err))
-	}
-	return resp.GetProcess(), nil
-}
-
 func (s *Server) sandboxReady(ctx context.Context, id string) (bool, uint32) {
-	p, err := s.taskState(ctx, id)
+	p, err := s.tasks.State(ctx, id)
 	if err != nil {
 		return false, 0
 	}

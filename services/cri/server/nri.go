@@ -56,7 +56,7 @@ func (s *Server) SeedNRI(ctx context.Context) {
 			states := map[string]nriapi.ContainerState{}
 			for _, c := range ctrs {
 				if m, err := store.DecodeContainer(c); err == nil {
-					state, _, _ := s.containerState(ctx, m)
+					state, _, _ := s.containers.State(ctx, m)
 					states[c.ID] = nriState(state)
 				}
 			}
@@ -209,8 +209,8 @@ func (s *Server) nriRemovePod(ctx context.Context, m *store.Sandbox) {
 	}
 }
 
-// nriCreate is a container's creation as NRI sees it: adjust is given to
-// NewContainer last but for the record copy, finish runs when
+// nriCreate is a container's creation as NRI sees it: Adjust is given to
+// NewContainer last but for the record copy, Finish runs when
 // CreateContainer returns. Plugins cannot be synchronised in between, so
 // a connecting plugin sees the container in its synchronisation or in
 // CreateContainer.
@@ -233,9 +233,9 @@ func (s *Server) nriCreateHook(sb *store.Sandbox, m *store.Container) *nriCreate
 	return h
 }
 
-// adjust asks plugins about the container, its spec made, and applies
+// Adjust asks plugins about the container, its spec made, and applies
 // their adjustment to the spec.
-func (h *nriCreate) adjust() client.NewContainerOpts {
+func (h *nriCreate) Adjust() client.NewContainerOpts {
 	return func(ctx context.Context, _ *client.Client, c *containers.Container) error {
 		if h.s.nri == nil {
 			return nil
@@ -266,9 +266,9 @@ func (h *nriCreate) adjust() client.NewContainerOpts {
 	}
 }
 
-// finish tells plugins the container was created, or, when creation
+// Finish tells plugins the container was created, or, when creation
 // failed after they were asked, that it is gone.
-func (h *nriCreate) finish(ctx context.Context, rec *containers.Container, retErr *error) {
+func (h *nriCreate) Finish(ctx context.Context, rec *containers.Container, retErr *error) {
 	defer h.unblock()
 	if h.asked == nil {
 		return
@@ -438,7 +438,7 @@ func (r nriRuntime) Containers(ctx context.Context) ([]*nri.Container, error) {
 		if err != nil || r.s.isStarting(m.SandboxID) {
 			continue
 		}
-		state, _, _ := r.s.containerState(ctx, m)
+		state, _, _ := r.s.containers.State(ctx, m)
 		if state != runtime.ContainerState_CONTAINER_CREATED && state != runtime.ContainerState_CONTAINER_RUNNING {
 			continue
 		}
@@ -462,7 +462,7 @@ func (r nriRuntime) UpdateContainer(ctx context.Context, id string, res *runtime
 		return fmt.Errorf("container %s is busy in a lifecycle call: %w", id, errdefs.ErrUnavailable)
 	}
 	unlock()
-	return r.s.updateContainerResources(ctx, id, res)
+	return r.s.containers.UpdateResources(ctx, id, res)
 }
 
 // EvictContainer stops a container at once, as a plugin asks.
@@ -473,5 +473,5 @@ func (r nriRuntime) EvictContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("container %s is busy in a lifecycle call: %w", id, errdefs.ErrUnavailable)
 	}
 	unlock()
-	return r.s.stopContainer(ctx, id, 0)
+	return r.s.containers.Stop(ctx, id, 0)
 }

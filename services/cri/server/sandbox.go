@@ -212,7 +212,7 @@ func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 		return err
 	}
 	for _, c := range cs {
-		if err := s.stopContainer(ctx, c.ID, 0); err != nil {
+		if err := s.containers.Stop(ctx, c.ID, 0); err != nil {
 			return fmt.Errorf("stop container %s of sandbox %s: %w", c.ID, m.ID, err)
 		}
 	}
@@ -265,7 +265,7 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 		return nil, err
 	}
 	for _, c := range cs {
-		if err := s.removeContainer(ctx, c.ID); err != nil {
+		if err := s.containers.Remove(ctx, c.ID); err != nil {
 			return nil, fmt.Errorf("remove container %s of sandbox %s: %w", c.ID, m.ID, err)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/flotilla-project/flotilla/services/cri/container"
 	"github.com/flotilla-project/flotilla/services/cri/container/imagevolume"
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/container/watch"
@@ -86,6 +87,8 @@ type Server struct {
 	// images resolves, pulls and lists the CRI images; see package
 	// image.
 	images *image.Service
+	// containers runs the containers' lifecycle; see package container.
+	containers *container.Service
 	// imageVolumes mounts the containers' image volumes; see package
 	// imagevolume.
 	imageVolumes *imagevolume.Volumes
@@ -174,6 +177,12 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 	s.exits = watch.New(s.bg, client, exitHooks{s})
 	s.imageVolumes = imagevolume.New(client, s.images, cfg.Snapshotter, filepath.Join(cfg.StateDir, "image-volumes"))
 	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})
+	s.containers = container.New(container.Config{
+		Client: client, Store: s.store, Tasks: s.tasks, Images: s.images, ImageVolumes: s.imageVolumes,
+		CDI: s.cdi, Runtimes: cfg.Runtimes, Exits: s.exits,
+		Pods: containerPods{s}, Hooks: containerHooks{s},
+		Background: s.bg, FIFODir: s.fifoDir(), RestrictOOMScoreAdj: cfg.RestrictOOMScoreAdj,
+	})
 	return s
 }
 

@@ -58,7 +58,7 @@ func (c streamContainers) RunningContainer(ctx context.Context, id string) (stri
 	if err != nil {
 		return "", err
 	}
-	if state, _, _ := c.s.containerState(ctx, m); state != runtime.ContainerState_CONTAINER_RUNNING {
+	if state, _, _ := c.s.containers.State(ctx, m); state != runtime.ContainerState_CONTAINER_RUNNING {
 		return "", fmt.Errorf("container %s is not running: %w", m.ID, errdefs.ErrFailedPrecondition)
 	}
 	return m.ID, nil

@@ -1,4 +1,4 @@
-package server
+package container
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
 	"github.com/moby/sys/signal"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -29,7 +30,7 @@ import (
 // CreateContainer creates a container in a pod: the image's config merged
 // with the request, in the pause container's network, IPC and UTS
 // namespaces, with the pod's hostname, hosts and resolv.conf files.
-func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContainerRequest) (_ *runtime.CreateContainerResponse, retErr error) {
+func (s *Service) CreateContainer(ctx context.Context, req *runtime.CreateContainerRequest) (_ *runtime.CreateContainerResponse, retErr error) {
 	ctx = withNamespace(ctx)
 	cfg, err := s.imageVolumes.Resolve(ctx, req.GetConfig())
 	if err != nil {
@@ -39,11 +40,11 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	if md.GetName() == "" {
 		return nil, fmt.Errorf("container metadata needs a name: %w", errdefs.ErrInvalidArgument)
 	}
-	sb, err := s.createdSandbox(ctx, req.GetPodSandboxId())
+	sb, err := s.pods.CreatedSandbox(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
-	ready, pausePid := s.sandboxReady(ctx, sb.ID)
+	ready, pausePid := s.pods.SandboxReady(ctx, sb.ID)
 	if !ready {
 		return nil, fmt.Errorf("sandbox %s is not ready: %w", sb.ID, errdefs.ErrFailedPrecondition)
 	}
@@ -68,7 +69,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 		ID: id, Name: name, SandboxID: sb.ID, RawConfig: cfgBytes,
 		ImageID: img.Info.ID, ImageRef: img.Ref(),
 		StopSignal: img.Info.Spec.Config.StopSignal,
-		CreatedAt:  nanos(time.Now()), Config: cfg,
+		CreatedAt:  time.Now().UnixNano(), Config: cfg,
 	}
 	if dir, p := sb.Config.GetLogDirectory(), cfg.GetLogPath(); dir != "" && p != "" {
 		m.LogPath = filepath.Join(dir, p)
@@ -83,7 +84,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 			s.imageVolumes.Release(context.WithoutCancel(ctx), id)
 		}
 	}()
-	ociRuntime, err := s.cfg.Runtimes.Get(sb.RuntimeHandler)
+	ociRuntime, err := s.runtimes.Get(sb.RuntimeHandler)
 	if err != nil {
 		return nil, fmt.Errorf("runtime of sandbox %s: %w", sb.ID, err)
 	}
@@ -93,10 +94,10 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	}
 	specOpts, err := spec.Container(spec.Request{
 		ID: id, Config: cfg, Sandbox: sb, PausePid: pausePid,
-		SandboxDir: s.sandboxDir(sb.ID), Shm: s.sandboxShm(sb),
+		SandboxDir: s.pods.SandboxDir(sb.ID), Shm: s.pods.SandboxShm(sb),
 		Image: s.tasks.CachedImage(img.Info), ImageConfig: img.Info.Spec.Config,
 		ImageMounts:         imageMounts,
-		RestrictOOMScoreAdj: s.cfg.RestrictOOMScoreAdj,
+		RestrictOOMScoreAdj: s.restrictOOMScoreAdj,
 	})
 	if err != nil {
 		return nil, err
@@ -122,15 +123,15 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 	defer releaseLease()
 	var rootfs task.Rootfs
 	var rec containers.Container
-	nriHook := s.nriCreateHook(sb, m)
-	defer nriHook.finish(ctx, &rec, &retErr)
+	nriHook := s.hooks.CreateHook(sb, m)
+	defer nriHook.Finish(ctx, &rec, &retErr)
 	if _, err := s.client.NewContainer(lctx, id,
 		s.tasks.WithRootfs(id, img, &rootfs),
 		ociRuntime.WithRuntime(),
 		task.WithSpec(&rootfs, specOpts...),
 		containerd.WithContainerLabels(labels),
 		store.WithExtension(store.ContainerExtension, ext),
-		nriHook.adjust(),
+		nriHook.Adjust(),
 		store.WithRecordCopy(&rec),
 	); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", md.GetName(), err)
@@ -142,7 +143,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *runtime.CreateContain
 
 // StartContainer starts a created container, its stdout and stderr
 // written to its log file.
-func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainerRequest) (*runtime.StartContainerResponse, error) {
+func (s *Service) StartContainer(ctx context.Context, req *runtime.StartContainerRequest) (*runtime.StartContainerResponse, error) {
 	ctx = withNamespace(ctx)
 	m, rec, prepared, cached, err := s.containerToStart(ctx, req.GetContainerId())
 	if err != nil {
@@ -161,7 +162,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	if m.StartedAt != 0 || m.FinishedAt != 0 {
 		return nil, fmt.Errorf("container %s was started before: %w", m.ID, errdefs.ErrFailedPrecondition)
 	}
-	if ok, _ := s.sandboxReady(ctx, m.SandboxID); !ok {
+	if ok, _ := s.pods.SandboxReady(ctx, m.SandboxID); !ok {
 		return nil, fmt.Errorf("sandbox %s of container %s is not ready: %w", m.SandboxID, m.ID, errdefs.ErrFailedPrecondition)
 	}
 	lg, err := watch.OpenLog(m.LogPath)
@@ -170,22 +171,22 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 	}
 	fail := func(err error) (*runtime.StartContainerResponse, error) {
 		lg.Close()
-		defer s.nriStopContainer(context.WithoutCancel(ctx), m.ID)
+		defer s.hooks.StopContainer(context.WithoutCancel(ctx), m.ID)
 		// As containerd: a container that failed to start is exited,
 		// with the reason recorded.
-		m.StartedAt, m.FinishedAt = nanos(time.Now()), nanos(time.Now())
+		m.StartedAt, m.FinishedAt = time.Now().UnixNano(), time.Now().UnixNano()
 		m.ExitCode, m.Reason, m.Message = 128, "StartError", err.Error()
 		if serr := s.store.SaveContainer(context.WithoutCancel(ctx), m); serr != nil {
 			logging.G(ctx).Warn("record start failure", "container", m.ID, "error", serr)
 		}
 		return nil, err
 	}
-	if err := s.nriStartContainer(ctx, m, rec); err != nil {
+	if err := s.hooks.StartContainer(ctx, m, rec); err != nil {
 		return fail(err)
 	}
-	lg.Attach = s.newAttachPoint(m)
+	lg.Attach = s.hooks.AttachPoint(m)
 	stdout, stderr := lg.Writers()
-	ioOpts := []cio.Opt{cio.WithStreams(lg.Stdin(), stdout, stderr), cio.WithFIFODir(s.fifoDir())}
+	ioOpts := []cio.Opt{cio.WithStreams(lg.Stdin(), stdout, stderr), cio.WithFIFODir(s.fifoDir)}
 	if m.Config.GetTty() {
 		ioOpts = append(ioOpts, cio.WithTerminal)
 	}
@@ -200,19 +201,19 @@ func (s *Server) StartContainer(ctx context.Context, req *runtime.StartContainer
 		task.Abort(context.WithoutCancel(ctx))
 		return fail(fmt.Errorf("start container %s: %w", m.ID, err))
 	}
-	m.StartedAt = nanos(time.Now())
+	m.StartedAt = time.Now().UnixNano()
 	if err := s.store.SaveContainer(ctx, m); err != nil {
 		return nil, err
 	}
 	s.exits.Watch(m.ID, task, exitC, lg)
-	s.nriPostStartContainer(ctx, m, rec)
+	s.hooks.PostStartContainer(ctx, m, rec)
 	return &runtime.StartContainerResponse{}, nil
 }
 
 // containerToStart is getContainer for StartContainer: the record (and
 // the rootfs mounts) this process created, when it has them (cached),
 // else the record read, with nil mounts for createTask to ask for.
-func (s *Server) containerToStart(ctx context.Context, id string) (_ *store.Container, _ containers.Container, _ []mount.Mount, cached bool, _ error) {
+func (s *Service) containerToStart(ctx context.Context, id string) (_ *store.Container, _ containers.Container, _ []mount.Mount, cached bool, _ error) {
 	if r, ok := s.store.Created(store.KindContainer, id); ok {
 		m, err := store.DecodeContainer(r.Record)
 		return m, r.Record, r.Mounts, true, err
@@ -224,7 +225,7 @@ func (s *Server) containerToStart(ctx context.Context, id string) (_ *store.Cont
 // recordExit records how a container ended; oom says the kernel's OOM
 // killer took a process of it, which the CRI reports as the reason. ctx's
 // logger names the container.
-func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.Time, oom bool) {
+func (s *Service) recordExit(ctx context.Context, id string, code int32, at time.Time, oom bool) {
 	m, _, err := s.store.Container(ctx, id)
 	if err != nil {
 		logging.G(ctx).Debug("exited container has no record", "error", err)
@@ -236,7 +237,7 @@ func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.
 	if at.IsZero() {
 		at = time.Now()
 	}
-	m.FinishedAt, m.ExitCode = nanos(at), code
+	m.FinishedAt, m.ExitCode = at.UnixNano(), code
 	switch {
 	case oom:
 		m.Reason = "OOMKilled"
@@ -253,7 +254,7 @@ func (s *Server) recordExit(ctx context.Context, id string, code int32, at time.
 // StopContainer stops a running container: its stop signal (the image's,
 // else SIGTERM), then SIGKILL once the timeout passes. Stopping a stopped
 // container succeeds.
-func (s *Server) StopContainer(ctx context.Context, req *runtime.StopContainerRequest) (*runtime.StopContainerResponse, error) {
+func (s *Service) StopContainer(ctx context.Context, req *runtime.StopContainerRequest) (*runtime.StopContainerResponse, error) {
 	ctx = withNamespace(ctx)
 	m, _, err := s.store.Container(ctx, req.GetContainerId())
 	if errdefs.IsNotFound(err) {
@@ -267,11 +268,11 @@ func (s *Server) StopContainer(ctx context.Context, req *runtime.StopContainerRe
 	if err := s.stopContainer(ctx, m.ID, time.Duration(req.GetTimeout())*time.Second); err != nil {
 		return nil, err
 	}
-	s.nriStopContainer(ctx, m.ID)
+	s.hooks.StopContainer(ctx, m.ID)
 	return &runtime.StopContainerResponse{}, nil
 }
 
-func (s *Server) stopContainer(ctx context.Context, id string, timeout time.Duration) error {
+func (s *Service) stopContainer(ctx context.Context, id string, timeout time.Duration) error {
 	ctx = logging.With(ctx, "container", id)
 	unlock := s.store.Lock(id)
 	defer unlock()
@@ -327,7 +328,7 @@ func (s *Server) stopContainer(ctx context.Context, id string, timeout time.Dura
 	}
 }
 
-func (s *Server) kill(ctx context.Context, id string, sig syscall.Signal) error {
+func (s *Service) kill(ctx context.Context, id string, sig syscall.Signal) error {
 	c, err := s.client.LoadContainer(ctx, id)
 	if err != nil {
 		return err
@@ -348,7 +349,7 @@ func (s *Server) kill(ctx context.Context, id string, sig syscall.Signal) error 
 // RemoveContainer removes a container, stopping it first if it runs; its
 // log file stays (the kubelet owns it). Removing an unknown container
 // succeeds.
-func (s *Server) RemoveContainer(ctx context.Context, req *runtime.RemoveContainerRequest) (*runtime.RemoveContainerResponse, error) {
+func (s *Service) RemoveContainer(ctx context.Context, req *runtime.RemoveContainerRequest) (*runtime.RemoveContainerResponse, error) {
 	ctx = withNamespace(ctx)
 	m, _, err := s.store.Container(ctx, req.GetContainerId())
 	if errdefs.IsNotFound(err) {
@@ -363,13 +364,13 @@ func (s *Server) RemoveContainer(ctx context.Context, req *runtime.RemoveContain
 	return &runtime.RemoveContainerResponse{}, nil
 }
 
-func (s *Server) removeContainer(ctx context.Context, id string) error {
+func (s *Service) removeContainer(ctx context.Context, id string) error {
 	if err := s.stopContainer(ctx, id, 0); err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}
 	unlock := s.store.Lock(id)
 	defer unlock()
-	s.nriRemoveContainer(ctx, id)
+	s.hooks.RemoveContainer(ctx, id)
 	if err := s.tasks.Delete(ctx, id); err != nil && !errdefs.IsNotFound(err) {
 		return err
 	}
@@ -381,12 +382,12 @@ func (s *Server) removeContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("remove container %s: %w", id, err)
 	}
 	s.imageVolumes.Release(ctx, id)
-	s.forget(id)
+	s.hooks.Forget(id)
 	return nil
 }
 
 // containerState is a container's state and, once exited, how it ended.
-func (s *Server) containerState(ctx context.Context, m *store.Container) (runtime.ContainerState, int32, int64) {
+func (s *Service) containerState(ctx context.Context, m *store.Container) (runtime.ContainerState, int32, int64) {
 	switch {
 	case m.FinishedAt != 0:
 		return runtime.ContainerState_CONTAINER_EXITED, m.ExitCode, m.FinishedAt
@@ -421,7 +422,7 @@ func (s *Server) containerState(ctx context.Context, m *store.Container) (runtim
 }
 
 // ContainerStatus describes a container.
-func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStatusRequest) (*runtime.ContainerStatusResponse, error) {
+func (s *Service) ContainerStatus(ctx context.Context, req *runtime.ContainerStatusRequest) (*runtime.ContainerStatusResponse, error) {
 	ctx = withNamespace(ctx)
 	m, rec, err := s.store.Container(ctx, req.GetContainerId())
 	if err != nil {
@@ -453,7 +454,7 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtime.ContainerStat
 
 // ListContainers lists containers, narrowed by ID (or prefix), sandbox,
 // state and label selector.
-func (s *Server) ListContainers(ctx context.Context, req *runtime.ListContainersRequest) (*runtime.ListContainersResponse, error) {
+func (s *Service) ListContainers(ctx context.Context, req *runtime.ListContainersRequest) (*runtime.ListContainersResponse, error) {
 	ctx = withNamespace(ctx)
 	recs, err := s.store.List(ctx, store.KindContainer)
 	if err != nil {
@@ -499,7 +500,7 @@ func (s *Server) ListContainers(ctx context.Context, req *runtime.ListContainers
 // Recover gives the containers running when this process started their
 // exit watchers and log writers back. It retries until metadata and
 // tasks answer, for at most a minute.
-func (s *Server) Recover(ctx context.Context) {
+func (s *Service) Recover(ctx context.Context) {
 	ctx = withNamespace(ctx)
 	var recs []containers.Container
 	var err error
@@ -532,7 +533,7 @@ func (s *Server) Recover(ctx context.Context) {
 			logging.G(ctx).Warn("reopen container log", "error", err)
 			lg = nil
 		} else {
-			lg.Attach = s.newAttachPoint(m)
+			lg.Attach = s.hooks.AttachPoint(m)
 		}
 		if _, err := s.exits.Ensure(ctx, m.ID, lg); err != nil {
 			logging.G(ctx).Warn("watch recovered container", "error", err)
@@ -541,19 +542,107 @@ func (s *Server) Recover(ctx context.Context) {
 	logging.G(ctx).Debug("recovered containers", "count", len(recs))
 }
 
-// Close stops the exit watchers and the streaming server; the containers
-// run on.
-func (s *Server) Close() {
-	s.stop()
-	s.stopStreaming()
+// UpdateContainerResources changes a container's CPU and memory
+// resources: in its running task's cgroup (runc update through the shim),
+// then in its spec and record, so that a later start, status or restart
+// of the cri process sees the new values.
+func (s *Service) UpdateContainerResources(ctx context.Context, req *runtime.UpdateContainerResourcesRequest) (*runtime.UpdateContainerResourcesResponse, error) {
+	ctx = withNamespace(ctx)
+	if req.GetLinux() == nil {
+		return &runtime.UpdateContainerResourcesResponse{}, nil
+	}
+	m, _, err := s.store.Container(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	// NRI plugins may change what is applied.
+	r, err := s.hooks.UpdateContainer(ctx, m.ID, req.GetLinux())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.updateContainerResources(ctx, m.ID, r); err != nil {
+		return nil, err
+	}
+	s.hooks.PostUpdateContainer(ctx, m.ID)
+	return &runtime.UpdateContainerResourcesResponse{}, nil
 }
 
-// exitHooks are what the exit watchers ask of the server.
-type exitHooks struct{ s *Server }
+// updateContainerResources is UpdateContainerResources without NRI: also
+// what NRI plugins' own updates go through.
+func (s *Service) updateContainerResources(ctx context.Context, id string, r *runtime.LinuxContainerResources) error {
+	m, _, err := s.store.Container(ctx, id)
+	if err != nil {
+		return err
+	}
+	unlock := s.store.Lock(m.ID)
+	defer unlock()
+	// Again under the lock: a start or exit may have rewritten it.
+	m, _, err = s.store.Container(ctx, m.ID)
+	if err != nil {
+		return err
+	}
+	c, err := s.client.LoadContainer(ctx, m.ID)
+	if err != nil {
+		return err
+	}
+	sp, err := c.Spec(ctx)
+	if err != nil {
+		return fmt.Errorf("spec of container %s: %w", m.ID, err)
+	}
+	for _, opt := range spec.Update(r) {
+		if err := opt(ctx, nil, nil, sp); err != nil {
+			return err
+		}
+	}
+	if state, _, _ := s.containerState(ctx, m); state == runtime.ContainerState_CONTAINER_RUNNING {
+		task, err := c.Task(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("task of container %s: %w", m.ID, err)
+		}
+		if err := task.Update(ctx, containerd.WithResources(sp.Linux.Resources)); err != nil {
+			return fmt.Errorf("update resources of container %s: %w", m.ID, err)
+		}
+	}
+	specAny, err := typeurl.MarshalAnyToProto(sp)
+	if err != nil {
+		return err
+	}
+	if _, err := s.client.ContainerService().Update(ctx, containers.Container{ID: m.ID, Spec: specAny}, "spec"); err != nil {
+		return fmt.Errorf("record spec of container %s: %w", m.ID, err)
+	}
+	cfg := proto.Clone(m.Config).(*runtime.ContainerConfig)
+	if cfg.Linux == nil {
+		cfg.Linux = &runtime.LinuxContainerConfig{}
+	}
+	cfg.Linux.Resources = r
+	if m.RawConfig, err = proto.Marshal(cfg); err != nil {
+		return err
+	}
+	m.Config = cfg
+	if err := s.store.SaveContainer(ctx, m); err != nil {
+		return err
+	}
+	return nil
+}
 
-func (h exitHooks) OOMKilled(ctx context.Context, id string) bool { return h.s.oomKilled(ctx, id) }
-
-func (h exitHooks) Exited(ctx context.Context, id string, code int32, at time.Time, oom bool) {
-	h.s.recordExit(ctx, id, code, at, oom)
-	h.s.nriContainerExited(ctx, id)
+// ReopenContainerLog closes a running container's log file and opens its
+// path again: the kubelet renames the file to rotate it, then asks for
+// this so that new lines go to a new file.
+func (s *Service) ReopenContainerLog(ctx context.Context, req *runtime.ReopenContainerLogRequest) (*runtime.ReopenContainerLogResponse, error) {
+	ctx = withNamespace(ctx)
+	m, _, err := s.store.Container(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if state, _, _ := s.containerState(ctx, m); state != runtime.ContainerState_CONTAINER_RUNNING {
+		return nil, fmt.Errorf("container %s is not running: %w", m.ID, errdefs.ErrFailedPrecondition)
+	}
+	lg := s.exits.Log(m.ID)
+	if lg == nil || lg.File() == nil {
+		return nil, fmt.Errorf("container %s has no log this process writes: %w", m.ID, errdefs.ErrFailedPrecondition)
+	}
+	if err := lg.File().Reopen(); err != nil {
+		return nil, err
+	}
+	return &runtime.ReopenContainerLogResponse{}, nil
 }

@@ -76,15 +76,15 @@ func (h exitHooks) Exited(ctx context.Context, id string, code int32, at time.Ti
 type containerPods struct{ s *Server }
 
 func (p containerPods) CreatedSandbox(ctx context.Context, id string) (*store.Sandbox, error) {
-	return p.s.createdSandbox(ctx, id)
+	return p.s.pods.Created(ctx, id)
 }
 
 func (p containerPods) SandboxReady(ctx context.Context, id string) (bool, uint32) {
-	return p.s.sandboxReady(ctx, id)
+	return p.s.pods.Ready(ctx, id)
 }
 
-func (p containerPods) SandboxDir(id string) string         { return p.s.sandboxDir(id) }
-func (p containerPods) SandboxShm(sb *store.Sandbox) string { return p.s.sandboxShm(sb) }
+func (p containerPods) SandboxDir(id string) string         { return p.s.pods.Dir(id) }
+func (p containerPods) SandboxShm(sb *store.Sandbox) string { return p.s.pods.Shm(sb) }
 
 // containerHooks are NRI's hooks (nri.go) and the server's per-container
 // state as package container sees them.

@@ -2,9 +2,6 @@ package server
 
 import (
 	"path/filepath"
-
-	"github.com/flotilla-project/flotilla/services/cri/sandbox"
-	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // withPodDefaults fills in the pause image, CNI plugin dirs and state
@@ -24,13 +21,4 @@ func withPodDefaults(cfg Config) Config {
 
 // Where pods' state lives under the state directory.
 
-func (s *Server) netnsDir() string { return filepath.Join(s.cfg.StateDir, "netns") }
-func (s *Server) sandboxDir(id string) string {
-	return filepath.Join(s.cfg.StateDir, "sandboxes", id)
-}
 func (s *Server) fifoDir() string { return filepath.Join(s.cfg.StateDir, "io") }
-
-// sandboxShm is the pod's /dev/shm; see sandbox.ShmPath.
-func (s *Server) sandboxShm(sb *store.Sandbox) string {
-	return sandbox.ShmPath(s.sandboxDir(sb.ID), sb.Config)
-}

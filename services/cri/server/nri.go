@@ -49,7 +49,7 @@ func (s *Server) SeedNRI(ctx context.Context) {
 		if perr == nil && cerr == nil {
 			var ready []string
 			for _, p := range pods {
-				if ok, _ := s.sandboxReady(ctx, p.ID); ok {
+				if ok, _ := s.pods.Ready(ctx, p.ID); ok {
 					ready = append(ready, p.ID)
 				}
 			}
@@ -114,7 +114,7 @@ func (s *Server) nriPod(ctx context.Context, m *store.Sandbox, rec *containers.C
 	if rec != nil {
 		p.Labels, p.Spec = rec.Labels, store.Spec(*rec)
 	}
-	if ok, pid := s.sandboxReady(ctx, m.ID); ok {
+	if ok, pid := s.pods.Ready(ctx, m.ID); ok {
 		p.Pid = pid
 	}
 	return p
@@ -157,19 +157,6 @@ func (s *Server) nriSandbox(ctx context.Context, id string, full bool) *nri.Pod 
 	return &nri.Pod{ID: id}
 }
 
-// hideStarting keeps a pod out of listings and lookups until its
-// RunPodSandbox returns (or plugins have seen it run): as in containerd,
-// a pod is not there before it is ready. The returned function ends it.
-func (s *Server) hideStarting(id string) func() {
-	s.starting.Store(id, true)
-	return func() { s.starting.Delete(id) }
-}
-
-func (s *Server) isStarting(id string) bool {
-	_, ok := s.starting.Load(id)
-	return ok
-}
-
 // nriRunPod tells plugins of a pod whose pause task runs; their failure
 // fails RunPodSandbox. It ends the pod's hiding while plugins cannot be
 // synchronised, so that a connecting plugin sees the pod either in its
@@ -182,7 +169,7 @@ func (s *Server) nriRunPod(ctx context.Context, m *store.Sandbox, rec containers
 	if err := s.nri.RunPodSandbox(ctx, s.nriPod(ctx, m, &rec, s.nri.Active())); err != nil {
 		return err
 	}
-	s.starting.Delete(m.ID)
+	s.pods.Unhide(m.ID)
 	return nil
 }
 
@@ -412,14 +399,14 @@ func (r nriRuntime) Pods(ctx context.Context) ([]*nri.Pod, error) {
 	}
 	var out []*nri.Pod
 	for i := range recs {
-		if r.s.isStarting(recs[i].ID) {
+		if r.s.pods.IsStarting(recs[i].ID) {
 			continue
 		}
 		m, err := store.DecodeSandbox(recs[i])
 		if err != nil {
 			continue
 		}
-		if ok, _ := r.s.sandboxReady(ctx, m.ID); ok {
+		if ok, _ := r.s.pods.Ready(ctx, m.ID); ok {
 			out = append(out, r.s.nriPod(ctx, m, &recs[i], true))
 		}
 	}
@@ -435,7 +422,7 @@ func (r nriRuntime) Containers(ctx context.Context) ([]*nri.Container, error) {
 	var out []*nri.Container
 	for i := range recs {
 		m, err := store.DecodeContainer(recs[i])
-		if err != nil || r.s.isStarting(m.SandboxID) {
+		if err != nil || r.s.pods.IsStarting(m.SandboxID) {
 			continue
 		}
 		state, _, _ := r.s.containers.State(ctx, m)

@@ -5,12 +5,17 @@
 // client in the "k8s.io" namespace. What this package keeps in memory is
 // derived from those records and rebuilt on demand, so a restart of the
 // process loses nothing.
+//
+// The work is its packages': image (ImageService), sandbox (the pods'
+// lifecycle), container (the containers'), streaming, stats, nri. This
+// one ties them together: the CRI methods as thin calls, NRI's glue,
+// container events, list streams, Version and Status, stats and metrics,
+// the Sandbox API (containerd's sandbox store and controller).
 package server
 
 import (
 	"context"
 	"path/filepath"
-	"sync"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -25,6 +30,7 @@ import (
 	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/nri"
 	"github.com/flotilla-project/flotilla/services/cri/runtimes"
+	"github.com/flotilla-project/flotilla/services/cri/sandbox"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/streaming"
 	"github.com/flotilla-project/flotilla/services/cri/task"
@@ -87,7 +93,9 @@ type Server struct {
 	// images resolves, pulls and lists the CRI images; see package
 	// image.
 	images *image.Service
-	// containers runs the containers' lifecycle; see package container.
+	// pods runs the pods' lifecycle, containers the containers'; see
+	// packages sandbox and container.
+	pods       *sandbox.Service
 	containers *container.Service
 	// imageVolumes mounts the containers' image volumes; see package
 	// imagevolume.
@@ -115,10 +123,8 @@ type Server struct {
 
 	cdi *spec.CDI
 	// nri relays the pod and container lifecycle to NRI plugins (nil:
-	// NRI is off); starting holds the pods hidden until their
-	// RunPodSandbox returns. See nri.go.
-	nri      *nri.API
-	starting sync.Map
+	// NRI is off); see nri.go.
+	nri *nri.API
 }
 
 // The runtime handlers are package runtimes'; these are their names for
@@ -182,6 +188,11 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		CDI: s.cdi, Runtimes: cfg.Runtimes, Exits: s.exits,
 		Pods: containerPods{s}, Hooks: containerHooks{s},
 		Background: s.bg, FIFODir: s.fifoDir(), RestrictOOMScoreAdj: cfg.RestrictOOMScoreAdj,
+	})
+	s.pods = sandbox.New(sandbox.Config{
+		Client: client, Store: s.store, Tasks: s.tasks, Images: s.images, CNI: s.cni, Runtimes: cfg.Runtimes,
+		Containers: s.containers, Hooks: podHooks{s},
+		StateDir: cfg.StateDir, SandboxImage: cfg.SandboxImage, RestrictOOMScoreAdj: cfg.RestrictOOMScoreAdj,
 	})
 	return s
 }

@@ -65,7 +65,7 @@ func (c streamContainers) RunningContainer(ctx context.Context, id string) (stri
 }
 
 func (c streamContainers) Sandbox(ctx context.Context, id string) (string, string, error) {
-	sb, err := c.s.getSandbox(ctx, id)
+	sb, err := c.s.pods.Get(ctx, id)
 	if err != nil {
 		return "", "", err
 	}
@@ -73,7 +73,7 @@ func (c streamContainers) Sandbox(ctx context.Context, id string) (string, strin
 }
 
 func (c streamContainers) SandboxReady(ctx context.Context, id string) bool {
-	ready, _ := c.s.sandboxReady(ctx, id)
+	ready, _ := c.s.pods.Ready(ctx, id)
 	return ready
 }
 

@@ -1,4 +1,4 @@
-package server
+package sandbox
 
 // User namespaces (CRI UsernsOptions), as containerd 2.4's CRI does them:
 //
@@ -29,36 +29,35 @@ import (
 
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/runtimes"
-	"github.com/flotilla-project/flotilla/services/cri/sandbox"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // sandboxUserns validates a pod's user namespace request and, for mode
 // POD, that the pod's runtime handler can run it (what its runtime
 // reports, as Status has it): the error is the pod's answer.
-func (s *Server) sandboxUserns(ctx context.Context, cfg *runtime.PodSandboxConfig, r *runtimes.Runtime) (*spec.Userns, error) {
+func (s *Service) sandboxUserns(ctx context.Context, cfg *runtime.PodSandboxConfig, r *runtimes.Runtime) (*spec.Userns, error) {
 	u, err := spec.ParseUserns(cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions())
 	if err != nil || !u.Enabled() {
 		return u, err
 	}
-	if err := s.cfg.Runtimes.UserNamespaces(ctx, s.client.IntrospectionService(), r); err != nil {
+	if err := s.runtimes.UserNamespaces(ctx, s.client.IntrospectionService(), r); err != nil {
 		return nil, err
 	}
 	return u, nil
 }
 
 // usernsPin is where a pod's user namespace is pinned.
-func (s *Server) usernsPin(id string) string {
-	return spec.UsernsPin(s.cfg.StateDir, id)
+func (s *Service) usernsPin(id string) string {
+	return spec.UsernsPin(s.stateDir, id)
 }
 
 // newPodNetNS creates a pod's network namespace: inside the pod's user
 // namespace when it has one, so that the pod owns its network.
-func (s *Server) newPodNetNS(id string, u *spec.Userns) (string, error) {
-	return sandbox.NewNetNS(s.netnsDir(), id, s.usernsPin(id), u)
+func (s *Service) newPodNetNS(id string, u *spec.Userns) (string, error) {
+	return NewNetNS(s.netnsDir(), id, s.usernsPin(id), u)
 }
 
 // releasePodUserns drops the pin of a pod's user namespace, if any.
-func (s *Server) releasePodUserns(id string) error {
-	return sandbox.Unpin(s.usernsPin(id))
+func (s *Service) releasePodUserns(id string) error {
+	return Unpin(s.usernsPin(id))
 }

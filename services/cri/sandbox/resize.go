@@ -1,4 +1,4 @@
-package server
+package sandbox
 
 import (
 	"context"
@@ -11,7 +11,6 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
-	"github.com/flotilla-project/flotilla/services/cri/sandbox"
 )
 
 // sandboxResourcesExtension holds, on a sandbox's record, the pod-level
@@ -27,7 +26,7 @@ const sandboxResourcesExtension = "io.flotilla.cri.sandbox-resources.v1"
 // cgroup parent too (resources plus overhead, what the kubelet writes
 // there), so a client other than the kubelet resizes the pod as well. The
 // containers' own cgroups change through UpdateContainerResources.
-func (s *Server) UpdatePodSandboxResources(ctx context.Context, req *runtime.UpdatePodSandboxResourcesRequest) (*runtime.UpdatePodSandboxResourcesResponse, error) {
+func (s *Service) UpdatePodSandboxResources(ctx context.Context, req *runtime.UpdatePodSandboxResourcesRequest) (*runtime.UpdatePodSandboxResourcesResponse, error) {
 	ctx = withNamespace(ctx)
 	sb, err := s.getSandbox(ctx, req.GetPodSandboxId())
 	if err != nil {
@@ -45,11 +44,11 @@ func (s *Server) UpdatePodSandboxResources(ctx context.Context, req *runtime.Upd
 		return nil, fmt.Errorf("record resources of sandbox %s: %w", sb.ID, err)
 	}
 	if parent := sb.Config.GetLinux().GetCgroupParent(); parent != "" {
-		res := sandbox.CgroupResources(req.GetResources(), req.GetOverhead())
+		res := CgroupResources(req.GetResources(), req.GetOverhead())
 		if res == nil {
 			return &runtime.UpdatePodSandboxResourcesResponse{}, nil
 		}
-		if err := sandbox.UpdateCgroup(parent, res); err != nil {
+		if err := UpdateCgroup(parent, res); err != nil {
 			return nil, fmt.Errorf("resize cgroup %s of sandbox %s: %w", parent, sb.ID, err)
 		}
 		logging.G(ctx).Debug("pod cgroup resized", "sandbox", sb.ID, "cgroup", parent)

@@ -1,9 +1,10 @@
-package server
+package sandbox
 
 import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -19,7 +20,6 @@ import (
 	"github.com/flotilla-project/flotilla/pkg/logging"
 	"github.com/flotilla-project/flotilla/services/cri/container/spec"
 	"github.com/flotilla-project/flotilla/services/cri/network"
-	"github.com/flotilla-project/flotilla/services/cri/sandbox"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/task"
 )
@@ -27,14 +27,14 @@ import (
 // RunPodSandbox creates and starts a pod sandbox: its network namespace
 // set up by CNI, its hostname, hosts and resolv.conf files, and the pause
 // container holding its namespaces.
-func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRequest) (_ *runtime.RunPodSandboxResponse, retErr error) {
+func (s *Service) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRequest) (_ *runtime.RunPodSandboxResponse, retErr error) {
 	ctx = withNamespace(ctx)
 	cfg := req.GetConfig()
 	md := cfg.GetMetadata()
 	if md.GetName() == "" || md.GetNamespace() == "" || md.GetUid() == "" {
 		return nil, fmt.Errorf("sandbox metadata needs name, namespace and uid: %w", errdefs.ErrInvalidArgument)
 	}
-	ociRuntime, err := s.cfg.Runtimes.Get(req.GetRuntimeHandler())
+	ociRuntime, err := s.runtimes.Get(req.GetRuntimeHandler())
 	if err != nil {
 		return nil, fmt.Errorf("unable to get OCI runtime for sandbox %q: %w", md.GetName(), err)
 	}
@@ -49,9 +49,9 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 	defer release()
 
-	pause, err := s.images.Ensure(ctx, s.cfg.SandboxImage)
+	pause, err := s.images.Ensure(ctx, s.sandboxImage)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox image %s: %w", s.cfg.SandboxImage, err)
+		return nil, fmt.Errorf("sandbox image %s: %w", s.sandboxImage, err)
 	}
 	cfgBytes, err := proto.Marshal(cfg)
 	if err != nil {
@@ -59,7 +59,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	}
 	id := store.NewID()
 	defer s.hideStarting(id)()
-	m := &store.Sandbox{ID: id, Name: name, RawConfig: cfgBytes, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: nanos(time.Now()), Config: cfg}
+	m := &store.Sandbox{ID: id, Name: name, RawConfig: cfgBytes, RuntimeHandler: req.GetRuntimeHandler(), CreatedAt: time.Now().UnixNano(), Config: cfg}
 
 	// Undo what was done, in reverse, when a later step fails; the
 	// kubelet retries with a new attempt.
@@ -93,16 +93,16 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 
 	dir := s.sandboxDir(id)
 	undo = append(undo, func() { _ = os.RemoveAll(dir) })
-	hostname, err := sandbox.WriteFiles(dir, cfg)
+	hostname, err := WriteFiles(dir, cfg)
 	if err != nil {
 		return nil, err
 	}
 	shm := s.sandboxShm(m)
-	if !sandbox.HostIPC(cfg) {
-		if err := sandbox.MountShm(shm); err != nil {
+	if !HostIPC(cfg) {
+		if err := MountShm(shm); err != nil {
 			return nil, err
 		}
-		undo = append(undo, func() { _ = sandbox.UnmountShm(shm) })
+		undo = append(undo, func() { _ = UnmountShm(shm) })
 	}
 
 	specOpts, err := spec.Sandbox(spec.SandboxRequest{
@@ -110,7 +110,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 		Image:               s.tasks.CachedImage(pause.Info),
 		Userns:              userns,
 		UsernsPin:           s.usernsPin(id),
-		RestrictOOMScoreAdj: s.cfg.RestrictOOMScoreAdj,
+		RestrictOOMScoreAdj: s.restrictOOMScoreAdj,
 	})
 	if err != nil {
 		return nil, err
@@ -149,11 +149,11 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 			logging.G(ctx).Warn("undo sandbox container", "sandbox", id, "error", err)
 		}
 	})
-	if err := s.createPodRecord(ctx, rec); err != nil {
+	if err := s.hooks.CreatePodRecord(ctx, rec); err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() {
-		if err := s.deletePodRecord(cleanupCtx, id); err != nil {
+		if err := s.hooks.DeletePodRecord(cleanupCtx, id); err != nil {
 			logging.G(ctx).Warn("undo sandbox store record", "sandbox", id, "error", err)
 		}
 	})
@@ -165,7 +165,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start sandbox task: %w", err)
 	}
-	if err := s.nriRunPod(ctx, m, rec); err != nil {
+	if err := s.hooks.RunPod(ctx, m, rec); err != nil {
 		return nil, err
 	}
 	s.store.RememberCreated(rec, rootfs.Mounts())
@@ -174,7 +174,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtime.RunPodSandboxRe
 	return &runtime.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
 
-func (s *Server) sandboxReady(ctx context.Context, id string) (bool, uint32) {
+func (s *Service) sandboxReady(ctx context.Context, id string) (bool, uint32) {
 	p, err := s.tasks.State(ctx, id)
 	if err != nil {
 		return false, 0
@@ -186,7 +186,7 @@ func (s *Server) sandboxReady(ctx context.Context, id string) (bool, uint32) {
 // tears its network down (CNI DEL once, recorded on the sandbox so that a
 // restarted cri process does not repeat it). The records stay; the Sandbox
 // Store's is brought up to date.
-func (s *Server) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandboxRequest) (*runtime.StopPodSandboxResponse, error) {
+func (s *Service) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandboxRequest) (*runtime.StopPodSandboxResponse, error) {
 	ctx = withNamespace(ctx)
 	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
 	if errdefs.IsNotFound(err) {
@@ -200,13 +200,13 @@ func (s *Server) StopPodSandbox(ctx context.Context, req *runtime.StopPodSandbox
 	if err := s.stopSandbox(ctx, m); err != nil {
 		return nil, err
 	}
-	if err := s.refreshPodRecord(ctx, m.ID); err != nil {
+	if err := s.hooks.RefreshPodRecord(ctx, m.ID); err != nil {
 		return nil, err
 	}
 	return &runtime.StopPodSandboxResponse{}, nil
 }
 
-func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
+func (s *Service) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 	cs, err := s.store.SandboxContainers(ctx, m.ID)
 	if err != nil {
 		return err
@@ -221,10 +221,10 @@ func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 	if err := s.tasks.Delete(ctx, m.ID); err != nil {
 		return fmt.Errorf("stop sandbox %s: %w", m.ID, err)
 	}
-	s.nriStopPod(ctx, m)
+	s.hooks.StopPod(ctx, m)
 	// The pod's shared memory goes with its processes, as in containerd.
-	if !sandbox.HostIPC(m.Config) {
-		if err := sandbox.UnmountShm(s.sandboxShm(m)); err != nil {
+	if !HostIPC(m.Config) {
+		if err := UnmountShm(s.sandboxShm(m)); err != nil {
 			return err
 		}
 	}
@@ -247,12 +247,12 @@ func (s *Server) stopSandbox(ctx context.Context, m *store.Sandbox) error {
 
 // RemovePodSandbox stops the pod if it runs and removes its containers,
 // network namespace, files and records. Removing an unknown pod succeeds.
-func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSandboxRequest) (*runtime.RemovePodSandboxResponse, error) {
+func (s *Service) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSandboxRequest) (*runtime.RemovePodSandboxResponse, error) {
 	ctx = withNamespace(ctx)
 	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
 	if errdefs.IsNotFound(err) {
 		// A Sandbox Store record left by a crash goes too.
-		return &runtime.RemovePodSandboxResponse{}, s.deletePodRecord(ctx, req.GetPodSandboxId())
+		return &runtime.RemovePodSandboxResponse{}, s.hooks.DeletePodRecord(ctx, req.GetPodSandboxId())
 	}
 	if err != nil {
 		return nil, err
@@ -271,7 +271,7 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	}
 	unlock := s.store.Lock(m.ID)
 	defer unlock()
-	s.nriRemovePod(ctx, m)
+	s.hooks.RemovePod(ctx, m)
 	if err := os.RemoveAll(s.sandboxDir(m.ID)); err != nil {
 		return nil, fmt.Errorf("remove sandbox directory: %w", err)
 	}
@@ -282,14 +282,14 @@ func (s *Server) RemovePodSandbox(ctx context.Context, req *runtime.RemovePodSan
 	if err != nil && !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("remove sandbox %s: %w", m.ID, err)
 	}
-	if err := s.deletePodRecord(ctx, m.ID); err != nil {
+	if err := s.hooks.DeletePodRecord(ctx, m.ID); err != nil {
 		return nil, err
 	}
-	s.forget(m.ID)
+	s.hooks.Forget(m.ID)
 	return &runtime.RemovePodSandboxResponse{}, nil
 }
 
-func (s *Server) sandboxState(ctx context.Context, m *store.Sandbox) runtime.PodSandboxState {
+func (s *Service) sandboxState(ctx context.Context, m *store.Sandbox) runtime.PodSandboxState {
 	if ok, _ := s.sandboxReady(ctx, m.ID); ok {
 		return runtime.PodSandboxState_SANDBOX_READY
 	}
@@ -298,7 +298,7 @@ func (s *Server) sandboxState(ctx context.Context, m *store.Sandbox) runtime.Pod
 
 // PodSandboxStatus describes a pod: state from its pause task, network
 // from the CNI result recorded at creation.
-func (s *Server) PodSandboxStatus(ctx context.Context, req *runtime.PodSandboxStatusRequest) (*runtime.PodSandboxStatusResponse, error) {
+func (s *Service) PodSandboxStatus(ctx context.Context, req *runtime.PodSandboxStatusRequest) (*runtime.PodSandboxStatusResponse, error) {
 	ctx = withNamespace(ctx)
 	m, err := s.getSandbox(ctx, req.GetPodSandboxId())
 	if err != nil {
@@ -331,7 +331,7 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtime.PodSandboxSt
 
 // ListPodSandbox lists the pods, narrowed by ID (or ID prefix), state and
 // label selector.
-func (s *Server) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandboxRequest) (*runtime.ListPodSandboxResponse, error) {
+func (s *Service) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandboxRequest) (*runtime.ListPodSandboxResponse, error) {
 	ctx = withNamespace(ctx)
 	recs, err := s.store.List(ctx, store.KindSandbox)
 	if err != nil {
@@ -366,4 +366,50 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtime.ListPodSandbox
 		})
 	}
 	return &runtime.ListPodSandboxResponse{Items: out}, nil
+}
+
+// createdSandbox is getSandbox answered from the record this process
+// created when it has it: for CreateContainer, whose pod is usually one
+// this process just ran.
+func (s *Service) createdSandbox(ctx context.Context, id string) (*store.Sandbox, error) {
+	if r, ok := s.store.Created(store.KindSandbox, id); ok {
+		return store.DecodeSandbox(r.Record)
+	}
+	return s.getSandbox(ctx, id)
+}
+
+// getSandbox is the sandbox record by ID or unique prefix; a pod still
+// being run is not found yet.
+func (s *Service) getSandbox(ctx context.Context, id string) (*store.Sandbox, error) {
+	c, err := s.store.Get(ctx, store.KindSandbox, id)
+	if err != nil {
+		return nil, err
+	}
+	if s.isStarting(c.ID) {
+		return nil, fmt.Errorf("sandbox %s is being created: %w", c.ID, errdefs.ErrNotFound)
+	}
+	return store.DecodeSandbox(c)
+}
+
+// hideStarting keeps a pod out of listings and lookups until its
+// RunPodSandbox returns (or plugins have seen it run): as in containerd,
+// a pod is not there before it is ready. The returned function ends it.
+func (s *Service) hideStarting(id string) func() {
+	s.starting.Store(id, true)
+	return func() { s.starting.Delete(id) }
+}
+
+func (s *Service) isStarting(id string) bool {
+	_, ok := s.starting.Load(id)
+	return ok
+}
+
+func (s *Service) netnsDir() string { return filepath.Join(s.stateDir, "netns") }
+func (s *Service) sandboxDir(id string) string {
+	return filepath.Join(s.stateDir, "sandboxes", id)
+}
+
+// sandboxShm is the pod's /dev/shm; see ShmPath.
+func (s *Service) sandboxShm(sb *store.Sandbox) string {
+	return ShmPath(s.sandboxDir(sb.ID), sb.Config)
 }

@@ -4,8 +4,8 @@
 // watcher), StopContainer, RemoveContainer, ContainerStatus and
 // ListContainers, ExecSync, UpdateContainerResources and
 // ReopenContainerLog, and Recover after a restart. What it needs of the
-// pods (package sandbox's side, in the CRI server) and of NRI and the
-// streaming server comes through Pods and Hooks.
+// pods (package sandbox) and of NRI and the streaming server comes
+// through Pods and Hooks, which the CRI server provides.
 package container
 
 import (

@@ -1,11 +1,3 @@
-// Package sandbox is the CRI's pod sandbox lifecycle, as containerd's CRI
-// runs it: RunPodSandbox (the pod's network namespace, inside its user
-// namespace when it has one, set up by CNI; its directory of files its
-// containers mount, hostname, hosts and resolv.conf; its shared /dev/shm;
-// its pause container), StopPodSandbox, RemovePodSandbox,
-// PodSandboxStatus, ListPodSandbox and UpdatePodSandboxResources (the
-// pod's cgroup). What it needs of the pod's containers, of NRI and of the
-// Sandbox Store comes through Containers and Hooks.
 package sandbox
 
 import (

@@ -88,7 +88,7 @@ func (s *Server) CheckpointContainer(ctx context.Context, req *runtime.Checkpoin
 	if err != nil {
 		return nil, err
 	}
-	if state, _, _ := s.containerState(ctx, m); state != runtime.ContainerState_CONTAINER_RUNNING {
+	if state, _, _ := s.containers.State(ctx, m); state != runtime.ContainerState_CONTAINER_RUNNING {
 		return nil, fmt.Errorf("container %s is %s, only a running container can be checkpointed: %w",
 			m.ID, strings.TrimPrefix(state.String(), "CONTAINER_"), errdefs.ErrFailedPrecondition)
 	}

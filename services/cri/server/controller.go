@@ -56,7 +56,7 @@ func (c *controller) pod(ctx context.Context, sandboxer, id string) (context.Con
 		return ctx, nil, fmt.Errorf("sandbox %s in namespace %q: CRI pods live in %q: %w", id, ns, Namespace, errdefs.ErrNotFound)
 	}
 	ctx = logging.With(withNamespace(ctx), "sandbox", id)
-	m, err := c.s.getSandbox(ctx, id)
+	m, err := c.s.pods.Get(ctx, id)
 	if err == nil && m.ID != id {
 		err = fmt.Errorf("sandbox %s: %w", id, errdefs.ErrNotFound)
 	}
@@ -90,7 +90,7 @@ func (c *controller) Start(ctx context.Context, req *api.ControllerStartRequest)
 	if err != nil {
 		return nil, err
 	}
-	ready, pid := c.s.sandboxReady(ctx, m.ID)
+	ready, pid := c.s.pods.Ready(ctx, m.ID)
 	if !ready {
 		return nil, fmt.Errorf("sandbox %s is stopped and a CRI pod is not restarted: %w", m.ID, errdefs.ErrFailedPrecondition)
 	}
@@ -166,7 +166,7 @@ func (c *controller) Status(ctx context.Context, req *api.ControllerStatusReques
 	if err != nil {
 		return nil, err
 	}
-	ready, pid := c.s.sandboxReady(ctx, m.ID)
+	ready, pid := c.s.pods.Ready(ctx, m.ID)
 	state := runtime.PodSandboxState_SANDBOX_NOTREADY
 	if ready {
 		state = runtime.PodSandboxState_SANDBOX_READY

@@ -21,8 +21,4 @@ func withPodDefaults(cfg Config) Config {
 
 // Where pods' state lives under the state directory.
 
-func (s *Server) netnsDir() string { return filepath.Join(s.cfg.StateDir, "netns") }
-func (s *Server) sandboxDir(id string) string {
-	return filepath.Join(s.cfg.StateDir, "sandboxes", id)
-}
 func (s *Server) fifoDir() string { return filepath.Join(s.cfg.StateDir, "io") }

@@ -42,5 +42,5 @@ func (s *Server) ImageFsInfo(ctx context.Context, req *runtime.ImageFsInfoReques
 // WatchImages keeps the image index's subscription to image events until
 // the server closes; without it every resolve lists the images.
 func (s *Server) WatchImages() {
-	s.images.WatchImages(s.pods.ctx)
+	s.images.WatchImages(s.bg)
 }

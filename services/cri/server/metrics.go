@@ -76,7 +76,7 @@ func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMe
 		}
 		// Only ready pods, as containerd: a stopped pod has no
 		// network and no running containers to measure.
-		ready, pid := s.sandboxReady(ctx, sb.ID)
+		ready, pid := s.pods.Ready(ctx, sb.ID)
 		if !ready {
 			continue
 		}

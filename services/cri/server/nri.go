@@ -49,14 +49,14 @@ func (s *Server) SeedNRI(ctx context.Context) {
 		if perr == nil && cerr == nil {
 			var ready []string
 			for _, p := range pods {
-				if ok, _ := s.sandboxReady(ctx, p.ID); ok {
+				if ok, _ := s.pods.Ready(ctx, p.ID); ok {
 					ready = append(ready, p.ID)
 				}
 			}
 			states := map[string]nriapi.ContainerState{}
 			for _, c := range ctrs {
 				if m, err := store.DecodeContainer(c); err == nil {
-					state, _, _ := s.containerState(ctx, m)
+					state, _, _ := s.containers.State(ctx, m)
 					states[c.ID] = nriState(state)
 				}
 			}
@@ -65,7 +65,7 @@ func (s *Server) SeedNRI(ctx context.Context) {
 		}
 		select {
 		case <-time.After(time.Second):
-		case <-s.pods.ctx.Done():
+		case <-s.bg.Done():
 			return
 		}
 	}
@@ -114,7 +114,7 @@ func (s *Server) nriPod(ctx context.Context, m *store.Sandbox, rec *containers.C
 	if rec != nil {
 		p.Labels, p.Spec = rec.Labels, store.Spec(*rec)
 	}
-	if ok, pid := s.sandboxReady(ctx, m.ID); ok {
+	if ok, pid := s.pods.Ready(ctx, m.ID); ok {
 		p.Pid = pid
 	}
 	return p
@@ -139,7 +139,7 @@ func (s *Server) nriContainer(ctx context.Context, m *store.Container, rec *cont
 		c.Labels, c.Spec = rec.Labels, store.Spec(*rec)
 	}
 	if c.State == nriapi.ContainerState_CONTAINER_RUNNING {
-		if p, err := s.taskState(ctx, m.ID); err == nil {
+		if p, err := s.tasks.State(ctx, m.ID); err == nil {
 			c.Pid = p.GetPid()
 		}
 	}
@@ -157,19 +157,6 @@ func (s *Server) nriSandbox(ctx context.Context, id string, full bool) *nri.Pod 
 	return &nri.Pod{ID: id}
 }
 
-// hideStarting keeps a pod out of listings and lookups until its
-// RunPodSandbox returns (or plugins have seen it run): as in containerd,
-// a pod is not there before it is ready. The returned function ends it.
-func (s *Server) hideStarting(id string) func() {
-	s.starting.Store(id, true)
-	return func() { s.starting.Delete(id) }
-}
-
-func (s *Server) isStarting(id string) bool {
-	_, ok := s.starting.Load(id)
-	return ok
-}
-
 // nriRunPod tells plugins of a pod whose pause task runs; their failure
 // fails RunPodSandbox. It ends the pod's hiding while plugins cannot be
 // synchronised, so that a connecting plugin sees the pod either in its
@@ -182,7 +169,7 @@ func (s *Server) nriRunPod(ctx context.Context, m *store.Sandbox, rec containers
 	if err := s.nri.RunPodSandbox(ctx, s.nriPod(ctx, m, &rec, s.nri.Active())); err != nil {
 		return err
 	}
-	s.starting.Delete(m.ID)
+	s.pods.Unhide(m.ID)
 	return nil
 }
 
@@ -209,8 +196,8 @@ func (s *Server) nriRemovePod(ctx context.Context, m *store.Sandbox) {
 	}
 }
 
-// nriCreate is a container's creation as NRI sees it: adjust is given to
-// NewContainer last but for the record copy, finish runs when
+// nriCreate is a container's creation as NRI sees it: Adjust is given to
+// NewContainer last but for the record copy, Finish runs when
 // CreateContainer returns. Plugins cannot be synchronised in between, so
 // a connecting plugin sees the container in its synchronisation or in
 // CreateContainer.
@@ -233,9 +220,9 @@ func (s *Server) nriCreateHook(sb *store.Sandbox, m *store.Container) *nriCreate
 	return h
 }
 
-// adjust asks plugins about the container, its spec made, and applies
+// Adjust asks plugins about the container, its spec made, and applies
 // their adjustment to the spec.
-func (h *nriCreate) adjust() client.NewContainerOpts {
+func (h *nriCreate) Adjust() client.NewContainerOpts {
 	return func(ctx context.Context, _ *client.Client, c *containers.Container) error {
 		if h.s.nri == nil {
 			return nil
@@ -258,7 +245,7 @@ func (h *nriCreate) adjust() client.NewContainerOpts {
 		if adj == nil {
 			return nil
 		}
-		if err := nri.AdjustSpec(&spec, adj, h.s.injectCDI(ctx)); err != nil {
+		if err := nri.AdjustSpec(&spec, adj, h.s.cdi.Injector(ctx)); err != nil {
 			return err
 		}
 		c.Spec, err = typeurl.MarshalAny(&spec)
@@ -266,9 +253,9 @@ func (h *nriCreate) adjust() client.NewContainerOpts {
 	}
 }
 
-// finish tells plugins the container was created, or, when creation
+// Finish tells plugins the container was created, or, when creation
 // failed after they were asked, that it is gone.
-func (h *nriCreate) finish(ctx context.Context, rec *containers.Container, retErr *error) {
+func (h *nriCreate) Finish(ctx context.Context, rec *containers.Container, retErr *error) {
 	defer h.unblock()
 	if h.asked == nil {
 		return
@@ -412,14 +399,14 @@ func (r nriRuntime) Pods(ctx context.Context) ([]*nri.Pod, error) {
 	}
 	var out []*nri.Pod
 	for i := range recs {
-		if r.s.isStarting(recs[i].ID) {
+		if r.s.pods.IsStarting(recs[i].ID) {
 			continue
 		}
 		m, err := store.DecodeSandbox(recs[i])
 		if err != nil {
 			continue
 		}
-		if ok, _ := r.s.sandboxReady(ctx, m.ID); ok {
+		if ok, _ := r.s.pods.Ready(ctx, m.ID); ok {
 			out = append(out, r.s.nriPod(ctx, m, &recs[i], true))
 		}
 	}
@@ -435,10 +422,10 @@ func (r nriRuntime) Containers(ctx context.Context) ([]*nri.Container, error) {
 	var out []*nri.Container
 	for i := range recs {
 		m, err := store.DecodeContainer(recs[i])
-		if err != nil || r.s.isStarting(m.SandboxID) {
+		if err != nil || r.s.pods.IsStarting(m.SandboxID) {
 			continue
 		}
-		state, _, _ := r.s.containerState(ctx, m)
+		state, _, _ := r.s.containers.State(ctx, m)
 		if state != runtime.ContainerState_CONTAINER_CREATED && state != runtime.ContainerState_CONTAINER_RUNNING {
 			continue
 		}
@@ -462,7 +449,7 @@ func (r nriRuntime) UpdateContainer(ctx context.Context, id string, res *runtime
 		return fmt.Errorf("container %s is busy in a lifecycle call: %w", id, errdefs.ErrUnavailable)
 	}
 	unlock()
-	return r.s.updateContainerResources(ctx, id, res)
+	return r.s.containers.UpdateResources(ctx, id, res)
 }
 
 // EvictContainer stops a container at once, as a plugin asks.
@@ -473,5 +460,5 @@ func (r nriRuntime) EvictContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("container %s is busy in a lifecycle call: %w", id, errdefs.ErrUnavailable)
 	}
 	unlock()
-	return r.s.stopContainer(ctx, id, 0)
+	return r.s.containers.Stop(ctx, id, 0)
 }

@@ -109,7 +109,7 @@ func (s *Server) RecoverSandboxes(ctx context.Context) {
 		}
 		select {
 		case <-time.After(time.Second):
-		case <-s.pods.ctx.Done():
+		case <-s.bg.Done():
 			return
 		}
 	}

@@ -5,22 +5,32 @@
 // client in the "k8s.io" namespace. What this package keeps in memory is
 // derived from those records and rebuilt on demand, so a restart of the
 // process loses nothing.
+//
+// The work is its packages': image (ImageService), sandbox (the pods'
+// lifecycle), container (the containers'), streaming, stats, nri. This
+// one ties them together: the CRI methods as thin calls, NRI's glue,
+// container events, list streams, Version and Status, stats and metrics,
+// the Sandbox API (containerd's sandbox store and controller).
 package server
 
 import (
 	"context"
 	"path/filepath"
-	"sync"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"google.golang.org/grpc"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/flotilla-project/flotilla/services/cri/container"
+	"github.com/flotilla-project/flotilla/services/cri/container/imagevolume"
+	"github.com/flotilla-project/flotilla/services/cri/container/spec"
+	"github.com/flotilla-project/flotilla/services/cri/container/watch"
 	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/network"
 	"github.com/flotilla-project/flotilla/services/cri/nri"
 	"github.com/flotilla-project/flotilla/services/cri/runtimes"
+	"github.com/flotilla-project/flotilla/services/cri/sandbox"
 	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/flotilla-project/flotilla/services/cri/streaming"
 	"github.com/flotilla-project/flotilla/services/cri/task"
@@ -64,7 +74,7 @@ type Config struct {
 	// package runtimes); nil: runc alone, as the default.
 	Runtimes *RuntimeHandlers
 	// EnableCDI lets containers ask for CDI devices, defined by the spec
-	// files in CDISpecDirs (see cdi.go).
+	// files in CDISpecDirs (see spec.CDI).
 	EnableCDI   bool
 	CDISpecDirs []string
 }
@@ -83,14 +93,26 @@ type Server struct {
 	// images resolves, pulls and lists the CRI images; see package
 	// image.
 	images *image.Service
+	// pods runs the pods' lifecycle, containers the containers'; see
+	// packages sandbox and container.
+	pods       *sandbox.Service
+	containers *container.Service
+	// imageVolumes mounts the containers' image volumes; see package
+	// imagevolume.
+	imageVolumes *imagevolume.Volumes
 	// tasks prepares root filesystems and creates the tasks of
 	// sandboxes and containers; see package task.
 	tasks *task.Service
 
-	// store holds the sandbox and container records; pods the exit
-	// watchers and log writers of running containers.
+	// store holds the sandbox and container records; exits the exit
+	// watchers and log writers of running containers (package watch).
 	store *store.Store
-	pods  podState
+	exits *watch.Watchers
+	// bg bounds the background work (exit watchers, the image index's
+	// subscription, the streaming server) and carries the process's
+	// logger; stop ends it when the process stops.
+	bg   context.Context
+	stop context.CancelFunc
 
 	// streams is the streaming server (Exec, Attach, PortForward) and
 	// the containers' attach points; see package streaming.
@@ -99,12 +121,10 @@ type Server struct {
 	// cni adds pods to their network; see package network.
 	cni *network.CNI
 
-	cdi cdiRegistry
+	cdi *spec.CDI
 	// nri relays the pod and container lifecycle to NRI plugins (nil:
-	// NRI is off); starting holds the pods hidden until their
-	// RunPodSandbox returns. See nri.go.
-	nri      *nri.API
-	starting sync.Map
+	// NRI is off); see nri.go.
+	nri *nri.API
 }
 
 // The runtime handlers are package runtimes'; these are their names for
@@ -156,11 +176,24 @@ func New(ctx context.Context, client *containerd.Client, daemon grpc.ClientConnI
 		}),
 		tasks: task.New(client, cfg.Snapshotter, filepath.Join(cfg.StateDir, "idmap")),
 		store: store.New(client.ContainerService()),
-		pods:  newPodState(ctx),
 		cni:   network.NewCNI(cfg.CNIConfDir, cfg.CNIBinDirs, filepath.Join(cfg.StateDir, "cni")),
-		cdi:   cdiRegistry{enabled: cfg.EnableCDI, dirs: cfg.CDISpecDirs},
+		cdi:   spec.NewCDI(cfg.EnableCDI, cfg.CDISpecDirs),
 	}
+	s.bg, s.stop = context.WithCancel(namespaces.WithNamespace(context.WithoutCancel(ctx), Namespace))
+	s.exits = watch.New(s.bg, client, exitHooks{s})
+	s.imageVolumes = imagevolume.New(client, s.images, cfg.Snapshotter, filepath.Join(cfg.StateDir, "image-volumes"))
 	s.streams = streaming.New(client, streamContainers{s}, streaming.Config{Namespace: Namespace, FIFODir: s.fifoDir()})
+	s.containers = container.New(container.Config{
+		Client: client, Store: s.store, Tasks: s.tasks, Images: s.images, ImageVolumes: s.imageVolumes,
+		CDI: s.cdi, Runtimes: cfg.Runtimes, Exits: s.exits,
+		Pods: containerPods{s}, Hooks: containerHooks{s},
+		Background: s.bg, FIFODir: s.fifoDir(), RestrictOOMScoreAdj: cfg.RestrictOOMScoreAdj,
+	})
+	s.pods = sandbox.New(sandbox.Config{
+		Client: client, Store: s.store, Tasks: s.tasks, Images: s.images, CNI: s.cni, Runtimes: cfg.Runtimes,
+		Containers: s.containers, Hooks: podHooks{s},
+		StateDir: cfg.StateDir, SandboxImage: cfg.SandboxImage, RestrictOOMScoreAdj: cfg.RestrictOOMScoreAdj,
+	})
 	return s
 }
 

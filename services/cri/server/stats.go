@@ -16,7 +16,7 @@ import (
 	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
-// rates gives the stats their CPU rates; podState.forget drops an
+// rates gives the stats their CPU rates; forget drops an
 // object's samples with the object.
 var rates = stats.NewCPURates()
 
@@ -131,7 +131,7 @@ func (s *Server) ListContainerStats(ctx context.Context, req *runtime.ListContai
 // with the stats of each of its containers.
 func (s *Server) PodSandboxStats(ctx context.Context, req *runtime.PodSandboxStatsRequest) (*runtime.PodSandboxStatsResponse, error) {
 	ctx = withNamespace(ctx)
-	sb, err := s.getSandbox(ctx, req.GetPodSandboxId())
+	sb, err := s.pods.Get(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (s *Server) podStats(ctx context.Context, sb *store.Sandbox, cs []container
 		st.Linux.Memory = pod.Memory()
 		st.Linux.Process = pod.Process()
 	}
-	if ready, pid := s.sandboxReady(ctx, sb.ID); ready && pid != 0 && sb.NetNS != "" {
+	if ready, pid := s.pods.Ready(ctx, sb.ID); ready && pid != 0 && sb.NetNS != "" {
 		if n, err := stats.ReadNetDev(fmt.Sprintf("/proc/%d/net/dev", pid)); err == nil {
 			st.Linux.Network = n
 		} else {

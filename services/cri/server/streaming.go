@@ -17,7 +17,7 @@ import (
 // StartStreaming starts the streaming server on address:port ("0" picks a
 // free port); the URLs Exec, Attach and PortForward return point at it.
 func (s *Server) StartStreaming(address, port string) error {
-	return s.streams.Start(s.pods.ctx, address, port)
+	return s.streams.Start(s.bg, address, port)
 }
 
 // stopStreaming closes the streaming server's listener and idle
@@ -58,14 +58,14 @@ func (c streamContainers) RunningContainer(ctx context.Context, id string) (stri
 	if err != nil {
 		return "", err
 	}
-	if state, _, _ := c.s.containerState(ctx, m); state != runtime.ContainerState_CONTAINER_RUNNING {
+	if state, _, _ := c.s.containers.State(ctx, m); state != runtime.ContainerState_CONTAINER_RUNNING {
 		return "", fmt.Errorf("container %s is not running: %w", m.ID, errdefs.ErrFailedPrecondition)
 	}
 	return m.ID, nil
 }
 
 func (c streamContainers) Sandbox(ctx context.Context, id string) (string, string, error) {
-	sb, err := c.s.getSandbox(ctx, id)
+	sb, err := c.s.pods.Get(ctx, id)
 	if err != nil {
 		return "", "", err
 	}
@@ -73,12 +73,10 @@ func (c streamContainers) Sandbox(ctx context.Context, id string) (string, strin
 }
 
 func (c streamContainers) SandboxReady(ctx context.Context, id string) bool {
-	ready, _ := c.s.sandboxReady(ctx, id)
+	ready, _ := c.s.pods.Ready(ctx, id)
 	return ready
 }
 
 func (c streamContainers) Exited(id string) <-chan struct{} {
-	c.s.pods.mu.Lock()
-	defer c.s.pods.mu.Unlock()
-	return c.s.pods.exits[id]
+	return c.s.exits.Done(id)
 }

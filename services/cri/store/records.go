@@ -8,13 +8,16 @@
 package store
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -166,4 +169,24 @@ func Spec(c containers.Container) *specs.Spec {
 		return nil
 	}
 	return &sp
+}
+
+// WithRecordCopy, given last, keeps the record the container is created
+// with.
+func WithRecordCopy(out *containers.Container) containerd.NewContainerOpts {
+	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+		*out = *c
+		return nil
+	}
+}
+
+// WithExtension puts a on the new record under key.
+func WithExtension(key string, a *anypb.Any) containerd.NewContainerOpts {
+	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+		if c.Extensions == nil {
+			c.Extensions = map[string]typeurl.Any{}
+		}
+		c.Extensions[key] = a
+		return nil
+	}
 }

@@ -15,6 +15,7 @@ import (
 
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/api/types"
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -183,4 +184,14 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 		return fmt.Errorf("delete task of %s: %w", id, err)
 	}
 	return nil
+}
+
+// State asks the tasks service about an object's task: its status
+// (UNKNOWN with NotFound when it has none), pid and exit.
+func (s *Service) State(ctx context.Context, id string) (*tasktypes.Process, error) {
+	resp, err := s.client.TaskService().Get(ctx, &tasksapi.GetRequest{ContainerID: id})
+	if err != nil {
+		return nil, fmt.Errorf("task of %s: %w", id, errgrpc.ToNative(err))
+	}
+	return resp.GetProcess(), nil
 }

@@ -1,4 +1,4 @@
-package server
+package spec
 
 import (
 	"context"
@@ -48,19 +48,19 @@ func TestParseUserns(t *testing.T) {
 		{name: "beyond 32 bits", in: pod(mapping(0, 1<<32-10, 100), mapping(0, 1000, 10)), bad: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u, err := parseUserns(tc.in)
+			u, err := ParseUserns(tc.in)
 			if tc.bad {
 				if !errdefs.IsInvalidArgument(err) {
-					t.Fatalf("parseUserns(%v) = %v, %v; want InvalidArgument", tc.in, u, err)
+					t.Fatalf("ParseUserns(%v) = %v, %v; want InvalidArgument", tc.in, u, err)
 				}
 				return
 			}
-			if err != nil || u.enabled() != tc.enabled {
-				t.Fatalf("parseUserns(%v) = %v, %v; want enabled=%v", tc.in, u, err, tc.enabled)
+			if err != nil || u.Enabled() != tc.enabled {
+				t.Fatalf("ParseUserns(%v) = %v, %v; want enabled=%v", tc.in, u, err, tc.enabled)
 			}
-			if tc.enabled && (u.uids[0] != specs.LinuxIDMapping{ContainerID: 0, HostID: 100000, Size: 65536} ||
-				u.gids[0] != specs.LinuxIDMapping{ContainerID: 0, HostID: 200000, Size: 65536}) {
-				t.Errorf("mappings %v %v", u.uids, u.gids)
+			if tc.enabled && (u.UIDs[0] != specs.LinuxIDMapping{ContainerID: 0, HostID: 100000, Size: 65536} ||
+				u.GIDs[0] != specs.LinuxIDMapping{ContainerID: 0, HostID: 200000, Size: 65536}) {
+				t.Errorf("mappings %v %v", u.UIDs, u.GIDs)
 			}
 		})
 	}
@@ -86,14 +86,13 @@ func userNS(s *oci.Spec) (specs.LinuxNamespace, bool) {
 }
 
 func TestUsernsSandboxSpec(t *testing.T) {
-	s := &Server{cfg: Config{StateDir: "/run/fl"}}
 	o := &runtime.UserNamespace{Mode: runtime.NamespaceMode_POD, Uids: mapping(0, 100000, 65536), Gids: mapping(0, 100000, 65536)}
-	u, err := parseUserns(o)
+	u, err := ParseUserns(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	spec := genSpec(t, s.usernsSandboxOpts("sb1", podUsernsConfig(o, false), u)...)
+	spec := genSpec(t, usernsSandboxOpts(UsernsPin("/run/fl", "sb1"), podUsernsConfig(o, false), u)...)
 	ns, ok := userNS(spec)
 	if !ok || ns.Path != "/run/fl/userns/sb1" {
 		t.Errorf("pod network: user namespace %+v (%v); want the pinned one joined by path", ns, ok)
@@ -102,7 +101,7 @@ func TestUsernsSandboxSpec(t *testing.T) {
 		t.Errorf("mappings %v %v; want the pod's", spec.Linux.UIDMappings, spec.Linux.GIDMappings)
 	}
 
-	spec = genSpec(t, s.usernsSandboxOpts("sb1", podUsernsConfig(o, true), u)...)
+	spec = genSpec(t, usernsSandboxOpts(UsernsPin("/run/fl", "sb1"), podUsernsConfig(o, true), u)...)
 	if ns, ok := userNS(spec); !ok || ns.Path != "" {
 		t.Errorf("host network: user namespace %+v (%v); want a new one", ns, ok)
 	}
@@ -110,7 +109,7 @@ func TestUsernsSandboxSpec(t *testing.T) {
 		t.Errorf("host network: /sys mount %v; want a recursive read-only bind of the host's (sysfs cannot be mounted)", spec.Mounts)
 	}
 
-	spec = genSpec(t, s.usernsSandboxOpts("sb1", podUsernsConfig(nil, false), nil)...)
+	spec = genSpec(t, usernsSandboxOpts(UsernsPin("/run/fl", "sb1"), podUsernsConfig(nil, false), nil)...)
 	if _, ok := userNS(spec); ok || len(spec.Linux.UIDMappings) > 0 {
 		t.Errorf("no user namespace asked: spec has %v, %v", spec.Linux.Namespaces, spec.Linux.UIDMappings)
 	}

@@ -1,4 +1,4 @@
-package server
+package spec
 
 import (
 	"context"
@@ -25,12 +25,12 @@ import (
 // (device nodes, mounts, environment, hooks), and the CDI library edits
 // the spec accordingly, as in containerd.
 
-// cdiRegistry is the CDI cache of the configured spec directories, made on
+// CDI is the CDI cache of the configured spec directories, made on
 // first use. It is refreshed by hand before each resolution rather than
 // watched: devices are asked for at container creation only, and a scan
 // of a few small files costs less than an inotify watcher kept for the
 // process's lifetime.
-type cdiRegistry struct {
+type CDI struct {
 	enabled bool
 	dirs    []string
 
@@ -41,7 +41,13 @@ type cdiRegistry struct {
 // refreshed is the cache, rescanned now. Spec files that do not load are
 // reported and skipped: a vendor's bad file must not keep another's
 // devices from being injected (a device of the bad file is then unknown).
-func (r *cdiRegistry) refreshed(ctx context.Context) *cdi.Cache {
+// NewCDI is the registry of the spec files in dirs; with enabled false,
+// every device asked for is refused.
+func NewCDI(enabled bool, dirs []string) *CDI {
+	return &CDI{enabled: enabled, dirs: dirs}
+}
+
+func (r *CDI) refreshed(ctx context.Context) *cdi.Cache {
 	r.once.Do(func() {
 		// NewCache's error is always nil (kept for compatibility).
 		r.cache, _ = cdi.NewCache(cdi.WithSpecDirs(r.dirs...), cdi.WithAutoRefresh(false))
@@ -87,17 +93,16 @@ func cdiDevices(cfg *runtime.ContainerConfig) ([]string, error) {
 	return out, nil
 }
 
-// withCDI resolves the CDI devices the container asks for and returns the
+// Devices resolves the CDI devices the container asks for and returns the
 // option injecting them into its spec; nil when it asks for none. Every
 // device must resolve: one that no spec file defines is NotFound, named,
 // before anything is created. With CDI disabled, asking for a device is a
 // FailedPrecondition rather than a request quietly ignored.
-func (s *Server) withCDI(ctx context.Context, cfg *runtime.ContainerConfig) (oci.SpecOpts, error) {
+func (r *CDI) Devices(ctx context.Context, cfg *runtime.ContainerConfig) (oci.SpecOpts, error) {
 	devices, err := cdiDevices(cfg)
 	if err != nil || len(devices) == 0 {
 		return nil, err
 	}
-	r := &s.cdi
 	if !r.enabled {
 		return nil, fmt.Errorf("CDI devices %s asked for, but CDI is disabled (enable_cdi = false): %w", strings.Join(devices, ", "), errdefs.ErrFailedPrecondition)
 	}
@@ -112,7 +117,7 @@ func (s *Server) withCDI(ctx context.Context, cfg *runtime.ContainerConfig) (oci
 		return nil, fmt.Errorf("CDI devices %s: not defined by any spec in %s: %w", strings.Join(unknown, ", "), strings.Join(r.dirs, ", "), errdefs.ErrNotFound)
 	}
 	logging.G(ctx).Debug("CDI devices", "devices", devices)
-	inject := s.injectCDI(ctx)
+	inject := r.Injector(ctx)
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, spec *oci.Spec) error {
 		// Given last: the edits (environment, mounts, hooks) must not be
 		// reset by an option after them.
@@ -120,12 +125,11 @@ func (s *Server) withCDI(ctx context.Context, cfg *runtime.ContainerConfig) (oci
 	}, nil
 }
 
-// injectCDI injects CDI devices into a spec, for a container's own request
+// Injector injects CDI devices into a spec, for a container's own request
 // and for an NRI plugin's adjustment alike: CDI disabled or a device no
 // spec defines is an error, never a device dropped.
-func (s *Server) injectCDI(ctx context.Context) func(*oci.Spec, []string) error {
+func (r *CDI) Injector(ctx context.Context) func(*oci.Spec, []string) error {
 	return func(spec *oci.Spec, devices []string) error {
-		r := &s.cdi
 		if !r.enabled {
 			return fmt.Errorf("CDI devices %s asked for, but CDI is disabled (enable_cdi = false): %w", strings.Join(devices, ", "), errdefs.ErrFailedPrecondition)
 		}

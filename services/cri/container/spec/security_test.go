@@ -1,4 +1,4 @@
-package server
+package spec
 
 import (
 	"context"
@@ -9,16 +9,19 @@ import (
 
 	"github.com/containerd/containerd/v2/core/containers"
 	apparmorhost "github.com/containerd/containerd/v2/pkg/apparmor"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // applied builds containerd's default spec and applies opts to it.
 func applied(t *testing.T, opts ...oci.SpecOpts) *oci.Spec {
 	t.Helper()
-	ctx := withNamespace(context.Background())
+	ctx := namespaces.WithNamespace(context.Background(), store.Namespace)
 	c := &containers.Container{ID: "test"}
 	var s oci.Spec
 	if err := oci.WithDefaultSpec()(ctx, nil, c, &s); err != nil {
@@ -142,27 +145,9 @@ func TestDeviceFollowsSymlinkAndChecksPermissions(t *testing.T) {
 
 func TestSpecUserReportsProcessIdentity(t *testing.T) {
 	s := &specs.Spec{Process: &specs.Process{User: specs.User{UID: 1000, GID: 1000, AdditionalGids: []uint32{1000, 1234}}}}
-	u := specUser(s).GetLinux()
+	u := User(s).GetLinux()
 	if u.GetUid() != 1000 || u.GetGid() != 1000 || !slices.Equal(u.GetSupplementalGroups(), []int64{1000, 1234}) {
 		t.Fatalf("specUser: %+v", u)
-	}
-}
-
-func TestImageSubPathStaysInsideTheImage(t *testing.T) {
-	root := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink("/etc", filepath.Join(root, "hostetc")); err != nil {
-		t.Fatal(err)
-	}
-	if p, err := imageSubPath(root, "etc"); err != nil || p != filepath.Join(root, "etc") {
-		t.Errorf("sub-path etc: %q, %v", p, err)
-	}
-	for _, sub := range []string{"../etc", "etc/../../x", "/etc", "missing", "hostetc"} {
-		if _, err := imageSubPath(root, sub); !errdefs.IsInvalidArgument(err) {
-			t.Errorf("sub-path %q: %v, want InvalidArgument", sub, err)
-		}
 	}
 }
 

@@ -1,4 +1,4 @@
-package server
+package spec
 
 import (
 	"context"
@@ -16,9 +16,10 @@ import (
 	apparmorhost "github.com/containerd/containerd/v2/pkg/apparmor"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
-	"github.com/flotilla-project/flotilla/services/cri/store"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/flotilla-project/flotilla/services/cri/store"
 )
 
 // Profile names of the CRI's deprecated string fields (seccomp_profile_path,
@@ -39,7 +40,7 @@ const (
 // capabilities, privileged (which undoes most of the rest), user and
 // groups, and last the AppArmor and seccomp profiles (the default seccomp
 // profile depends on the capabilities).
-func (s *Server) securityOpts(sb *store.Sandbox, cfg *runtime.ContainerConfig, imageUser string) ([]oci.SpecOpts, error) {
+func securityOpts(sb *store.Sandbox, cfg *runtime.ContainerConfig, imageUser string) ([]oci.SpecOpts, error) {
 	sc := cfg.GetLinux().GetSecurityContext()
 	// The kubelet always sends the paths it wants masked and read-only;
 	// a request without them gets none, as in containerd. Privilege
@@ -329,9 +330,9 @@ var seccompSupported = sync.OnceValue(func() bool {
 	return err == nil && strings.Contains(string(b), "\nSeccomp:")
 })
 
-// specUser is the process identity a container's spec gives it, as
+// User is the process identity a container's spec gives it, as
 // ContainerStatus reports it.
-func specUser(sp *specs.Spec) *runtime.ContainerUser {
+func User(sp *specs.Spec) *runtime.ContainerUser {
 	if sp == nil || sp.Process == nil {
 		return nil
 	}

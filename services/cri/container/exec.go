@@ -1,4 +1,4 @@
-package server
+package container
 
 import (
 	"bytes"
@@ -23,7 +23,7 @@ const maxExecOutput = 4 << 20
 
 // ExecSync runs a command in a running container and returns its output
 // and exit code; past the timeout (if any) the command is killed.
-func (s *Server) ExecSync(ctx context.Context, req *runtime.ExecSyncRequest) (*runtime.ExecSyncResponse, error) {
+func (s *Service) ExecSync(ctx context.Context, req *runtime.ExecSyncRequest) (*runtime.ExecSyncResponse, error) {
 	ctx = withNamespace(ctx)
 	if len(req.GetCmd()) == 0 {
 		return nil, fmt.Errorf("exec needs a command: %w", errdefs.ErrInvalidArgument)
@@ -53,7 +53,7 @@ func (s *Server) ExecSync(ctx context.Context, req *runtime.ExecSyncRequest) (*r
 
 	stdout, stderr := &limitedBuffer{max: maxExecOutput}, &limitedBuffer{max: maxExecOutput}
 	execID := store.NewID()[:32]
-	process, err := task.Exec(ctx, execID, &pspec, cio.NewCreator(cio.WithStreams(nil, stdout, stderr), cio.WithFIFODir(s.fifoDir())))
+	process, err := task.Exec(ctx, execID, &pspec, cio.NewCreator(cio.WithStreams(nil, stdout, stderr), cio.WithFIFODir(s.fifoDir)))
 	if err != nil {
 		return nil, fmt.Errorf("exec in container %s: %w", m.ID, err)
 	}

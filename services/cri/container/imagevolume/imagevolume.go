@@ -1,4 +1,11 @@
-package server
+// Package imagevolume mounts the CRI's image volumes (KEP-4639): a
+// container's mount whose source is an image, read-only. Each is a view
+// snapshot of the image, mounted on the host under
+// <dir>/<container>/<n> and bound into the container (its sub-path, when
+// one is asked). The views belong to a lease of the container, so that
+// removing the container (or a failed creation) releases them in one
+// step.
+package imagevolume
 
 import (
 	"context"
@@ -10,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
@@ -19,25 +27,33 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/pkg/logging"
+	"github.com/flotilla-project/flotilla/services/cri/image"
 )
 
-// Image volumes (KEP-4639): a mount whose source is an image, read-only.
-// Each is a view snapshot of the image, mounted on the host under
-// <state>/image-volumes/<container>/<n> and bound into the container
-// (its sub-path, when one is asked). The views belong to a lease of the
-// container, so that removing the container (or a failed creation)
-// releases them in one step.
+// Volumes mounts image volumes from the images the CRI knows, unpacked
+// with its snapshotter.
+type Volumes struct {
+	client      *containerd.Client
+	images      *image.Service
+	snapshotter string
+	dir         string
+}
 
-func (s *Server) imageVolumeDir(containerID string) string {
-	return filepath.Join(s.cfg.StateDir, "image-volumes", containerID)
+// New mounts volumes under dir.
+func New(client *containerd.Client, images *image.Service, snapshotter, dir string) *Volumes {
+	return &Volumes{client: client, images: images, snapshotter: snapshotter, dir: dir}
+}
+
+func (s *Volumes) imageVolumeDir(containerID string) string {
+	return filepath.Join(s.dir, containerID)
 }
 
 func imageVolumeLease(containerID string) string { return "cri-image-volumes-" + containerID }
 
-// resolveImageVolumes checks the request's image mounts and records in
+// Resolve checks the request's image mounts and records in
 // each the ID of the image it names, which ContainerStatus reports. It
 // returns cfg itself when there is none, else a copy.
-func (s *Server) resolveImageVolumes(ctx context.Context, cfg *runtime.ContainerConfig) (*runtime.ContainerConfig, error) {
+func (s *Volumes) Resolve(ctx context.Context, cfg *runtime.ContainerConfig) (*runtime.ContainerConfig, error) {
 	has := false
 	for _, m := range cfg.GetMounts() {
 		has = has || m.GetImage().GetImage() != ""
@@ -65,10 +81,10 @@ func (s *Server) resolveImageVolumes(ctx context.Context, cfg *runtime.Container
 	return cfg, nil
 }
 
-// mountImageVolumes mounts the image volumes of cfg on the host and
-// returns the container's bind mounts of them, by container path. On
-// error nothing is left mounted; releaseImageVolumes undoes a success.
-func (s *Server) mountImageVolumes(ctx context.Context, containerID string, cfg *runtime.ContainerConfig) (_ map[string]specs.Mount, retErr error) {
+// Mount mounts the image volumes of cfg on the host and returns the
+// container's bind mounts of them, by container path. On error nothing
+// is left mounted; Release undoes a success.
+func (s *Volumes) Mount(ctx context.Context, containerID string, cfg *runtime.ContainerConfig) (_ map[string]specs.Mount, retErr error) {
 	out := map[string]specs.Mount{}
 	var lease leases.Lease
 	for i, m := range cfg.GetMounts() {
@@ -83,7 +99,7 @@ func (s *Server) mountImageVolumes(ctx context.Context, containerID string, cfg 
 			}
 			defer func() {
 				if retErr != nil {
-					s.releaseImageVolumes(context.WithoutCancel(ctx), containerID)
+					s.Release(context.WithoutCancel(ctx), containerID)
 				}
 			}()
 		}
@@ -97,7 +113,7 @@ func (s *Server) mountImageVolumes(ctx context.Context, containerID string, cfg 
 	return out, nil
 }
 
-func (s *Server) mountImageVolume(ctx context.Context, containerID string, i int, m *runtime.Mount) (string, error) {
+func (s *Volumes) mountImageVolume(ctx context.Context, containerID string, i int, m *runtime.Mount) (string, error) {
 	img, err := s.images.Resolve(ctx, m.GetImage().GetImage())
 	if err != nil {
 		return "", err
@@ -106,8 +122,8 @@ func (s *Server) mountImageVolume(ctx context.Context, containerID string, i int
 	if err != nil {
 		return "", err
 	}
-	if ok, err := ci.IsUnpacked(ctx, s.cfg.Snapshotter); err != nil || !ok {
-		if err := ci.Unpack(ctx, s.cfg.Snapshotter); err != nil {
+	if ok, err := ci.IsUnpacked(ctx, s.snapshotter); err != nil || !ok {
+		if err := ci.Unpack(ctx, s.snapshotter); err != nil {
 			return "", fmt.Errorf("unpack: %w", err)
 		}
 	}
@@ -116,7 +132,7 @@ func (s *Server) mountImageVolume(ctx context.Context, containerID string, i int
 		return "", err
 	}
 	key := fmt.Sprintf("%s-%d", imageVolumeLease(containerID), i)
-	mounts, err := s.client.SnapshotService(s.cfg.Snapshotter).View(ctx, key, identity.ChainID(diffIDs).String())
+	mounts, err := s.client.SnapshotService(s.snapshotter).View(ctx, key, identity.ChainID(diffIDs).String())
 	if err != nil {
 		return "", fmt.Errorf("view of the image: %w", err)
 	}
@@ -153,9 +169,9 @@ func imageSubPath(root, sub string) (string, error) {
 	return p, nil
 }
 
-// releaseImageVolumes unmounts a container's image volumes and ends the
+// Release unmounts a container's image volumes and ends the
 // lease holding their snapshots; with none, it does nothing.
-func (s *Server) releaseImageVolumes(ctx context.Context, containerID string) {
+func (s *Volumes) Release(ctx context.Context, containerID string) {
 	log := logging.G(ctx).With("container", containerID)
 	dir := s.imageVolumeDir(containerID)
 	entries, err := os.ReadDir(dir)
@@ -175,4 +191,14 @@ func (s *Server) releaseImageVolumes(ctx context.Context, containerID string) {
 	if err != nil && !errdefs.IsNotFound(err) {
 		log.Warn("release image volumes", "error", err)
 	}
+}
+
+// containerdImage is the client's view of a CRI image, by its Name.
+func (s *Volumes) containerdImage(ctx context.Context, img *image.Image) (containerd.Image, error) {
+	name := img.Name()
+	ci, err := s.client.GetImage(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	return ci, nil
 }

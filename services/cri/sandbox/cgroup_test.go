@@ -1,4 +1,4 @@
-package server
+package sandbox
 
 import (
 	"os"
@@ -13,7 +13,7 @@ import (
 )
 
 func TestPodCgroupGetsResourcesPlusOverhead(t *testing.T) {
-	res := podCgroupResources(
+	res := CgroupResources(
 		&runtime.LinuxContainerResources{CpuShares: 1024, CpuQuota: 100000, CpuPeriod: 100000, MemoryLimitInBytes: 256 << 20},
 		&runtime.LinuxContainerResources{CpuShares: 102, CpuQuota: 5000, CpuPeriod: 50000, MemoryLimitInBytes: 16 << 20},
 	)
@@ -25,7 +25,7 @@ func TestPodCgroupGetsResourcesPlusOverhead(t *testing.T) {
 			*res.CPU.Shares, *res.CPU.Quota, *res.CPU.Period, *res.Memory.Limit)
 	}
 	// Nothing set changes nothing: an unlimited pod stays as it is.
-	if res := podCgroupResources(&runtime.LinuxContainerResources{}, nil); res != nil {
+	if res := CgroupResources(&runtime.LinuxContainerResources{}, nil); res != nil {
 		t.Errorf("empty resources give %+v, want nothing to write", res)
 	}
 }
@@ -51,7 +51,7 @@ func TestResizeWritesACgroupV2PodCgroup(t *testing.T) {
 	root := fakeCgroup2(t, "kubepods/pod1", map[string]string{
 		"cgroup.controllers": "cpu memory pids", "cpu.weight": "100", "cpu.max": "max 100000", "memory.max": "max",
 	})
-	res := podCgroupResources(&runtime.LinuxContainerResources{CpuShares: 512, CpuQuota: 50000, CpuPeriod: 100000, MemoryLimitInBytes: 128 << 20,
+	res := CgroupResources(&runtime.LinuxContainerResources{CpuShares: 512, CpuQuota: 50000, CpuPeriod: 100000, MemoryLimitInBytes: 128 << 20,
 		Unified: map[string]string{"memory.high": "100000000"}}, nil)
 	if err := updateCgroup2(root, "/kubepods/pod1", res); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package server
+package spec
 
 import (
 	"context"
@@ -36,13 +36,13 @@ devices:
     env: ["GPU=1"]
 `
 
-func cdiServer(t *testing.T, enabled bool) *Server {
+func testCDI(t *testing.T, enabled bool) *CDI {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "example.yaml"), []byte(testCDISpec), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return &Server{cdi: cdiRegistry{enabled: enabled, dirs: []string{dir, filepath.Join(t.TempDir(), "missing")}}}
+	return NewCDI(enabled, []string{dir, filepath.Join(t.TempDir(), "missing")})
 }
 
 func TestCDIDevicesFromConfigThenAnnotationsOnce(t *testing.T) {
@@ -73,11 +73,11 @@ func TestCDIDevicesFromConfigThenAnnotationsOnce(t *testing.T) {
 }
 
 func TestCDIInjectsWhatTheSpecSays(t *testing.T) {
-	s := cdiServer(t, true)
+	s := testCDI(t, true)
 	ctx := context.Background()
-	opt, err := s.withCDI(ctx, &runtime.ContainerConfig{CDIDevices: []*runtime.CDIDevice{{Name: "example.com/gpu=gpu0"}}})
+	opt, err := s.Devices(ctx, &runtime.ContainerConfig{CDIDevices: []*runtime.CDIDevice{{Name: "example.com/gpu=gpu0"}}})
 	if err != nil || opt == nil {
-		t.Fatalf("withCDI: %v, %v", opt, err)
+		t.Fatalf("Devices: %v, %v", opt, err)
 	}
 	spec := &oci.Spec{Process: &specs.Process{Env: []string{"PATH=/bin"}}, Linux: &specs.Linux{}}
 	if err := opt(ctx, nil, &containers.Container{ID: "c"}, spec); err != nil {
@@ -104,40 +104,40 @@ func TestCDIInjectsWhatTheSpecSays(t *testing.T) {
 }
 
 func TestCDIUnknownDeviceIsNotFoundByName(t *testing.T) {
-	s := cdiServer(t, true)
-	_, err := s.withCDI(context.Background(), &runtime.ContainerConfig{
+	s := testCDI(t, true)
+	_, err := s.Devices(context.Background(), &runtime.ContainerConfig{
 		CDIDevices:  []*runtime.CDIDevice{{Name: "example.com/gpu=gpu0"}},
 		Annotations: map[string]string{"cdi.k8s.io/x": "example.com/gpu=gpu7"},
 	})
 	if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "example.com/gpu=gpu7") || strings.Contains(err.Error(), "gpu0,") {
-		t.Fatalf("withCDI of an unknown device: %v; want NotFound naming example.com/gpu=gpu7", err)
+		t.Fatalf("Devices of an unknown device: %v; want NotFound naming example.com/gpu=gpu7", err)
 	}
 }
 
 func TestCDISpecsAreReadAgainForEachContainer(t *testing.T) {
-	s := cdiServer(t, true)
+	s := testCDI(t, true)
 	ctx := context.Background()
 	cfg := &runtime.ContainerConfig{CDIDevices: []*runtime.CDIDevice{{Name: "vendor.org/fpga=f0"}}}
-	if _, err := s.withCDI(ctx, cfg); !errdefs.IsNotFound(err) {
+	if _, err := s.Devices(ctx, cfg); !errdefs.IsNotFound(err) {
 		t.Fatalf("before its spec exists: %v, want NotFound", err)
 	}
 	// The JSON form of a spec, which the library reads as well.
 	spec := `{"cdiVersion":"0.6.0","kind":"vendor.org/fpga","devices":[{"name":"f0","containerEdits":{"env":["FPGA=0"]}}]}`
-	if err := os.WriteFile(filepath.Join(s.cdi.dirs[0], "fpga.json"), []byte(spec), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(s.dirs[0], "fpga.json"), []byte(spec), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.withCDI(ctx, cfg); err != nil {
+	if _, err := s.Devices(ctx, cfg); err != nil {
 		t.Fatalf("after its spec was written: %v", err)
 	}
 }
 
 func TestCDIDisabledRefusesDevices(t *testing.T) {
-	s := cdiServer(t, false)
+	s := testCDI(t, false)
 	ctx := context.Background()
-	if opt, err := s.withCDI(ctx, &runtime.ContainerConfig{}); opt != nil || err != nil {
+	if opt, err := s.Devices(ctx, &runtime.ContainerConfig{}); opt != nil || err != nil {
 		t.Fatalf("no devices asked: %v, %v", opt, err)
 	}
-	_, err := s.withCDI(ctx, &runtime.ContainerConfig{CDIDevices: []*runtime.CDIDevice{{Name: "example.com/gpu=gpu0"}}})
+	_, err := s.Devices(ctx, &runtime.ContainerConfig{CDIDevices: []*runtime.CDIDevice{{Name: "example.com/gpu=gpu0"}}})
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "enable_cdi") {
 		t.Fatalf("a device with CDI disabled: %v; want FailedPrecondition naming enable_cdi", err)
 	}

@@ -52,21 +52,13 @@ func (s *Server) StreamPodSandboxMetrics(_ *runtime.StreamPodSandboxMetricsReque
 }
 
 func (s *Server) podSandboxMetrics(ctx context.Context) ([]*runtime.PodSandboxMetrics, error) {
-	sbs, err := s.store.List(ctx, store.KindSandbox)
-	if err != nil {
-		return nil, err
-	}
-	ctrs, err := s.store.List(ctx, store.KindContainer)
+	sbs, bySandbox, err := s.podsAndContainers(ctx)
 	if err != nil {
 		return nil, err
 	}
 	raw, err := s.taskMetrics(ctx)
 	if err != nil {
 		return nil, err
-	}
-	bySandbox := map[string][]containers.Container{}
-	for _, c := range ctrs {
-		bySandbox[c.Labels[store.SandboxIDLabel]] = append(bySandbox[c.Labels[store.SandboxIDLabel]], c)
 	}
 	out := []*runtime.PodSandboxMetrics{}
 	for _, rec := range sbs {

@@ -295,18 +295,7 @@ func (s *Server) nriPostStartContainer(ctx context.Context, m *store.Container, 
 // nriStopContainer tells plugins a container stopped (once, however
 // many ways it is told).
 func (s *Server) nriStopContainer(ctx context.Context, id string) {
-	if s.nri == nil {
-		return
-	}
-	defer s.nri.BlockSync()()
-	m, rec, err := s.store.Container(ctx, id)
-	if err != nil {
-		return
-	}
-	full := s.nri.Active()
-	if err := s.nri.StopContainer(ctx, s.nriSandbox(ctx, m.SandboxID, full), s.nriContainer(ctx, m, &rec, full)); err != nil {
-		logging.G(ctx).Warn("NRI StopContainer", "container", id, "error", err)
-	}
+	s.nriContainerEvent(ctx, id, "StopContainer", func(n *nri.API) func(context.Context, *nri.Pod, *nri.Container) error { return n.StopContainer })
 }
 
 // nriContainerExited tells plugins, in the background, of a container
@@ -328,6 +317,13 @@ func (s *Server) nriContainerExited(ctx context.Context, id string) {
 
 // nriRemoveContainer tells plugins a container is about to be removed.
 func (s *Server) nriRemoveContainer(ctx context.Context, id string) {
+	s.nriContainerEvent(ctx, id, "RemoveContainer", func(n *nri.API) func(context.Context, *nri.Pod, *nri.Container) error { return n.RemoveContainer })
+}
+
+// nriContainerEvent tells plugins of an event of a recorded container,
+// holding off a plugin's synchronisation meanwhile; a plugin's error is
+// logged, the event having happened anyway.
+func (s *Server) nriContainerEvent(ctx context.Context, id, event string, tell func(*nri.API) func(context.Context, *nri.Pod, *nri.Container) error) {
 	if s.nri == nil {
 		return
 	}
@@ -337,8 +333,8 @@ func (s *Server) nriRemoveContainer(ctx context.Context, id string) {
 		return
 	}
 	full := s.nri.Active()
-	if err := s.nri.RemoveContainer(ctx, s.nriSandbox(ctx, m.SandboxID, full), s.nriContainer(ctx, m, &rec, full)); err != nil {
-		logging.G(ctx).Warn("NRI RemoveContainer", "container", id, "error", err)
+	if err := tell(s.nri)(ctx, s.nriSandbox(ctx, m.SandboxID, full), s.nriContainer(ctx, m, &rec, full)); err != nil {
+		logging.G(ctx).Warn("NRI "+event, "container", id, "error", err)
 	}
 }
 

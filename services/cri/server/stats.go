@@ -150,21 +150,13 @@ func (s *Server) PodSandboxStats(ctx context.Context, req *runtime.PodSandboxSta
 func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtime.ListPodSandboxStatsRequest) (*runtime.ListPodSandboxStatsResponse, error) {
 	ctx = withNamespace(ctx)
 	f := req.GetFilter()
-	sbs, err := s.store.List(ctx, store.KindSandbox)
-	if err != nil {
-		return nil, err
-	}
-	ctrs, err := s.store.List(ctx, store.KindContainer)
+	sbs, bySandbox, err := s.podsAndContainers(ctx)
 	if err != nil {
 		return nil, err
 	}
 	samples, err := s.taskSamples(ctx)
 	if err != nil {
 		return nil, err
-	}
-	bySandbox := map[string][]containers.Container{}
-	for _, c := range ctrs {
-		bySandbox[c.Labels[store.SandboxIDLabel]] = append(bySandbox[c.Labels[store.SandboxIDLabel]], c)
 	}
 	out := []*runtime.PodSandboxStats{}
 	for _, c := range sbs {
@@ -259,4 +251,21 @@ func (s *Server) oomKilled(ctx context.Context, id string) bool {
 		}
 	}
 	return false
+}
+
+// podsAndContainers are the pods' records and their containers' by pod.
+func (s *Server) podsAndContainers(ctx context.Context) ([]containers.Container, map[string][]containers.Container, error) {
+	sbs, err := s.store.List(ctx, store.KindSandbox)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctrs, err := s.store.List(ctx, store.KindContainer)
+	if err != nil {
+		return nil, nil, err
+	}
+	bySandbox := map[string][]containers.Container{}
+	for _, c := range ctrs {
+		bySandbox[c.Labels[store.SandboxIDLabel]] = append(bySandbox[c.Labels[store.SandboxIDLabel]], c)
+	}
+	return sbs, bySandbox, nil
 }

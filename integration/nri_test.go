@@ -33,8 +33,10 @@ type nriPlugin struct {
 	events     []nriEvent
 	syncedPods []string
 	syncedCtrs []string
-	synced     chan struct{}
-	stub       stub.Stub
+	// podCPUShares is what the last UpdatePodSandbox asked for.
+	podCPUShares uint64
+	synced       chan struct{}
+	stub         stub.Stub
 }
 
 // startNRIPlugin connects a plugin to the NRI socket and returns once the
@@ -117,6 +119,19 @@ func (p *nriPlugin) RunPodSandbox(_ context.Context, pod *api.PodSandbox) error 
 
 func (p *nriPlugin) StopPodSandbox(_ context.Context, pod *api.PodSandbox) error {
 	p.record("StopPodSandbox", pod, nil)
+	return nil
+}
+
+func (p *nriPlugin) UpdatePodSandbox(_ context.Context, pod *api.PodSandbox, _, res *api.LinuxResources) error {
+	p.record("UpdatePodSandbox", pod, nil)
+	p.mu.Lock()
+	p.podCPUShares = res.GetCpu().GetShares().GetValue()
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *nriPlugin) PostUpdatePodSandbox(_ context.Context, pod *api.PodSandbox) error {
+	p.record("PostUpdatePodSandbox", pod, nil)
 	return nil
 }
 
@@ -256,6 +271,20 @@ func TestNRIPluginSeesLifecycleAndAdjustsContainers(t *testing.T) {
 		t.Errorf("%s after the plugin's update: %q, %v; want %d", limitFile, b, err, limit)
 	}
 
+	// An in-place pod resize is told to plugins before and after, as
+	// containerd's CRI tells them.
+	if _, err := p.rt.UpdatePodSandboxResources(ctx, &runtimeapi.UpdatePodSandboxResourcesRequest{
+		PodSandboxId: podID, Resources: &runtimeapi.LinuxContainerResources{CpuShares: 384},
+	}); err != nil {
+		t.Fatalf("UpdatePodSandboxResources: %v", err)
+	}
+	first.mu.Lock()
+	shares := first.podCPUShares
+	first.mu.Unlock()
+	if shares != 384 {
+		t.Errorf("the plugin's UpdatePodSandbox asked for %d CPU shares, want 384", shares)
+	}
+
 	if err := p.rt.StopContainer(ctx, ctrID, 10); err != nil {
 		t.Fatalf("StopContainer: %v", err)
 	}
@@ -280,7 +309,7 @@ func TestNRIPluginSeesLifecycleAndAdjustsContainers(t *testing.T) {
 	if e, _ := first.find("CreateContainer", ctrID); e.ctrName != "adjusted" || e.pod != podID {
 		t.Errorf("CreateContainer event: %+v; want container adjusted in pod %s", e, podID)
 	}
-	wantPod := []string{"RunPodSandbox", "StopPodSandbox", "RemovePodSandbox"}
+	wantPod := []string{"RunPodSandbox", "UpdatePodSandbox", "PostUpdatePodSandbox", "StopPodSandbox", "RemovePodSandbox"}
 	if got := first.kinds(podID); !slices.Equal(got, wantPod) {
 		t.Errorf("the first plugin saw the pod %v, want %v (one stop for two StopPodSandbox calls)", got, wantPod)
 	}

@@ -335,6 +335,32 @@ func (a *API) PostUpdateContainer(ctx context.Context, pod *Pod, ctr *Container)
 	return a.nri.PostUpdateContainer(ctx, &api.PostUpdateContainerRequest{Pod: pod.toNRI(), Container: ctr.toNRI()})
 }
 
+// UpdatePodSandbox tells plugins of a pod's new resources (an in-place
+// resize) before they are recorded; a plugin's error fails the resize.
+func (a *API) UpdatePodSandbox(ctx context.Context, pod *Pod, overhead, resources *runtime.LinuxContainerResources) error {
+	if a == nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, err := a.nri.UpdatePodSandbox(ctx, &api.UpdatePodSandboxRequest{
+		Pod:                    pod.toNRI(),
+		OverheadLinuxResources: fromCRIResources(overhead),
+		LinuxResources:         fromCRIResources(resources),
+	})
+	return err
+}
+
+// PostUpdatePodSandbox tells plugins a pod's resources changed.
+func (a *API) PostUpdatePodSandbox(ctx context.Context, pod *Pod) error {
+	if a == nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.nri.PostUpdatePodSandbox(ctx, &api.PostUpdatePodSandboxRequest{Pod: pod.toNRI()})
+}
+
 // StopContainer tells plugins a container stopped, once.
 func (a *API) StopContainer(ctx context.Context, pod *Pod, ctr *Container) error {
 	if a == nil {

@@ -32,6 +32,10 @@ func (s *Service) UpdatePodSandboxResources(ctx context.Context, req *runtime.Up
 	if err != nil {
 		return nil, err
 	}
+	// NRI plugins hear of it first, as in containerd, and may refuse it.
+	if err := s.hooks.UpdatePod(ctx, sb, req.GetOverhead(), req.GetResources()); err != nil {
+		return nil, fmt.Errorf("NRI pod sandbox update of %s: %w", sb.ID, err)
+	}
 	rec := &runtime.UpdatePodSandboxResourcesRequest{Overhead: req.GetOverhead(), Resources: req.GetResources()}
 	b, err := proto.Marshal(rec)
 	if err != nil {
@@ -44,15 +48,14 @@ func (s *Service) UpdatePodSandboxResources(ctx context.Context, req *runtime.Up
 		return nil, fmt.Errorf("record resources of sandbox %s: %w", sb.ID, err)
 	}
 	if parent := sb.Config.GetLinux().GetCgroupParent(); parent != "" {
-		res := CgroupResources(req.GetResources(), req.GetOverhead())
-		if res == nil {
-			return &runtime.UpdatePodSandboxResourcesResponse{}, nil
+		if res := CgroupResources(req.GetResources(), req.GetOverhead()); res != nil {
+			if err := UpdateCgroup(parent, res); err != nil {
+				return nil, fmt.Errorf("resize cgroup %s of sandbox %s: %w", parent, sb.ID, err)
+			}
+			logging.G(ctx).Debug("pod cgroup resized", "sandbox", sb.ID, "cgroup", parent)
 		}
-		if err := UpdateCgroup(parent, res); err != nil {
-			return nil, fmt.Errorf("resize cgroup %s of sandbox %s: %w", parent, sb.ID, err)
-		}
-		logging.G(ctx).Debug("pod cgroup resized", "sandbox", sb.ID, "cgroup", parent)
 	}
+	s.hooks.PostUpdatePod(ctx, sb)
 	return &runtime.UpdatePodSandboxResourcesResponse{}, nil
 }
 

@@ -16,6 +16,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/flotilla-project/flotilla/services/cri/image"
 	"github.com/flotilla-project/flotilla/services/cri/network"
@@ -39,6 +40,10 @@ type Hooks interface {
 	// hiding (Unhide).
 	RunPod(ctx context.Context, m *store.Sandbox, rec containers.Container) error
 	StopPod(ctx context.Context, m *store.Sandbox)
+	// UpdatePod's failure fails UpdatePodSandboxResources before anything
+	// is recorded; PostUpdatePod follows a resize done.
+	UpdatePod(ctx context.Context, m *store.Sandbox, overhead, resources *runtime.LinuxContainerResources) error
+	PostUpdatePod(ctx context.Context, m *store.Sandbox)
 	RemovePod(ctx context.Context, m *store.Sandbox)
 
 	CreatePodRecord(ctx context.Context, rec containers.Container) error

@@ -185,6 +185,26 @@ func (s *Server) nriStopPod(ctx context.Context, m *store.Sandbox) {
 	}
 }
 
+// nriUpdatePod asks plugins about a pod's new resources.
+func (s *Server) nriUpdatePod(ctx context.Context, m *store.Sandbox, overhead, resources *runtime.LinuxContainerResources) error {
+	if s.nri == nil {
+		return nil
+	}
+	defer s.nri.BlockSync()()
+	return s.nri.UpdatePodSandbox(ctx, s.nriPod(ctx, m, nil, s.nri.Active()), overhead, resources)
+}
+
+// nriPostUpdatePod tells plugins a pod's resources changed.
+func (s *Server) nriPostUpdatePod(ctx context.Context, m *store.Sandbox) {
+	if s.nri == nil {
+		return
+	}
+	defer s.nri.BlockSync()()
+	if err := s.nri.PostUpdatePodSandbox(ctx, s.nriPod(ctx, m, nil, s.nri.Active())); err != nil {
+		logging.G(ctx).Warn("NRI PostUpdatePodSandbox", "sandbox", m.ID, "error", err)
+	}
+}
+
 // nriRemovePod tells plugins of a pod about to be removed.
 func (s *Server) nriRemovePod(ctx context.Context, m *store.Sandbox) {
 	if s.nri == nil {

@@ -45,8 +45,12 @@ func (h podHooks) RunPod(ctx context.Context, m *store.Sandbox, rec containers.C
 	return h.s.nriRunPod(ctx, m, rec)
 }
 
-func (h podHooks) StopPod(ctx context.Context, m *store.Sandbox)   { h.s.nriStopPod(ctx, m) }
-func (h podHooks) RemovePod(ctx context.Context, m *store.Sandbox) { h.s.nriRemovePod(ctx, m) }
+func (h podHooks) StopPod(ctx context.Context, m *store.Sandbox) { h.s.nriStopPod(ctx, m) }
+func (h podHooks) UpdatePod(ctx context.Context, m *store.Sandbox, overhead, resources *runtime.LinuxContainerResources) error {
+	return h.s.nriUpdatePod(ctx, m, overhead, resources)
+}
+func (h podHooks) PostUpdatePod(ctx context.Context, m *store.Sandbox) { h.s.nriPostUpdatePod(ctx, m) }
+func (h podHooks) RemovePod(ctx context.Context, m *store.Sandbox)     { h.s.nriRemovePod(ctx, m) }
 
 func (h podHooks) CreatePodRecord(ctx context.Context, rec containers.Container) error {
 	return h.s.createPodRecord(ctx, rec)

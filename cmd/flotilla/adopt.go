@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -14,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
@@ -128,7 +130,14 @@ func adoptNamespace(ctx context.Context, client *containerd.Client, o adoptOptio
 	cs := client.ContentStore()
 	copied, present := 0, 0
 	var copiedBytes int64
-	for _, b := range ns.Blobs {
+	blobs, dropped := referencedBlobs(ns)
+	if dropped > 0 {
+		// Left behind by an import or pull that containerd's collector had
+		// not reached yet: copied, Flotilla's would remove them, and a
+		// second adoption would copy them again.
+		fmt.Fprintf(out, "namespace %s: %d blob(s) no image or gc.root label keeps, not copied\n", ns.Name, dropped)
+	}
+	for _, b := range blobs {
 		wrote, err := adoptBlob(ctx, cs, o.root, b)
 		if err != nil {
 			// A record whose bytes are gone (containerd was mid-GC, say)
@@ -247,4 +256,52 @@ func adoptImage(ctx context.Context, client *containerd.Client, is images.Store,
 		return "", fmt.Errorf("%s, but unpack into %s: %w", status, o.snapshotter, err)
 	}
 	return status + ", unpacked into " + o.snapshotter, nil
+}
+
+// referencedBlobs are the namespace's blobs its images keep (their targets
+// and what containerd's gc.ref.content labels reach from them) or a
+// gc.root label keeps, as containerd's collector reckons; dropped counts
+// the others.
+func referencedBlobs(ns containerdroot.Namespace) (kept []containerdroot.Blob, dropped int) {
+	byDigest := map[digest.Digest]containerdroot.Blob{}
+	for _, b := range ns.Blobs {
+		byDigest[b.Digest] = b
+	}
+	reached := map[digest.Digest]bool{}
+	var walk func(d digest.Digest)
+	follow := func(labels map[string]string) {
+		for k, v := range labels {
+			if strings.HasPrefix(k, "containerd.io/gc.ref.content") {
+				if d, err := digest.Parse(v); err == nil {
+					walk(d)
+				}
+			}
+		}
+	}
+	walk = func(d digest.Digest) {
+		if reached[d] {
+			return
+		}
+		reached[d] = true
+		if b, ok := byDigest[d]; ok {
+			follow(b.Labels)
+		}
+	}
+	for _, img := range ns.Images {
+		walk(img.Target.Digest)
+		follow(img.Labels)
+	}
+	for _, b := range ns.Blobs {
+		if _, ok := b.Labels["containerd.io/gc.root"]; ok {
+			walk(b.Digest)
+		}
+	}
+	for _, b := range ns.Blobs {
+		if reached[b.Digest] {
+			kept = append(kept, b)
+		} else {
+			dropped++
+		}
+	}
+	return kept, dropped
 }

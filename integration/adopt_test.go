@@ -2,12 +2,10 @@ package integration
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/flotilla-project/flotilla/internal/testimage"
 )
@@ -16,44 +14,10 @@ import (
 // nothing but the defaults: the containerd a user switches from.
 func startContainerdRoot(t *testing.T) *containerd16 {
 	t.Helper()
-	bin := requireTool(t, "containerd", "containerd")
-	requireTool(t, "containerd-shim-runc-v2", "containerd")
-	requireTool(t, "runc", "runc")
-	dir, err := os.MkdirTemp("", "cdadopt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &containerd16{t: t, dir: dir, address: filepath.Join(dir, "c.sock"), out: &syncBuffer{}}
-	cfg := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n",
-		filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.address)
-	cfgPath := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.cmd = exec.Command(bin, "--config", cfgPath)
-	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
-	if err := c.cmd.Start(); err != nil {
-		t.Fatalf("start containerd: %v", err)
-	}
-	c.done = make(chan struct{})
-	go func() { _ = c.cmd.Wait(); close(c.done) }()
-	t.Cleanup(func() {
-		c.stop()
-		if t.Failed() {
-			t.Logf("containerd output:\n%s", c.out.String())
-		}
-		_ = os.RemoveAll(dir)
+	return runContainerd16(t, "cdadopt", func(dir, address string) string {
+		return fmt.Sprintf("version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n",
+			filepath.Join(dir, "root"), filepath.Join(dir, "state"), address)
 	})
-	waitFor(t, 20*time.Second, "containerd to answer on "+c.address, func() bool {
-		select {
-		case <-c.done:
-			t.Fatalf("containerd exited at start:\n%s", c.out.String())
-		default:
-		}
-		_, err := c.ctr("version")
-		return err == nil
-	})
-	return c
 }
 
 func TestAdoptContainerdBringsItsImagesAndTheyRunWithoutAPull(t *testing.T) {

@@ -276,15 +276,8 @@ type containerd16 struct {
 
 func startContainerd16(t *testing.T, proxyName, proxySocket string) *containerd16 {
 	t.Helper()
-	bin := requireTool(t, "containerd", "containerd")
-	requireTool(t, "containerd-shim-runc-v2", "containerd")
-	requireTool(t, "runc", "runc")
-	dir, err := os.MkdirTemp("", "cd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &containerd16{t: t, dir: dir, address: filepath.Join(dir, "c.sock"), out: &syncBuffer{}}
-	cfg := fmt.Sprintf(`version = 2
+	return runContainerd16(t, "cd", func(dir, address string) string {
+		return fmt.Sprintf(`version = 2
 root = %q
 state = %q
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
@@ -302,9 +295,25 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   [proxy_plugins.%s]
     type = "snapshot"
     address = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.address, filepath.Join(dir, "t.sock"), proxyName, proxySocket)
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), address, filepath.Join(dir, "t.sock"), proxyName, proxySocket)
+	})
+}
+
+// runContainerd16 starts Debian's containerd in a temporary directory of
+// its own (prefix names it), with the configuration config writes for
+// that directory and its client socket, and stops it when the test ends.
+func runContainerd16(t *testing.T, prefix string, config func(dir, address string) string) *containerd16 {
+	t.Helper()
+	bin := requireTool(t, "containerd", "containerd")
+	requireTool(t, "containerd-shim-runc-v2", "containerd")
+	requireTool(t, "runc", "runc")
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &containerd16{t: t, dir: dir, address: filepath.Join(dir, "c.sock"), out: &syncBuffer{}}
 	cfgPath := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(config(dir, c.address)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c.cmd = exec.Command(bin, "--config", cfgPath)

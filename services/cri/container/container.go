@@ -329,15 +329,8 @@ func (s *Service) stopContainer(ctx context.Context, id string, timeout time.Dur
 }
 
 func (s *Service) kill(ctx context.Context, id string, sig syscall.Signal) error {
-	c, err := s.client.LoadContainer(ctx, id)
-	if err != nil {
-		return err
-	}
-	task, err := c.Task(ctx, nil)
-	if errdefs.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
+	task, err := s.tasks.Load(ctx, id)
+	if err != nil || task == nil {
 		return err
 	}
 	if err := task.Kill(ctx, sig, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {

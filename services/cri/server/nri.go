@@ -387,18 +387,7 @@ func (s *Server) nriUpdateContainer(ctx context.Context, id string, r *runtime.L
 
 // nriPostUpdateContainer tells plugins a container's resources changed.
 func (s *Server) nriPostUpdateContainer(ctx context.Context, id string) {
-	if s.nri == nil {
-		return
-	}
-	defer s.nri.BlockSync()()
-	m, rec, err := s.store.Container(ctx, id)
-	if err != nil {
-		return
-	}
-	full := s.nri.Active()
-	if err := s.nri.PostUpdateContainer(ctx, s.nriSandbox(ctx, m.SandboxID, full), s.nriContainer(ctx, m, &rec, full)); err != nil {
-		logging.G(ctx).Warn("NRI PostUpdateContainer", "container", id, "error", err)
-	}
+	s.nriContainerEvent(ctx, id, "PostUpdateContainer", func(n *nri.API) func(context.Context, *nri.Pod, *nri.Container) error { return n.PostUpdateContainer })
 }
 
 // nriRuntime is the server as NRI plugins reach it.

@@ -167,17 +167,23 @@ func exitTime(ts *timestamppb.Timestamp) time.Time {
 	return ts.AsTime()
 }
 
-// Delete kills an object's task, if it has one, and deletes it.
-func (s *Service) Delete(ctx context.Context, id string) error {
+// Load is an object's task, nil when it has none.
+func (s *Service) Load(ctx context.Context, id string) (containerd.Task, error) {
 	c, err := s.client.LoadContainer(ctx, id)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	task, err := c.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
-		return nil
+		return nil, nil
 	}
-	if err != nil {
+	return task, err
+}
+
+// Delete kills an object's task, if it has one, and deletes it.
+func (s *Service) Delete(ctx context.Context, id string) error {
+	task, err := s.Load(ctx, id)
+	if err != nil || task == nil {
 		return err
 	}
 	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
